@@ -1,0 +1,1 @@
+"""Audio front end: formats, decoding, resampling, framing."""

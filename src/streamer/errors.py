@@ -1,0 +1,123 @@
+"""The exception tree and the typed error codes that clients see.
+
+::
+
+    StreamerError
+    ├── ClientError            the peer misbehaved; becomes an ``error`` event with a code
+    │   ├── InvalidJson        invalid_json
+    │   ├── InvalidMessage     invalid_message (names the offending field)
+    │   ├── NotStarted         not_started
+    │   ├── AlreadyStarted     already_started
+    │   ├── InvalidFormat      invalid_format
+    │   ├── Overloaded         overloaded (close 1013)
+    │   └── ShuttingDown       shutting_down (close 1001)
+    └── InferenceError         the model failed on one request; the stream goes on
+        ├── ModelFailed        model_error
+        ├── ModelCrashed       model_crashed (generic message, logged)
+        ├── WorkerCrashed      worker_crashed (a worker process died)
+        └── InferenceTimeout   inference_timeout
+
+Server faults that are not ``StreamerError`` reach clients only as ``internal_error`` with a
+generic message and close code 1011.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Every ``code`` an ``error`` event can carry."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    NOT_STARTED = "not_started"
+    ALREADY_STARTED = "already_started"
+    INVALID_FORMAT = "invalid_format"
+    INCOMPLETE_FRAME = "incomplete_frame"
+    MESSAGE_TOO_BIG = "message_too_big"
+    OVERLOADED = "overloaded"
+    SHUTTING_DOWN = "shutting_down"
+    SLOW_CONSUMER = "slow_consumer"
+    MODEL_ERROR = "model_error"
+    MODEL_CRASHED = "model_crashed"
+    WORKER_CRASHED = "worker_crashed"
+    INFERENCE_TIMEOUT = "inference_timeout"
+    INTERNAL_ERROR = "internal_error"
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the server uses."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+class StreamerError(Exception):
+    """Root of every error the service raises on purpose."""
+
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ClientError(StreamerError):
+    """The peer sent something the protocol does not allow."""
+
+
+class InvalidJson(ClientError):
+    code = ErrorCode.INVALID_JSON
+
+
+class InvalidMessage(ClientError):
+    code = ErrorCode.INVALID_MESSAGE
+
+
+class NotStarted(ClientError):
+    code = ErrorCode.NOT_STARTED
+
+
+class AlreadyStarted(ClientError):
+    code = ErrorCode.ALREADY_STARTED
+
+
+class InvalidFormat(ClientError):
+    code = ErrorCode.INVALID_FORMAT
+
+
+class MessageTooBig(ClientError):
+    code = ErrorCode.MESSAGE_TOO_BIG
+
+
+class Overloaded(ClientError):
+    code = ErrorCode.OVERLOADED
+
+
+class ShuttingDown(ClientError):
+    code = ErrorCode.SHUTTING_DOWN
+
+
+class InferenceError(StreamerError):
+    """One inference failed; only its request is affected."""
+
+
+class ModelFailed(InferenceError):
+    code = ErrorCode.MODEL_ERROR
+
+
+class ModelCrashed(InferenceError):
+    code = ErrorCode.MODEL_CRASHED
+
+
+class WorkerCrashed(InferenceError):
+    code = ErrorCode.WORKER_CRASHED
+
+
+class InferenceTimeout(InferenceError):
+    code = ErrorCode.INFERENCE_TIMEOUT

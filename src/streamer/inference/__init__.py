@@ -1,0 +1,1 @@
+"""Models, the shared inference scheduler and worker pools."""

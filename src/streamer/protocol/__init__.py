@@ -1,0 +1,1 @@
+"""Wire protocol: message schemas and the per-connection state machine."""

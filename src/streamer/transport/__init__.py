@@ -1,0 +1,1 @@
+"""Transports (WebSocket, gRPC) that adapt sockets to the core."""
