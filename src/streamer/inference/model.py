@@ -1,0 +1,133 @@
+"""The model interface, and the test model that only has hyper-parameters.
+
+A model is anything blocking that turns mono float32 audio at ``sample_rate`` into a dict
+of JSON-able output fields. The service runs it in a worker pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+
+Output = dict[str, Any]
+
+
+class ModelFailure(Exception):
+    """A model's expected failure on one input (bad audio, no result); the stream goes on."""
+
+
+class ModelPanic(RuntimeError):
+    """The test model's stand-in for a crash inside the model."""
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What the service needs of a model."""
+
+    name: str
+    sample_rate: int
+    max_batch_size: int  # 1: no batch form; the scheduler sends one input at a time
+
+    def infer(self, audio: NDArray[np.float32]) -> Output:
+        """Run on one input; raise ``ModelFailure`` for an expected failure."""
+        ...
+
+    def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
+        """Run on several inputs at once; one output (or exception) per input, in order."""
+        ...
+
+
+class TestModelParams(BaseModel):
+    """Hyper-parameters of the test model (seconds, and rates in [0, 1])."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample_rate: int = Field(default=16000, ge=8000, le=192000)
+    delay: float = Field(default=0.0, ge=0, description="Seconds of work per call.")
+    constant_factor: float = Field(
+        default=0.0, ge=0, description="Seconds of work per second of audio."
+    )
+    jitter: float = Field(default=0.0, ge=0, description="Uniform extra seconds, up to this.")
+    failure_rate: float = Field(default=0.0, ge=0, le=1)
+    panic_rate: float = Field(default=0.0, ge=0, le=1)
+    warmup_penalty: float = Field(default=0.0, ge=0, description="Extra seconds, first call.")
+    batch_size: int = Field(default=1, ge=1, description="Largest batch per call.")
+    batch_item_cost: float = Field(default=0.0, ge=0, description="Seconds per batch item.")
+    seed: int | None = None
+
+
+class TestModel:
+    """Counts the samples it is given, after pretending to work.
+
+    Output: ``{"count": samples}``. The cost of one call is ``delay + batch_item_cost * items
+    + constant_factor * audio_seconds + U(0, jitter)`` (plus ``warmup_penalty`` on the first
+    call), so it can stand in for a real model's latency, batching gains and faults.
+    """
+
+    __test__ = False  # not a pytest class
+
+    name = "test"
+
+    def __init__(self, params: TestModelParams | None = None) -> None:
+        self.params = params or TestModelParams()
+        self.sample_rate = self.params.sample_rate
+        self.max_batch_size = self.params.batch_size
+        self._rng = random.Random(self.params.seed)
+        self._lock = threading.Lock()
+        self._warm = False
+
+    @classmethod
+    def speedy(cls, **overrides: Any) -> TestModel:
+        """No delay and no faults: measures everything but the model."""
+        return cls(TestModelParams(**overrides))
+
+    @classmethod
+    def flaky(cls, **overrides: Any) -> TestModel:
+        """Fast, but fails and crashes often."""
+        values: dict[str, Any] = {"failure_rate": 0.2, "panic_rate": 0.1, "jitter": 0.005}
+        values.update(overrides)
+        return cls(TestModelParams(**values))
+
+    def _cost(self, items: int, samples: int) -> float:
+        p = self.params
+        with self._lock:
+            extra = self._rng.uniform(0, p.jitter) if p.jitter else 0.0
+            if not self._warm:
+                self._warm = True
+                extra += p.warmup_penalty
+        return (
+            p.delay + p.batch_item_cost * items + p.constant_factor * samples / self.sample_rate
+        ) + extra
+
+    def _fate(self) -> Exception | None:
+        p = self.params
+        with self._lock:
+            roll = self._rng.random()
+        if roll < p.panic_rate:
+            return ModelPanic("test model panicked")
+        if roll < p.panic_rate + p.failure_rate:
+            return ModelFailure("test model failed on this input")
+        return None
+
+    def infer(self, audio: NDArray[np.float32]) -> Output:
+        out = self.infer_batch([audio])[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
+        cost = self._cost(len(batch), sum(len(a) for a in batch))
+        if cost > 0:
+            time.sleep(cost)
+        results: list[Output | Exception] = []
+        for audio in batch:
+            fate = self._fate()
+            results.append(fate if fate is not None else {"count": len(audio)})
+        return results

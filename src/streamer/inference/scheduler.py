@@ -1,0 +1,259 @@
+"""The inference scheduler shared by every stream.
+
+Streams submit jobs; one dispatcher task forms batches and hands them to the worker pool.
+Finals go before interims, streams are served round-robin (no stream starves behind a busy
+one), and a queued interim can be cancelled when a newer one supersedes it. Each job's
+result arrives on its own future; streams restore audio order themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+from numpy.typing import NDArray
+
+from streamer.errors import InferenceTimeout, ModelCrashed, ModelFailed, StreamerError
+from streamer.inference.model import ModelFailure, Output
+from streamer.inference.pool import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+class JobState(Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    """One inference request of one stream."""
+
+    stream: str
+    audio: NDArray[np.float32]
+    final: bool
+    future: asyncio.Future[Output]
+    enqueued: float = field(default_factory=time.perf_counter)
+    state: JobState = JobState.QUEUED
+
+    def cancel(self) -> bool:
+        """Withdraw the job if no worker has taken it yet."""
+        if self.state is not JobState.QUEUED:
+            return False
+        self.state = JobState.CANCELLED
+        self.future.cancel()
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """What one dispatched batch cost; handed to observers."""
+
+    size: int
+    queue_wait: tuple[float, ...]
+    run_seconds: float
+    audio_seconds: float
+    failures: int
+    crashes: int
+
+
+Observer = Callable[[BatchStats], None]
+
+
+class Scheduler:
+    """Queues jobs from all streams and runs them through a worker pool."""
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        *,
+        sample_rate: int,
+        max_batch: int = 1,
+        max_wait: float = 0.0,
+        deadline: float | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.pool = pool
+        self.sample_rate = sample_rate
+        self.max_batch = max(1, max_batch)
+        self.max_wait = max_wait
+        self.deadline = deadline
+        self.observer = observer
+        self._finals: OrderedDict[str, deque[Job]] = OrderedDict()
+        self._interims: OrderedDict[str, deque[Job]] = OrderedDict()
+        self._queued = 0
+        self._busy = 0
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(pool.workers)
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a worker."""
+        return self._queued
+
+    @property
+    def busy(self) -> int:
+        """Workers running a batch now."""
+        return self._busy
+
+    def queued_for(self, stream: str) -> int:
+        """Jobs of one stream still waiting (not cancelled)."""
+        return sum(
+            1
+            for queue in (self._finals.get(stream), self._interims.get(stream))
+            if queue
+            for job in queue
+            if job.state is JobState.QUEUED
+        )
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._dispatch(), name="scheduler-dispatch")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for stream in {*self._finals, *self._interims}:
+            self.cancel_stream(stream)
+        await asyncio.gather(*self._running, return_exceptions=True)
+        await self.pool.close()
+
+    def submit(self, stream: str, audio: NDArray[np.float32], *, final: bool = True) -> Job:
+        """Queue one inference; the result (or a typed error) arrives on ``job.future``."""
+        job = Job(stream, audio, final, asyncio.get_running_loop().create_future())
+        queues = self._finals if final else self._interims
+        queues.setdefault(stream, deque()).append(job)
+        self._queued += 1
+        self._wakeup.set()
+        return job
+
+    def cancel(self, job: Job) -> bool:
+        """Withdraw a job no worker has taken yet (a superseded interim, say)."""
+        if not job.cancel():
+            return False
+        self._queued -= 1
+        return True
+
+    def cancel_stream(self, stream: str) -> int:
+        """Withdraw every queued job of a stream (on disconnect); returns how many."""
+        count = 0
+        for queues in (self._finals, self._interims):
+            for job in queues.pop(stream, ()):
+                count += self.cancel(job)
+        return count
+
+    def _take(self, limit: int) -> list[Job]:
+        """Up to ``limit`` jobs: finals first, one per stream per round."""
+        batch: list[Job] = []
+        for queues in (self._finals, self._interims):
+            while len(batch) < limit and queues:
+                for stream in list(queues):
+                    queue = queues[stream]
+                    while queue and queue[0].state is JobState.CANCELLED:
+                        queue.popleft()
+                    if queue:
+                        job = queue.popleft()
+                        self._queued -= 1
+                        batch.append(job)
+                        queues.move_to_end(stream)
+                    if not queue:
+                        del queues[stream]
+                    if len(batch) >= limit:
+                        break
+        return batch
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._slots.acquire()
+            batch = self._take(self.max_batch)
+            while not batch:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                batch = self._take(self.max_batch)
+            if len(batch) < self.max_batch and self.max_wait > 0:
+                until = time.perf_counter() + self.max_wait
+                while len(batch) < self.max_batch:
+                    left = until - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), left)
+                    except TimeoutError:
+                        break
+                    batch += self._take(self.max_batch - len(batch))
+            for job in batch:
+                job.state = JobState.RUNNING
+            task = asyncio.create_task(self._execute(batch), name="scheduler-batch")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _execute(self, batch: list[Job]) -> None:
+        self._busy += 1
+        started = time.perf_counter()
+        waits = tuple(started - job.enqueued for job in batch)
+        run = asyncio.ensure_future(self.pool.run([job.audio for job in batch]))
+        try:
+            try:
+                results = await asyncio.wait_for(asyncio.shield(run), self.deadline)
+            except TimeoutError:
+                for job in batch:
+                    self._resolve(job, InferenceTimeout(f"inference exceeded {self.deadline} s"))
+                # The worker is still busy until the model returns; keep its slot taken.
+                await asyncio.gather(run, return_exceptions=True)
+                return
+            except Exception as exc:
+                log.exception("worker pool failed")
+                results = [exc] * len(batch)
+            failures = crashes = 0
+            for job, result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    error = self._classify(result)
+                    failures += isinstance(error, ModelFailed)
+                    crashes += not isinstance(error, ModelFailed)
+                    self._resolve(job, error)
+                else:
+                    self._resolve(job, result)
+            if self.observer is not None:
+                self.observer(
+                    BatchStats(
+                        size=len(batch),
+                        queue_wait=waits,
+                        run_seconds=time.perf_counter() - started,
+                        audio_seconds=sum(len(j.audio) for j in batch) / self.sample_rate,
+                        failures=failures,
+                        crashes=crashes,
+                    )
+                )
+        finally:
+            self._busy -= 1
+            self._slots.release()
+
+    @staticmethod
+    def _classify(exc: Exception) -> StreamerError:
+        if isinstance(exc, StreamerError):
+            return exc
+        if isinstance(exc, ModelFailure):
+            return ModelFailed(str(exc) or "the model failed on this input")
+        log.error("model crashed", exc_info=exc)
+        return ModelCrashed("inference failed inside the model")
+
+    @staticmethod
+    def _resolve(job: Job, result: Output | StreamerError) -> None:
+        job.state = JobState.DONE
+        if job.future.done():
+            return
+        if isinstance(result, StreamerError):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)

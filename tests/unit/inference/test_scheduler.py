@@ -1,0 +1,178 @@
+"""The shared scheduler: priorities, fairness, cancellation, typed failures, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from streamer.errors import InferenceTimeout, ModelCrashed, ModelFailed
+from streamer.inference.model import ModelFailure, Output, TestModel
+from streamer.inference.pool import ThreadPool
+from streamer.inference.scheduler import BatchStats, JobState, Scheduler
+
+
+def audio(n: int) -> NDArray[np.float32]:
+    return np.zeros(n, dtype=np.float32)
+
+
+class RecordingModel:
+    """Records the order and batches it sees; fails or crashes on marked inputs."""
+
+    name = "recording"
+    sample_rate = 16000
+
+    def __init__(self, max_batch_size: int = 1, delay: float = 0.0) -> None:
+        self.max_batch_size = max_batch_size
+        self.delay = delay
+        self.calls: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def infer(self, audio: NDArray[np.float32]) -> Output:
+        out = self.infer_batch([audio])[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
+        self.gate.wait(5)
+        if self.delay:
+            threading.Event().wait(self.delay)
+        self.calls.append([len(a) for a in batch])
+        out: list[Output | Exception] = []
+        for a in batch:
+            if len(a) == 4242:
+                out.append(ModelFailure("forty-two"))
+            elif len(a) == 6666:
+                out.append(RuntimeError("boom"))
+            else:
+                out.append({"count": len(a)})
+        return out
+
+
+async def make(model: RecordingModel, workers: int = 1, **kw: float) -> Scheduler:
+    sched = Scheduler(
+        ThreadPool(model, workers), sample_rate=16000, max_batch=model.max_batch_size, **kw
+    )
+    sched.start()
+    return sched
+
+
+async def test_results_arrive_on_each_jobs_future() -> None:
+    sched = await make(RecordingModel(), workers=2)
+    jobs = [sched.submit("s", audio(n)) for n in range(1, 20)]
+    results = await asyncio.gather(*(j.future for j in jobs))
+    assert [r["count"] for r in results] == list(range(1, 20))
+    await sched.close()
+
+
+async def test_failures_and_crashes_become_typed_errors() -> None:
+    sched = await make(RecordingModel())
+    ok, fail, crash = (sched.submit("s", audio(n)) for n in (5, 4242, 6666))
+    assert (await ok.future)["count"] == 5
+    with pytest.raises(ModelFailed, match="forty-two"):
+        await fail.future
+    with pytest.raises(ModelCrashed) as info:
+        await crash.future
+    assert "boom" not in info.value.message  # crashes get a generic message
+    await sched.close()
+
+
+async def test_finals_run_before_interims_and_streams_take_turns() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    sched = await make(model)
+    first = sched.submit("busy", audio(1))
+    await asyncio.sleep(0.05)  # the worker now holds `first`, blocked on the gate
+    for n in range(100, 110):
+        sched.submit("busy", audio(n))
+    sched.submit("quiet", audio(2), final=False)
+    sched.submit("quiet", audio(3))
+    sched.submit("other", audio(4))
+    model.gate.set()
+    await first.future
+    while sched.queued:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    order = [c[0] for c in model.calls]
+    assert order[0] == 1
+    # Round-robin over streams: the quiet streams are served before the busy one's backlog.
+    assert order.index(3) < order.index(101) and order.index(4) < order.index(102)
+    # The interim goes last, after every final.
+    assert order[-1] == 2
+    await sched.close()
+
+
+async def test_batches_form_across_streams() -> None:
+    model = RecordingModel(max_batch_size=8)
+    model.gate.clear()
+    stats: list[BatchStats] = []
+    sched = Scheduler(ThreadPool(model, 1), sample_rate=16000, max_batch=8, observer=stats.append)
+    sched.start()
+    blocker = sched.submit("x", audio(1))
+    await asyncio.sleep(0.05)
+    jobs = [sched.submit(f"s{i}", audio(10 + i)) for i in range(12)]
+    model.gate.set()
+    await asyncio.gather(blocker.future, *(j.future for j in jobs))
+    assert [len(c) for c in model.calls] == [1, 8, 4]
+    assert [s.size for s in stats] == [1, 8, 4]
+    await sched.close()
+
+
+async def test_a_queued_job_can_be_cancelled_but_a_running_one_cannot() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    sched = await make(model)
+    running = sched.submit("s", audio(1))
+    await asyncio.sleep(0.05)
+    queued = sched.submit("s", audio(2), final=False)
+    assert sched.cancel(queued)
+    assert not sched.cancel(running)
+    assert queued.state is JobState.CANCELLED and queued.future.cancelled()
+    assert sched.queued == 0
+    model.gate.set()
+    await running.future
+    assert model.calls == [[1]]
+    await sched.close()
+
+
+async def test_cancel_stream_withdraws_all_its_queued_work() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    sched = await make(model)
+    sched.submit("gone", audio(1))
+    await asyncio.sleep(0.05)
+    for n in range(2, 6):
+        sched.submit("gone", audio(n))
+    keep = sched.submit("stays", audio(7))
+    assert sched.queued_for("gone") == 4
+    assert sched.cancel_stream("gone") == 4
+    assert sched.queued == 1
+    model.gate.set()
+    await keep.future
+    assert [c[0] for c in model.calls] == [1, 7]
+    await sched.close()
+
+
+async def test_an_inference_past_its_deadline_fails_with_inference_timeout() -> None:
+    sched = await make(RecordingModel(delay=0.3), deadline=0.05)
+    job = sched.submit("s", audio(4))
+    with pytest.raises(InferenceTimeout):
+        await job.future
+    await sched.close()
+
+
+async def test_the_test_model_presets() -> None:
+    speedy = TestModel.speedy()
+    assert speedy.infer(audio(480)) == {"count": 480}
+    flaky = TestModel.flaky(seed=1)
+    outcomes = [flaky.infer_batch([audio(1)])[0] for _ in range(200)]
+    errors = [o for o in outcomes if isinstance(o, Exception)]
+    assert 30 < len(errors) < 90  # about 30% fail or crash
+    assert any(isinstance(o, ModelFailure) for o in errors)
+    assert any(not isinstance(o, ModelFailure) for o in errors)
