@@ -21,6 +21,9 @@ class _Strict(BaseModel):
 class FormatSpec(_Strict):
     """Layout of the binary audio frames that follow ``start``."""
 
+    # No coercion: `true` is not one channel and "16000" is not a sample rate.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
     channels: int
     sample_rate: int
     bit_depth: int
@@ -120,7 +123,10 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         if any(e["type"] == "json_invalid" for e in err.errors()):
             raise InvalidJson(f"message is not valid JSON: {err.errors()[0]['msg']}") from None
         first = err.errors()[0]
-        if first["type"] in ("model_attributes_type", "model_type") and not first["loc"]:
+        if (
+            first["type"] in ("model_attributes_type", "model_type", "dict_type")
+            and not first["loc"]
+        ):
             raise InvalidMessage("message must be a JSON object") from None
         is_format, text_ = _describe(err)
         if is_format:

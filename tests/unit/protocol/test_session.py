@@ -91,8 +91,9 @@ def test_errors_name_what_was_expected() -> None:
     ("text", "error", "needle"),
     [
         ("{not json", InvalidJson, "JSON"),
-        ("[1, 2]", InvalidMessage, ""),
-        ('"start"', InvalidMessage, ""),
+        ("[1, 2]", InvalidMessage, "JSON object"),
+        ('"start"', InvalidMessage, "JSON object"),
+        ("null", InvalidMessage, "JSON object"),
         ("{}", InvalidMessage, "request"),
         ('{"request": "rewind"}', InvalidMessage, "rewind"),
         ('{"request": "stop", "hurry": true}', InvalidMessage, "hurry"),
@@ -133,6 +134,9 @@ def test_malformed_messages_get_typed_errors(
         ({"channels": 1, "sample_rate": 16000, "bit_depth": 16, "is_float": True}, "bit_depth"),
         ({"channels": 1, "sample_rate": 8000, "bit_depth": 16, "encoding": "mulaw"}, "bit_depth"),
         ({"channels": 1, "sample_rate": 8000, "bit_depth": 8, "encoding": "mp3"}, "encoding"),
+        ({"channels": True, "sample_rate": 16000, "bit_depth": 16}, "channels"),
+        ({"channels": 1, "sample_rate": "16000", "bit_depth": 16}, "sample_rate"),
+        ({"channels": 1, "sample_rate": 16000, "bit_depth": 16, "is_float": 0}, "is_float"),
     ],
 )
 def test_unsupported_formats_are_refused_and_the_session_stays_idle(
