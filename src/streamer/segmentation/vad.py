@@ -1,0 +1,449 @@
+"""Silero voice activity detection, batched across streams on one dedicated thread.
+
+``SileroVad`` is the bare model: frames, recurrent state and context in, probabilities and
+the next state and context out, for any number of rows at once. ``VadEngine`` shares one
+model between every stream of the process: the event loop hands it frames, its own thread
+runs one batched call per step with the next frame of every stream that has one waiting,
+and the results come back to the loop as resolved futures. The loop never runs the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib.util
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from streamer.errors import ShuttingDown
+
+__all__ = [
+    "CONTEXT_SAMPLES",
+    "FRAME_SAMPLES",
+    "STATE_SHAPE",
+    "VAD_SAMPLE_RATE",
+    "SileroVad",
+    "VadEngine",
+    "VadStream",
+    "silero_model_path",
+]
+
+log = logging.getLogger(__name__)
+
+VAD_SAMPLE_RATE: Final = 16000
+"""The only rate the engine runs at; resample before framing."""
+FRAME_SAMPLES: Final = 512
+"""New samples per model call at 16 kHz (32 ms)."""
+CONTEXT_SAMPLES: Final = 64
+"""Samples of the previous frame the model sees again in front of each frame."""
+STATE_SHAPE: Final = (2, 128)
+"""One stream's recurrent state; a batch holds ``(2, batch, 128)``."""
+
+Float32Array = NDArray[np.float32]
+
+
+def silero_model_path() -> Path:
+    """The ONNX file shipped in the ``silero-vad`` wheel, found without importing it.
+
+    Importing ``silero_vad`` pulls in torch, which the service does not need.
+    """
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the silero-vad package is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
+    if not path.is_file():
+        raise FileNotFoundError(f"silero-vad does not ship {path.name}")
+    return path
+
+
+class SileroVad:
+    """The Silero VAD ONNX model on the CPU: one thread, no spinning.
+
+    Synchronous and stateless between calls (the caller keeps every row's state and
+    context), so rows of different streams can share a call. Not to be called from two
+    threads at once; the engine gives it a thread of its own.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        options = ort.SessionOptions()
+        # One thread is faster per frame than onnxruntime's default pool and leaves the
+        # other cores to the event loop; spinning would burn a core while idle.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(
+            str(path or silero_model_path()),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
+        )
+        self._sr = np.array(VAD_SAMPLE_RATE, dtype=np.int64)
+
+    def run(
+        self, frames: Float32Array, state: Float32Array, context: Float32Array
+    ) -> tuple[Float32Array, Float32Array, Float32Array]:
+        """Run ``B`` rows: frames ``(B, 512)``, state ``(2, B, 128)``, context ``(B, 64)``.
+
+        Returns the speech probabilities ``(B,)``, the next state ``(2, B, 128)`` and the
+        next context ``(B, 64)`` (the last 64 samples of each frame).
+        """
+        rows = frames.shape[0]
+        if frames.shape != (rows, FRAME_SAMPLES):
+            raise ValueError(f"frames must be (batch, {FRAME_SAMPLES}), got {frames.shape}")
+        if state.shape != (STATE_SHAPE[0], rows, STATE_SHAPE[1]):
+            raise ValueError(f"state must be (2, {rows}, 128), got {state.shape}")
+        if context.shape != (rows, CONTEXT_SAMPLES):
+            raise ValueError(f"context must be ({rows}, {CONTEXT_SAMPLES}), got {context.shape}")
+        window = np.concatenate((context, frames), axis=1, dtype=np.float32)
+        out, new_state = self._session.run(
+            None,
+            {"input": window, "state": np.asarray(state, dtype=np.float32), "sr": self._sr},
+        )
+        probs = np.asarray(out, dtype=np.float32).reshape(rows)
+        return probs, np.asarray(new_state, dtype=np.float32), window[:, -CONTEXT_SAMPLES:].copy()
+
+
+Deliver = Callable[[Float32Array | BaseException], None]
+
+
+class _Request:
+    """Frames of one stream waiting for the engine, or a reset of its state."""
+
+    __slots__ = ("deliver", "done", "frames", "out", "stream")
+
+    def __init__(self, stream: VadStream, frames: Float32Array | None, deliver: Deliver) -> None:
+        self.stream = stream
+        self.frames = frames  # None: reset the stream's state when this reaches the head
+        self.deliver = deliver
+        self.done = 0
+        self.out = np.empty(0 if frames is None else len(frames), dtype=np.float32)
+
+
+class VadStream:
+    """One channel's recurrent VAD state, kept by the engine that opened it.
+
+    The state row and context belong to the engine's thread; callers only hand the stream
+    back to ``VadEngine.probabilities`` and ``reset``.
+    """
+
+    __slots__ = ("_engine", "_pending", "_scheduled", "context", "state")
+
+    def __init__(self, engine: VadEngine) -> None:
+        self._engine = engine
+        self.state: Float32Array = np.zeros(STATE_SHAPE, dtype=np.float32)
+        self.context: Float32Array = np.zeros(CONTEXT_SAMPLES, dtype=np.float32)
+        # Engine-thread only: requests in submission order, and whether the stream is in
+        # the engine's ready queue or in the batch being run.
+        self._pending: deque[_Request] = deque()
+        self._scheduled = False
+
+    def reset(self) -> None:
+        """Forget the audio seen so far, after the frames already submitted are run.
+
+        Ordered with ``probabilities`` calls: earlier requests use the old state, later
+        ones start from zeros.
+        """
+        self._engine._submit(_Request(self, None, _ignore))
+
+    def _zero(self) -> None:
+        self.state.fill(0.0)
+        self.context.fill(0.0)
+
+
+def _ignore(_: Float32Array | BaseException) -> None:
+    return None
+
+
+def _resolve(future: asyncio.Future[Float32Array], result: Float32Array | BaseException) -> None:
+    if future.done():  # the caller gave up waiting
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+_STOP: Final = object()
+
+
+class VadEngine:
+    """One Silero model shared by every stream, run on a dedicated named thread.
+
+    Requests from many streams are gathered into steps: each step takes the next waiting
+    frame of every stream that has one (a stream's frames stay in order, since its state is
+    recurrent), up to ``max_batch`` rows, and runs them in one call. Streams left over by
+    a full step go first in the next one. Batches form on their own under load: whatever
+    arrives while a call runs joins the next step; there is no waiting to fill a batch.
+
+    ``batches_run`` and ``frames_run`` count work done; ``on_batch(rows, seconds)`` is
+    called on the engine's thread after every model call.
+    """
+
+    def __init__(
+        self,
+        model: SileroVad | None = None,
+        *,
+        max_batch: int = 256,
+        thread_name: str = "streamer-vad",
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.max_batch = max_batch
+        self.thread_name = thread_name
+        self.on_batch = on_batch
+        self.batches_run = 0
+        self.frames_run = 0
+        self._model = model
+        self._inbox: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
+        # Guards the closed flag so that no request can be queued behind the stop marker.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._ready: deque[VadStream] = deque()
+        self._running: list[_Request] = []  # the step in progress, for _fail_all
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the model (unless one was given) and start the engine's thread."""
+        with self._lock:
+            if self._closed:
+                raise ShuttingDown("the VAD engine is closed")
+            if self._thread is not None:
+                return
+            if self._model is None:
+                self._model = SileroVad()
+            self._thread = threading.Thread(target=self._serve, name=self.thread_name, daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread after the step in progress; fail every waiting request.
+
+        Waiting callers get ``ShuttingDown``; later calls raise it at once.
+        """
+        with self._lock:
+            if self._closed:
+                thread = None
+            else:
+                self._closed = True
+                self._inbox.put(_STOP)
+                thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        elif self._thread is None:
+            self._fail_all(ShuttingDown("the VAD engine is closed"))
+
+    @property
+    def running(self) -> bool:
+        """Whether the engine's thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def __enter__(self) -> VadEngine:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- requests -----------------------------------------------------------------------
+
+    def open_stream(self) -> VadStream:
+        """A fresh stream with zero state."""
+        return VadStream(self)
+
+    async def probabilities(self, stream: VadStream, frames: Float32Array) -> Float32Array:
+        """Speech probabilities ``(k,)`` for ``k`` consecutive frames ``(k, 512)`` of a stream.
+
+        Called on the event loop; the model runs on the engine's thread. Calls for one
+        stream are run in the order they were made. Cancelling the wait does not withdraw
+        the frames: they still advance the stream's state, so it stays in step with the
+        audio that was submitted.
+        """
+        batch = self._check(stream, frames)
+        if not len(batch):
+            return np.empty(0, dtype=np.float32)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Float32Array] = loop.create_future()
+
+        def deliver(result: Float32Array | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(_resolve, future, result)
+            except RuntimeError:  # the loop is closed; nobody is waiting any more
+                pass
+
+        self._submit(_Request(stream, batch, deliver))
+        return await future
+
+    def probabilities_sync(
+        self, stream: VadStream, frames: Float32Array, timeout: float | None = None
+    ) -> Float32Array:
+        """Like ``probabilities``, blocking the calling thread (tests, offline tools).
+
+        The frames take the same path through the engine's thread, batched with everyone
+        else's, so results are identical. Never call it on the event loop.
+        """
+        batch = self._check(stream, frames)
+        if not len(batch):
+            return np.empty(0, dtype=np.float32)
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("probabilities_sync would wait on its own thread")
+        future: concurrent.futures.Future[Float32Array] = concurrent.futures.Future()
+
+        def deliver(result: Float32Array | BaseException) -> None:
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        self._submit(_Request(stream, batch, deliver))
+        return future.result(timeout)
+
+    def _check(self, stream: VadStream, frames: Float32Array) -> Float32Array:
+        if stream._engine is not self:
+            raise ValueError("the stream was opened by another engine")
+        batch = np.ascontiguousarray(frames, dtype=np.float32)
+        if batch.ndim != 2 or batch.shape[1] != FRAME_SAMPLES:
+            raise ValueError(f"frames must be (k, {FRAME_SAMPLES}), got {batch.shape}")
+        return batch
+
+    def _submit(self, request: _Request) -> None:
+        with self._lock:
+            if self._closed:
+                raise ShuttingDown("the VAD engine is closed")
+            if self._thread is None:
+                raise RuntimeError("the VAD engine is not started")
+            self._inbox.put(request)
+
+    # -- the engine's thread -------------------------------------------------------------
+
+    def _serve(self) -> None:
+        failure: BaseException = ShuttingDown("the VAD engine is closed")
+        try:
+            while True:
+                # Block only when there is nothing to run; otherwise take what arrived.
+                item = self._inbox.get() if not self._ready else self._take_nowait()
+                while item is not None:
+                    if item is _STOP:
+                        return
+                    assert isinstance(item, _Request)
+                    self._enqueue(item)
+                    item = self._take_nowait()
+                if self._ready:
+                    self._step()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            log.exception("VAD engine thread failed")
+            failure = ShuttingDown(f"the VAD engine failed: {exc!r}")
+            with self._lock:
+                self._closed = True
+        finally:
+            self._fail_all(failure)
+
+    def _take_nowait(self) -> _Request | object | None:
+        try:
+            return self._inbox.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _enqueue(self, request: _Request) -> None:
+        stream = request.stream
+        stream._pending.append(request)
+        if not stream._scheduled:
+            stream._scheduled = True
+            self._ready.append(stream)
+
+    def _step(self) -> None:
+        model = self._model
+        assert model is not None
+        rows: list[_Request] = []
+        while self._ready and len(rows) < self.max_batch:
+            stream = self._ready.popleft()
+            pending = stream._pending
+            while pending and pending[0].frames is None:
+                stream._zero()
+                pending.popleft()
+            if pending:
+                rows.append(pending[0])
+            else:
+                stream._scheduled = False
+        if not rows:
+            return
+        self._running = rows
+        count = len(rows)
+        frames = np.empty((count, FRAME_SAMPLES), dtype=np.float32)
+        state = np.empty((STATE_SHAPE[0], count, STATE_SHAPE[1]), dtype=np.float32)
+        context = np.empty((count, CONTEXT_SAMPLES), dtype=np.float32)
+        for i, request in enumerate(rows):
+            assert request.frames is not None
+            frames[i] = request.frames[request.done]
+            state[:, i] = request.stream.state
+            context[i] = request.stream.context
+        began = time.perf_counter()
+        try:
+            probs, new_state, new_context = model.run(frames, state, context)
+        except Exception as exc:
+            # The model failed these rows: their requests fail (frames not yet run are
+            # dropped, the state keeps what was run before); other streams are unaffected.
+            log.exception("VAD model call failed for %d rows", count)
+            self._running = []
+            for request in rows:
+                request.stream._pending.popleft()
+                request.deliver(exc)
+                self._requeue(request.stream)
+            return
+        elapsed = time.perf_counter() - began
+        self._running = []
+        self.batches_run += 1
+        self.frames_run += count
+        for i, request in enumerate(rows):
+            stream = request.stream
+            stream.state[...] = new_state[:, i]
+            stream.context[...] = new_context[i]
+            request.out[request.done] = probs[i]
+            request.done += 1
+            if request.done == len(request.out):
+                stream._pending.popleft()
+                request.deliver(request.out)
+            self._requeue(stream)
+        if self.on_batch is not None:
+            try:
+                self.on_batch(count, elapsed)
+            except Exception:
+                log.exception("VAD on_batch callback failed")
+
+    def _requeue(self, stream: VadStream) -> None:
+        if stream._pending:
+            self._ready.append(stream)
+        else:
+            stream._scheduled = False
+
+    def _fail_all(self, error: BaseException) -> None:
+        """Fail every request still held: in a step, in the ready queue or in the inbox."""
+        self._ready.extend(request.stream for request in self._running)
+        self._running = []
+        while self._ready:
+            stream = self._ready.popleft()
+            stream._scheduled = False
+            while stream._pending:
+                stream._pending.popleft().deliver(error)
+        while True:
+            item = self._take_nowait()
+            if item is None:
+                break
+            if isinstance(item, _Request):
+                item.deliver(error)
