@@ -1,0 +1,40 @@
+"""The ``streamer`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument("--config", type=Path, help="TOML settings file")
+
+    from streamer.cli import client
+
+    client.add_arguments(sub.add_parser("client", help="stream an audio file to a server"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from streamer.cli.serve import serve
+
+        serve(args.host, args.port, args.config)
+        return 0
+    if args.command == "client":
+        from streamer.cli.client import run
+
+        return run(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""``streamer serve``: run the server until SIGTERM or SIGINT, then drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from streamer.app import create_app, drain
+from streamer.config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+class _DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first exit signal drains open streams before stopping."""
+
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self._app = app
+        self._draining: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        services = getattr(self._app.state, "services", None)
+        if self._draining is not None or services is None or self._loop is None:
+            super().handle_exit(sig, frame)  # a second signal: stop now
+            return
+        log.info("received %s: draining open streams", signal.Signals(sig).name)
+
+        def begin() -> None:
+            self._draining = asyncio.ensure_future(drain(services))
+            self._draining.add_done_callback(lambda _: setattr(self, "should_exit", True))
+
+        self._loop.call_soon_threadsafe(begin)
+
+
+def run_server(settings: Settings) -> None:
+    """Serve HTTP and WebSocket on the configured address until told to stop."""
+    app = create_app(settings)
+    server = settings.server
+    config = uvicorn.Config(
+        app,
+        host=server.host,
+        port=server.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_max_size=server.max_message_bytes,
+        ws_per_message_deflate=False,
+        log_level=settings.log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    _DrainingServer(config, app).run()
+
+
+def serve(host: str | None, port: int | None, config: Path | None) -> None:
+    flags: dict[str, Any] = {}
+    if host is not None:
+        flags["host"] = host
+    if port is not None:
+        flags["port"] = port
+    settings = load_settings(config, **({"server": flags} if flags else {}))
+    logging.basicConfig(level=settings.log_level.upper())
+    run_server(settings)

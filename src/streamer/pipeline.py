@@ -1,0 +1,304 @@
+"""One stream's wiring: bytes -> decoder -> resamplers -> per channel chunker or segmenter
+-> scheduler -> events, in audio order.
+
+Transport-agnostic: the WebSocket and gRPC handlers both drive a ``StreamPipeline`` and
+forward the events it emits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import soxr
+from numpy.typing import NDArray
+
+from streamer.audio.decode import Decoder
+from streamer.audio.formats import AudioFormat
+from streamer.audio.framing import Framer
+from streamer.audio.resample import ChannelResamplers
+from streamer.errors import ErrorCode, InferenceError
+from streamer.inference.scheduler import Job, JobState, Scheduler
+from streamer.protocol.messages import (
+    ActiveEvent,
+    DoneEvent,
+    ErrorEvent,
+    InactiveEvent,
+    ReadyEvent,
+    SegmentEvent,
+    segment_event,
+)
+from streamer.segmentation.segmenter import (
+    Segment,
+    Segmenter,
+    SpeechEnded,
+    SpeechStarted,
+    VadParams,
+)
+from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE, VadEngine
+
+log = logging.getLogger(__name__)
+
+Event = ReadyEvent | SegmentEvent | ActiveEvent | InactiveEvent | ErrorEvent | DoneEvent
+Emit = Callable[[Event], None]
+
+
+class Route(StrEnum):
+    SIMPLE = "simple"
+    SEGMENTED = "segmented"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """Everything one stream needs to know about itself."""
+
+    route: Route
+    fmt: AudioFormat
+    model_rate: int
+    chunk_seconds: float = 1.0
+    max_in_flight: int = 4
+    interim: bool = False
+    vad_params: VadParams | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A result that will leave once its job is done (and everything before it has left)."""
+
+    job: Job
+    channel: int
+    start: int
+    end: int
+    final: bool
+
+
+class StreamPipeline:
+    """Turns one stream's audio into ordered events."""
+
+    def __init__(
+        self,
+        stream_id: str,
+        options: StreamOptions,
+        *,
+        scheduler: Scheduler,
+        emit: Emit,
+        vad: VadEngine | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.options = options
+        self._scheduler = scheduler
+        self._emit = emit
+        fmt = options.fmt
+        self._decoder = Decoder(fmt)
+        work_rate = VAD_SAMPLE_RATE if options.route is Route.SEGMENTED else options.model_rate
+        self._work_rate = work_rate
+        self._resamplers = ChannelResamplers(fmt.channels, fmt.sample_rate, work_rate)
+        self._order: asyncio.Queue[Event | _Pending | None] = asyncio.Queue()
+        self._in_flight = asyncio.Semaphore(options.max_in_flight)
+        self._channels: list[_SimpleChannel | _SegmentedChannel]
+        if options.route is Route.SEGMENTED:
+            if vad is None:
+                raise ValueError("the segmented route needs a VAD engine")
+            params = options.vad_params or VadParams()
+            self._channels = [
+                _SegmentedChannel(self, c, vad, params, options.interim)
+                for c in range(fmt.channels)
+            ]
+        else:
+            chunk = max(1, round(options.chunk_seconds * work_rate))
+            self._channels = [_SimpleChannel(self, c, chunk) for c in range(fmt.channels)]
+        self._emitter: asyncio.Task[None] | None = None
+
+    @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio received so far (per channel)."""
+        return self._decoder.frames_decoded / self.options.fmt.sample_rate
+
+    def start(self) -> None:
+        self._emitter = asyncio.create_task(self._emit_in_order(), name="stream-emitter")
+
+    async def feed(self, data: bytes) -> None:
+        """Take one binary frame of audio; waits when too many inferences are in flight."""
+        block = self._decoder.feed(data)
+        if block.shape[1] == 0:
+            return
+        for channel, samples in zip(self._channels, self._resamplers.process(block), strict=True):
+            await channel.push(samples)
+
+    async def finalize(self) -> None:
+        """Force final results for the audio so far; the stream goes on."""
+        for channel in self._channels:
+            await channel.finalize()
+
+    async def finish(self) -> None:
+        """End of audio: process what is left, wait for every result, then send ``done``."""
+        if self._decoder.pending_bytes:
+            self._order.put_nowait(
+                ErrorEvent(
+                    code=ErrorCode.INCOMPLETE_FRAME,
+                    message=(
+                        f"the last {self._decoder.pending_bytes} bytes did not make a whole "
+                        "sample frame and were dropped"
+                    ),
+                )
+            )
+        for channel, tail in zip(self._channels, self._resamplers.flush(), strict=True):
+            await channel.push(tail)
+            await channel.end()
+        self._order.put_nowait(None)
+        if self._emitter is not None:
+            await self._emitter
+        self._emit(DoneEvent(audio_seconds=round(self.audio_seconds, 6)))
+
+    async def abort(self) -> None:
+        """The client went away: withdraw queued work and stop emitting."""
+        self._scheduler.cancel_stream(self.stream_id)
+        if self._emitter is not None:
+            self._emitter.cancel()
+            await asyncio.gather(self._emitter, return_exceptions=True)
+
+    # Used by the channel processors.
+
+    def seconds(self, samples: int) -> float:
+        return round(samples / self._work_rate, 6)
+
+    def post(self, event: Event) -> None:
+        self._order.put_nowait(event)
+
+    async def infer(self, channel: int, start: int, audio: NDArray[np.float32]) -> None:
+        """Queue a final inference; waits while the stream has too many in flight."""
+        await self._in_flight.acquire()
+        self._order.put_nowait(self._submit(channel, start, audio, final=True))
+
+    def infer_interim(self, channel: int, start: int, audio: NDArray[np.float32]) -> Job:
+        """Queue an interim inference without waiting; the caller coalesces."""
+        pending = self._submit(channel, start, audio, final=False)
+        self._order.put_nowait(pending)
+        return pending.job
+
+    def _submit(
+        self, channel: int, start: int, audio: NDArray[np.float32], *, final: bool
+    ) -> _Pending:
+        end = start + len(audio)
+        if self._work_rate != self.options.model_rate:
+            audio = soxr.resample(audio, self._work_rate, self.options.model_rate).astype(
+                np.float32, copy=False
+            )
+        job = self._scheduler.submit(self.stream_id, audio, final=final)
+        return _Pending(job, channel, start, end, final)
+
+    def cancel(self, job: Job) -> bool:
+        return self._scheduler.cancel(job)
+
+    async def _emit_in_order(self) -> None:
+        while (item := await self._order.get()) is not None:
+            if not isinstance(item, _Pending):
+                self._emit(item)
+                continue
+            await asyncio.wait({item.job.future})
+            if item.final:
+                self._in_flight.release()
+            if item.job.state is JobState.CANCELLED:
+                continue  # a superseded interim
+            start, end = self.seconds(item.start), self.seconds(item.end)
+            exc = item.job.future.exception()
+            if isinstance(exc, InferenceError):
+                self._emit(
+                    ErrorEvent(
+                        code=exc.code,
+                        message=exc.message,
+                        channel=item.channel,
+                        start_time=start,
+                        end_time=end,
+                    )
+                )
+            elif exc is not None:
+                raise exc
+            else:
+                self._emit(
+                    segment_event(item.channel, start, end, item.final, item.job.future.result())
+                )
+
+
+class _SimpleChannel:
+    """Cuts one channel into chunks of a fixed duration; every chunk is inferred."""
+
+    def __init__(self, pipeline: StreamPipeline, index: int, chunk: int) -> None:
+        self._pipeline = pipeline
+        self._index = index
+        self._framer = Framer(chunk)
+        self._position = 0
+
+    async def _send(self, audio: NDArray[np.float32]) -> None:
+        await self._pipeline.infer(self._index, self._position, audio)
+        self._position += len(audio)
+
+    async def push(self, samples: NDArray[np.float32]) -> None:
+        for chunk in self._framer.push(samples):
+            await self._send(chunk)
+
+    async def finalize(self) -> None:
+        tail = self._framer.take_tail()
+        if len(tail):
+            await self._send(tail)
+
+    async def end(self) -> None:
+        await self.finalize()
+
+
+class _SegmentedChannel:
+    """Runs one channel through the shared VAD and its own segmenter."""
+
+    def __init__(
+        self,
+        pipeline: StreamPipeline,
+        index: int,
+        vad: VadEngine,
+        params: VadParams,
+        interim: bool,
+    ) -> None:
+        self._pipeline = pipeline
+        self._index = index
+        self._vad = vad
+        self._vad_stream = vad.open_stream()
+        self._framer = Framer(FRAME_SAMPLES)
+        self._segmenter = Segmenter(params, interim=interim, sample_rate=VAD_SAMPLE_RATE)
+        self._interim: Job | None = None
+
+    async def push(self, samples: NDArray[np.float32]) -> None:
+        frames = self._framer.push(samples)
+        if not frames:
+            return
+        probs = await self._vad.probabilities(self._vad_stream, np.stack(frames))
+        for frame, prob in zip(frames, probs, strict=True):
+            await self._handle(self._segmenter.push(frame, float(prob)))
+
+    async def finalize(self) -> None:
+        await self._handle(self._segmenter.flush())
+
+    async def end(self) -> None:
+        await self._handle(self._segmenter.flush(self._framer.take_tail()))
+
+    async def _handle(self, events: list[SpeechStarted | SpeechEnded | Segment]) -> None:
+        pipeline = self._pipeline
+        for event in events:
+            if isinstance(event, SpeechStarted):
+                pipeline.post(ActiveEvent(channel=self._index, time=pipeline.seconds(event.start)))
+            elif isinstance(event, SpeechEnded):
+                pipeline.post(InactiveEvent(channel=self._index, time=pipeline.seconds(event.end)))
+            elif event.is_final:
+                self._drop_interim()
+                await pipeline.infer(self._index, event.start, event.audio)
+            else:
+                self._drop_interim()
+                self._interim = pipeline.infer_interim(self._index, event.start, event.audio)
+
+    def _drop_interim(self) -> None:
+        """Only the newest interim of a segment is worth running."""
+        if self._interim is not None and self._interim.state is JobState.QUEUED:
+            self._pipeline.cancel(self._interim)
+        self._interim = None

@@ -1,0 +1,219 @@
+"""The WebSocket transport: adapts one Starlette WebSocket to a session and its pipelines.
+
+It holds no protocol logic: the session decides what a message means, the pipeline turns
+audio into events, and this module moves bytes and applies close codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from streamer.errors import (
+    ClientError,
+    CloseCode,
+    ErrorCode,
+    Overloaded,
+    ShuttingDown,
+)
+from streamer.pipeline import Event, Route, StreamPipeline
+from streamer.protocol.messages import (
+    ErrorEvent,
+    FinalizeRequest,
+    ReadyEvent,
+    StartRequest,
+    StopRequest,
+    encode_event,
+)
+from streamer.protocol.session import Audio, Session, State
+from streamer.services import Services
+
+log = logging.getLogger(__name__)
+
+
+class _Closed(Exception):
+    """The connection is over; carries the close code and reason to send."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Connection:
+    """One WebSocket connection: any number of start/stop cycles."""
+
+    def __init__(self, ws: WebSocket, route: Route, services: Services) -> None:
+        self.ws = ws
+        self.route = route
+        self.services = services
+        self.session = Session()
+        self.pipeline: StreamPipeline | None = None
+        self._outbox: asyncio.Queue[str | None] = asyncio.Queue(
+            services.settings.server.max_pending_events
+        )
+        self._slow = False
+
+    # Outbound: events are queued and written by one task, so a slow client never blocks
+    # the pipeline; past a bounded backlog it is disconnected and told why.
+
+    def emit(self, event: Event) -> None:
+        if self._slow:
+            return
+        try:
+            self._outbox.put_nowait(encode_event(event))
+        except asyncio.QueueFull:
+            self._slow = True
+            log.warning("client is not reading; disconnecting")
+
+    async def _write(self) -> None:
+        while (text := await self._outbox.get()) is not None:
+            await self.ws.send_text(text)
+
+    async def run(self) -> None:
+        services = self.services
+        await self.ws.accept()
+        writer = asyncio.create_task(self._write(), name="ws-writer")
+        services.connections.add(self)
+        close = _Closed(CloseCode.NORMAL)
+        try:
+            await self._serve()
+        except _Closed as closing:
+            close = closing
+        except WebSocketDisconnect:
+            close = _Closed(0)
+        except Exception:
+            log.exception("connection failed")
+            self.emit(ErrorEvent(code=ErrorCode.INTERNAL_ERROR, message="internal server error"))
+            close = _Closed(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            services.connections.discard(self)
+            if self.pipeline is not None:
+                await self.pipeline.abort()
+                services.stream_ended(self.route)
+                self.pipeline = None
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outbox.put_nowait(None)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer, 5.0)
+        writer.cancel()
+        if close.code:
+            with contextlib.suppress(Exception):
+                await self.ws.close(close.code, close.reason)
+
+    async def _serve(self) -> None:
+        services = self.services
+        receive: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                if self._slow:
+                    raise _Closed(CloseCode.POLICY_VIOLATION, ErrorCode.SLOW_CONSUMER)
+                if services.draining.is_set() and self.pipeline is None:
+                    raise _Closed(CloseCode.GOING_AWAY, "server shutting down")
+                if receive is None:
+                    receive = asyncio.ensure_future(self.ws.receive())
+                waits: set[asyncio.Future[Any]] = {receive}
+                drain = asyncio.ensure_future(
+                    services.drain_expired.wait()
+                    if self.pipeline is not None
+                    else services.draining.wait()
+                )
+                waits.add(drain)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                drain.cancel()
+                if not receive.done():
+                    if self.pipeline is not None and services.drain_expired.is_set():
+                        await self._finish_stream()
+                        raise _Closed(CloseCode.GOING_AWAY, "server shutting down")
+                    continue
+                message = receive.result()
+                receive = None
+                if message["type"] == "websocket.disconnect":
+                    raise WebSocketDisconnect(int(str(message.get("code", 1000))))
+                await self._handle(message)
+        finally:
+            if receive is not None:
+                receive.cancel()
+
+    async def _handle(self, message: dict[str, object]) -> None:
+        text = message.get("text")
+        data = message.get("bytes")
+        try:
+            if isinstance(data, bytes | bytearray):
+                command = self.session.receive_bytes(bytes(data))
+            elif isinstance(text, str):
+                command = self.session.receive_text(text)
+            else:
+                return
+            await self._apply(command)
+        except ClientError as error:
+            self.emit(ErrorEvent(code=error.code, message=error.message))
+            if isinstance(error, Overloaded):
+                raise _Closed(CloseCode.TRY_AGAIN_LATER, ErrorCode.OVERLOADED) from None
+            if isinstance(error, ShuttingDown):
+                raise _Closed(CloseCode.GOING_AWAY, ErrorCode.SHUTTING_DOWN) from None
+
+    async def _apply(self, command: object) -> None:
+        if isinstance(command, Audio):
+            assert self.pipeline is not None
+            self.services.bytes_in(self.route, len(command.data))
+            await self.pipeline.feed(command.data)
+        elif isinstance(command, StartRequest):
+            self._start(command)
+        elif isinstance(command, FinalizeRequest):
+            assert self.pipeline is not None
+            await self.pipeline.finalize()
+        elif isinstance(command, StopRequest):
+            await self._finish_stream()
+            if self.session.state is State.CLOSED:
+                raise _Closed(CloseCode.NORMAL)
+
+    def _start(self, request: StartRequest) -> None:
+        services = self.services
+        try:
+            services.admit(self.route)
+        except ClientError:
+            self.session.state = State.IDLE  # the start was refused: no stream is open
+            raise
+        stream_id = uuid.uuid4().hex
+        options = services.stream_options(self.route, request)
+        self.pipeline = StreamPipeline(
+            stream_id,
+            options,
+            scheduler=services.scheduler,
+            emit=self.emit,
+            vad=services.vad,
+        )
+        self.pipeline.start()
+        self.emit(
+            ReadyEvent(
+                session_id=stream_id,
+                route=self.route.value,
+                model=services.model.name,
+                model_sample_rate=services.model.sample_rate,
+                channels=options.fmt.channels,
+                trace_id=request.trace_id,
+            )
+        )
+
+    async def _finish_stream(self) -> None:
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        try:
+            await pipeline.finish()
+        finally:
+            self.pipeline = None
+            if self.session.state is State.STREAMING:  # ended by the drain, not by a stop
+                self.session.state = State.IDLE
+            self.services.stream_ended(self.route)
+
+
+async def serve_websocket(ws: WebSocket, route: Route, services: Services) -> None:
+    """Entry point for one WebSocket connection on ``route``."""
+    await Connection(ws, route, services).run()
