@@ -1,0 +1,146 @@
+"""Real servers on real sockets: each fixture runs ``streamer serve`` as a child process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """One running server; its output goes to ``log``."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    drain_seconds: float
+
+    @property
+    def http(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def ws(self, route: str = "simple") -> str:
+        return f"ws://{HOST}:{self.port}/api/v1/{route}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, then wait; a server that does not stop is killed and reported."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                pytest.fail(f"the server did not stop on SIGTERM:\n{self.output()[-3000:]}")
+        return self.process.returncode
+
+
+def _config(drain_seconds: float) -> str:
+    return (
+        'log_level = "warning"\n'
+        "[server]\n"
+        f"drain_seconds = {drain_seconds}\n"
+        "[inference]\n"
+        "workers = 2\n"
+    )
+
+
+def start_server(
+    directory: Path, *, drain_seconds: float = 1.0, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """Start a server with the speedy test model and wait until its health check answers."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "streamer.toml"
+    config.write_text(_config(drain_seconds))
+    log = directory / "server.log"
+    port = free_port()
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
+    child_env.update(env or {})
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamer.cli.main",
+                "serve",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--config",
+                str(config),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+        )
+    server = ServerProcess(process, port, log, drain_seconds)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}:\n{server.output()}")
+        try:
+            if httpx.get(f"{server.http}/api/v1/health", timeout=1.0).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    server.stop()
+    pytest.fail(f"the server did not become healthy in {START_TIMEOUT} s:\n{server.output()}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with the speedy test model, shared by the whole session."""
+    running = start_server(tmp_path_factory.mktemp("server"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def failing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server whose model fails on every input."""
+    running = start_server(
+        tmp_path_factory.mktemp("failing"), env={"STREAMER_MODEL__FAILURE_RATE": "1.0"}
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers of one's own (to stop them, for instance); all are stopped afterwards."""
+    started: list[ServerProcess] = []
+
+    def _launch(*, drain_seconds: float = 1.0, env: dict[str, str] | None = None) -> ServerProcess:
+        directory = tmp_path / f"server{len(started)}"
+        running = start_server(directory, drain_seconds=drain_seconds, env=env)
+        started.append(running)
+        return running
+
+    yield _launch
+    for running in started:
+        running.stop()
