@@ -16,10 +16,15 @@ silence, and one in between keeps whatever the previous frame was. The pause tha
 segment starts at the first silent frame and is cancelled only by a frame at or above
 ``threshold``.
 
-Events for one segment, in order: ``SpeechStarted`` once speech is confirmed; with interim
-results, non-final ``Segment`` s every ``interim_interval_s`` of segment audio; then
-``SpeechEnded`` and the final ``Segment``, whose ``start`` and ``end`` equal the two
-events' sample indices.
+A segment that would outgrow ``max_segment_s`` is ended there; if speech goes on, the
+next segment starts at the same sample, without padding.
+
+Speech is confirmed once ``min_speech_ms`` have passed from its first speech frame to the
+end of a speech frame (short pauses included). Events for one segment, in order:
+``SpeechStarted`` on confirmation; with interim results, a non-final segment each time the
+segment's audio passes another ``interim_interval_s`` (skipped in pauses, where nothing
+new was said); then ``SpeechEnded`` and the final segment, whose ``start`` and ``end``
+equal the two events' sample indices. Segments never overlap.
 """
 
 from __future__ import annotations
@@ -229,22 +234,26 @@ class _Ring:
 
 
 class _Audio:
-    """A growing buffer for the open segment's samples."""
+    """A growing buffer for the open segment's samples, at most ``limit`` of them."""
 
-    __slots__ = ("_buf", "size")
+    __slots__ = ("_buf", "_initial", "_limit", "size")
 
-    def __init__(self, capacity: int) -> None:
-        self._buf = np.empty(max(capacity, 1), dtype=np.float32)
+    def __init__(self, initial: int, limit: int) -> None:
+        self._initial = max(initial, 1)
+        self._limit = max(limit, self._initial)
+        self._buf = np.empty(self._initial, dtype=np.float32)
         self.size = 0
 
     def reset(self, start: Float32Array) -> None:
+        if len(self._buf) > self._initial:  # give back what a long segment took
+            self._buf = np.empty(self._initial, dtype=np.float32)
         self.size = 0
         self.append(start)
 
     def append(self, samples: Float32Array) -> None:
         end = self.size + len(samples)
         if end > len(self._buf):
-            grown = np.empty(max(end, 2 * len(self._buf)), dtype=np.float32)
+            grown = np.empty(max(end, min(2 * len(self._buf), self._limit)), dtype=np.float32)
             grown[: self.size] = self._buf[: self.size]
             self._buf = grown
         self._buf[self.size : end] = samples
@@ -286,7 +295,10 @@ class Segmenter:
         self._check()
 
         self._ring = _Ring(self._pad)
-        self._audio = _Audio(self._pad + self._min_speech + self._min_silence + frame_samples)
+        self._audio = _Audio(
+            self._pad + self._min_speech + self._min_silence + frame_samples,
+            self._max + frame_samples,
+        )
         self._state = _State.SILENCE
         self._position = 0  # samples consumed: the index of the next sample
         self._prev_end = 0  # where the last segment ended; the next may not start before
@@ -395,8 +407,9 @@ class Segmenter:
         probability of its own): it belongs to an open segment, and otherwise only
         advances the sample count. An open segment ends at the end of the audio, or where
         its pause plus padding ends if it is in a pause. A pending segment, never
-        announced, is dropped: it has not reached ``min_speech_ms``. If more audio follows
-        (``finalize``), a new segment can start there, padded back to this flush at most.
+        announced, is dropped: it has not reached ``min_speech_ms``. Sample counting goes
+        on, so more audio may follow (``finalize``); as ever, a later segment's padding
+        reaches back no further than the end of the last segment.
         """
         events: list[Event] = []
         if tail is not None and len(tail):

@@ -113,20 +113,72 @@ class SileroVad:
         return probs, np.asarray(new_state, dtype=np.float32), window[:, -CONTEXT_SAMPLES:].copy()
 
 
-Deliver = Callable[[Float32Array | BaseException], None]
+Result = Float32Array | BaseException
+Waiter = asyncio.Future[Float32Array] | concurrent.futures.Future[Float32Array]
 
 
 class _Request:
     """Frames of one stream waiting for the engine, or a reset of its state."""
 
-    __slots__ = ("deliver", "done", "frames", "out", "stream")
+    __slots__ = ("done", "frames", "loop", "out", "stream", "waiter")
 
-    def __init__(self, stream: VadStream, frames: Float32Array | None, deliver: Deliver) -> None:
+    def __init__(
+        self,
+        stream: VadStream,
+        frames: Float32Array | None,
+        waiter: Waiter | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.stream = stream
         self.frames = frames  # None: reset the stream's state when this reaches the head
-        self.deliver = deliver
+        self.waiter = waiter
+        self.loop = loop  # where an asyncio waiter must be resolved
         self.done = 0
         self.out = np.empty(0 if frames is None else len(frames), dtype=np.float32)
+
+
+def _resolve(replies: list[tuple[asyncio.Future[Float32Array], Result]]) -> None:
+    """On the event loop: hand every result of a step to its waiter."""
+    for future, result in replies:
+        if future.done():  # the caller gave up waiting
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+class _Replies:
+    """Results collected on the engine's thread, sent once per event loop per step.
+
+    One ``call_soon_threadsafe`` a step instead of one a request: each wakes the loop
+    through its self-pipe, which under load cost more than the model's own share.
+    """
+
+    __slots__ = ("_by_loop",)
+
+    def __init__(self) -> None:
+        self._by_loop: dict[
+            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Float32Array], Result]]
+        ] = {}
+
+    def add(self, request: _Request, result: Result) -> None:
+        waiter = request.waiter
+        if isinstance(waiter, concurrent.futures.Future):
+            if isinstance(result, BaseException):
+                waiter.set_exception(result)
+            else:
+                waiter.set_result(result)
+        elif waiter is not None and request.loop is not None:
+            self._by_loop.setdefault(request.loop, []).append((waiter, result))
+
+    def send(self) -> None:
+        for loop, replies in self._by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, replies)
+            except RuntimeError:  # the loop is closed; nobody is waiting any more
+                pass
+        self._by_loop = {}
 
 
 class VadStream:
@@ -153,24 +205,11 @@ class VadStream:
         Ordered with ``probabilities`` calls: earlier requests use the old state, later
         ones start from zeros.
         """
-        self._engine._submit(_Request(self, None, _ignore))
+        self._engine._submit(_Request(self, None, None))
 
     def _zero(self) -> None:
-        self.state.fill(0.0)
-        self.context.fill(0.0)
-
-
-def _ignore(_: Float32Array | BaseException) -> None:
-    return None
-
-
-def _resolve(future: asyncio.Future[Float32Array], result: Float32Array | BaseException) -> None:
-    if future.done():  # the caller gave up waiting
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
+        self.state = np.zeros(STATE_SHAPE, dtype=np.float32)
+        self.context = np.zeros(CONTEXT_SAMPLES, dtype=np.float32)
 
 
 _STOP: Final = object()
@@ -183,7 +222,10 @@ class VadEngine:
     frame of every stream that has one (a stream's frames stay in order, since its state is
     recurrent), up to ``max_batch`` rows, and runs them in one call. Streams left over by
     a full step go first in the next one. Batches form on their own under load: whatever
-    arrives while a call runs joins the next step; there is no waiting to fill a batch.
+    arrives while a call runs joins the next step. With ``min_interval`` (seconds), a step
+    also starts no sooner than that after the previous one began, unless a full batch is
+    ready: many small steps cost far more than a few large ones (a call's fixed cost is
+    about two rows'), at the price of up to that much delay per frame.
 
     ``batches_run`` and ``frames_run`` count work done; ``on_batch(rows, seconds)`` is
     called on the engine's thread after every model call.
@@ -196,10 +238,14 @@ class VadEngine:
         max_batch: int = 256,
         thread_name: str = "streamer-vad",
         on_batch: Callable[[int, float], None] | None = None,
+        min_interval: float = 0.0,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if min_interval < 0:
+            raise ValueError("min_interval must not be negative")
         self.max_batch = max_batch
+        self.min_interval = min_interval
         self.thread_name = thread_name
         self.on_batch = on_batch
         self.batches_run = 0
@@ -280,14 +326,7 @@ class VadEngine:
             return np.empty(0, dtype=np.float32)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Float32Array] = loop.create_future()
-
-        def deliver(result: Float32Array | BaseException) -> None:
-            try:
-                loop.call_soon_threadsafe(_resolve, future, result)
-            except RuntimeError:  # the loop is closed; nobody is waiting any more
-                pass
-
-        self._submit(_Request(stream, batch, deliver))
+        self._submit(_Request(stream, batch, future, loop))
         return await future
 
     def probabilities_sync(
@@ -304,20 +343,13 @@ class VadEngine:
         if threading.current_thread() is self._thread:
             raise RuntimeError("probabilities_sync would wait on its own thread")
         future: concurrent.futures.Future[Float32Array] = concurrent.futures.Future()
-
-        def deliver(result: Float32Array | BaseException) -> None:
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-        self._submit(_Request(stream, batch, deliver))
+        self._submit(_Request(stream, batch, future))
         return future.result(timeout)
 
     def _check(self, stream: VadStream, frames: Float32Array) -> Float32Array:
         if stream._engine is not self:
             raise ValueError("the stream was opened by another engine")
-        batch = np.ascontiguousarray(frames, dtype=np.float32)
+        batch = np.array(frames, dtype=np.float32)  # the engine's own copy, read later
         if batch.ndim != 2 or batch.shape[1] != FRAME_SAMPLES:
             raise ValueError(f"frames must be (k, {FRAME_SAMPLES}), got {batch.shape}")
         return batch
@@ -334,6 +366,7 @@ class VadEngine:
 
     def _serve(self) -> None:
         failure: BaseException = ShuttingDown("the VAD engine is closed")
+        last_step = 0.0
         try:
             while True:
                 # Block only when there is nothing to run; otherwise take what arrived.
@@ -345,6 +378,9 @@ class VadEngine:
                     self._enqueue(item)
                     item = self._take_nowait()
                 if self._ready:
+                    if self.min_interval and not self._gather(last_step + self.min_interval):
+                        return
+                    last_step = time.perf_counter()
                     self._step()
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             log.exception("VAD engine thread failed")
@@ -353,6 +389,22 @@ class VadEngine:
                 self._closed = True
         finally:
             self._fail_all(failure)
+
+    def _gather(self, until: float) -> bool:
+        """Take requests as they come until ``until`` or a full batch; False on stop."""
+        while len(self._ready) < self.max_batch:
+            left = until - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                item = self._inbox.get(timeout=left)
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return False
+            assert isinstance(item, _Request)
+            self._enqueue(item)
+        return True
 
     def _take_nowait(self) -> _Request | object | None:
         try:
@@ -371,6 +423,7 @@ class VadEngine:
         model = self._model
         assert model is not None
         rows: list[_Request] = []
+        inputs: list[Float32Array] = []
         while self._ready and len(rows) < self.max_batch:
             stream = self._ready.popleft()
             pending = stream._pending
@@ -378,21 +431,25 @@ class VadEngine:
                 stream._zero()
                 pending.popleft()
             if pending:
-                rows.append(pending[0])
+                head = pending[0]
+                assert head.frames is not None
+                rows.append(head)
+                inputs.append(head.frames[head.done])
             else:
                 stream._scheduled = False
         if not rows:
             return
         self._running = rows
         count = len(rows)
-        frames = np.empty((count, FRAME_SAMPLES), dtype=np.float32)
-        state = np.empty((STATE_SHAPE[0], count, STATE_SHAPE[1]), dtype=np.float32)
-        context = np.empty((count, CONTEXT_SAMPLES), dtype=np.float32)
-        for i, request in enumerate(rows):
-            assert request.frames is not None
-            frames[i] = request.frames[request.done]
-            state[:, i] = request.stream.state
-            context[i] = request.stream.context
+        # One concatenate each (np.stack costs a Python-level step per row).
+        frames = np.concatenate(inputs).reshape(count, FRAME_SAMPLES)
+        state = np.ascontiguousarray(
+            np.concatenate([r.stream.state for r in rows])
+            .reshape(count, *STATE_SHAPE)
+            .transpose(1, 0, 2)
+        )
+        context = np.concatenate([r.stream.context for r in rows]).reshape(count, CONTEXT_SAMPLES)
+        replies = _Replies()
         began = time.perf_counter()
         try:
             probs, new_state, new_context = model.run(frames, state, context)
@@ -403,23 +460,27 @@ class VadEngine:
             self._running = []
             for request in rows:
                 request.stream._pending.popleft()
-                request.deliver(exc)
+                replies.add(request, exc)
                 self._requeue(request.stream)
+            replies.send()
             return
         elapsed = time.perf_counter() - began
         self._running = []
         self.batches_run += 1
         self.frames_run += count
+        by_row = new_state.transpose(1, 0, 2)
         for i, request in enumerate(rows):
             stream = request.stream
-            stream.state[...] = new_state[:, i]
-            stream.context[...] = new_context[i]
+            # Copies: a view would keep the whole batch's arrays alive for an idle stream.
+            stream.state = by_row[i].copy()
+            stream.context = new_context[i].copy()
             request.out[request.done] = probs[i]
             request.done += 1
             if request.done == len(request.out):
                 stream._pending.popleft()
-                request.deliver(request.out)
+                replies.add(request, request.out)
             self._requeue(stream)
+        replies.send()
         if self.on_batch is not None:
             try:
                 self.on_batch(count, elapsed)
@@ -434,16 +495,18 @@ class VadEngine:
 
     def _fail_all(self, error: BaseException) -> None:
         """Fail every request still held: in a step, in the ready queue or in the inbox."""
+        replies = _Replies()
         self._ready.extend(request.stream for request in self._running)
         self._running = []
         while self._ready:
             stream = self._ready.popleft()
             stream._scheduled = False
             while stream._pending:
-                stream._pending.popleft().deliver(error)
+                replies.add(stream._pending.popleft(), error)
         while True:
             item = self._take_nowait()
             if item is None:
                 break
             if isinstance(item, _Request):
-                item.deliver(error)
+                replies.add(item, error)
+        replies.send()

@@ -1,0 +1,325 @@
+"""The Silero model and the engine that batches it across streams, on real speech."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from numpy.typing import NDArray
+
+from streamer.errors import ShuttingDown
+from streamer.segmentation.vad import (
+    CONTEXT_SAMPLES,
+    FRAME_SAMPLES,
+    VAD_SAMPLE_RATE,
+    SileroVad,
+    VadEngine,
+    silero_model_path,
+)
+
+AUDIO = Path(__file__).parents[2] / "fixtures" / "audio"
+Frames = NDArray[np.float32]
+
+
+@functools.cache
+def speech(name: str) -> Frames:
+    """A fixture file as float32 mono at 16 kHz."""
+    audio, rate = sf.read(AUDIO / name, dtype="float32")
+    if rate != VAD_SAMPLE_RATE:
+        audio = soxr.resample(audio, rate, VAD_SAMPLE_RATE)
+    return np.asarray(audio, dtype=np.float32)
+
+
+def framed(audio: Frames) -> Frames:
+    whole = len(audio) // FRAME_SAMPLES
+    return audio[: whole * FRAME_SAMPLES].reshape(whole, FRAME_SAMPLES)
+
+
+def alone(model: SileroVad, frames: Frames) -> Frames:
+    """The reference: one stream, one frame a call, batch of one."""
+    state = np.zeros((2, 1, 128), dtype=np.float32)
+    context = np.zeros((1, CONTEXT_SAMPLES), dtype=np.float32)
+    probs = []
+    for frame in frames:
+        prob, state, context = model.run(frame[None, :], state, context)
+        probs.append(prob[0])
+    return np.array(probs, dtype=np.float32)
+
+
+class RecordingVad(SileroVad):
+    """The real model, noting which thread ran each call and how many rows it had."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+        self.rows: list[int] = []
+
+    def run(self, frames: Frames, state: Frames, context: Frames) -> tuple[Frames, Frames, Frames]:
+        self.threads.append(threading.current_thread().name)
+        self.rows.append(len(frames))
+        return super().run(frames, state, context)
+
+
+class GatedVad(SileroVad):
+    """The real model, holding every call until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def run(self, frames: Frames, state: Frames, context: Frames) -> tuple[Frames, Frames, Frames]:
+        self.entered.set()
+        assert self.release.wait(10)
+        return super().run(frames, state, context)
+
+
+POISON = 7.0
+
+
+class FailingVad(SileroVad):
+    """The real model, failing any call with a row full of ``POISON``."""
+
+    def run(self, frames: Frames, state: Frames, context: Frames) -> tuple[Frames, Frames, Frames]:
+        if (frames == POISON).all(axis=1).any():
+            raise RuntimeError("poisoned frame")
+        return super().run(frames, state, context)
+
+
+@pytest.fixture(scope="module")
+def model() -> SileroVad:
+    return SileroVad()
+
+
+@pytest.fixture(scope="module")
+def reference() -> SileroVad:
+    return SileroVad()
+
+
+@pytest.fixture
+def engine(model: SileroVad) -> Iterator[VadEngine]:
+    with VadEngine(model) as engine:
+        yield engine
+
+
+# Twelve streams: every fixture with speech (and the modem noise), at different offsets.
+STREAMS = [
+    ("jfk.wav", 0, 96),
+    ("jfk.wav", 12_345, 80),
+    ("jfk.wav", 100_000, 60),
+    ("harvard_16k.wav", 0, 96),
+    ("harvard_16k.wav", 40_001, 90),
+    ("harvard_16k.wav", 77_777, 70),
+    ("big_dog_8k.wav", 0, 78),
+    ("big_dog_8k.wav", 999, 40),
+    ("cross_8k.wav", 0, 93),
+    ("front_center_48k.wav", 0, 44),
+    ("front_center_48k.wav", 3_000, 30),
+    ("modem_noise_8k.wav", 50_000, 96),
+]
+
+
+def stream_frames(name: str, offset: int, count: int) -> Frames:
+    return framed(speech(name)[offset:])[:count]
+
+
+def random_chunks(frames: Frames, rng: np.random.Generator, most: int = 8) -> list[Frames]:
+    chunks = []
+    pos = 0
+    while pos < len(frames):
+        size = int(rng.integers(1, most + 1))
+        chunks.append(frames[pos : pos + size])
+        pos += size
+    return chunks
+
+
+def test_the_model_ships_in_the_silero_wheel() -> None:
+    path = silero_model_path()
+    assert path.name == "silero_vad.onnx" and path.is_file()
+
+
+def test_model_rows_are_independent_and_context_is_the_frame_tail(model: SileroVad) -> None:
+    frames = np.stack([stream_frames(name, 0, 20)[19] for name, _, _ in STREAMS[::3]])
+    rows = len(frames)
+    state = np.random.default_rng(1).normal(0, 0.1, (2, rows, 128)).astype(np.float32)
+    context = np.random.default_rng(2).normal(0, 0.1, (rows, CONTEXT_SAMPLES)).astype(np.float32)
+    probs, new_state, new_context = model.run(frames, state, context)
+    assert probs.shape == (rows,) and new_state.shape == (2, rows, 128)
+    np.testing.assert_array_equal(new_context, frames[:, -CONTEXT_SAMPLES:])
+    for i in range(rows):
+        p, s, _ = model.run(frames[i : i + 1], state[:, i : i + 1], context[i : i + 1])
+        np.testing.assert_allclose(p, probs[i : i + 1], atol=1e-5)
+        np.testing.assert_allclose(s[:, 0], new_state[:, i], atol=1e-5)
+
+
+def test_model_refuses_wrong_shapes(model: SileroVad) -> None:
+    frames = np.zeros((2, FRAME_SAMPLES), dtype=np.float32)
+    state = np.zeros((2, 2, 128), dtype=np.float32)
+    context = np.zeros((2, CONTEXT_SAMPLES), dtype=np.float32)
+    with pytest.raises(ValueError, match="frames"):
+        model.run(frames[:, :500], state, context)
+    with pytest.raises(ValueError, match="state"):
+        model.run(frames, state[:, :1], context)
+    with pytest.raises(ValueError, match="context"):
+        model.run(frames, state, context[:1])
+
+
+async def test_batched_streams_equal_each_stream_alone(reference: SileroVad) -> None:
+    model = RecordingVad()
+    batches: list[tuple[int, float]] = []
+    rng = np.random.default_rng(1234)
+    inputs = [stream_frames(*spec) for spec in STREAMS]
+    expected = [alone(reference, frames) for frames in inputs]
+
+    with VadEngine(model, on_batch=lambda rows, seconds: batches.append((rows, seconds))) as eng:
+
+        async def feed(frames: Frames) -> Frames:
+            stream = eng.open_stream()
+            out = []
+            for chunk in random_chunks(frames, rng):
+                out.append(await eng.probabilities(stream, chunk))
+                await asyncio.sleep(0)
+            return np.concatenate(out)
+
+        got = await asyncio.gather(*(feed(frames) for frames in inputs))
+
+    for spec, want, have in zip(STREAMS, expected, got, strict=True):
+        np.testing.assert_allclose(have, want, atol=1e-5, err_msg=str(spec))
+    total = sum(len(frames) for frames in inputs)
+    assert eng.frames_run == total == sum(rows for rows, _ in batches) == sum(model.rows)
+    assert eng.batches_run == len(batches) == len(model.rows)
+    assert max(model.rows) > 1, "concurrent streams should share calls"
+    assert all(seconds > 0 for _, seconds in batches)
+    # The model only ever ran on the engine's own thread, never on the event loop's.
+    assert set(model.threads) == {eng.thread_name}
+    assert eng.thread_name != threading.current_thread().name
+
+
+async def test_a_small_max_batch_rotates_through_all_streams(reference: SileroVad) -> None:
+    model = RecordingVad()
+    inputs = [stream_frames(*spec) for spec in STREAMS[:6]]
+    with VadEngine(model, max_batch=4) as eng:
+        streams = [eng.open_stream() for _ in inputs]
+        got = await asyncio.gather(
+            *(eng.probabilities(s, frames) for s, frames in zip(streams, inputs, strict=True))
+        )
+    assert max(model.rows) == 4
+    for frames, have in zip(inputs, got, strict=True):
+        np.testing.assert_allclose(have, alone(reference, frames), atol=1e-5)
+
+
+async def test_calls_for_one_stream_run_in_order(engine: VadEngine, reference: SileroVad) -> None:
+    frames = stream_frames("jfk.wav", 0, 60)
+    stream = engine.open_stream()
+    parts = await asyncio.gather(
+        *(engine.probabilities(stream, chunk) for chunk in np.array_split(frames, 7))
+    )
+    np.testing.assert_allclose(np.concatenate(parts), alone(reference, frames), atol=1e-5)
+
+
+async def test_reset_starts_the_stream_afresh(engine: VadEngine) -> None:
+    frames = stream_frames("harvard_16k.wav", 0, 30)
+    stream = engine.open_stream()
+    first = await engine.probabilities(stream, frames)
+    stream.reset()
+    again = await engine.probabilities(stream, frames)
+    np.testing.assert_array_equal(first, again)
+
+
+async def test_cancelled_waits_still_advance_the_state(
+    engine: VadEngine, reference: SileroVad
+) -> None:
+    frames = stream_frames("jfk.wav", 0, 40)
+    stream = engine.open_stream()
+    waiting = asyncio.create_task(engine.probabilities(stream, frames[:30]))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    rest = await engine.probabilities(stream, frames[30:])
+    np.testing.assert_allclose(rest, alone(reference, frames)[30:], atol=1e-5)
+    assert waiting.cancelled()
+
+
+def test_sync_calls_go_through_the_engine(reference: SileroVad) -> None:
+    model = RecordingVad()
+    frames = stream_frames("big_dog_8k.wav", 0, 78)
+    with VadEngine(model) as eng:
+        got = eng.probabilities_sync(eng.open_stream(), frames)
+        assert eng.probabilities_sync(eng.open_stream(), frames[:0]).shape == (0,)
+    np.testing.assert_allclose(got, alone(reference, frames), atol=1e-5)
+    assert set(model.threads) == {eng.thread_name}
+
+
+async def test_bad_requests_are_refused(engine: VadEngine, model: SileroVad) -> None:
+    stream = engine.open_stream()
+    with pytest.raises(ValueError, match="frames"):
+        await engine.probabilities(stream, np.zeros(FRAME_SAMPLES, dtype=np.float32))
+    with pytest.raises(ValueError, match="frames"):
+        await engine.probabilities(stream, np.zeros((2, 500), dtype=np.float32))
+    with VadEngine(model) as other:
+        with pytest.raises(ValueError, match="another engine"):
+            await other.probabilities(stream, np.zeros((1, FRAME_SAMPLES), dtype=np.float32))
+    empty = await engine.probabilities(stream, np.zeros((0, FRAME_SAMPLES), dtype=np.float32))
+    assert empty.shape == (0,)
+    idle = VadEngine(model)
+    with pytest.raises(RuntimeError, match="not started"):
+        await idle.probabilities(idle.open_stream(), np.zeros((1, 512), dtype=np.float32))
+
+
+async def test_close_fails_waiting_requests_and_refuses_new_ones() -> None:
+    model = GatedVad()
+    eng = VadEngine(model)
+    eng.start()
+    assert eng.running
+    frames = stream_frames("jfk.wav", 0, 5)
+    first = eng.open_stream()
+    running = asyncio.create_task(eng.probabilities(first, frames))
+    # Wait until the engine is inside a model call for the first stream's first frame.
+    assert await asyncio.to_thread(model.entered.wait, 10)
+    queued = [asyncio.create_task(eng.probabilities(eng.open_stream(), frames)) for _ in range(3)]
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(asyncio.to_thread(eng.close))
+    await asyncio.sleep(0.05)
+    assert not closing.done(), "close waits for the call in progress"
+    model.release.set()
+    await asyncio.wait_for(closing, 10)
+    assert not eng.running
+
+    for task in [running, *queued]:
+        with pytest.raises(ShuttingDown, match="closed"):
+            await task
+    with pytest.raises(ShuttingDown):
+        await eng.probabilities(first, frames)
+    with pytest.raises(ShuttingDown):
+        eng.start()
+    eng.close()  # closing again does nothing
+
+
+async def test_a_failing_model_call_fails_its_requests_only(reference: SileroVad) -> None:
+    with VadEngine(FailingVad()) as eng:
+        bad, good = eng.open_stream(), eng.open_stream()
+        poison = np.full((3, FRAME_SAMPLES), POISON, dtype=np.float32)
+        with pytest.raises(RuntimeError, match="poisoned"):
+            await eng.probabilities(bad, poison)
+        frames = stream_frames("jfk.wav", 0, 20)
+        got = await eng.probabilities(good, frames)
+        np.testing.assert_allclose(got, alone(reference, frames), atol=1e-5)
+        assert eng.running
+
+
+async def test_a_failing_batch_callback_does_not_stop_the_engine(model: SileroVad) -> None:
+    def broken(rows: int, seconds: float) -> None:
+        raise RuntimeError("metrics are down")
+
+    with VadEngine(model, on_batch=broken) as eng:
+        stream = eng.open_stream()
+        for _ in range(3):
+            frames = stream_frames("cross_8k.wav", 0, 4)
+            assert (await eng.probabilities(stream, frames)).shape == (4,)
+        assert eng.batches_run == 12
