@@ -1,0 +1,407 @@
+"""Prometheus metrics of one server process, held in a registry that is passed in.
+
+No module-level metric objects: the composition root creates a ``CollectorRegistry`` and a
+``Metrics`` on it, and tests build their own. Every name starts with ``streamer_``; the
+list, with what each means, is in ``docs/operations.md``.
+
+Hot paths call small methods with pre-bound label children (a dict look-up, no lock on
+the label set); gauges of live state (streams, queue depth, busy workers, tasks) are read
+at scrape time from callables the composition root supplies, so nothing has to keep them
+in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streamer.errors import ErrorCode
+from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from streamer.inference.scheduler import BatchStats
+
+__all__ = [
+    "EVENT_TYPES",
+    "OUTCOMES",
+    "ROUTES",
+    "STAGES",
+    "Metrics",
+    "RuntimeSources",
+    "new_registry",
+]
+
+STAGES: Final = ("decode", "resample", "vad", "model")
+"""The pipeline stages with media, processing and real-time-factor histograms."""
+ROUTES: Final = ("simple", "segmented")
+"""Routes whose series exist from the start (others appear when first used)."""
+OUTCOMES: Final = ("completed", "disconnected", "error", "slow_consumer", "shutdown")
+"""How a stream can end (the ``outcome`` label of ``streamer_streams_ended_total``)."""
+EVENT_TYPES: Final = ("ready", "segment", "active", "inactive", "error", "done")
+
+MEDIA_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+PROCESSING_BUCKETS: Final = (
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+RTF_BUCKETS: Final = (
+    1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
+LATENCY_BUCKETS: Final = (
+    0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
+FIRST_RESULT_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+WAIT_BUCKETS: Final = (
+    1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LAG_BUCKETS: Final = (
+    1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+
+
+def new_registry(*, process: bool = True) -> CollectorRegistry:
+    """A fresh registry, with the process, platform and GC collectors when ``process``."""
+    from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+    registry = CollectorRegistry()
+    if process:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+    return registry
+
+
+def _nothing() -> Mapping[str, int]:
+    return {}
+
+
+def _zero() -> int:
+    return 0
+
+
+@dataclass
+class RuntimeSources:
+    """Where the scrape-time gauges read the server's live state from."""
+
+    connections: Callable[[], Mapping[str, int]] = _nothing
+    """Open connections by route."""
+    streams: Callable[[], Mapping[str, int]] = _nothing
+    """Live streams by route."""
+    queue_depth: Callable[[], int] = _zero
+    busy_workers: Callable[[], int] = _zero
+    workers: Callable[[], int] = _zero
+    interims_dropped: Callable[[], int] = _zero
+    tasks: Callable[[], Mapping[str, int]] = _nothing
+    """Live asyncio tasks by subsystem."""
+    extra: dict[str, Callable[[], float]] = field(default_factory=dict)
+
+
+class _RuntimeCollector(Collector):
+    """Gauges computed when Prometheus scrapes, from ``RuntimeSources``."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, so that registering does not call the sources.
+        return list(self._families(RuntimeSources()))
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(self._metrics.sources))
+
+    @staticmethod
+    def _by(
+        family: GaugeMetricFamily, values: Mapping[str, int], defaults: Iterable[str] = ()
+    ) -> GaugeMetricFamily:
+        merged = dict.fromkeys(defaults, 0)
+        merged.update({str(k): v for k, v in values.items()})
+        for key, value in sorted(merged.items()):
+            family.add_metric([key], value)
+        return family
+
+    def _families(self, sources: RuntimeSources) -> Iterator[Metric]:
+        yield self._by(
+            GaugeMetricFamily(
+                "streamer_connections_active", "Open connections, by route.", labels=["route"]
+            ),
+            sources.connections(),
+            ROUTES,
+        )
+        yield self._by(
+            GaugeMetricFamily(
+                "streamer_streams_active", "Live streams, by route.", labels=["route"]
+            ),
+            sources.streams(),
+            ROUTES,
+        )
+        yield GaugeMetricFamily(
+            "streamer_queue_depth",
+            "Inference jobs waiting for a worker.",
+            value=sources.queue_depth(),
+        )
+        yield GaugeMetricFamily(
+            "streamer_workers_busy", "Workers running a batch now.", value=sources.busy_workers()
+        )
+        yield GaugeMetricFamily(
+            "streamer_workers", "Workers in the inference pool.", value=sources.workers()
+        )
+        yield CounterMetricFamily(
+            "streamer_interims_dropped",
+            "Interim inferences refused because the queue was full.",
+            value=sources.interims_dropped(),
+        )
+        yield self._by(
+            GaugeMetricFamily(
+                "streamer_tasks",
+                "Live asyncio tasks, by subsystem (the task name's prefix).",
+                labels=["subsystem"],
+            ),
+            sources.tasks(),
+        )
+
+
+class Metrics:
+    """Every metric of the service, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.sources = RuntimeSources()
+
+        # Real-time factor per stage, as the streamer-template has it.
+        self.stage_media = Histogram(
+            "streamer_stage_media_duration_seconds",
+            "Seconds of audio handled per observation of a stage.",
+            ["stage"],
+            buckets=MEDIA_BUCKETS,
+            registry=registry,
+        )
+        self.stage_processing = Histogram(
+            "streamer_stage_processing_duration_seconds",
+            "Seconds a stage took for one observation.",
+            ["stage"],
+            buckets=PROCESSING_BUCKETS,
+            registry=registry,
+        )
+        self.stage_rtf = Histogram(
+            "streamer_stage_real_time_factor",
+            "Processing seconds per second of audio, per observation of a stage.",
+            ["stage"],
+            buckets=RTF_BUCKETS,
+            registry=registry,
+        )
+        self._stages = {
+            stage: (
+                self.stage_media.labels(stage),
+                self.stage_processing.labels(stage),
+                self.stage_rtf.labels(stage),
+            )
+            for stage in STAGES
+        }
+
+        # Streams and connections.
+        self.streams_started = Counter(
+            "streamer_streams_started",
+            "Streams admitted, by route.",
+            ["route"],
+            registry=registry,
+        )
+        self.streams_ended = Counter(
+            "streamer_streams_ended",
+            "Streams that ended, by route and outcome.",
+            ["route", "outcome"],
+            registry=registry,
+        )
+        self.error_events = Counter(
+            "streamer_error_events",
+            "Error events sent to clients, by code.",
+            ["code"],
+            registry=registry,
+        )
+        self.model_failures = Counter(
+            "streamer_model_failures",
+            "Inferences the model failed on (model_error).",
+            registry=registry,
+        )
+        self.model_crashes = Counter(
+            "streamer_model_crashes",
+            "Inferences lost to a crash inside the model or its worker.",
+            registry=registry,
+        )
+
+        # The worker pool.
+        self.queue_wait = Histogram(
+            "streamer_queue_wait_seconds",
+            "Seconds an inference job waited for a worker.",
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "streamer_batch_size",
+            "Jobs per batch handed to a worker.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.vad_batch_size = Histogram(
+            "streamer_vad_batch_size",
+            "Frames (one per stream) per batched VAD model call.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+
+        # The event loop.
+        self.loop_lag = Histogram(
+            "streamer_event_loop_lag_seconds",
+            "How late the loop monitor's timer fired: time other callbacks held the loop.",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.slow_callbacks = Counter(
+            "streamer_event_loop_slow_callbacks",
+            "Loop monitor ticks late by more than the slow-callback threshold.",
+            registry=registry,
+        )
+
+        # What users feel.
+        self.final_latency = Histogram(
+            "streamer_final_latency_seconds",
+            "From the arrival of the audio at a final segment's end (the end of speech on "
+            "the segmented route) to the segment being sent.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.interim_latency = Histogram(
+            "streamer_interim_latency_seconds",
+            "From the arrival of the audio at an interim segment's end to it being sent.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.first_result = Histogram(
+            "streamer_time_to_first_result_seconds",
+            "From a stream's start to its first segment or active event.",
+            ["route"],
+            buckets=FIRST_RESULT_BUCKETS,
+            registry=registry,
+        )
+
+        # Traffic.
+        self.received_bytes = Counter(
+            "streamer_received_bytes",
+            "Bytes of audio received, by route.",
+            ["route"],
+            registry=registry,
+        )
+        self.received_frames = Counter(
+            "streamer_received_frames",
+            "Binary audio messages (WebSocket frames, gRPC audio messages) received.",
+            ["route"],
+            registry=registry,
+        )
+        self.events_sent = Counter(
+            "streamer_events_sent",
+            "Events sent to clients, by route and type.",
+            ["route", "type"],
+            registry=registry,
+        )
+
+        registry.register(_RuntimeCollector(self))
+
+        # Known label values exist from the start, so rate() and the dashboards see zeros
+        # rather than gaps.
+        for route in ROUTES:
+            self.streams_started.labels(route)
+            for outcome in OUTCOMES:
+                self.streams_ended.labels(route, outcome)
+            self.received_bytes.labels(route)
+            self.received_frames.labels(route)
+            self.final_latency.labels(route)
+            self.interim_latency.labels(route)
+            self.first_result.labels(route)
+            for kind in EVENT_TYPES:
+                self.events_sent.labels(route, kind)
+        for code in ErrorCode:
+            self.error_events.labels(code.value)
+        self._events: dict[tuple[str, str], Counter] = {}
+        self._received: dict[str, tuple[Counter, Counter]] = {}
+
+    # -- the pipeline ---------------------------------------------------------------------
+
+    def observe_stage(self, stage: str, media_seconds: float, processing_seconds: float) -> None:
+        """One observation of a stage: how much audio, how long it took, and their ratio."""
+        children = self._stages.get(stage)
+        if children is None:
+            children = self._stages[stage] = (
+                self.stage_media.labels(stage),
+                self.stage_processing.labels(stage),
+                self.stage_rtf.labels(stage),
+            )
+        media, processing, rtf = children
+        media.observe(media_seconds)
+        processing.observe(processing_seconds)
+        if media_seconds > 0:
+            rtf.observe(processing_seconds / media_seconds)
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        """The scheduler's observer: one dispatched batch."""
+        self.observe_stage("model", stats.audio_seconds, stats.run_seconds)
+        self.batch_size.observe(stats.size)
+        for wait in stats.queue_wait:
+            self.queue_wait.observe(wait)
+        if stats.failures:
+            self.model_failures.inc(stats.failures)
+        if stats.crashes:
+            self.model_crashes.inc(stats.crashes)
+
+    def observe_vad_batch(self, rows: int, seconds: float) -> None:
+        """The VAD engine's hook (called on its thread): one batched model call."""
+        self.vad_batch_size.observe(rows)
+        self.observe_stage("vad", rows * FRAME_SAMPLES / VAD_SAMPLE_RATE, seconds)
+
+    def observe_latency(self, route: str, seconds: float, *, final: bool) -> None:
+        (self.final_latency if final else self.interim_latency).labels(route).observe(seconds)
+
+    def observe_first_result(self, route: str, seconds: float) -> None:
+        self.first_result.labels(route).observe(seconds)
+
+    # -- transports -----------------------------------------------------------------------
+
+    def stream_started(self, route: str) -> None:
+        self.streams_started.labels(route).inc()
+
+    def stream_ended(self, route: str, outcome: str) -> None:
+        self.streams_ended.labels(route, outcome).inc()
+
+    def received(self, route: str, nbytes: int) -> None:
+        """One binary audio message of ``nbytes``."""
+        children = self._received.get(route)
+        if children is None:
+            children = self._received[route] = (
+                self.received_bytes.labels(route),
+                self.received_frames.labels(route),
+            )
+        children[0].inc(nbytes)
+        children[1].inc()
+
+    def event_sent(self, route: str, kind: str, code: str | None = None) -> None:
+        """One event handed to a client; ``code`` for error events."""
+        key = (route, kind)
+        child = self._events.get(key)
+        if child is None:
+            child = self._events[key] = self.events_sent.labels(route, kind)
+        child.inc()
+        if code is not None:
+            self.error_events.labels(code).inc()
+
+    # -- the event loop -------------------------------------------------------------------
+
+    def observe_loop_lag(self, seconds: float, slow: bool) -> None:
+        self.loop_lag.observe(seconds)
+        if slow:
+            self.slow_callbacks.inc()
