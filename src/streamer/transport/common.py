@@ -1,0 +1,75 @@
+"""What every transport does to open and end one stream, so that none of them can drift.
+
+A transport parses nothing here: it hands over the ``StartRequest`` the session accepted, and
+gets back a running pipeline that was counted in, or the ``ClientError`` that refused it.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from streamer.pipeline import Emit, Route, StreamPipeline
+from streamer.protocol.messages import ReadyEvent, StartRequest
+from streamer.services import Services
+
+
+def open_stream(
+    services: Services, route: Route, request: StartRequest, emit: Emit
+) -> StreamPipeline:
+    """Admit a stream, start its pipeline and emit ``ready``.
+
+    Raises ``Overloaded`` or ``ShuttingDown`` (from ``Services.admit``) when it is refused;
+    a stream that is returned is counted until :func:`end_stream`.
+    """
+    services.admit(route)
+    try:
+        stream_id = uuid.uuid4().hex
+        options = services.stream_options(route, request)
+        pipeline = StreamPipeline(
+            stream_id,
+            options,
+            scheduler=services.scheduler,
+            emit=emit,
+            vad=services.vad,
+            observer=services.stream_telemetry(route, stream_id, request.trace_id),
+        )
+    except BaseException:
+        services.stream_ended(route, "error")
+        raise
+    pipeline.start()
+    emit(
+        ReadyEvent(
+            session_id=stream_id,
+            route=route.value,
+            model=services.model.name,
+            model_sample_rate=services.model.sample_rate,
+            channels=options.fmt.channels,
+            trace_id=pipeline.observer.traceparent,
+        )
+    )
+    return pipeline
+
+
+async def end_stream(
+    services: Services, route: Route, pipeline: StreamPipeline, *, flush: bool
+) -> None:
+    """End a stream opened by :func:`open_stream` and count it out.
+
+    With ``flush``, every result is sent and then ``done``; without (the client went away),
+    its queued inferences are withdrawn at once. A flush that is interrupted (cancelled)
+    withdraws what is left, so no work outlives the stream.
+    """
+    outcome = "error"
+    try:
+        if flush:
+            try:
+                await pipeline.finish()
+            except BaseException:
+                await pipeline.abort()
+                raise
+            outcome = "completed"
+        else:
+            await pipeline.abort()
+            outcome = "disconnected"
+    finally:
+        services.stream_ended(route, outcome)

@@ -1,0 +1,182 @@
+"""Protocol v1 messages to and from their protobuf form (package ``streamer.v1``).
+
+Pure functions, shared by the gRPC transport and the gRPC client. The config becomes the
+JSON ``start`` request of the WebSocket, which the session parses, so both transports share
+one parser and one set of error messages; events become ``StreamEvent`` messages, and back
+into the dicts the WebSocket carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import json_format
+
+from streamer.pipeline import Event
+from streamer.protocol.messages import (
+    ActiveEvent,
+    DoneEvent,
+    ErrorEvent,
+    InactiveEvent,
+    ReadyEvent,
+    SegmentEvent,
+)
+from streamer.transport.proto import streamer_v1_pb2 as pb
+
+_ENCODINGS: dict[pb.Encoding, str] = {
+    pb.ENCODING_PCM: "pcm",
+    pb.ENCODING_MULAW: "mulaw",
+    pb.ENCODING_ALAW: "alaw",
+}
+_ENCODING_VALUES = {name: value for value, name in _ENCODINGS.items()}
+_FORMAT_FIELDS = ("channels", "sample_rate", "bit_depth", "is_float")
+_VAD_FIELDS = ("threshold", "min_speech_ms", "min_silence_ms", "speech_pad_ms", "max_segment_s")
+_SEGMENT_FIELDS = frozenset(("type", "channel", "start_time", "end_time", "is_final"))
+_MAX_EXACT_INT = 2**53
+"""Struct numbers are doubles: whole ones below this were integers on the WebSocket."""
+
+
+# Requests.
+
+
+def config_to_start(config: pb.StreamConfig, traceparent: str | None = None) -> dict[str, Any]:
+    """The WebSocket ``start`` request that says what ``config`` says.
+
+    Unset fields are left out, so the server's defaults and its "missing field" errors are
+    the WebSocket's. ``traceparent`` (from the call's metadata) is used when the config
+    carries none.
+    """
+    start: dict[str, Any] = {"request": "start", "interim_results": config.interim_results}
+    if config.HasField("format"):
+        fmt = config.format
+        spec: dict[str, Any] = {name: getattr(fmt, name) for name in _FORMAT_FIELDS}
+        if fmt.encoding != pb.ENCODING_UNSPECIFIED:
+            # An unknown value is passed on as it is, to be refused as invalid_format.
+            spec["encoding"] = _ENCODINGS.get(fmt.encoding, fmt.encoding)
+        start["format"] = spec
+    if config.HasField("interim_interval"):
+        start["interim_interval"] = config.interim_interval
+    if config.HasField("vad"):
+        vad = config.vad
+        start["vad"] = {name: getattr(vad, name) for name in _VAD_FIELDS if vad.HasField(name)}
+    trace = config.trace_id or traceparent
+    if trace:
+        start["trace_id"] = trace
+    return start
+
+
+def start_to_config(start: Mapping[str, Any]) -> pb.StreamConfig:
+    """The config for a WebSocket ``start`` request (as a dict); ``ValueError`` if it has
+    fields the config cannot carry."""
+    unknown = set(start) - {"request", "format", "interim_results", "interim_interval"}
+    unknown -= {"vad", "trace_id"}
+    if unknown:
+        raise ValueError(f"the gRPC config has no field {sorted(unknown)[0]!r}")
+    config = pb.StreamConfig(interim_results=bool(start.get("interim_results", False)))
+    if (fmt := start.get("format")) is not None:
+        extra = set(fmt) - {*_FORMAT_FIELDS, "encoding"}
+        if extra:
+            raise ValueError(f"the gRPC audio format has no field {sorted(extra)[0]!r}")
+        config.format.SetInParent()
+        for name in _FORMAT_FIELDS:
+            if name in fmt:
+                setattr(config.format, name, fmt[name])
+        if "encoding" in fmt:
+            config.format.encoding = _ENCODING_VALUES[str(fmt["encoding"])]
+    if start.get("interim_interval") is not None:
+        config.interim_interval = float(start["interim_interval"])
+    if (vad := start.get("vad")) is not None:
+        extra = set(vad) - set(_VAD_FIELDS)
+        if extra:
+            raise ValueError(f"the gRPC VAD options have no field {sorted(extra)[0]!r}")
+        config.vad.SetInParent()
+        for name, value in vad.items():
+            if value is not None:
+                setattr(config.vad, name, value)
+    if start.get("trace_id"):
+        config.trace_id = str(start["trace_id"])
+    return config
+
+
+# Events.
+
+
+def event_to_proto(event: Event) -> pb.StreamEvent:
+    """The protobuf form of an event the pipeline emitted."""
+    if isinstance(event, SegmentEvent):
+        segment = pb.Segment(
+            channel=event.channel,
+            start_time=event.start_time,
+            end_time=event.end_time,
+            is_final=event.is_final,
+        )
+        # The WebSocket leaves out output fields that are None; so does the Struct.
+        output = {k: v for k, v in (event.model_extra or {}).items() if v is not None}
+        segment.output.update(output)
+        return pb.StreamEvent(segment=segment)
+    if isinstance(event, ActiveEvent):
+        return pb.StreamEvent(active=pb.Active(channel=event.channel, time=event.time))
+    if isinstance(event, InactiveEvent):
+        return pb.StreamEvent(inactive=pb.Inactive(channel=event.channel, time=event.time))
+    if isinstance(event, ReadyEvent):
+        return pb.StreamEvent(
+            ready=pb.Ready(
+                session_id=event.session_id,
+                route=event.route,
+                model=event.model,
+                model_sample_rate=event.model_sample_rate,
+                channels=event.channels,
+                trace_id=event.trace_id,
+            )
+        )
+    if isinstance(event, ErrorEvent):
+        return pb.StreamEvent(
+            error=pb.Error(
+                code=str(event.code),
+                message=event.message,
+                channel=event.channel,
+                start_time=event.start_time,
+                end_time=event.end_time,
+            )
+        )
+    if isinstance(event, DoneEvent):
+        return pb.StreamEvent(done=pb.Done(audio_seconds=event.audio_seconds))
+    raise TypeError(f"no protobuf form for {type(event).__name__}")
+
+
+def _restore_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < _MAX_EXACT_INT:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _restore_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore_ints(v) for v in value]
+    return value
+
+
+def event_to_dict(message: pb.StreamEvent) -> dict[str, Any] | None:
+    """The event as the WebSocket carries it (a parsed JSON object), or None for an event
+    this client does not know (which clients must ignore).
+
+    Model output numbers travel as doubles; whole ones come back as integers, as the test
+    model and most real ones send them.
+    """
+    kind = message.WhichOneof("event")
+    if kind is None:
+        return None
+    body = getattr(message, kind)
+    event: dict[str, Any] = {"type": kind}
+    for field in body.DESCRIPTOR.fields:
+        if field.name == "output":
+            continue
+        if field.has_presence and not body.HasField(field.name):
+            continue  # None on the WebSocket, which leaves it out
+        value = getattr(body, field.name)
+        event[field.name] = value
+    if kind == "segment":
+        output = json_format.MessageToDict(body.output)
+        for key, value in output.items():
+            if key not in _SEGMENT_FIELDS:
+                event[key] = _restore_ints(value)
+    return event
