@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit schema system-deps clean
+.PHONY: run test lint typecheck unit schema proto system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,9 @@ system-deps:
 
 schema: $(STAMP)
 	$(PY) -m streamer.protocol.schema > docs/protocol.schema.json
+
+proto: $(STAMP)
+	PYTHON=$(PY) sh scripts/gen-proto.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -25,8 +25,16 @@ class ServerSettings(BaseModel):
 
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
+    grpc_enabled: bool = Field(default=True, description="Serve gRPC beside the WebSocket.")
+    grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port, same host.")
     max_streams: int = Field(default=500, ge=1, description="Live streams before refusing.")
+    max_backlog: int = Field(
+        default=1000, ge=1, description="Queued inferences above which new streams are refused."
+    )
     drain_seconds: float = Field(default=10.0, ge=0, description="Grace for open streams.")
+    gil_switch_interval_ms: float = Field(
+        default=0.5, gt=0, le=100, description="How soon a thread waiting for the GIL gets it."
+    )
     max_message_bytes: int = Field(default=1 << 20, ge=1024)
     max_pending_events: int = Field(
         default=1000, ge=10, description="Events queued for a client that is not reading."
@@ -40,15 +48,29 @@ class StreamSettings(BaseModel):
     max_in_flight: int = Field(default=4, ge=1, le=64, description="Inferences per stream.")
     interim_interval: float = Field(default=0.5, ge=0.1, le=10)
     min_interim_interval: float = Field(default=0.1, ge=0.05)
+    vad_step_ms: float = Field(
+        default=4.0,
+        ge=0,
+        le=50,
+        description="Least time between VAD steps, so that frames of many streams share a call.",
+    )
 
 
 class InferenceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Literal["test"] = "test"
+    pool: Literal["thread", "process"] = Field(
+        default="thread",
+        description="Threads for models that release the GIL; processes for GIL-bound or "
+        "crash-prone ones.",
+    )
     workers: int = Field(default=4, ge=1, le=256)
     max_batch: int = Field(default=1, ge=1, le=1024)
     max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    max_queued: int = Field(
+        default=10000, ge=1, description="Queued inferences past which new interims are dropped."
+    )
     deadline_seconds: float | None = Field(default=None, gt=0)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,6 +24,7 @@ from streamer.audio.framing import Framer
 from streamer.audio.resample import ChannelResamplers
 from streamer.errors import ErrorCode, InferenceError
 from streamer.inference.scheduler import Job, JobState, Scheduler
+from streamer.observability.stream import StreamObserver
 from streamer.protocol.messages import (
     ActiveEvent,
     DoneEvent,
@@ -87,11 +89,13 @@ class StreamPipeline:
         scheduler: Scheduler,
         emit: Emit,
         vad: VadEngine | None = None,
+        observer: StreamObserver | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.options = options
         self._scheduler = scheduler
-        self._emit = emit
+        self.observer = observer or StreamObserver()
+        self._emit = self.observer.watch(emit)
         fmt = options.fmt
         self._decoder = Decoder(fmt)
         work_rate = VAD_SAMPLE_RATE if options.route is Route.SEGMENTED else options.model_rate
@@ -119,23 +123,43 @@ class StreamPipeline:
         return self._decoder.frames_decoded / self.options.fmt.sample_rate
 
     def start(self) -> None:
+        self.observer.started()
         self._emitter = asyncio.create_task(self._emit_in_order(), name="stream-emitter")
 
     async def feed(self, data: bytes) -> None:
         """Take one binary frame of audio; waits when too many inferences are in flight."""
+        began = time.perf_counter()
         block = self._decoder.feed(data)
         if block.shape[1] == 0:
             return
-        for channel, samples in zip(self._channels, self._resamplers.process(block), strict=True):
+        decoded = time.perf_counter()
+        resampled = self._resamplers.process(block)
+        self.observer.fed(
+            block.shape[1] / self.options.fmt.sample_rate,
+            self.audio_seconds,
+            decoded - began,
+            time.perf_counter() - decoded,
+        )
+        for channel, samples in zip(self._channels, resampled, strict=True):
             await channel.push(samples)
 
     async def finalize(self) -> None:
         """Force final results for the audio so far; the stream goes on."""
+        self.observer.flushed(self.audio_seconds)
         for channel in self._channels:
             await channel.finalize()
 
     async def finish(self) -> None:
         """End of audio: process what is left, wait for every result, then send ``done``."""
+        self.observer.flushed(self.audio_seconds)
+        try:
+            await self._finish()
+        except BaseException as exc:
+            self.observer.ended("error", exc)
+            raise
+        self.observer.ended("completed")
+
+    async def _finish(self) -> None:
         if self._decoder.pending_bytes:
             self._order.put_nowait(
                 ErrorEvent(
@@ -160,6 +184,7 @@ class StreamPipeline:
         if self._emitter is not None:
             self._emitter.cancel()
             await asyncio.gather(self._emitter, return_exceptions=True)
+        self.observer.ended("aborted")
 
     # Used by the channel processors.
 
@@ -189,6 +214,7 @@ class StreamPipeline:
                 np.float32, copy=False
             )
         job = self._scheduler.submit(self.stream_id, audio, final=final)
+        self.observer.inference(job, channel, self.seconds(start), self.seconds(end), final)
         return _Pending(job, channel, start, end, final)
 
     def cancel(self, job: Job) -> bool:
@@ -273,7 +299,9 @@ class _SegmentedChannel:
         frames = self._framer.push(samples)
         if not frames:
             return
+        began = time.perf_counter()
         probs = await self._vad.probabilities(self._vad_stream, np.stack(frames))
+        self._pipeline.observer.vad(len(frames), time.perf_counter() - began)
         for frame, prob in zip(frames, probs, strict=True):
             await self._handle(self._segmenter.push(frame, float(prob)))
 

@@ -90,6 +90,8 @@ def start_server(
                 HOST,
                 "--port",
                 str(port),
+                "--grpc-port",
+                "0",
                 "--config",
                 str(config),
             ],

@@ -170,9 +170,12 @@ async def test_api_streams_file_as_fast_as_possible(server: Any, name: str) -> N
 
 async def test_api_streams_in_real_time(server: Any) -> None:
     audio = load_audio(AUDIO / "front_center_48k.wav")
-    result = await stream_file(server.ws(), audio, real_time=True, trace_id="t-1")
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    traceparent = f"00-{trace_id}-b7ad6b7169203331-01"
+    result = await stream_file(server.ws(), audio, real_time=True, trace_id=traceparent)
     check_audio(result.events, audio)
-    assert result.events[0]["trace_id"] == "t-1"
+    # The ready event names the stream's own span, in the client's trace.
+    assert result.events[0]["trace_id"].split("-")[1] == trace_id
     # Paced, not bursted: the last frame leaves about one frame before the audio's end.
     assert result.last_audio_seconds is not None and result.stop_seconds is not None
     assert result.last_audio_seconds >= audio.duration - 0.15

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import struct
 import sys
 from collections.abc import Callable
@@ -565,12 +566,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print events as JSON lines")
     parser.add_argument("--trace-id", help="W3C traceparent to send with the start request")
     parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="send a new random W3C traceparent (printed to stderr), so that the stream's "
+        "spans can be found in the tracing backend",
+    )
+    parser.add_argument(
         "--timeout",
         type=_positive_float,
         default=60.0,
         metavar="SECONDS",
         help="how long to wait for results once the audio is sent (default 60)",
     )
+    from streamer.cli import grpc_client  # imports this module: load it once this one is
+
+    grpc_client.add_arguments(parser)
+
+
+def new_traceparent() -> str:
+    """A new W3C ``traceparent``: random trace and span ids, sampled."""
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    if int(trace_id, 16) == 0 or int(span_id, 16) == 0:  # all-zero ids are invalid
+        return new_traceparent()
+    return f"00-{trace_id}-{span_id}-01"
 
 
 def _status(result: StreamResult, err: TextIO) -> int:
@@ -599,15 +617,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"streamer client: cannot read {error}", file=err)
         return 2
     printer = _Printer(args.json, out, err)
+    trace_id = args.trace_id
+    if args.trace and trace_id is None:
+        trace_id = new_traceparent()
+        print(f"streamer client: traceparent {trace_id}", file=err)
+    stream, addr = stream_file, args.addr
+    if args.grpc is not None:
+        from streamer.cli import grpc_client
+
+        stream, addr = grpc_client.bind(args), args.grpc
     try:
         result = asyncio.run(
-            stream_file(
-                args.addr,
+            stream(
+                addr,
                 audio,
                 chunk_bytes=args.chunk_size,
                 real_time=args.real_time,
                 interim=args.interim_results,
-                trace_id=args.trace_id,
+                trace_id=trace_id,
                 on_event=printer,
                 results_timeout=args.timeout,
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -13,6 +14,7 @@ import uvicorn
 
 from streamer.app import create_app, drain
 from streamer.config import Settings, load_settings
+from streamer.observability.logging import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ class _DrainingServer(uvicorn.Server):
 
 def run_server(settings: Settings) -> None:
     """Serve HTTP and WebSocket on the configured address until told to stop."""
+    # The event loop and the VAD engine's thread share the GIL; at Python's default 5 ms
+    # a thread that wants it back waits that long, which under load slows every stream.
+    sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
     app = create_app(settings)
     server = settings.server
     config = uvicorn.Config(
@@ -58,18 +63,30 @@ def run_server(settings: Settings) -> None:
         ws_max_size=server.max_message_bytes,
         ws_per_message_deflate=False,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers go through the handler configure_logging set
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
     _DrainingServer(config, app).run()
 
 
-def serve(host: str | None, port: int | None, config: Path | None) -> None:
+def serve(
+    host: str | None,
+    port: int | None,
+    config: Path | None,
+    *,
+    grpc_port: int | None = None,
+    grpc: bool | None = None,
+) -> None:
     flags: dict[str, Any] = {}
     if host is not None:
         flags["host"] = host
     if port is not None:
         flags["port"] = port
+    if grpc_port is not None:
+        flags["grpc_port"] = grpc_port
+    if grpc is not None:
+        flags["grpc_enabled"] = grpc
     settings = load_settings(config, **({"server": flags} if flags else {}))
-    logging.basicConfig(level=settings.log_level.upper())
+    configure_logging(settings.log_level, json_lines=settings.log_json)
     run_server(settings)

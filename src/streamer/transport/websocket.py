@@ -70,6 +70,8 @@ class Connection:
         except asyncio.QueueFull:
             self._slow = True
             log.warning("client is not reading; disconnecting")
+            return
+        self.services.event_sent(self.route, event)
 
     async def _write(self) -> None:
         while (text := await self._outbox.get()) is not None:
@@ -78,6 +80,7 @@ class Connection:
     async def run(self) -> None:
         services = self.services
         await self.ws.accept()
+        self._trace = services.open_connection(self.route, self.ws.headers)
         writer = asyncio.create_task(self._write(), name="ws-writer")
         services.connections.add(self)
         close = _Closed(CloseCode.NORMAL)
@@ -95,8 +98,9 @@ class Connection:
             services.connections.discard(self)
             if self.pipeline is not None:
                 await self.pipeline.abort()
-                services.stream_ended(self.route)
+                services.stream_ended(self.route, _outcome(close))
                 self.pipeline = None
+            self._trace.end(close.code)
         with contextlib.suppress(asyncio.QueueFull):
             self._outbox.put_nowait(None)
         with contextlib.suppress(Exception):
@@ -188,6 +192,9 @@ class Connection:
             scheduler=services.scheduler,
             emit=self.emit,
             vad=services.vad,
+            observer=services.stream_telemetry(
+                self.route, stream_id, request.trace_id, self._trace
+            ),
         )
         self.pipeline.start()
         self.emit(
@@ -197,7 +204,7 @@ class Connection:
                 model=services.model.name,
                 model_sample_rate=services.model.sample_rate,
                 channels=options.fmt.channels,
-                trace_id=request.trace_id,
+                trace_id=self.pipeline.observer.traceparent,
             )
         )
 
@@ -205,13 +212,26 @@ class Connection:
         pipeline = self.pipeline
         if pipeline is None:
             return
+        outcome = "error"
         try:
             await pipeline.finish()
+            outcome = "completed"
         finally:
             self.pipeline = None
             if self.session.state is State.STREAMING:  # ended by the drain, not by a stop
                 self.session.state = State.IDLE
-            self.services.stream_ended(self.route)
+            self.services.stream_ended(self.route, outcome)
+
+
+def _outcome(close: _Closed) -> str:
+    """How a stream that was still open when its connection ended, ended."""
+    if close.code == 0:
+        return "disconnected"
+    if close.reason == ErrorCode.SLOW_CONSUMER:
+        return "slow_consumer"
+    if close.code in (CloseCode.GOING_AWAY, CloseCode.NORMAL):
+        return "shutdown"  # drained, or the connection's task was cancelled
+    return "error"
 
 
 async def serve_websocket(ws: WebSocket, route: Route, services: Services) -> None:
