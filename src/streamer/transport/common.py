@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import uuid
 
+from streamer.observability.tracing import ConnectionTrace
 from streamer.pipeline import Emit, Route, StreamPipeline
 from streamer.protocol.messages import ReadyEvent, StartRequest
 from streamer.services import Services
 
 
 def open_stream(
-    services: Services, route: Route, request: StartRequest, emit: Emit
+    services: Services,
+    route: Route,
+    request: StartRequest,
+    emit: Emit,
+    connection: ConnectionTrace | None = None,
 ) -> StreamPipeline:
     """Admit a stream, start its pipeline and emit ``ready``.
 
@@ -31,7 +36,7 @@ def open_stream(
             scheduler=services.scheduler,
             emit=emit,
             vad=services.vad,
-            observer=services.stream_telemetry(route, stream_id, request.trace_id),
+            observer=services.stream_telemetry(route, stream_id, request.trace_id, connection),
         )
     except BaseException:
         services.stream_ended(route, "error")
@@ -51,7 +56,12 @@ def open_stream(
 
 
 async def end_stream(
-    services: Services, route: Route, pipeline: StreamPipeline, *, flush: bool
+    services: Services,
+    route: Route,
+    pipeline: StreamPipeline,
+    *,
+    flush: bool,
+    outcome_if_dropped: str = "disconnected",
 ) -> None:
     """End a stream opened by :func:`open_stream` and count it out.
 
@@ -70,6 +80,6 @@ async def end_stream(
             outcome = "completed"
         else:
             await pipeline.abort()
-            outcome = "disconnected"
+            outcome = outcome_if_dropped
     finally:
         services.stream_ended(route, outcome)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -25,13 +24,13 @@ from streamer.pipeline import Event, Route, StreamPipeline
 from streamer.protocol.messages import (
     ErrorEvent,
     FinalizeRequest,
-    ReadyEvent,
     StartRequest,
     StopRequest,
     encode_event,
 )
 from streamer.protocol.session import Audio, Session, State
 from streamer.services import Services
+from streamer.transport.common import end_stream, open_stream
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +96,10 @@ class Connection:
         finally:
             services.connections.discard(self)
             if self.pipeline is not None:
-                await self.pipeline.abort()
-                services.stream_ended(self.route, _outcome(close))
-                self.pipeline = None
+                pipeline, self.pipeline = self.pipeline, None
+                await end_stream(
+                    services, self.route, pipeline, flush=False, outcome_if_dropped=_outcome(close)
+                )
             self._trace.end(close.code)
         with contextlib.suppress(asyncio.QueueFull):
             self._outbox.put_nowait(None)
@@ -178,49 +178,22 @@ class Connection:
                 raise _Closed(CloseCode.NORMAL)
 
     def _start(self, request: StartRequest) -> None:
-        services = self.services
         try:
-            services.admit(self.route)
+            self.pipeline = open_stream(self.services, self.route, request, self.emit, self._trace)
         except ClientError:
             self.session.state = State.IDLE  # the start was refused: no stream is open
             raise
-        stream_id = uuid.uuid4().hex
-        options = services.stream_options(self.route, request)
-        self.pipeline = StreamPipeline(
-            stream_id,
-            options,
-            scheduler=services.scheduler,
-            emit=self.emit,
-            vad=services.vad,
-            observer=services.stream_telemetry(
-                self.route, stream_id, request.trace_id, self._trace
-            ),
-        )
-        self.pipeline.start()
-        self.emit(
-            ReadyEvent(
-                session_id=stream_id,
-                route=self.route.value,
-                model=services.model.name,
-                model_sample_rate=services.model.sample_rate,
-                channels=options.fmt.channels,
-                trace_id=self.pipeline.observer.traceparent,
-            )
-        )
 
     async def _finish_stream(self) -> None:
         pipeline = self.pipeline
         if pipeline is None:
             return
-        outcome = "error"
         try:
-            await pipeline.finish()
-            outcome = "completed"
+            await end_stream(self.services, self.route, pipeline, flush=True)
         finally:
             self.pipeline = None
             if self.session.state is State.STREAMING:  # ended by the drain, not by a stop
                 self.session.state = State.IDLE
-            self.services.stream_ended(self.route, outcome)
 
 
 def _outcome(close: _Closed) -> str:
