@@ -306,7 +306,8 @@ class _SegmentedChannel:
             await self._handle(self._segmenter.push(frame, float(prob)))
 
     async def finalize(self) -> None:
-        await self._handle(self._segmenter.flush())
+        # Everything received so far counts, the partial VAD frame included.
+        await self._handle(self._segmenter.flush(self._framer.take_tail()))
 
     async def end(self) -> None:
         await self._handle(self._segmenter.flush(self._framer.take_tail()))
