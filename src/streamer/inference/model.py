@@ -6,7 +6,10 @@ of JSON-able output fields. The service runs it in a worker pool, never on the e
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -60,6 +63,16 @@ class TestModelParams(BaseModel):
     warmup_penalty: float = Field(default=0.0, ge=0, description="Extra seconds, first call.")
     batch_size: int = Field(default=1, ge=1, description="Largest batch per call.")
     batch_item_cost: float = Field(default=0.0, ge=0, description="Seconds per batch item.")
+    panic_on_samples: int | None = Field(
+        default=None, ge=1, description="Panic on every input of exactly this many samples."
+    )
+    panic_kills_process: bool = Field(
+        default=False,
+        description=(
+            "A panic kills the worker process, as a native crash would (in a process pool's "
+            "worker only; in the server's own process it raises)."
+        ),
+    )
     seed: int | None = None
 
 
@@ -89,6 +102,13 @@ class TestModel:
         return cls(TestModelParams(**overrides))
 
     @classmethod
+    def batching(cls, **overrides: Any) -> TestModel:
+        """Costs like an accelerator: 50 ms a call plus 2 ms an item, up to 64 items."""
+        values: dict[str, Any] = {"delay": 0.05, "batch_item_cost": 0.002, "batch_size": 64}
+        values.update(overrides)
+        return cls(TestModelParams(**values))
+
+    @classmethod
     def flaky(cls, **overrides: Any) -> TestModel:
         """Fast, but fails and crashes often."""
         values: dict[str, Any] = {"failure_rate": 0.2, "panic_rate": 0.1, "jitter": 0.005}
@@ -106,15 +126,22 @@ class TestModel:
             p.delay + p.batch_item_cost * items + p.constant_factor * samples / self.sample_rate
         ) + extra
 
-    def _fate(self) -> Exception | None:
+    def _fate(self, audio: NDArray[np.float32]) -> Exception | None:
         p = self.params
+        if p.panic_on_samples == len(audio):
+            return self._panic()
         with self._lock:
             roll = self._rng.random()
         if roll < p.panic_rate:
-            return ModelPanic("test model panicked")
+            return self._panic()
         if roll < p.panic_rate + p.failure_rate:
             return ModelFailure("test model failed on this input")
         return None
+
+    def _panic(self) -> ModelPanic:
+        if self.params.panic_kills_process and multiprocessing.parent_process() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return ModelPanic("test model panicked")
 
     def infer(self, audio: NDArray[np.float32]) -> Output:
         out = self.infer_batch([audio])[0]
@@ -128,6 +155,6 @@ class TestModel:
             time.sleep(cost)
         results: list[Output | Exception] = []
         for audio in batch:
-            fate = self._fate()
+            fate = self._fate(audio)
             results.append(fate if fate is not None else {"count": len(audio)})
         return results

@@ -17,6 +17,9 @@ class WorkerPool(Protocol):
     """Runs batches of inputs through a model on workers."""
 
     workers: int
+    """How many batches can run at once."""
+    preemptible: bool
+    """Whether cancelling ``run`` stops the model (a process can be killed, a thread not)."""
 
     async def run(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
         """One output or exception per input, in order."""
@@ -37,6 +40,8 @@ def call_model(model: Model, batch: Sequence[NDArray[np.float32]]) -> list[Outpu
 
 class ThreadPool:
     """A fixed set of named threads; right for models that release the GIL."""
+
+    preemptible = False
 
     def __init__(self, model: Model, workers: int) -> None:
         self.model = model
