@@ -4,6 +4,11 @@ Streams submit jobs; one dispatcher task forms batches and hands them to the wor
 Finals go before interims, streams are served round-robin (no stream starves behind a busy
 one), and a queued interim can be cancelled when a newer one supersedes it. Each job's
 result arrives on its own future; streams restore audio order themselves.
+
+The queue is bounded: past ``max_queued`` jobs, new interims are dropped at once (they are
+only previews; the final of the same audio follows). Finals are always queued: each stream
+bounds its own finals in flight, and admission refuses new streams while the backlog is
+high, so the finals of admitted streams are never lost.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class Scheduler:
         max_wait: float = 0.0,
         deadline: float | None = None,
         observer: Observer | None = None,
+        max_queued: int | None = None,
     ) -> None:
         self.pool = pool
         self.sample_rate = sample_rate
@@ -87,6 +93,9 @@ class Scheduler:
         self.max_wait = max_wait
         self.deadline = deadline
         self.observer = observer
+        self.max_queued = max_queued
+        self.interims_dropped = 0
+        """Interims refused because the queue was full."""
         self._finals: OrderedDict[str, deque[Job]] = OrderedDict()
         self._interims: OrderedDict[str, deque[Job]] = OrderedDict()
         self._queued = 0
@@ -106,6 +115,23 @@ class Scheduler:
         """Workers running a batch now."""
         return self._busy
 
+    @property
+    def full(self) -> bool:
+        """Whether the queue holds ``max_queued`` jobs (new interims are being dropped)."""
+        return self.max_queued is not None and self._queued >= self.max_queued
+
+    def oldest_wait(self) -> float:
+        """Seconds the longest-waiting queued job has waited (0 when none waits)."""
+        now = time.perf_counter()
+        oldest = now
+        for queues in (self._finals, self._interims):
+            for queue in queues.values():
+                for job in queue:
+                    if job.state is JobState.QUEUED:
+                        oldest = min(oldest, job.enqueued)
+                        break
+        return now - oldest
+
     def queued_for(self, stream: str) -> int:
         """Jobs of one stream still waiting (not cancelled)."""
         return sum(
@@ -119,18 +145,30 @@ class Scheduler:
     def start(self) -> None:
         self._task = asyncio.create_task(self._dispatch(), name="scheduler-dispatch")
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 10.0) -> None:
+        """Withdraw queued jobs, give running batches ``grace`` seconds, close the pool."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for stream in {*self._finals, *self._interims}:
             self.cancel_stream(stream)
-        await asyncio.gather(*self._running, return_exceptions=True)
+        if self._running:
+            await asyncio.wait(self._running, timeout=grace)
+        # Closing the pool fails what is still waiting for a worker (one that never
+        # started, say); then every batch has an outcome.
         await self.pool.close()
+        await asyncio.gather(*self._running, return_exceptions=True)
 
     def submit(self, stream: str, audio: NDArray[np.float32], *, final: bool = True) -> Job:
-        """Queue one inference; the result (or a typed error) arrives on ``job.future``."""
+        """Queue one inference; the result (or a typed error) arrives on ``job.future``.
+
+        An interim submitted while the queue is full comes back already cancelled.
+        """
         job = Job(stream, audio, final, asyncio.get_running_loop().create_future())
+        if not final and self.full:
+            job.cancel()
+            self.interims_dropped += 1
+            return job
         queues = self._finals if final else self._interims
         queues.setdefault(stream, deque()).append(job)
         self._queued += 1
@@ -209,7 +247,9 @@ class Scheduler:
             except TimeoutError:
                 for job in batch:
                     self._resolve(job, InferenceTimeout(f"inference exceeded {self.deadline} s"))
-                # The worker is still busy until the model returns; keep its slot taken.
+                if self.pool.preemptible:
+                    run.cancel()  # the pool stops the worker (and replaces it)
+                # Otherwise the worker is busy until the model returns; keep its slot taken.
                 await asyncio.gather(run, return_exceptions=True)
                 return
             except Exception as exc:

@@ -176,3 +176,96 @@ async def test_the_test_model_presets() -> None:
     assert 30 < len(errors) < 90  # about 30% fail or crash
     assert any(isinstance(o, ModelFailure) for o in errors)
     assert any(not isinstance(o, ModelFailure) for o in errors)
+
+
+class StartRecordingModel(RecordingModel):
+    """Records each call as it starts (one worker: calls never overlap), then works a while."""
+
+    def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
+        self.calls.append([len(a) for a in batch])
+        threading.Event().wait(self.delay)
+        return [{"count": len(a)} for a in batch]
+
+
+async def test_a_busy_stream_delays_the_others_by_a_bounded_number_of_batches() -> None:
+    max_batch, quiet_streams = 4, 10
+    model = StartRecordingModel(max_batch_size=max_batch, delay=0.002)
+    sched = await make(model)
+    submitted_at: dict[int, int] = {}  # job length -> batches started before it was queued
+    jobs = []
+    for n in range(10_000, 10_200):  # the busy stream queues 200 finals at once
+        jobs.append(sched.submit("busy", audio(n)))
+    rng = np.random.default_rng(7)
+    length = 1
+    for _ in range(60):  # quiet streams queue a final now and then, while the busy one runs
+        await asyncio.sleep(float(rng.uniform(0, 0.004)))
+        submitted_at[length] = len(model.calls)
+        jobs.append(sched.submit(f"quiet{rng.integers(quiet_streams)}", audio(length)))
+        length += 1
+    await asyncio.gather(*(j.future for j in jobs))
+    await sched.close()
+    started_in = {n: i for i, call in enumerate(model.calls) for n in call}
+    waits = [started_in[n] - before for n, before in submitted_at.items()]
+    # Round-robin over at most 11 streams with queued work, 4 jobs a batch: a quiet job
+    # waits behind at most one job of each stream per round, never the busy backlog.
+    assert max(waits) <= 4, waits
+    ran = sorted(n for call in model.calls for n in call)
+    assert ran == sorted([*range(10_000, 10_200), *submitted_at])  # everything ran, once
+    # Within one stream, jobs start in the order they were queued.
+    busy_order = [n for call in model.calls for n in call if n >= 10_000]
+    assert busy_order == sorted(busy_order)
+
+
+async def test_every_streams_results_arrive_in_audio_order_under_load() -> None:
+    from streamer.audio.formats import AudioFormat
+    from streamer.pipeline import Event, Route, StreamOptions, StreamPipeline
+    from streamer.protocol.messages import SegmentEvent
+
+    model = TestModel.speedy(jitter=0.004, batch_size=4, seed=3)
+    sched = Scheduler(ThreadPool(model, 3), sample_rate=16000, max_batch=4, max_wait=0.001)
+    sched.start()
+    fmt = AudioFormat(channels=1, sample_rate=16000, bit_depth=16, is_float=False)
+    options = StreamOptions(route=Route.SIMPLE, fmt=fmt, model_rate=16000, chunk_seconds=0.05)
+    events: dict[str, list[Event]] = {}
+    pipelines = {}
+    for name in ["busy", *(f"quiet{i}" for i in range(15))]:
+        events[name] = []
+        pipelines[name] = StreamPipeline(name, options, scheduler=sched, emit=events[name].append)
+        pipelines[name].start()
+    chunk = np.zeros(800, dtype="<i2").tobytes()  # 50 ms: one inference per chunk
+
+    async def stream(name: str, chunks: int) -> None:
+        for _ in range(chunks):
+            await pipelines[name].feed(chunk)
+            await asyncio.sleep(0)
+        await pipelines[name].finish()
+
+    await asyncio.gather(stream("busy", 400), *(stream(f"quiet{i}", 20) for i in range(15)))
+    await sched.close()
+    for name, got in events.items():
+        segments = [e for e in got if isinstance(e, SegmentEvent)]
+        spans = [(s.start_time, s.end_time) for s in segments]
+        expected = [(round(i * 0.05, 6), round((i + 1) * 0.05, 6)) for i in range(len(spans))]
+        assert spans == expected, name
+        assert len(spans) == (400 if name == "busy" else 20)
+        assert type(got[-1]).__name__ == "DoneEvent"
+
+
+async def test_a_full_queue_drops_new_interims_but_never_finals() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    sched = await make(model, max_queued=3)
+    running = sched.submit("s", audio(1))
+    await asyncio.sleep(0.05)
+    finals = [sched.submit("s", audio(n)) for n in (2, 3, 4)]
+    assert sched.full
+    interim = sched.submit("t", audio(5), final=False)
+    assert interim.state is JobState.CANCELLED and interim.future.cancelled()
+    assert sched.interims_dropped == 1
+    late_final = sched.submit("t", audio(6))
+    assert sched.queued == 4 and sched.oldest_wait() > 0
+    model.gate.set()
+    await asyncio.gather(running.future, *(j.future for j in finals), late_final.future)
+    assert sorted(c[0] for c in model.calls) == [1, 2, 3, 4, 6]
+    assert not sched.full and sched.oldest_wait() == 0
+    await sched.close()
