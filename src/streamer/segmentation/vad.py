@@ -391,19 +391,21 @@ class VadEngine:
             self._fail_all(failure)
 
     def _gather(self, until: float) -> bool:
-        """Take requests as they come until ``until`` or a full batch; False on stop."""
-        while len(self._ready) < self.max_batch:
-            left = until - time.perf_counter()
-            if left <= 0:
-                break
-            try:
-                item = self._inbox.get(timeout=left)
-            except queue.Empty:
-                break
+        """Let requests gather until ``until``, then take them; False on stop.
+
+        One sleep rather than a wake-up per request: each wake-up takes the GIL from the
+        event loop, which under load costs the loop more than the model's own work.
+        """
+        left = until - time.perf_counter()
+        if left > 0 and len(self._ready) < self.max_batch:
+            time.sleep(left)
+        item = self._take_nowait()
+        while item is not None:
             if item is _STOP:
                 return False
             assert isinstance(item, _Request)
             self._enqueue(item)
+            item = self._take_nowait()
         return True
 
     def _take_nowait(self) -> _Request | object | None:
