@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as HttpRoute
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from streamer.config import Settings
 from streamer.inference.model import Model, TestModel
-from streamer.inference.pool import ThreadPool
+from streamer.inference.pool import ThreadPool, WorkerPool
+from streamer.inference.process_pool import ModelFactory, ProcessPool
 from streamer.inference.scheduler import Scheduler
+from streamer.observability.loop import LoopMonitor
+from streamer.observability.metrics import Metrics, new_registry
+from streamer.observability.tracing import Tracing
 from streamer.pipeline import Route
 from streamer.segmentation.vad import VadEngine
 from streamer.services import Services
+from streamer.transport.grpc import GrpcServer, start_grpc_server
 from streamer.transport.websocket import serve_websocket
 
 log = logging.getLogger(__name__)
@@ -32,18 +39,52 @@ def build_model(settings: Settings) -> Model:
     return TestModel(settings.model)
 
 
-def build_services(settings: Settings, model: Model | None = None) -> Services:
-    """Create the shared parts; call inside a running event loop."""
-    model = model or build_model(settings)
+def model_factory(settings: Settings) -> ModelFactory:
+    """A picklable recipe for the model, so that each worker process builds its own."""
+    return functools.partial(TestModel, settings.model)
+
+
+def build_services(
+    settings: Settings,
+    model: Model | None = None,
+    *,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
+) -> Services:
+    """Create the shared parts; call inside a running event loop.
+
+    ``metrics`` defaults to a fresh registry of its own; ``tracing`` to none at all.
+    """
+    metrics = metrics or Metrics(CollectorRegistry())
     inference = settings.inference
+    if inference.pool == "process" and model is not None:
+        raise ValueError("a process pool builds its model from the settings; pass none")
+    model = model or build_model(settings)
+    pool: WorkerPool
+    if inference.pool == "process":
+        pool = ProcessPool(model_factory(settings), inference.workers)
+    else:
+        pool = ThreadPool(model, inference.workers)
     scheduler = Scheduler(
-        ThreadPool(model, inference.workers),
+        pool,
         sample_rate=model.sample_rate,
         max_batch=min(inference.max_batch, model.max_batch_size),
         max_wait=inference.max_wait_ms / 1000,
         deadline=inference.deadline_seconds,
+        max_queued=inference.max_queued,
+        observer=metrics.observe_batch,
     )
-    return Services(settings=settings, model=model, scheduler=scheduler, vad=VadEngine())
+    return Services(
+        settings=settings,
+        model=model,
+        scheduler=scheduler,
+        vad=VadEngine(
+            on_batch=metrics.observe_vad_batch,
+            min_interval=settings.stream.vad_step_ms / 1000,
+        ),
+        metrics=metrics,
+        tracing=tracing or Tracing(),
+    )
 
 
 async def drain(services: Services) -> None:
@@ -60,26 +101,58 @@ async def drain(services: Services) -> None:
         await asyncio.sleep(0.05)
 
 
-def create_app(settings: Settings | None = None, model: Model | None = None) -> Starlette:
-    """The ASGI application; ``app.state.services`` exists while the lifespan runs."""
+def create_app(
+    settings: Settings | None = None,
+    model: Model | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    tracing: Tracing | None = None,
+) -> Starlette:
+    """The ASGI application; ``app.state.services`` exists while the lifespan runs.
+
+    The lifespan also serves gRPC over the same services (``app.state.grpc_port``), unless
+    ``server.grpc_enabled`` is off. Metrics go to ``registry`` (by default a new one with
+    the process collectors), served at ``/metrics``; spans to ``tracing`` (by default as
+    the ``OTEL_*`` variables say, flushed when the lifespan ends).
+    """
     settings = settings or Settings()
+    registry = registry if registry is not None else new_registry()
+    metrics = Metrics(registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services = build_services(settings, model)
+        own_tracing = tracing or Tracing.from_env()
+        services = build_services(settings, model, metrics=metrics, tracing=own_tracing)
         services.scheduler.start()
         services.vad.start()
         app.state.services = services
+        monitor = LoopMonitor(metrics.observe_loop_lag)
+        monitor.start()
+        metrics.sources.tasks = monitor.task_counts
+        grpc_server: GrpcServer | None = None
         try:
+            if settings.server.grpc_enabled:
+                server = settings.server
+                grpc_server = await start_grpc_server(services, server.host, server.grpc_port)
+                app.state.grpc_port = grpc_server.port
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
             await services.scheduler.close()
             services.vad.close()
+            await monitor.close()
+            if tracing is None:
+                own_tracing.shutdown()  # exports what is still buffered
 
     async def health(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
         body = services.health()
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        # On the loop's thread: the task counts read asyncio's task set.
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     def ws_route(route: Route) -> Any:
         async def endpoint(ws: WebSocket) -> None:
@@ -90,6 +163,7 @@ def create_app(settings: Settings | None = None, model: Model | None = None) -> 
     return Starlette(
         routes=[
             HttpRoute("/api/v1/health", health, methods=["GET"]),
+            HttpRoute("/metrics", metrics_endpoint, methods=["GET"]),
             WebSocketRoute("/api/v1/simple", ws_route(Route.SIMPLE)),
             WebSocketRoute("/api/v1/segmented", ws_route(Route.SEGMENTED)),
         ],

@@ -14,6 +14,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port on the same host (default 50051)")
+    serve.add_argument(
+        "--no-grpc", dest="grpc", action="store_false", default=None, help="serve no gRPC"
+    )
     serve.add_argument("--config", type=Path, help="TOML settings file")
 
     from streamer.cli import client
@@ -27,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from streamer.cli.serve import serve
 
-        serve(args.host, args.port, args.config)
+        serve(args.host, args.port, args.config, grpc_port=args.grpc_port, grpc=args.grpc)
         return 0
     if args.command == "client":
         from streamer.cli.client import run

@@ -113,6 +113,9 @@ class Connection:
     async def _serve(self) -> None:
         services = self.services
         receive: asyncio.Future[Any] | None = None
+        # The drain watch outlives the messages: one task per state, not one per message.
+        drain: asyncio.Future[Any] | None = None
+        drain_on: asyncio.Event | None = None
         try:
             while True:
                 if self._slow:
@@ -121,15 +124,12 @@ class Connection:
                     raise _Closed(CloseCode.GOING_AWAY, "server shutting down")
                 if receive is None:
                     receive = asyncio.ensure_future(self.ws.receive())
-                waits: set[asyncio.Future[Any]] = {receive}
-                drain = asyncio.ensure_future(
-                    services.drain_expired.wait()
-                    if self.pipeline is not None
-                    else services.draining.wait()
-                )
-                waits.add(drain)
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                drain.cancel()
+                watch = services.drain_expired if self.pipeline is not None else services.draining
+                if drain is None or drain_on is not watch or drain.done():
+                    if drain is not None:
+                        drain.cancel()
+                    drain, drain_on = asyncio.ensure_future(watch.wait()), watch
+                await asyncio.wait({receive, drain}, return_when=asyncio.FIRST_COMPLETED)
                 if not receive.done():
                     if self.pipeline is not None and services.drain_expired.is_set():
                         await self._finish_stream()
@@ -143,6 +143,8 @@ class Connection:
         finally:
             if receive is not None:
                 receive.cancel()
+            if drain is not None:
+                drain.cancel()
 
     async def _handle(self, message: dict[str, object]) -> None:
         text = message.get("text")
