@@ -23,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     from streamer.cli import client
 
     client.add_arguments(sub.add_parser("client", help="stream an audio file to a server"))
+
+    from streamer.cli import bench
+
+    bench.add_arguments(sub.add_parser("bench", help="load a server with many streams"))
     return parser
 
 
@@ -37,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         from streamer.cli.client import run
 
         return run(args)
+    if args.command == "bench":
+        from streamer.cli.bench import run as run_bench
+
+        return run_bench(args)
     return 2
 
 

@@ -1,0 +1,228 @@
+"""The bench's outputs: a JSON document, a summary table and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from streamer.bench.runner import RunResult, SearchResult
+
+
+def run_document(result: RunResult, *, per_stream: bool = False) -> dict[str, Any]:
+    """A run as JSON-able data."""
+    spec = result.spec
+    doc: dict[str, Any] = {
+        "spec": {
+            "url": spec.url,
+            "files": [p.name for p in spec.files],
+            "streams": spec.streams,
+            "ramp": spec.ramp,
+            "min_audio_seconds": spec.min_audio_seconds,
+            "speed": spec.speed,
+            "chunk_seconds": spec.chunk_seconds,
+            "interim": spec.interim,
+        },
+        "summary": result.summary,
+        "timeline": result.timeline,
+    }
+    if per_stream:
+        doc["streams"] = [
+            {
+                "index": s.index,
+                "audio": s.audio,
+                "status": s.status,
+                "ttfr": s.ttfr,
+                "rtf": s.rtf,
+                "finals": len(s.final_delays),
+                "final_delay_max": max(s.final_delays, default=None),
+                "lost": s.check.lost,
+                "duplicated": s.check.duplicated,
+                "unexpected": s.check.unexpected,
+                "errors": dict(s.errors),
+                "problem": s.problem,
+            }
+            for s in result.streams
+        ]
+    return doc
+
+
+def search_document(found: SearchResult) -> dict[str, Any]:
+    return {
+        "objective": {"p95_final_delay_seconds": round(found.objective.p95_seconds, 6)},
+        "best_streams": found.best,
+        "baseline": None if found.baseline is None else run_document(found.baseline),
+        "trials": [
+            {"streams": n, "meets_objective": ok, **run_document(result)}
+            for n, result, ok in found.trials
+        ],
+    }
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{float(value) * 1000:.0f}"
+
+
+def table(result: RunResult) -> str:
+    """A plain-text summary of a run."""
+    s = result.summary
+    streams, results = s["streams"], s["results"]
+    lines = [
+        f"route {s['route']}: {streams['requested']} streams, "
+        f"{streams['ok']} ok, {streams['refused']} refused, {streams['failed']} failed; "
+        f"{s['wall_seconds']:.1f} s wall, {s['audio_seconds']:.0f} s of audio "
+        f"({s['throughput_x_real_time']}x real time), {s['finals_per_second']} finals/s",
+        f"results: {results['received']} finals of {results['expected']} expected; "
+        f"lost {results['lost']}, duplicated {results['duplicated']}, "
+        f"unexpected {results['unexpected']}, out of order {results['out_of_order']}, "
+        f"wrong {results['wrong_count']}" + (f"; errors {s['errors']}" if s["errors"] else ""),
+        "",
+        f"{'ms':<22}{'count':>8}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}",
+    ]
+    rows = [
+        ("final delay", s["final_delay"]),
+        ("time to first result", s["ttfr"]),
+        ("interim interval", s["interim_interval"]),
+        ("refusal", s["refusal"]),
+    ]
+    for name, d in rows:
+        if d["count"]:
+            lines.append(
+                f"{name:<22}{d['count']:>8}{_ms(d['p50']):>8}{_ms(d['p95']):>8}"
+                f"{_ms(d['p99']):>8}{_ms(d['max']):>8}"
+            )
+    rtf = s["rtf"]
+    if rtf["count"]:
+        lines.append(
+            f"{'real-time factor':<22}{rtf['count']:>8}{rtf['p50']:>8.3f}{rtf['p95']:>8.3f}"
+        )
+    cpu = s.get("server_cpu")
+    if cpu:
+        lines.append(
+            f"server cpu: {cpu['cores_mean']:.2f} cores mean, {cpu['cores_max_1s']} max (1 s)"
+        )
+    client = s.get("client_cpu")
+    if client:
+        lines.append(
+            f"bench client cpu: {client['cores_mean']:.2f} cores mean; "
+            f"its loop lag p99 {_ms(client['loop_lag']['p99'])} ms"
+        )
+    box = s.get("machine_cpu")
+    if box:
+        lines.append(
+            f"machine: {box['cores_busy_mean']:.2f} of {box['cpus']} cores busy, "
+            f"{box['other_cores_mean']:.2f} by other processes"
+        )
+    for problem in s["problems"][:5]:
+        lines.append(f"problem: {problem}")
+    return "\n".join(lines)
+
+
+def search_table(found: SearchResult) -> str:
+    lines = []
+    if found.baseline is not None:
+        d = found.baseline.summary["final_delay"]
+        lines.append(
+            f"lone streams: median final delay {_ms(d['p50'])} ms, p95 {_ms(d['p95'])} ms "
+            f"({d['count']} finals)"
+        )
+    lines.append(
+        f"objective: p95 final delay <= {found.objective.p95_seconds * 1000:.0f} ms, clean"
+    )
+    lines.append(
+        f"{'streams':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'rtf':>7}{'cpu':>7}{'other':>7}"
+        "  result"
+    )
+    for n, result, ok in found.trials:
+        s = result.summary
+        d = s["final_delay"]
+        cpu = s.get("server_cpu", {}).get("cores_mean")
+        other = s.get("machine_cpu", {}).get("other_cores_mean")
+        rtf = s["rtf"]["p50"]
+        lines.append(
+            f"{n:>8}{_ms(d['p50']):>9}{_ms(d['p95']):>9}{_ms(d['p99']):>9}"
+            f"{'-' if rtf is None else f'{rtf:.3f}':>7}"
+            f"{'-' if cpu is None else f'{cpu:.2f}':>7}"
+            f"{'-' if other is None else f'{other:.2f}':>7}  "
+            f"{'meets' if ok else 'misses'}{'' if result.clean else ' (not clean)'}"
+        )
+    lines.append(f"largest count meeting the objective: {found.best}")
+    return "\n".join(lines)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_run(result: RunResult, path: Path) -> None:
+    """Final-delay distribution and timeline, load and CPU over time."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    delays = sorted(d * 1000 for s in result.streams for d in s.final_delays)
+    ax = axes[0][0]
+    if delays:
+        ax.plot(delays, [(i + 1) / len(delays) for i in range(len(delays))])
+        for q, style in ((0.5, ":"), (0.95, "--"), (0.99, "-.")):
+            ax.axvline(delays[max(int(q * len(delays)) - 1, 0)], linestyle=style, color="grey")
+    ax.set(title="final delay (CDF)", xlabel="ms", ylabel="fraction")
+    ax = axes[0][1]
+    times = [t for s in result.streams for t in s.final_times]
+    points = [d * 1000 for s in result.streams for d in s.final_delays]
+    ax.scatter(times, points, s=2, alpha=0.4)
+    ax.set(title="final delay over the run", xlabel="s since start", ylabel="ms")
+    ax = axes[1][0]
+    t = [p["t"] for p in result.timeline]
+    ax.plot(t, [p["live"] for p in result.timeline], label="live streams")
+    ax.set(title="live streams", xlabel="s since start", ylabel="streams")
+    ax = axes[1][1]
+    if any("server_cores" in p for p in result.timeline):
+        ax.plot(t, [p.get("server_cores", 0.0) for p in result.timeline], label="server")
+    ax.plot(t, [p["client_cores"] for p in result.timeline], label="bench client")
+    ax.set(title="CPU", xlabel="s since start", ylabel="cores")
+    ax.legend()
+    s = result.summary
+    fig.suptitle(
+        f"{s['route']} route, {s['streams']['requested']} streams: p95 final delay "
+        f"{_ms(s['final_delay']['p95'])} ms, lost {s['results']['lost']}, "
+        f"duplicated {s['results']['duplicated']}"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_search(found: SearchResult, path: Path) -> None:
+    """Final-delay percentiles and server CPU against the stream count."""
+    plt = _pyplot()
+    trials = sorted(found.trials, key=lambda t: t[0])
+    n = [t[0] for t in trials]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for key, style in (("p50", "o-"), ("p95", "s-"), ("p99", "^-")):
+        values = [r.summary["final_delay"][key] for _, r, _ in trials]
+        ax.plot(n, [v * 1000 if v is not None else float("nan") for v in values], style, label=key)
+    ax.axhline(found.objective.p95_seconds * 1000, color="red", linestyle="--", label="objective")
+    ax.set(xlabel="concurrent streams", ylabel="final delay, ms (log scale)")
+    ax.set_yscale("log")
+    ax.legend(loc="upper left")
+    cpu = [r.summary.get("server_cpu", {}).get("cores_mean") for _, r, _ in trials]
+    if any(c is not None for c in cpu):
+        ax2 = ax.twinx()
+        ax2.plot(n, [c if c is not None else float("nan") for c in cpu], "k:", label="server cpu")
+        ax2.set_ylabel("server cores")
+        ax2.legend(loc="lower right")
+    ax.set_title(f"largest count meeting the objective: {found.best}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,555 @@
+"""Runs a load: N streams (started over a ramp), each checked and measured; and the search
+for the largest N that meets a latency objective.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from streamer.bench.analysis import Check, StreamStats, analyse, distribution
+from streamer.bench.expected import ExpectedResults
+from streamer.bench.sender import StreamAudio, StreamRecord, run_stream
+from streamer.cli.client import load_audio
+
+# -- what to run ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """One load: where, how many streams, what each sends and how fast."""
+
+    url: str
+    """WebSocket URL of a route (``.../api/v1/simple`` or ``.../api/v1/segmented``)."""
+    files: tuple[Path, ...]
+    streams: int
+    ramp: float = 0.0
+    """Seconds over which the streams start, evenly spaced."""
+    min_audio_seconds: float = 0.0
+    """Each file is repeated until a stream's audio lasts at least this long."""
+    speed: float = 1.0
+    """Multiple of real time (0: as fast as possible)."""
+    chunk_seconds: float = 0.1
+    interim: bool = False
+    results_timeout: float = 60.0
+
+    @property
+    def segmented(self) -> bool:
+        return self.url.rstrip("/").endswith("segmented")
+
+
+# -- CPU of the server ---------------------------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of the process and its reaped children) from /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    # Fields after the name: state ppid ... utime(12) stime(13) cutime(14) cstime(15).
+    ticks = sum(int(v) for v in fields[11:15])
+    return int(fields[1]), ticks / _TICKS
+
+
+class CpuMeter:
+    """CPU seconds used by a process and all its descendants (worker processes included)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def seconds(self) -> float | None:
+        if _stat(self.pid) is None:
+            return None
+        parents: dict[int, int] = {}
+        cpu: dict[int, float] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                found = _stat(int(entry.name))
+                if found is not None:
+                    parents[int(entry.name)], cpu[int(entry.name)] = found
+        total = 0.0
+        family = {self.pid}
+        changed = True
+        while changed:
+            changed = False
+            for child, parent in parents.items():
+                if parent in family and child not in family:
+                    family.add(child)
+                    changed = True
+        for pid in family:
+            total += cpu.get(pid, 0.0)
+        return total
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes of the machine have used (from /proc/stat), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    # guest time is already counted in user time
+    return (sum(ticks[:8]) - idle) / _TICKS
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+# -- a server of the bench's own -----------------------------------------------------------
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class SpawnedServer:
+    """A ``streamer serve`` child process on a free port."""
+
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def url(self, route: str) -> str:
+        return f"ws://{self.host}:{self.port}/api/v1/{route}"
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(
+                f"http://{self.host}:{self.port}/api/v1/health", timeout=2.0
+            ) as response:
+                body: dict[str, Any] = json.loads(response.read())
+                return body
+        except urllib.error.HTTPError as error:
+            body = json.loads(error.read() or b"{}")
+            return body
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.contextmanager
+def spawn_server(
+    config: Path | None = None,
+    env: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+    start_timeout: float = 60.0,
+) -> Iterator[SpawnedServer]:
+    """Run ``streamer serve`` with ``config`` and extra ``STREAMER_*`` variables, until exit."""
+    port = _free_port(host)
+    log = Path(tempfile.mkstemp(prefix="streamer-bench-server-", suffix=".log")[1])
+    command = [sys.executable, "-m", "streamer.cli.main", "serve", "--host", host]
+    command += ["--port", str(port), "--no-grpc"]
+    if config is not None:
+        command += ["--config", str(config)]
+    child_env = dict(os.environ)
+    child_env.setdefault("STREAMER_LOG_LEVEL", "warning")
+    child_env.update(env or {})
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=child_env)
+    server = SpawnedServer(process, host, port, log)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while server.health() is None:
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the server did not start (log {log}):\n{output}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.stop()
+    log.unlink(missing_ok=True)  # kept only when something went wrong
+
+
+# -- one run -------------------------------------------------------------------------------
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    """A run's summary (JSON-able), per-stream figures and a timeline."""
+
+    spec: LoadSpec
+    summary: dict[str, Any]
+    streams: list[StreamStats]
+    timeline: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def final_delay_p95(self) -> float | None:
+        value = self.summary["final_delay"]["p95"]
+        return None if value is None else float(value)
+
+    @property
+    def clean(self) -> bool:
+        """Every stream finished, with exactly the results its audio must produce."""
+        s = self.summary
+        return (
+            s["streams"]["failed"] == 0
+            and s["streams"]["refused"] == 0
+            and s["results"]["clean"]
+            and not s["errors"]
+        )
+
+
+def prepare_audio(files: Sequence[Path], min_seconds: float) -> list[StreamAudio]:
+    """Each file, repeated until it lasts ``min_seconds`` (whole repeats)."""
+    prepared = []
+    for path in files:
+        loaded = load_audio(path)
+        repeats = max(1, math.ceil(min_seconds / loaded.duration)) if loaded.duration else 1
+        key = path.name if repeats == 1 else f"{path.name}x{repeats}"
+        prepared.append(
+            StreamAudio(key, loaded.data * repeats, dict(loaded.format), loaded.frames * repeats)
+        )
+    return prepared
+
+
+async def run_load(
+    spec: LoadSpec,
+    *,
+    expected: ExpectedResults | None = None,
+    server_pid: int | None = None,
+    progress: Progress | None = None,
+    progress_every: float = 2.0,
+) -> RunResult:
+    """Run ``spec.streams`` streams against a server and check and measure every one."""
+    loop = asyncio.get_running_loop()
+    expected = expected or ExpectedResults()
+    audios = prepare_audio(spec.files, spec.min_audio_seconds)
+    wanted = {}
+    for audio in audios:
+        wanted[audio.key] = await asyncio.to_thread(
+            expected.get, audio.key, audio.data, audio.format, spec.segmented
+        )
+    records = [StreamRecord(i, audios[i % len(audios)]) for i in range(spec.streams)]
+    meter = CpuMeter(server_pid) if server_pid is not None else None
+    timeline: list[dict[str, float]] = []
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        """Once a second: live streams, server and client CPU; and the loop's own lag."""
+        last_t, last_server, last_client = loop.time(), None, _own_cpu()
+        if meter is not None:
+            last_server = await asyncio.to_thread(meter.seconds)
+        next_print = last_t + progress_every
+        while not stop.is_set():
+            tick = loop.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            now = loop.time()
+            lags.append(max(0.0, now - tick - 1.0) if not stop.is_set() else 0.0)
+            server = await asyncio.to_thread(meter.seconds) if meter is not None else None
+            client = _own_cpu()
+            dt = max(now - last_t, 1e-6)
+            point = {
+                "t": round(now - origin, 3),
+                "live": sum(1 for r in records if r.live),
+                "client_cores": round((client - last_client) / dt, 4),
+            }
+            if server is not None and last_server is not None:
+                point["server_cores"] = round((server - last_server) / dt, 4)
+            timeline.append(point)
+            last_t, last_server, last_client = now, server, client
+            if progress is not None and now >= next_print:
+                next_print = now + progress_every
+                progress(_progress_line(records, point))
+
+    if progress is not None:
+        progress(
+            f"starting {spec.streams} stream(s) over {spec.ramp:g} s on {spec.url}, "
+            f"{records[0].audio.seconds:.1f} s of audio each or more"
+        )
+    origin = loop.time()
+    sampler = asyncio.create_task(sample(), name="bench-sampler")
+    server_cpu_0 = await asyncio.to_thread(meter.seconds) if meter is not None else None
+    client_cpu_0 = _own_cpu()
+    machine_0 = machine_busy_seconds()
+    tasks = []
+    for i, record in enumerate(records):
+        delay = origin + (i * spec.ramp / spec.streams) - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(
+            asyncio.create_task(
+                run_stream(
+                    spec.url,
+                    record,
+                    chunk_seconds=spec.chunk_seconds,
+                    speed=spec.speed,
+                    interim=spec.interim,
+                    results_timeout=spec.results_timeout,
+                ),
+                name=f"bench-stream-{i}",
+            )
+        )
+    await asyncio.gather(*tasks)
+    wall = loop.time() - origin
+    server_cpu_1 = await asyncio.to_thread(meter.seconds) if meter is not None else None
+    client_cpu = _own_cpu() - client_cpu_0
+    machine_1 = machine_busy_seconds()
+    stop.set()
+    await sampler
+    stats = [analyse(r, wanted[r.audio.key], origin) for r in records]
+    summary = summarise(spec, stats, wall)
+    if server_cpu_0 is not None and server_cpu_1 is not None:
+        cores = [p["server_cores"] for p in timeline if "server_cores" in p]
+        summary["server_cpu"] = {
+            "pid": server_pid,
+            "cpu_seconds": round(server_cpu_1 - server_cpu_0, 3),
+            "cores_mean": round((server_cpu_1 - server_cpu_0) / wall, 3),
+            "cores_max_1s": round(max(cores), 3) if cores else None,
+        }
+    summary["client_cpu"] = {
+        "cpu_seconds": round(client_cpu, 3),
+        "cores_mean": round(client_cpu / wall, 3),
+        "loop_lag": distribution(lags),
+    }
+    if machine_0 is not None and machine_1 is not None:
+        # Everything else the machine ran meanwhile: other people's work competes too.
+        busy = (machine_1 - machine_0) / wall
+        own = client_cpu / wall + (summary.get("server_cpu") or {}).get("cores_mean", 0.0)
+        summary["machine_cpu"] = {
+            "cpus": os.cpu_count(),
+            "cores_busy_mean": round(busy, 3),
+            "other_cores_mean": round(max(busy - own, 0.0), 3),
+        }
+    return RunResult(spec, summary, stats, timeline)
+
+
+def _progress_line(records: Sequence[StreamRecord], point: dict[str, float]) -> str:
+    started = sum(1 for r in records if r.launched)
+    finished = [r for r in records if r.finished is not None]
+    finals = sum(
+        1
+        for r in records
+        for e in r.events
+        if e.get("type") == "segment" and e.get("is_final", True)
+    )
+    errors = sum(1 for r in records for e in r.events if e.get("type") == "error")
+    line = (
+        f"[{point['t']:7.1f}s] started {started}/{len(records)}  live {int(point['live'])}  "
+        f"finished {len(finished)}  finals {finals}  errors {errors}"
+    )
+    if "server_cores" in point:
+        line += f"  server cpu {point['server_cores']:.2f} cores"
+    return line + f"  client cpu {point['client_cores']:.2f}"
+
+
+def summarise(spec: LoadSpec, stats: Sequence[StreamStats], wall: float) -> dict[str, Any]:
+    """The aggregate figures of a run."""
+    status = Counter(s.status for s in stats)
+    check = Check()
+    errors: Counter[str] = Counter()
+    for s in stats:
+        check.add(s.check)
+        errors.update(s.errors)
+    errors.pop("overloaded", None)  # counted as refused streams
+    ok = [s for s in stats if s.status == "ok"]
+    audio_done = sum(s.audio_seconds for s in ok)
+    finals = sum(len(s.final_delays) for s in stats)
+    return {
+        "route": "segmented" if spec.segmented else "simple",
+        "streams": {
+            "requested": spec.streams,
+            "ok": status["ok"],
+            "refused": status["refused"],
+            "failed": status["failed"],
+        },
+        "results": {
+            "expected": check.expected,
+            "received": check.received,
+            "lost": check.lost,
+            "duplicated": check.duplicated,
+            "unexpected": check.unexpected,
+            "out_of_order": check.out_of_order,
+            "wrong_count": check.wrong_count,
+            "clean": check.clean,
+        },
+        "errors": dict(errors),
+        "final_delay": distribution(d for s in stats for d in s.final_delays),
+        "ttfr": distribution(s.ttfr for s in stats if s.ttfr is not None),
+        "interim_interval": distribution(i for s in stats for i in s.interim_intervals),
+        "rtf": distribution(s.rtf for s in stats if s.rtf is not None),
+        "refusal": distribution(s.refusal_seconds for s in stats if s.refusal_seconds is not None),
+        "wall_seconds": round(wall, 3),
+        "audio_seconds": round(audio_done, 3),
+        "throughput_x_real_time": round(audio_done / wall, 3) if wall else None,
+        "finals_per_second": round(finals / wall, 3) if wall else None,
+        "problems": [f"stream {s.index} ({s.audio}): {s.problem}" for s in stats if s.problem][:20],
+    }
+
+
+# -- the search ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Objective:
+    """What a run must meet: a p95 final delay, clean results, no refusals or failures."""
+
+    p95_seconds: float
+
+    def met(self, result: RunResult) -> bool:
+        p95 = result.final_delay_p95
+        return result.clean and p95 is not None and p95 <= self.p95_seconds
+
+
+@dataclass
+class SearchResult:
+    objective: Objective
+    baseline: RunResult | None
+    trials: list[tuple[int, RunResult, bool]]
+
+    @property
+    def best(self) -> int:
+        """The largest stream count that met the objective (0 if none did)."""
+        return max((n for n, _, ok in self.trials if ok), default=0)
+
+
+Trial = Callable[[LoadSpec, Progress | None], Awaitable[RunResult]]
+"""Runs one load (on a server of its choosing) and returns its result."""
+
+
+async def lone_baseline(spec: LoadSpec, trial: Trial) -> RunResult:
+    """Each file streamed alone, one after the other: the latency with no load at all.
+
+    The result pools the streams' figures (CPU figures are left out).
+    """
+    stats: list[StreamStats] = []
+    wall = 0.0
+    for i, path in enumerate(spec.files):
+        alone = await trial(replace(spec, files=(path,), streams=1, ramp=0.0), None)
+        for s in alone.streams:
+            s.index = i
+        stats.extend(alone.streams)
+        wall += alone.summary["wall_seconds"]
+    lone = replace(spec, streams=len(spec.files), ramp=0.0)
+    return RunResult(lone, summarise(lone, stats, wall), stats)
+
+
+async def search(
+    spec: LoadSpec,
+    *,
+    added_seconds: float | None,
+    p95_seconds: float | None,
+    low: int,
+    high: int,
+    resolution: int,
+    trial: Trial | None = None,
+    progress: Progress | None = None,
+    cool_down: float = 2.0,
+) -> SearchResult:
+    """The largest stream count in ``[low, high]`` whose run meets the objective.
+
+    The objective is an absolute p95 final delay, or the median of lone streams' plus
+    ``added_seconds`` (measured first). Grows the count by half while runs pass, then
+    bisects down to ``resolution`` streams. ``trial`` runs each load (default: against
+    ``spec.url``); the command gives each its own fresh server when it starts them.
+    """
+    if trial is None:
+        expected = ExpectedResults()
+
+        async def same_server(load: LoadSpec, say: Progress | None) -> RunResult:
+            return await run_load(load, expected=expected, progress=say)
+
+        trial = same_server
+    say = progress or (lambda _: None)
+    baseline = None
+    if p95_seconds is None:
+        say("baseline: each file alone, one stream at a time")
+        baseline = await lone_baseline(spec, trial)
+        median = baseline.summary["final_delay"]["p50"]
+        if median is None:
+            raise RuntimeError("the lone streams got no final result to measure")
+        p95_seconds = float(median) + (added_seconds or 0.0)
+        say(f"baseline median final delay {median:.3f} s; objective p95 <= {p95_seconds:.3f} s")
+    objective = Objective(p95_seconds)
+    trials: list[tuple[int, RunResult, bool]] = []
+    passed, failed = 0, high + 1
+    n = max(low, 1)
+    while failed - passed > resolution:
+        await asyncio.sleep(cool_down)  # let the machine settle between runs
+        say(f"trial: {n} streams")
+        result = await trial(replace(spec, streams=n), say)
+        ok = objective.met(result)
+        trials.append((n, result, ok))
+        p95 = result.final_delay_p95
+        say(
+            f"trial: {n} streams -> p95 final delay "
+            f"{'n/a' if p95 is None else f'{p95:.3f} s'}, clean {result.clean}: "
+            f"{'meets' if ok else 'misses'} the objective"
+        )
+        if ok:
+            passed = n
+            n = min(high, math.ceil(n * 1.5)) if failed > high else (n + failed) // 2
+        else:
+            failed = n
+            n = (passed + failed) // 2
+        if n <= passed or n >= failed:
+            break
+    return SearchResult(objective, baseline, trials)
+
+
+def machine() -> dict[str, Any]:
+    """The machine the figures come from."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def stderr_progress(stream: TextIO | None = None) -> Progress:
+    """Progress lines to ``stream`` (standard error, as it is when each line is written)."""
+
+    def say(line: str) -> None:
+        print(line, file=stream or sys.stderr, flush=True)
+
+    return say

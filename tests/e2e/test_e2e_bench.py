@@ -1,0 +1,162 @@
+"""The load generator on small runs: against the real server, and against fake servers
+that drop or repeat a result, which its check must catch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from streamer.bench.expected import ExpectedResults
+from streamer.bench.runner import LoadSpec, RunResult, run_load
+from streamer.cli.main import main
+
+pytestmark = pytest.mark.e2e
+
+AUDIO = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
+SHORT = (AUDIO / "big_dog_8k.wav", AUDIO / "cross_8k.wav", AUDIO / "front_center_48k.wav")
+
+
+async def test_a_small_run_on_the_segmented_route_gets_every_result(
+    server: Any,
+) -> None:
+    spec = LoadSpec(url=server.ws("segmented"), files=SHORT, streams=4, ramp=0.5)
+    result = await run_load(spec, server_pid=server.process.pid)
+    s = result.summary
+    assert result.clean, s["problems"]
+    assert s["streams"] == {"requested": 4, "ok": 4, "refused": 0, "failed": 0}
+    assert s["results"]["received"] == s["results"]["expected"] > 0
+    assert s["final_delay"]["count"] == s["results"]["received"]
+    assert 0 < s["final_delay"]["p50"] < 5.0
+    assert s["server_cpu"]["cpu_seconds"] > 0
+    assert all(st.rtf is not None and st.rtf >= 0.9 for st in result.streams)  # real time
+
+
+def test_the_command_writes_json_a_table_and_a_chart(
+    server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    files = [arg for path in SHORT[:2] for arg in ("-f", str(path))]
+    url = server.http.replace("http", "ws")
+    options = ["-n", "3", "--speed", "4", "--server-pid", str(server.process.pid)]
+    outputs = ["--json", str(out), "--png", str(chart), "--per-stream"]
+    status = main(["bench", "--url", url, "--route", "simple", *files, *options, *outputs])
+    captured = capsys.readouterr()
+    assert status == 0, captured.out + captured.err
+    assert "final delay" in captured.out and "lost 0, duplicated 0" in captured.out
+    assert "starting 3 stream(s)" in captured.err  # progress goes to stderr
+    doc = json.loads(out.read_text())
+    assert doc["run"]["summary"]["results"]["clean"] is True
+    assert len(doc["run"]["streams"]) == 3 and doc["machine"]["cpus"]
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- fake servers that get it wrong --------------------------------------------------------
+
+Spans = Callable[[int, dict[str, Any]], list[tuple[float, float]]]
+
+
+def tiles(frames: int, fmt: dict[str, Any]) -> list[tuple[float, float]]:
+    """What the simple route sends: 0.5 s chunks from 0 to the end, at 16 kHz."""
+    total = round(frames * 16000 / fmt["sample_rate"])
+    return [(s / 16000, min(s + 8000, total) / 16000) for s in range(0, total, 8000)]
+
+
+class FakeStreamer:
+    """Speaks the protocol and sends the results ``spans`` gives, after ``tamper``."""
+
+    def __init__(self, spans: Spans, tamper: Callable[[list[tuple[float, float]]], None]) -> None:
+        self.spans = spans
+        self.tamper = tamper
+
+    async def handle(self, ws: ServerConnection) -> None:
+        fmt: dict[str, Any] = {}
+        received = 0
+        async for message in ws:
+            if isinstance(message, bytes):
+                received += len(message)
+                continue
+            request = json.loads(message)
+            if request["request"] == "start":
+                fmt = request["format"]
+                received = 0
+                ready = {"type": "ready", "session_id": "x", "model": "test"}
+                ready |= {"model_sample_rate": 16000, "channels": 1}
+                await ws.send(json.dumps(ready))
+            elif request["request"] == "stop":
+                frames = received // (fmt["bit_depth"] // 8 * fmt["channels"])
+                spans = self.spans(frames, fmt)
+                self.tamper(spans)
+                for start, end in spans:
+                    segment = {"type": "segment", "channel": 0, "is_final": True}
+                    segment |= {"start_time": round(start, 6), "end_time": round(end, 6)}
+                    segment["count"] = round((end - start) * 16000)
+                    await ws.send(json.dumps(segment))
+                await ws.send(json.dumps({"type": "done", "audio_seconds": 1.0}))
+                if request.get("disconnect"):
+                    await ws.close()
+                    return
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[Callable[[FakeStreamer], Any]]:
+    servers: list[Server] = []
+
+    async def start(handler: FakeStreamer) -> str:
+        running = await serve(handler.handle, "127.0.0.1", 0)
+        servers.append(running)
+        port = next(iter(running.sockets)).getsockname()[1]
+        return f"ws://127.0.0.1:{port}/api/v1"
+
+    yield start
+    for running in servers:
+        running.close()
+        await running.wait_closed()
+
+
+async def run_against(url: str, route: str, streams: int = 2) -> RunResult:
+    spec = LoadSpec(url=f"{url}/{route}", files=SHORT[:1], streams=streams, speed=0)
+    return await run_load(spec)
+
+
+async def test_the_check_catches_a_dropped_result_on_the_simple_route(
+    fake: Callable[[FakeStreamer], Any],
+) -> None:
+    url = await fake(FakeStreamer(tiles, lambda spans: spans.pop(2)))
+    result = await run_against(url, "simple")
+    results = result.summary["results"]
+    assert results["lost"] == 2 and results["duplicated"] == 0  # one per stream
+    assert not result.clean
+    assert all("do not match" in (s.problem or "") for s in result.streams)
+
+
+async def test_the_check_catches_a_repeated_result(fake: Callable[[FakeStreamer], Any]) -> None:
+    url = await fake(FakeStreamer(tiles, lambda spans: spans.insert(1, spans[1])))
+    results = (await run_against(url, "simple")).summary["results"]
+    assert results["duplicated"] == 2 and results["lost"] == 0
+
+
+async def test_the_check_catches_a_dropped_segment_on_the_segmented_route(
+    fake: Callable[[FakeStreamer], Any],
+) -> None:
+    expected = ExpectedResults()
+    data = {}
+
+    def segments(frames: int, fmt: dict[str, Any]) -> list[tuple[float, float]]:
+        spans = expected.get("x", data["audio"], fmt, segmented=True).spans
+        assert spans is not None
+        return list(spans[0])
+
+    from streamer.cli.client import load_audio
+
+    data["audio"] = load_audio(SHORT[0]).data
+    clean = await run_against(await fake(FakeStreamer(segments, lambda spans: None)), "segmented")
+    assert clean.clean and clean.summary["results"]["expected"] == 2  # one segment each
+    url = await fake(FakeStreamer(segments, lambda spans: spans.pop()))
+    result = await run_against(url, "segmented")
+    assert result.summary["results"]["lost"] == 2 and not result.clean
