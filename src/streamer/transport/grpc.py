@@ -8,7 +8,7 @@ This module moves messages and turns refusals into statuses. One call carries on
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import json
 import logging
 from typing import Any
@@ -33,6 +33,7 @@ from streamer.protocol.session import Audio, Command, Session, State
 from streamer.services import Services
 from streamer.transport.common import end_stream, open_stream
 from streamer.transport.grpc_codec import config_to_start, event_to_proto
+from streamer.transport.outbox import Outbox
 from streamer.transport.proto import streamer_v1_pb2 as pb
 from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
 
@@ -81,41 +82,26 @@ class GrpcStream:
         self.services = services
         self.session = Session()
         self.pipeline: StreamPipeline | None = None
-        self._outbox: asyncio.Queue[pb.StreamEvent | None] = asyncio.Queue(
-            services.settings.server.max_pending_events
+        # gRPC's flow control holds the writer; past the backlog the call ends (slow_consumer).
+        self._outbox: Outbox[pb.StreamEvent] = Outbox(
+            services.settings.server.max_pending_events,
+            event_to_proto,
+            functools.partial(services.event_sent, route),
+            "grpc",
         )
-        self._slow = False
-
-    # Outbound: written by one task, so a slow client never blocks the pipeline; gRPC's flow
-    # control holds the writer, and past a bounded backlog the call ends (slow_consumer).
 
     def emit(self, event: Event) -> None:
-        if self._slow:
-            return
-        try:
-            self._outbox.put_nowait(event_to_proto(event))
-        except asyncio.QueueFull:
-            self._slow = True
-            log.warning("gRPC client is not reading; ending the call")
-            return
-        self.services.event_sent(self.route, event)
-
-    async def _write(self) -> None:
-        while (message := await self._outbox.get()) is not None:
-            await self.context.write(message)
+        self._outbox.put(event)
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self._write(), name="grpc-writer")
+        self._outbox.start(self.context.write)
         try:
             end = await self._serve_guarded()
             if end is not None and end.in_band:
                 self.emit(ErrorEvent(code=end.code, message=end.message))
-            with contextlib.suppress(asyncio.QueueFull):
-                self._outbox.put_nowait(None)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer, 5.0)
+            await self._outbox.close()
         finally:
-            writer.cancel()
+            self._outbox.cancel()
         if end is not None:
             self.context.set_code(STATUS[end.code])
             self.context.set_details(end.message)
@@ -146,7 +132,7 @@ class GrpcStream:
         receive: asyncio.Future[Any] | None = None
         try:
             while True:
-                if self._slow:
+                if self._outbox.slow:
                     raise _End(ErrorCode.SLOW_CONSUMER, "the client is not reading its events")
                 if receive is None:
                     receive = asyncio.ensure_future(self.context.read())

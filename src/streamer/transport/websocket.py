@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -31,6 +32,7 @@ from streamer.protocol.messages import (
 from streamer.protocol.session import Audio, Session, State
 from streamer.services import Services
 from streamer.transport.common import end_stream, open_stream
+from streamer.transport.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -53,34 +55,21 @@ class Connection:
         self.services = services
         self.session = Session()
         self.pipeline: StreamPipeline | None = None
-        self._outbox: asyncio.Queue[str | None] = asyncio.Queue(
-            services.settings.server.max_pending_events
+        self._outbox: Outbox[str] = Outbox(
+            services.settings.server.max_pending_events,
+            encode_event,
+            functools.partial(services.event_sent, route),
+            "ws",
         )
-        self._slow = False
-
-    # Outbound: events are queued and written by one task, so a slow client never blocks
-    # the pipeline; past a bounded backlog it is disconnected and told why.
 
     def emit(self, event: Event) -> None:
-        if self._slow:
-            return
-        try:
-            self._outbox.put_nowait(encode_event(event))
-        except asyncio.QueueFull:
-            self._slow = True
-            log.warning("client is not reading; disconnecting")
-            return
-        self.services.event_sent(self.route, event)
-
-    async def _write(self) -> None:
-        while (text := await self._outbox.get()) is not None:
-            await self.ws.send_text(text)
+        self._outbox.put(event)
 
     async def run(self) -> None:
         services = self.services
         await self.ws.accept()
         self._trace = services.open_connection(self.route, self.ws.headers)
-        writer = asyncio.create_task(self._write(), name="ws-writer")
+        self._outbox.start(self.ws.send_text)
         services.connections.add(self)
         close = _Closed(CloseCode.NORMAL)
         try:
@@ -101,11 +90,7 @@ class Connection:
                     services, self.route, pipeline, flush=False, outcome_if_dropped=_outcome(close)
                 )
             self._trace.end(close.code)
-        with contextlib.suppress(asyncio.QueueFull):
-            self._outbox.put_nowait(None)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer, 5.0)
-        writer.cancel()
+        await self._outbox.close()
         if close.code:
             with contextlib.suppress(Exception):
                 await self.ws.close(close.code, close.reason)
@@ -118,7 +103,7 @@ class Connection:
         drain_on: asyncio.Event | None = None
         try:
             while True:
-                if self._slow:
+                if self._outbox.slow:
                     raise _Closed(CloseCode.POLICY_VIOLATION, ErrorCode.SLOW_CONSUMER)
                 if services.draining.is_set() and self.pipeline is None:
                     raise _Closed(CloseCode.GOING_AWAY, "server shutting down")
