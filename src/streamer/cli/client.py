@@ -18,7 +18,7 @@ import os
 import secrets
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -320,29 +320,34 @@ async def _receive(
         pass  # the caller reads the close code off the connection
 
 
-async def _send_audio(
-    ws: ClientConnection,
+async def send_audio(
+    write: Callable[[memoryview], Awaitable[None]],
     audio: LoadedAudio,
     chunk_bytes: int,
     real_time: bool,
-    receiver: asyncio.Task[None],
+    receiver: asyncio.Future[Any],
     result: StreamResult,
     t0: float,
 ) -> None:
+    """Write the audio in chunks of ``chunk_bytes``, paced in real time when asked.
+
+    Stops early once ``receiver`` is done (the stream was refused, or the connection is
+    gone). In real time it returns when the audio has played out, as a live source would.
+    """
     loop = asyncio.get_running_loop()
     view = memoryview(audio.data)
     rate = audio.bytes_per_second
     begin = loop.time()
     for offset in range(0, len(view), chunk_bytes):
         if receiver.done():
-            return  # refused, or the connection is gone
+            return
         if real_time:
             # Against the start time, not the previous send, so sleeps do not drift.
             delay = begin + offset / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
         frame = view[offset : offset + chunk_bytes]
-        await ws.send(frame)
+        await write(frame)
         result.bytes_sent += len(frame)
     result.last_audio_seconds = loop.time() - t0
     if real_time:
@@ -393,7 +398,7 @@ async def run_stream(
     try:
         try:
             await ws.send(json.dumps(start))
-            await _send_audio(ws, audio, chunk_bytes, real_time, receiver, result, t0)
+            await send_audio(ws.send, audio, chunk_bytes, real_time, receiver, result, t0)
             if not receiver.done():
                 await ws.send(json.dumps({"request": "stop", "disconnect": disconnect}))
                 result.stop_seconds = loop.time() - t0

@@ -24,6 +24,7 @@ from streamer.cli.client import (
     LoadedAudio,
     StreamFailed,
     StreamResult,
+    send_audio,
 )
 from streamer.transport.grpc_codec import event_to_dict, start_to_config
 from streamer.transport.proto import streamer_v1_pb2 as pb
@@ -99,9 +100,6 @@ async def _send(
     result: StreamResult,
     t0: float,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    view = memoryview(audio.data)
-    rate = audio.bytes_per_second
     await call.write(pb.StreamRequest(config=config))
     # Audio follows the server's ready. A refused config then ends the call while nothing
     # is being written: grpc.aio reports INTERNAL instead of the server's status when a
@@ -109,24 +107,11 @@ async def _send(
     accepted = asyncio.ensure_future(ready.wait())
     await asyncio.wait({accepted, receiver}, return_when=asyncio.FIRST_COMPLETED)
     accepted.cancel()
-    begin = loop.time()
-    for offset in range(0, len(view), chunk_bytes):
-        if receiver.done():
-            return  # refused, or the call is over
-        if real_time:
-            # Against the start time, not the previous send, so sleeps do not drift.
-            delay = begin + offset / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        frame = bytes(view[offset : offset + chunk_bytes])
-        await call.write(pb.StreamRequest(audio=frame))
-        result.bytes_sent += len(frame)
-    result.last_audio_seconds = loop.time() - t0
-    if real_time:
-        # A live source ends when its audio has played out, not when its last chunk begins.
-        delay = begin + len(view) / rate - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+
+    async def write(frame: memoryview) -> None:
+        await call.write(pb.StreamRequest(audio=bytes(frame)))
+
+    await send_audio(write, audio, chunk_bytes, real_time, receiver, result, t0)
 
 
 async def run_stream(
