@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	# The Silero VAD wheel ships the ONNX file we run; its torch requirement is for its own
 	# loader, which we never import, so it is installed without dependencies.
 	$(PY) -m pip install -q --no-deps "silero-vad>=5.1"
-	$(PY) -m pip install -q -e ".[dev]"
+	# The whisper extra too: its tests run with the rest.
+	$(PY) -m pip install -q -e ".[dev,whisper]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -18,10 +19,11 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from streamer.config import Settings
-from streamer.inference.model import Model, TestModel
+from streamer.inference.model import Model, TestModel, UnsupportedModel
 from streamer.inference.pool import ThreadPool, WorkerPool
 from streamer.inference.process_pool import ModelFactory, ProcessPool
 from streamer.inference.scheduler import Scheduler
+from streamer.inference.whisper import WhisperRecognizer, model_directory
 from streamer.observability.loop import LoopMonitor
 from streamer.observability.metrics import Metrics, new_registry
 from streamer.observability.tracing import Tracing
@@ -34,14 +36,42 @@ from streamer.transport.websocket import serve_websocket
 log = logging.getLogger(__name__)
 
 
-def build_model(settings: Settings) -> Model:
-    """The model the settings name (only the test model is built in)."""
-    return TestModel(settings.model)
-
-
 def model_factory(settings: Settings) -> ModelFactory:
-    """A picklable recipe for the model, so that each worker process builds its own."""
-    return functools.partial(TestModel, settings.model)
+    """A picklable recipe for the model the settings name, so that each worker process can
+    build its own."""
+    inference = settings.inference
+    if inference.model == "whisper":
+        # Threads share one model with a replica per worker; a process has one worker.
+        workers = inference.workers if inference.pool == "thread" else 1
+        model_directory(settings.whisper)  # fails here, clearly, without the extra
+        return functools.partial(WhisperRecognizer, settings.whisper, workers=workers)
+    if inference.model == "test":
+        return functools.partial(TestModel, settings.model)
+    return import_factory(inference.model)
+
+
+def import_factory(reference: str) -> ModelFactory:
+    """``package.module:factory`` to the callable it names (by reference, so picklable)."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise UnsupportedModel(f"cannot load the model factory {reference}: {error}") from None
+    if not callable(factory):
+        raise UnsupportedModel(f"the model factory {reference} is not callable")
+    return cast(ModelFactory, factory)
+
+
+def build_model(settings: Settings) -> Model:
+    """The model the settings name: the test model, Whisper (the whisper extra), or a
+    factory of one's own."""
+    model = model_factory(settings)()
+    if not isinstance(model, Model):
+        raise UnsupportedModel(
+            f"{settings.inference.model} made a {type(model).__name__}, which is not a model: "
+            "it needs name, sample_rate, max_batch_size, infer and infer_batch"
+        )
+    return model
 
 
 def build_services(

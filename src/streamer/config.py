@@ -18,6 +18,7 @@ from pydantic_settings import (
 )
 
 from streamer.inference.model import TestModelParams
+from streamer.inference.whisper import WhisperParams
 
 
 class ServerSettings(BaseModel):
@@ -59,7 +60,13 @@ class StreamSettings(BaseModel):
 class InferenceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: Literal["test"] = "test"
+    model: str = Field(
+        default="test",
+        pattern=r"^(test|whisper|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+        description="`test` (settings in [model]), `whisper` (the whisper extra; settings in "
+        "[whisper]), or `package.module:factory`: a callable of no arguments that returns "
+        "a model.",
+    )
     pool: Literal["thread", "process"] = Field(
         default="thread",
         description="Threads for models that release the GIL; processes for GIL-bound or "
@@ -85,6 +92,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     inference: InferenceSettings = InferenceSettings()
     model: TestModelParams = TestModelParams()
+    whisper: WhisperParams = WhisperParams()
     log_level: str = "info"
     log_json: bool = False
 

@@ -18,6 +18,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-grpc", dest="grpc", action="store_false", default=None, help="serve no gRPC"
     )
+    serve.add_argument(
+        "--model",
+        help="test (default), whisper (Whisper tiny.en; the whisper extra), or "
+        "package.module:factory for a model of one's own",
+    )
     serve.add_argument("--config", type=Path, help="TOML settings file")
 
     from streamer.cli import client
@@ -35,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from streamer.cli.serve import serve
 
-        serve(args.host, args.port, args.config, grpc_port=args.grpc_port, grpc=args.grpc)
+        serve(
+            args.host,
+            args.port,
+            args.config,
+            grpc_port=args.grpc_port,
+            grpc=args.grpc,
+            model=args.model,
+        )
         return 0
     if args.command == "client":
         from streamer.cli.client import run

@@ -12,8 +12,9 @@ from typing import Any
 
 import uvicorn
 
-from streamer.app import create_app, drain
+from streamer.app import create_app, drain, model_factory
 from streamer.config import Settings, load_settings
+from streamer.inference.model import UnsupportedModel
 from streamer.observability.logging import configure_logging
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def serve(
     *,
     grpc_port: int | None = None,
     grpc: bool | None = None,
+    model: str | None = None,
 ) -> None:
     flags: dict[str, Any] = {}
     if host is not None:
@@ -87,6 +89,14 @@ def serve(
         flags["grpc_port"] = grpc_port
     if grpc is not None:
         flags["grpc_enabled"] = grpc
-    settings = load_settings(config, **({"server": flags} if flags else {}))
+    layers: dict[str, Any] = {"server": flags} if flags else {}
+    if model is not None:
+        layers["inference"] = {"model": model}
+    settings = load_settings(config, **layers)
     configure_logging(settings.log_level, json_lines=settings.log_json)
+    try:
+        model_factory(settings)  # the model can be found; it is built once serving starts
+    except UnsupportedModel as error:
+        log.error("cannot serve: %s", error)
+        raise SystemExit(2) from None
     run_server(settings)

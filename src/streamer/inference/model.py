@@ -26,6 +26,10 @@ class ModelFailure(Exception):
     """A model's expected failure on one input (bad audio, no result); the stream goes on."""
 
 
+class UnsupportedModel(RuntimeError):
+    """The configured model cannot be loaded here (a missing extra or file, a bad factory)."""
+
+
 class ModelPanic(RuntimeError):
     """The test model's stand-in for a crash inside the model."""
 

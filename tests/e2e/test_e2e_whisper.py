@@ -1,0 +1,66 @@
+"""A real speech recognizer behind the real server: ``streamer serve --model whisper``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import HOST, ServerProcess, free_port, start_server
+from transcripts import SAID, word_error_rate
+
+from streamer.cli.client import load_audio, stream_file
+
+pytestmark = pytest.mark.e2e
+
+AUDIO = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
+
+
+@pytest.fixture(scope="module")
+def whisper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    running = start_server(
+        tmp_path_factory.mktemp("whisper"), env={"STREAMER_INFERENCE__MODEL": "whisper"}
+    )
+    yield running
+    running.stop()
+
+
+def _text(finals: list[dict[str, object]]) -> str:
+    return " ".join(str(segment["text"]) for segment in finals)
+
+
+@pytest.mark.parametrize(("name", "ceiling"), [("jfk.wav", 0.05), ("cross_8k.wav", 0.0)])
+async def test_the_segmented_route_transcribes_each_utterance(
+    whisper_server: ServerProcess, name: str, ceiling: float
+) -> None:
+    result = await stream_file(whisper_server.ws("segmented"), load_audio(AUDIO / name))
+    assert result.ok, result.errors
+    assert result.ready is not None and result.ready["model"] == "whisper-tiny.en"
+    finals = [s for s in result.segments if s["is_final"]]
+    assert finals and all(isinstance(s["text"], str) and s["text"] for s in finals)
+    assert word_error_rate(SAID[name], _text(finals)) <= ceiling, _text(finals)
+
+
+async def test_interim_results_carry_the_words_so_far(whisper_server: ServerProcess) -> None:
+    audio = load_audio(AUDIO / "harvard_16k.wav")
+    result = await stream_file(whisper_server.ws("segmented"), audio, real_time=True, interim=True)
+    assert result.ok, result.errors
+    interims = [s for s in result.segments if not s["is_final"]]
+    finals = [s for s in result.segments if s["is_final"]]
+    assert len(interims) >= 5
+    assert word_error_rate(SAID["harvard_16k.wav"], _text(finals)) <= 0.1
+    # The last interim is the final's text so far: its words begin the final's.
+    said = _text(finals).split()
+    last = str(interims[-1]["text"]).split()
+    assert len(last) >= len(said) // 2 and last[:3] == said[:3]
+
+
+def test_serve_refuses_to_start_without_the_model_files(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "streamer.cli.main", "serve", "--host", HOST]
+    command += ["--port", str(free_port()), "--no-grpc", "--model", "whisper"]
+    env = {"STREAMER_WHISPER__MODEL_PATH": str(tmp_path), "PATH": ""}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2
+    assert "no Whisper model in" in done.stderr + done.stdout
