@@ -79,10 +79,19 @@ def exporters_from_env(environ: Mapping[str, str] | None = None) -> list[SpanExp
 
 
 def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
+    """OTLP over gRPC (the default) or over HTTP with protobuf, as the protocol variables say;
+    the exporter reads its endpoint, headers, timeout and compression from ``OTEL_*`` too."""
     protocol = (
         env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
     ) or "grpc"
-    if protocol.strip().lower() != "grpc":
+    protocol = protocol.strip().lower()
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        return HttpSpanExporter()
+    if protocol != "grpc":
         log.warning("OTLP protocol %r is not supported; exporting over gRPC", protocol)
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 

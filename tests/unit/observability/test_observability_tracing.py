@@ -51,6 +51,24 @@ def test_an_endpoint_or_the_exporter_name_asks_for_otlp(environ: dict[str, str])
     assert names(environ) == ["OTLPSpanExporter"]
 
 
+@pytest.mark.parametrize(
+    ("variable", "protocol", "module"),
+    [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "grpc"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "http"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf", "http"),
+    ],
+)
+def test_the_protocol_variables_choose_grpc_or_http(
+    variable: str, protocol: str, module: str
+) -> None:
+    [exporter] = exporters_from_env({"OTEL_TRACES_EXPORTER": "otlp", variable: protocol})
+    try:
+        assert type(exporter).__module__.split(".")[-2] == module
+    finally:
+        exporter.shutdown()
+
+
 def test_none_wins_and_console_is_supported() -> None:
     environ = {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4317"}
     assert names(environ) == []
