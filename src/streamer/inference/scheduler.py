@@ -68,6 +68,8 @@ class BatchStats:
     audio_seconds: float
     failures: int
     crashes: int
+    timeouts: int = 0
+    """Inputs failed with ``inference_timeout`` (then ``run_seconds`` is the deadline)."""
 
 
 Observer = Callable[[BatchStats], None]
@@ -247,6 +249,7 @@ class Scheduler:
             except TimeoutError:
                 for job in batch:
                     self._resolve(job, InferenceTimeout(f"inference exceeded {self.deadline} s"))
+                self._observe(batch, waits, started, timeouts=len(batch))
                 if self.pool.preemptible:
                     run.cancel()  # the pool stops the worker (and replaces it)
                 # Otherwise the worker is busy until the model returns; keep its slot taken.
@@ -264,20 +267,34 @@ class Scheduler:
                     self._resolve(job, error)
                 else:
                     self._resolve(job, result)
-            if self.observer is not None:
-                self.observer(
-                    BatchStats(
-                        size=len(batch),
-                        queue_wait=waits,
-                        run_seconds=time.perf_counter() - started,
-                        audio_seconds=sum(len(j.audio) for j in batch) / self.sample_rate,
-                        failures=failures,
-                        crashes=crashes,
-                    )
-                )
+            self._observe(batch, waits, started, failures=failures, crashes=crashes)
         finally:
             self._busy -= 1
             self._slots.release()
+
+    def _observe(
+        self,
+        batch: list[Job],
+        waits: tuple[float, ...],
+        started: float,
+        *,
+        failures: int = 0,
+        crashes: int = 0,
+        timeouts: int = 0,
+    ) -> None:
+        if self.observer is None:
+            return
+        self.observer(
+            BatchStats(
+                size=len(batch),
+                queue_wait=waits,
+                run_seconds=time.perf_counter() - started,
+                audio_seconds=sum(len(j.audio) for j in batch) / self.sample_rate,
+                failures=failures,
+                crashes=crashes,
+                timeouts=timeouts,
+            )
+        )
 
     @staticmethod
     def _classify(exc: Exception) -> StreamerError:

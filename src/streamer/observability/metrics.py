@@ -233,6 +233,11 @@ class Metrics:
             "Inferences lost to a crash inside the model or its worker.",
             registry=registry,
         )
+        self.inference_timeouts = Counter(
+            "streamer_inference_timeouts",
+            "Inferences failed for running past inference.deadline_seconds.",
+            registry=registry,
+        )
 
         # The worker pool.
         self.queue_wait = Histogram(
@@ -350,10 +355,14 @@ class Metrics:
 
     def observe_batch(self, stats: BatchStats) -> None:
         """The scheduler's observer: one dispatched batch."""
-        self.observe_stage("model", stats.audio_seconds, stats.run_seconds)
         self.batch_size.observe(stats.size)
         for wait in stats.queue_wait:
             self.queue_wait.observe(wait)
+        if stats.timeouts:
+            # Abandoned at the deadline: its time says nothing of the model's speed.
+            self.inference_timeouts.inc(stats.timeouts)
+            return
+        self.observe_stage("model", stats.audio_seconds, stats.run_seconds)
         if stats.failures:
             self.model_failures.inc(stats.failures)
         if stats.crashes:

@@ -160,11 +160,21 @@ async def test_cancel_stream_withdraws_all_its_queued_work() -> None:
 
 
 async def test_an_inference_past_its_deadline_fails_with_inference_timeout() -> None:
-    sched = await make(RecordingModel(delay=0.3), deadline=0.05)
+    stats: list[BatchStats] = []
+    sched = Scheduler(
+        ThreadPool(RecordingModel(delay=0.3), 1),
+        sample_rate=16000,
+        deadline=0.05,
+        observer=stats.append,
+    )
+    sched.start()
     job = sched.submit("s", audio(4))
     with pytest.raises(InferenceTimeout):
         await job.future
     await sched.close()
+    [batch] = stats
+    assert (batch.size, batch.timeouts, batch.failures, batch.crashes) == (1, 1, 0, 0)
+    assert 0.05 <= batch.run_seconds < 0.3
 
 
 async def test_the_test_model_presets() -> None:

@@ -79,6 +79,17 @@ def test_batches_count_model_time_waits_failures_and_crashes() -> None:
     assert sample(registry, "streamer_stage_processing_duration_seconds_count", stage="model") == 2
 
 
+def test_a_timed_out_batch_counts_its_inputs_but_not_as_model_time() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.observe_batch(BatchStats(2, (0.0, 0.1), 0.5, 2.0, failures=0, crashes=0, timeouts=2))
+    assert sample(registry, "streamer_inference_timeouts_total") == 2
+    assert sample(registry, "streamer_queue_wait_seconds_count") == 2
+    assert sample(registry, "streamer_batch_size_sum") == 2
+    count = "streamer_stage_processing_duration_seconds_count"
+    assert registry.get_sample_value(count, {"stage": "model"}) in (None, 0)
+
+
 def test_vad_batches_are_frames_of_32_ms() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
