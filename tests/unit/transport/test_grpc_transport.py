@@ -1,6 +1,6 @@
 """The gRPC transport in process: the app's lifespan serves it on a free port, real calls.
 
-Each status the issue names is checked with a good stream after it on the same channel.
+Each documented status is checked with a good stream after it on the same channel.
 """
 
 from __future__ import annotations
