@@ -140,7 +140,7 @@ def analyse(record: StreamRecord, expected: Expected, origin: float) -> StreamSt
         index=record.index,
         audio=audio.key,
         status="ok",
-        audio_seconds=audio.seconds,
+        audio_seconds=audio.duration,
         close_code=record.close_code,
     )
     events = record.events
@@ -195,8 +195,8 @@ def analyse(record: StreamRecord, expected: Expected, origin: float) -> StreamSt
         if key in last_interim:
             stats.interim_intervals.append(arrived - last_interim[key])
         last_interim[key] = arrived
-    if done is not None and sends and audio.seconds > 0:
-        stats.rtf = (record.arrivals[done] - sends[0]) / audio.seconds
+    if done is not None and sends and audio.duration > 0:
+        stats.rtf = (record.arrivals[done] - sends[0]) / audio.duration
     return stats
 
 

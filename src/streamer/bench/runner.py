@@ -239,7 +239,12 @@ def prepare_audio(files: Sequence[Path], min_seconds: float) -> list[StreamAudio
         repeats = max(1, math.ceil(min_seconds / loaded.duration)) if loaded.duration else 1
         key = path.name if repeats == 1 else f"{path.name}x{repeats}"
         prepared.append(
-            StreamAudio(key, loaded.data * repeats, dict(loaded.format), loaded.frames * repeats)
+            StreamAudio(
+                data=loaded.data * repeats,
+                format=dict(loaded.format),
+                frames=loaded.frames * repeats,
+                key=key,
+            )
         )
     return prepared
 
@@ -298,7 +303,7 @@ async def run_load(
     if progress is not None:
         progress(
             f"starting {spec.streams} stream(s) over {spec.ramp:g} s on {spec.url}, "
-            f"{records[0].audio.seconds:.1f} s of audio each or more"
+            f"{records[0].audio.duration:.1f} s of audio each or more"
         )
     origin = loop.time()
     sampler = asyncio.create_task(sample(), name="bench-sampler")

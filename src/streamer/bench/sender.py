@@ -15,29 +15,14 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-MAX_MESSAGE_BYTES = 1 << 24
+from streamer.cli.client import MAX_MESSAGE_BYTES, LoadedAudio
 
 
-@dataclass(slots=True)
-class StreamAudio:
-    """What one stream sends: interleaved frames in ``format``, and a key naming them."""
+@dataclass(frozen=True, slots=True)
+class StreamAudio(LoadedAudio):
+    """What one stream sends (a file, perhaps repeated), and a key naming it."""
 
     key: str
-    data: bytes
-    format: dict[str, Any]
-    frames: int
-
-    @property
-    def sample_rate(self) -> int:
-        return int(self.format["sample_rate"])
-
-    @property
-    def frame_bytes(self) -> int:
-        return int(self.format["bit_depth"]) // 8 * int(self.format["channels"])
-
-    @property
-    def seconds(self) -> float:
-        return self.frames / self.sample_rate
 
 
 @dataclass(slots=True)
@@ -142,7 +127,7 @@ async def run_stream(
             record.frames_sent.append(min(audio.frames, (k + 1) * chunk_frames))
         if pace and not receiver.done():
             # A live source ends when its audio has played out, not when its last chunk left.
-            delay = begin + audio.seconds / speed - loop.time()
+            delay = begin + audio.duration / speed - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
         if not receiver.done():
