@@ -310,7 +310,7 @@ class _SegmentedChannel:
         await self._handle(self._segmenter.flush(self._framer.take_tail()))
 
     async def end(self) -> None:
-        await self._handle(self._segmenter.flush(self._framer.take_tail()))
+        await self.finalize()
 
     async def _handle(self, events: list[SpeechStarted | SpeechEnded | Segment]) -> None:
         pipeline = self._pipeline
