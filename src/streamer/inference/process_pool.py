@@ -318,7 +318,11 @@ class ProcessPool:
         self._forget(worker)
         if worker.reply is not None and not worker.reply.done():
             worker.reply.set_exception(
-                WorkerCrashed("the worker process died during inference; it is being replaced")
+                WorkerCrashed(
+                    "the worker pool is closed"
+                    if self._closed
+                    else "the worker process died during inference; it is being replaced"
+                )
             )
         if self._closed:
             if not self._live:
@@ -369,11 +373,7 @@ class ProcessPool:
                 async with asyncio.timeout(grace):
                     await self._all_exited.wait()
         for worker in list(self._live):
-            worker.dead = True
-            self._live.discard(worker)
-            self._forget(worker)
-            if worker.reply is not None and not worker.reply.done():
-                worker.reply.set_exception(WorkerCrashed("the worker pool is closed"))
+            self._lost(worker, "the pool closed", expected=True)
         self._idle.clear()
 
 
