@@ -97,10 +97,10 @@ class Connection:
 
     async def _serve(self) -> None:
         services = self.services
+        # Watched for the whole connection: one task each, not one per message.
+        draining = asyncio.ensure_future(services.draining.wait())
+        expired = asyncio.ensure_future(services.drain_expired.wait())
         receive: asyncio.Future[Any] | None = None
-        # The drain watch outlives the messages: one task per state, not one per message.
-        drain: asyncio.Future[Any] | None = None
-        drain_on: asyncio.Event | None = None
         try:
             while True:
                 if self._outbox.slow:
@@ -109,11 +109,7 @@ class Connection:
                     raise _Closed(CloseCode.GOING_AWAY, "server shutting down")
                 if receive is None:
                     receive = asyncio.ensure_future(self.ws.receive())
-                watch = services.drain_expired if self.pipeline is not None else services.draining
-                if drain is None or drain_on is not watch or drain.done():
-                    if drain is not None:
-                        drain.cancel()
-                    drain, drain_on = asyncio.ensure_future(watch.wait()), watch
+                drain = expired if self.pipeline is not None else draining
                 await asyncio.wait({receive, drain}, return_when=asyncio.FIRST_COMPLETED)
                 if not receive.done():
                     if self.pipeline is not None and services.drain_expired.is_set():
@@ -126,10 +122,9 @@ class Connection:
                     raise WebSocketDisconnect(int(str(message.get("code", 1000))))
                 await self._handle(message)
         finally:
-            if receive is not None:
-                receive.cancel()
-            if drain is not None:
-                drain.cancel()
+            for future in (receive, draining, expired):
+                if future is not None:
+                    future.cancel()
 
     async def _handle(self, message: dict[str, object]) -> None:
         text = message.get("text")
