@@ -1,0 +1,84 @@
+"""What a stream produces, whatever carries it: frozen, slotted dataclasses.
+
+The pipeline, the outbox, the services and telemetry speak only these; a codec turns them
+into a wire shape (v1 JSON, v1 protobuf, or another front-end's messages). Times are
+seconds of the channel's audio, from sample counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A stream was admitted and is running."""
+
+    kind: ClassVar[str] = "ready"
+    session_id: str
+    route: str
+    model: str
+    model_sample_rate: int
+    channels: int
+    trace_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentResult:
+    """The model's output for ``[start, end)`` seconds of one channel.
+
+    ``output`` holds JSON values only (see ``inference.output``), and none of its keys is
+    a field of the v1 ``segment`` event.
+    """
+
+    kind: ClassVar[str] = "segment"
+    channel: int
+    start: float
+    end: float
+    final: bool = True
+    output: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """Speech began at ``time`` seconds of the channel's audio."""
+
+    kind: ClassVar[str] = "active"
+    channel: int
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnded:
+    """Speech ended at ``time`` seconds of the channel's audio."""
+
+    kind: ClassVar[str] = "inactive"
+    channel: int
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamError:
+    """A failure the client can act on. With a channel and times, it stands for the result
+    of that span of audio (a failed inference); without, for the stream or the connection."""
+
+    kind: ClassVar[str] = "error"
+    code: str
+    message: str
+    channel: int | None = None
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Every result of the stream has been sent."""
+
+    kind: ClassVar[str] = "done"
+    audio_seconds: float
+
+
+Event = Ready | SegmentResult | SpeechStarted | SpeechEnded | StreamError | Done
+"""Everything a stream emits, in the order its audio produced it."""
