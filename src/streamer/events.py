@@ -23,6 +23,8 @@ class Ready:
     model_sample_rate: int
     channels: int
     trace_id: str | None = None
+    warnings: tuple[str, ...] = ()
+    """What the server ignored or changed in the request (an invalid trace id, say)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,8 @@ class StreamError:
     channel: int | None = None
     start: float | None = None
     end: float | None = None
+    retryable: bool | None = None
+    """For a failed inference: whether the same audio may succeed if sent again."""
 
 
 @dataclass(frozen=True, slots=True)

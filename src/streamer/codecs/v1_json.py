@@ -52,6 +52,8 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         }
         if event.trace_id is not None:
             body["trace_id"] = event.trace_id
+        if event.warnings:
+            body["warnings"] = list(event.warnings)
         return body
     if isinstance(event, StreamError):
         body = {"type": "error", "code": str(event.code), "message": event.message}
@@ -59,6 +61,7 @@ def event_to_dict(event: Event) -> dict[str, Any]:
             ("channel", event.channel),
             ("start_time", event.start),
             ("end_time", event.end),
+            ("retryable", event.retryable),
         ):
             if value is not None:
                 body[key] = value
@@ -103,6 +106,7 @@ def event_from_dict(body: Mapping[str, Any]) -> Event | None:
             model_sample_rate=int(body["model_sample_rate"]),
             channels=int(body["channels"]),
             trace_id=body.get("trace_id"),
+            warnings=tuple(body.get("warnings", ())),
         )
     if kind == "error":
         return StreamError(
@@ -111,6 +115,7 @@ def event_from_dict(body: Mapping[str, Any]) -> Event | None:
             channel=body.get("channel"),
             start=body.get("start_time"),
             end=body.get("end_time"),
+            retryable=body.get("retryable"),
         )
     if kind == "done":
         return Done(audio_seconds=_number(body, "audio_seconds"))
