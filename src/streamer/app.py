@@ -28,6 +28,7 @@ from streamer.observability.loop import LoopMonitor
 from streamer.observability.metrics import Metrics, new_registry
 from streamer.observability.tracing import Tracing
 from streamer.pipeline import Route
+from streamer.policy import ConnectionPolicy, allow_all
 from streamer.segmentation.vad import VadEngine
 from streamer.services import Services
 from streamer.transport.grpc import GrpcServer, start_grpc_server
@@ -80,10 +81,12 @@ def build_services(
     *,
     metrics: Metrics | None = None,
     tracing: Tracing | None = None,
+    policy: ConnectionPolicy = allow_all,
 ) -> Services:
     """Create the shared parts; call inside a running event loop.
 
-    ``metrics`` defaults to a fresh registry of its own; ``tracing`` to none at all.
+    ``metrics`` defaults to a fresh registry of its own; ``tracing`` to none at all;
+    ``policy`` (who may connect) lets everyone in.
     """
     metrics = metrics or Metrics(CollectorRegistry())
     inference = settings.inference
@@ -114,6 +117,7 @@ def build_services(
         ),
         metrics=metrics,
         tracing=tracing or Tracing(),
+        policy=policy,
     )
 
 
@@ -137,13 +141,15 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     tracing: Tracing | None = None,
+    policy: ConnectionPolicy = allow_all,
 ) -> Starlette:
     """The ASGI application; ``app.state.services`` exists while the lifespan runs.
 
     The lifespan also serves gRPC over the same services (``app.state.grpc_port``), unless
     ``server.grpc_enabled`` is off. Metrics go to ``registry`` (by default a new one with
     the process collectors), served at ``/metrics``; spans to ``tracing`` (by default as
-    the ``OTEL_*`` variables say, flushed when the lifespan ends).
+    the ``OTEL_*`` variables say, flushed when the lifespan ends). ``policy`` is asked
+    once per connection, on every route and transport, before any stream opens.
     """
     settings = settings or Settings()
     registry = registry if registry is not None else new_registry()
@@ -152,7 +158,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_tracing = tracing or Tracing.from_env()
-        services = build_services(settings, model, metrics=metrics, tracing=own_tracing)
+        services = build_services(
+            settings, model, metrics=metrics, tracing=own_tracing, policy=policy
+        )
         services.scheduler.start()
         services.vad.start()
         app.state.services = services

@@ -10,7 +10,8 @@
     │   ├── AlreadyStarted     already_started
     │   ├── InvalidFormat      invalid_format
     │   ├── Overloaded         overloaded (close 1013)
-    │   └── ShuttingDown       shutting_down (close 1001)
+    │   ├── ShuttingDown       shutting_down (close 1001)
+    │   └── ConnectionDenied   unauthorized / forbidden (HTTP 401 / 403 before the upgrade)
     └── InferenceError         the model failed on one request; the stream goes on
         ├── ModelFailed        model_error
         ├── ModelCrashed       model_crashed (generic message, logged)
@@ -23,6 +24,7 @@ generic message and close code 1011.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
 
@@ -44,6 +46,8 @@ class ErrorCode(StrEnum):
     WORKER_CRASHED = "worker_crashed"
     INFERENCE_TIMEOUT = "inference_timeout"
     INTERNAL_ERROR = "internal_error"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
 
 
 class CloseCode(IntEnum):
@@ -103,8 +107,28 @@ class ShuttingDown(ClientError):
     code = ErrorCode.SHUTTING_DOWN
 
 
+class ConnectionDenied(ClientError):
+    """The connection policy refused the connection before any stream opened.
+
+    ``status`` is the HTTP status of the refused upgrade: 401 (who are you?) or 403 (not
+    you, or not from there).
+    """
+
+    code = ErrorCode.UNAUTHORIZED
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        if status not in (401, 403):
+            raise ValueError(f"a denial is HTTP 401 or 403, not {status}")
+        self.status = status
+        self.code = ErrorCode.UNAUTHORIZED if status == 401 else ErrorCode.FORBIDDEN
+
+
 class InferenceError(StreamerError):
     """One inference failed; only its request is affected."""
+
+    retryable: bool = False
+    """Whether the same audio may well succeed if sent again."""
 
 
 class ModelFailed(InferenceError):
@@ -117,7 +141,39 @@ class ModelCrashed(InferenceError):
 
 class WorkerCrashed(InferenceError):
     code = ErrorCode.WORKER_CRASHED
+    retryable = True
 
 
 class InferenceTimeout(InferenceError):
     code = ErrorCode.INFERENCE_TIMEOUT
+    retryable = True
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a connection that ends for one reason is closed, on each transport."""
+
+    close_code: CloseCode
+    """The WebSocket close code."""
+    grpc_status: str
+    """The name of the ``grpc.StatusCode`` that ends a gRPC call."""
+
+
+ENDINGS: dict[ErrorCode | None, Ending] = {
+    None: Ending(CloseCode.NORMAL, "OK"),
+    ErrorCode.INVALID_JSON: Ending(CloseCode.POLICY_VIOLATION, "INVALID_ARGUMENT"),
+    ErrorCode.INVALID_MESSAGE: Ending(CloseCode.POLICY_VIOLATION, "INVALID_ARGUMENT"),
+    ErrorCode.INVALID_FORMAT: Ending(CloseCode.POLICY_VIOLATION, "INVALID_ARGUMENT"),
+    ErrorCode.NOT_STARTED: Ending(CloseCode.POLICY_VIOLATION, "FAILED_PRECONDITION"),
+    ErrorCode.ALREADY_STARTED: Ending(CloseCode.POLICY_VIOLATION, "FAILED_PRECONDITION"),
+    ErrorCode.MESSAGE_TOO_BIG: Ending(CloseCode.MESSAGE_TOO_BIG, "RESOURCE_EXHAUSTED"),
+    ErrorCode.OVERLOADED: Ending(CloseCode.TRY_AGAIN_LATER, "RESOURCE_EXHAUSTED"),
+    ErrorCode.SLOW_CONSUMER: Ending(CloseCode.POLICY_VIOLATION, "RESOURCE_EXHAUSTED"),
+    ErrorCode.SHUTTING_DOWN: Ending(CloseCode.GOING_AWAY, "UNAVAILABLE"),
+    ErrorCode.INTERNAL_ERROR: Ending(CloseCode.INTERNAL_ERROR, "INTERNAL"),
+    ErrorCode.UNAUTHORIZED: Ending(CloseCode.POLICY_VIOLATION, "UNAUTHENTICATED"),
+    ErrorCode.FORBIDDEN: Ending(CloseCode.POLICY_VIOLATION, "PERMISSION_DENIED"),
+}
+"""The one table from the reason a connection ends (None: it ended normally) to its
+WebSocket close code and gRPC status. A WebSocket survives most client errors (they are
+``error`` events); a gRPC call, which is one stream, ends with the status."""

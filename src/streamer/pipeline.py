@@ -23,30 +23,23 @@ from streamer.audio.formats import AudioFormat
 from streamer.audio.framing import Framer
 from streamer.audio.resample import ChannelResamplers
 from streamer.errors import ErrorCode, InferenceError
+from streamer.events import Done, Event, SegmentResult, SpeechEnded, SpeechStarted, StreamError
+from streamer.inference.output import OutputError, json_safe
 from streamer.inference.scheduler import Job, JobState, Scheduler
 from streamer.observability.stream import StreamObserver
-from streamer.protocol.messages import (
-    ActiveEvent,
-    DoneEvent,
-    ErrorEvent,
-    InactiveEvent,
-    ReadyEvent,
-    SegmentEvent,
-    segment_event,
-)
-from streamer.segmentation.segmenter import (
-    Segment,
-    Segmenter,
-    SpeechEnded,
-    SpeechStarted,
-    VadParams,
-)
+from streamer.segmentation import segmenter
+from streamer.segmentation.segmenter import Segment, Segmenter, VadParams
 from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE, VadEngine
 
 log = logging.getLogger(__name__)
 
-Event = ReadyEvent | SegmentEvent | ActiveEvent | InactiveEvent | ErrorEvent | DoneEvent
 Emit = Callable[[Event], None]
+
+__all__ = ["Emit", "Event", "Route", "StreamBroken", "StreamOptions", "StreamPipeline"]
+
+
+class StreamBroken(RuntimeError):
+    """The stream's emitter failed; the stream can take no more audio."""
 
 
 class Route(StrEnum):
@@ -116,6 +109,8 @@ class StreamPipeline:
             chunk = max(1, round(options.chunk_seconds * work_rate))
             self._channels = [_SimpleChannel(self, c, chunk) for c in range(fmt.channels)]
         self._emitter: asyncio.Task[None] | None = None
+        self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done when the stream broke on a server fault (logged): it must be aborted."""
 
     @property
     def audio_seconds(self) -> float:
@@ -162,7 +157,7 @@ class StreamPipeline:
     async def _finish(self) -> None:
         if self._decoder.pending_bytes:
             self._order.put_nowait(
-                ErrorEvent(
+                StreamError(
                     code=ErrorCode.INCOMPLETE_FRAME,
                     message=(
                         f"the last {self._decoder.pending_bytes} bytes did not make a whole "
@@ -176,7 +171,7 @@ class StreamPipeline:
         self._order.put_nowait(None)
         if self._emitter is not None:
             await self._emitter
-        self._emit(DoneEvent(audio_seconds=round(self.audio_seconds, 6)))
+        self._emit(Done(audio_seconds=round(self.audio_seconds, 6)))
 
     async def abort(self) -> None:
         """The client went away: withdraw queued work and stop emitting."""
@@ -197,6 +192,8 @@ class StreamPipeline:
     async def infer(self, channel: int, start: int, audio: NDArray[np.float32]) -> None:
         """Queue a final inference; waits while the stream has too many in flight."""
         await self._in_flight.acquire()
+        if self.failed.done():
+            raise StreamBroken(f"stream {self.stream_id} broke and takes no more audio")
         self._order.put_nowait(self._submit(channel, start, audio, final=True))
 
     def infer_interim(self, channel: int, start: int, audio: NDArray[np.float32]) -> Job:
@@ -221,6 +218,21 @@ class StreamPipeline:
         return self._scheduler.cancel(job)
 
     async def _emit_in_order(self) -> None:
+        try:
+            await self._emit_all()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A server fault: say so and stop, never leave the stream silent.
+            log.exception("stream %s failed while emitting its results", self.stream_id)
+            self._scheduler.cancel_stream(self.stream_id)
+            if not self.failed.done():
+                self.failed.set_result(None)
+            for _ in range(self.options.max_in_flight):
+                self._in_flight.release()  # a feed waiting for a slot gets StreamBroken
+            raise
+
+    async def _emit_all(self) -> None:
         while (item := await self._order.get()) is not None:
             if not isinstance(item, _Pending):
                 self._emit(item)
@@ -230,24 +242,36 @@ class StreamPipeline:
                 self._in_flight.release()
             if item.job.state is JobState.CANCELLED:
                 continue  # a superseded interim
-            start, end = self.seconds(item.start), self.seconds(item.end)
-            exc = item.job.future.exception()
-            if isinstance(exc, InferenceError):
-                self._emit(
-                    ErrorEvent(
-                        code=exc.code,
-                        message=exc.message,
-                        channel=item.channel,
-                        start_time=start,
-                        end_time=end,
-                    )
-                )
-            elif exc is not None:
-                raise exc
-            else:
-                self._emit(
-                    segment_event(item.channel, start, end, item.final, item.job.future.result())
-                )
+            self._emit(self._result(item))
+
+    def _result(self, item: _Pending) -> Event:
+        """The event for a finished inference: its result, or an error for its audio."""
+        start, end = self.seconds(item.start), self.seconds(item.end)
+        exc = item.job.future.exception()
+        if isinstance(exc, InferenceError):
+            return StreamError(
+                code=exc.code,
+                message=exc.message,
+                channel=item.channel,
+                start=start,
+                end=end,
+                retryable=exc.retryable,
+            )
+        if exc is not None:
+            raise exc
+        try:
+            output = json_safe(item.job.future.result())
+        except OutputError as error:
+            log.warning("stream %s: unusable model output: %s", self.stream_id, error)
+            return StreamError(
+                code=ErrorCode.MODEL_ERROR,
+                message=str(error),
+                channel=item.channel,
+                start=start,
+                end=end,
+                retryable=False,
+            )
+        return SegmentResult(item.channel, start, end, item.final, output)
 
 
 class _SimpleChannel:
@@ -312,13 +336,15 @@ class _SegmentedChannel:
     async def end(self) -> None:
         await self.finalize()
 
-    async def _handle(self, events: list[SpeechStarted | SpeechEnded | Segment]) -> None:
+    async def _handle(
+        self, events: list[segmenter.SpeechStarted | segmenter.SpeechEnded | Segment]
+    ) -> None:
         pipeline = self._pipeline
         for event in events:
-            if isinstance(event, SpeechStarted):
-                pipeline.post(ActiveEvent(channel=self._index, time=pipeline.seconds(event.start)))
-            elif isinstance(event, SpeechEnded):
-                pipeline.post(InactiveEvent(channel=self._index, time=pipeline.seconds(event.end)))
+            if isinstance(event, segmenter.SpeechStarted):
+                pipeline.post(SpeechStarted(self._index, pipeline.seconds(event.start)))
+            elif isinstance(event, segmenter.SpeechEnded):
+                pipeline.post(SpeechEnded(self._index, pipeline.seconds(event.end)))
             elif event.is_final:
                 self._drop_interim()
                 await pipeline.infer(self._index, event.start, event.audio)

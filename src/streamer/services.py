@@ -14,14 +14,16 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from streamer.config import Settings
-from streamer.errors import Overloaded, ShuttingDown
+from streamer.errors import ConnectionDenied, Overloaded, ShuttingDown
+from streamer.events import Event, StreamError
 from streamer.inference.model import Model
 from streamer.inference.scheduler import Scheduler
 from streamer.observability.metrics import Metrics
 from streamer.observability.stream import StreamTelemetry
 from streamer.observability.tracing import ConnectionTrace, Tracing
-from streamer.pipeline import Event, Route, StreamOptions
-from streamer.protocol.messages import ErrorEvent, StartRequest
+from streamer.pipeline import Route, StreamOptions
+from streamer.policy import ANONYMOUS, ConnectionPolicy, ConnectionRequest, Principal, allow_all
+from streamer.protocol.messages import StartRequest
 from streamer.segmentation.segmenter import VadParams, clamp
 from streamer.segmentation.vad import VadEngine
 
@@ -40,6 +42,8 @@ class Services:
     drain_expired: asyncio.Event = field(default_factory=asyncio.Event)
     metrics: Metrics = field(default_factory=lambda: Metrics(CollectorRegistry()))
     tracing: Tracing = field(default_factory=Tracing)
+    policy: ConnectionPolicy = allow_all
+    """Who may connect (asked once per connection, before any stream)."""
 
     def __post_init__(self) -> None:
         sources = self.metrics.sources
@@ -57,8 +61,16 @@ class Services:
     def live_streams(self) -> int:
         return sum(self.streams.values())
 
-    def admit(self, route: Route) -> None:
-        """Count a new stream in, or refuse it with a typed error."""
+    def authorize(self, request: ConnectionRequest) -> Principal:
+        """Ask the connection policy; a denial is counted and raised as ``ConnectionDenied``."""
+        try:
+            return self.policy(request)
+        except ConnectionDenied as denied:
+            self.metrics.connection_refused(request.route, denied.code)
+            raise
+
+    def admit(self, route: Route, principal: Principal = ANONYMOUS) -> None:
+        """Count a new stream of ``principal`` in, or refuse it with a typed error."""
         if self.draining.is_set():
             raise ShuttingDown("the server is shutting down; connect to another instance")
         if (why := self.overload()) is not None:
@@ -91,7 +103,7 @@ class Services:
     def event_sent(self, route: Route, event: Event) -> None:
         """One event was queued for a client."""
         self.metrics.event_sent(
-            route, event.type, event.code if isinstance(event, ErrorEvent) else None
+            route, event.kind, event.code if isinstance(event, StreamError) else None
         )
 
     def open_connection(self, route: Route, headers: Mapping[str, str]) -> ConnectionTrace:

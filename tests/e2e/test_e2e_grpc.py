@@ -29,7 +29,7 @@ import soundfile as sf
 
 from streamer.cli import grpc_client
 from streamer.cli.client import LoadedAudio, load_audio, stream_file
-from streamer.transport.grpc_codec import event_to_dict, start_to_config
+from streamer.codecs.v1_proto import event_to_dict, start_to_config
 from streamer.transport.proto import streamer_v1_pb2 as pb
 from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
 

@@ -20,6 +20,19 @@ from streamer.events import (
     SpeechStarted,
     StreamError,
 )
+from streamer.protocol.connection import Audio, Input
+from streamer.protocol.messages import parse_client_message
+
+
+def decode_text(text: str | bytes) -> Input:
+    """A text frame: one of the protocol's requests (``ClientError`` when it is none)."""
+    return parse_client_message(text)
+
+
+def decode_bytes(data: bytes) -> Input:
+    """A binary frame: audio."""
+    return Audio(data)
+
 
 SEGMENT_FIELDS = frozenset(("type", "channel", "start_time", "end_time", "is_final"))
 """The fields of a ``segment`` event; model output may not use these keys."""

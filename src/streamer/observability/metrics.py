@@ -217,6 +217,12 @@ class Metrics:
             ["route", "outcome"],
             registry=registry,
         )
+        self.connections_refused = Counter(
+            "streamer_connections_refused",
+            "Connections the connection policy refused before any stream, by route and code.",
+            ["route", "code"],
+            registry=registry,
+        )
         self.error_events = Counter(
             "streamer_error_events",
             "Error events sent to clients, by code.",
@@ -380,6 +386,9 @@ class Metrics:
         self.first_result.labels(route).observe(seconds)
 
     # -- transports -----------------------------------------------------------------------
+
+    def connection_refused(self, route: str, code: str) -> None:
+        self.connections_refused.labels(route, code).inc()
 
     def stream_started(self, route: str) -> None:
         self.streams_started.labels(route).inc()

@@ -34,10 +34,10 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
+from streamer.events import SegmentResult, SpeechStarted, StreamError
 from streamer.inference.scheduler import JobState
 from streamer.observability.logging import bind_stream, unbind_stream
 from streamer.observability.tracing import format_traceparent
-from streamer.protocol.messages import ActiveEvent, ErrorEvent, SegmentEvent
 from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -320,11 +320,11 @@ class StreamTelemetry(StreamObserver):
         self._window_media = self._window_decode = self._window_resample = 0.0
 
     def _sent(self, event: object) -> None:
-        if isinstance(event, SegmentEvent):
+        if isinstance(event, SegmentResult):
             self._result(event)
-        elif isinstance(event, ActiveEvent):
+        elif isinstance(event, SpeechStarted):
             self._first_result(self._now())
-        elif isinstance(event, ErrorEvent):
+        elif isinstance(event, StreamError):
             self._errors += 1
             log.warning("error event %s: %s", event.code, event.message)
 
@@ -334,19 +334,19 @@ class StreamTelemetry(StreamObserver):
             if self._metrics is not None:
                 self._metrics.observe_first_result(self.route, now - self._started)
 
-    def _result(self, event: SegmentEvent) -> None:
+    def _result(self, event: SegmentResult) -> None:
         now = self._now()
         self._first_result(now)
         if self._metrics is None:
             return
-        arrived = self._arrivals.arrival(event.end_time)
+        arrived = self._arrivals.arrival(event.end)
         if arrived is None:
             return
         if (
-            event.is_final
+            event.final
             and self._flushed_at is not None
             and self._flushed_at > arrived
-            and event.end_time >= self._flushed_total - 1e-3
+            and event.end >= self._flushed_total - 1e-3
         ):
             arrived = self._flushed_at  # forced by the client's request, not by the audio
-        self._metrics.observe_latency(self.route, max(0.0, now - arrived), final=event.is_final)
+        self._metrics.observe_latency(self.route, max(0.0, now - arrived), final=event.final)

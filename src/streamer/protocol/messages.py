@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from streamer.audio.formats import AudioFormat, Encoding
-from streamer.errors import InvalidFormat, InvalidJson, InvalidMessage
+from streamer.errors import ClientError, InvalidFormat, InvalidJson, InvalidMessage
 
 
 class _Strict(BaseModel):
@@ -28,7 +28,8 @@ class FormatSpec(_Strict):
     sample_rate: int
     bit_depth: int
     is_float: bool = False
-    encoding: Encoding = Encoding.PCM
+    # Not strict: a front-end may name the encoding by its value ("mulaw") in Python too.
+    encoding: Encoding = Field(default=Encoding.PCM, strict=False)
 
     def to_audio_format(self) -> AudioFormat:
         return AudioFormat(
@@ -120,21 +121,35 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
     try:
         return _client_message.validate_json(text)
     except ValidationError as err:
-        if any(e["type"] == "json_invalid" for e in err.errors()):
-            raise InvalidJson(f"message is not valid JSON: {err.errors()[0]['msg']}") from None
-        first = err.errors()[0]
-        if (
-            first["type"] in ("model_attributes_type", "model_type", "dict_type")
-            and not first["loc"]
-        ):
-            raise InvalidMessage("message must be a JSON object") from None
-        is_format, text_ = _describe(err)
-        if is_format:
-            raise InvalidFormat(text_) from None
-        raise InvalidMessage(text_) from None
+        raise _typed(err) from None
 
 
-# Server to client.
+def parse_start(body: dict[str, Any]) -> StartRequest:
+    """Validate a ``start`` request given as Python values (another front-end's config,
+    translated), with the checks and error messages of a JSON ``start``."""
+    try:
+        message = _client_message.validate_python({**body, "request": "start"})
+    except ValidationError as err:
+        raise _typed(err) from None
+    assert isinstance(message, StartRequest)
+    return message
+
+
+def _typed(err: ValidationError) -> ClientError:
+    """The typed error for a message that failed validation."""
+    if any(e["type"] == "json_invalid" for e in err.errors()):
+        return InvalidJson(f"message is not valid JSON: {err.errors()[0]['msg']}")
+    first = err.errors()[0]
+    if first["type"] in ("model_attributes_type", "model_type", "dict_type") and not first["loc"]:
+        return InvalidMessage("message must be a JSON object")
+    is_format, text = _describe(err)
+    if is_format:
+        return InvalidFormat(text)
+    return InvalidMessage(text)
+
+
+# Server to client: the wire shapes, for the JSON Schema and the docs. The server's own
+# events are ``streamer.events``; ``codecs.v1_json`` writes them in these shapes.
 
 
 class _Event(BaseModel):
@@ -151,6 +166,9 @@ class ReadyEvent(_Event):
     model_sample_rate: int
     channels: int
     trace_id: str | None = None
+    warnings: list[str] | None = Field(
+        default=None, description="What the server ignored or changed in the request."
+    )
 
 
 class SegmentEvent(_Event):
@@ -190,6 +208,10 @@ class ErrorEvent(_Event):
     channel: int | None = None
     start_time: float | None = None
     end_time: float | None = None
+    retryable: bool | None = Field(
+        default=None,
+        description="For a failed inference: whether the same audio may succeed if sent again.",
+    )
 
 
 class DoneEvent(_Event):
@@ -203,20 +225,6 @@ ServerEvent = Annotated[
     ReadyEvent | SegmentEvent | ActiveEvent | InactiveEvent | ErrorEvent | DoneEvent,
     Field(discriminator="type"),
 ]
-
-
-def encode_event(event: _Event) -> str:
-    """Serialise an event for the wire (fields that are ``None`` are left out)."""
-    return event.model_dump_json(exclude_none=True)
-
-
-def segment_event(
-    channel: int, start_time: float, end_time: float, is_final: bool, output: dict[str, Any]
-) -> SegmentEvent:
-    """Build a ``segment`` event carrying the model's output fields."""
-    return SegmentEvent(
-        channel=channel, start_time=start_time, end_time=end_time, is_final=is_final, **output
-    )
 
 
 def json_schemas() -> dict[str, Any]:

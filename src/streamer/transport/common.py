@@ -1,16 +1,19 @@
 """What every transport does to open and end one stream, so that none of them can drift.
 
-A transport parses nothing here: it hands over the ``StartRequest`` the session accepted, and
-gets back a running pipeline that was counted in, or the ``ClientError`` that refused it.
+The connection driver parses nothing here: it hands over the ``StartRequest`` the machine
+accepted, and gets back a running pipeline that was counted in, or the ``ClientError`` that
+refused it.
 """
 
 from __future__ import annotations
 
 import uuid
 
+from streamer.events import Ready
 from streamer.observability.tracing import ConnectionTrace
 from streamer.pipeline import Emit, Route, StreamPipeline
-from streamer.protocol.messages import ReadyEvent, StartRequest
+from streamer.policy import ANONYMOUS, Principal
+from streamer.protocol.messages import StartRequest
 from streamer.services import Services
 
 
@@ -20,13 +23,15 @@ def open_stream(
     request: StartRequest,
     emit: Emit,
     connection: ConnectionTrace | None = None,
+    *,
+    principal: Principal = ANONYMOUS,
 ) -> StreamPipeline:
     """Admit a stream, start its pipeline and emit ``ready``.
 
     Raises ``Overloaded`` or ``ShuttingDown`` (from ``Services.admit``) when it is refused;
     a stream that is returned is counted until :func:`end_stream`.
     """
-    services.admit(route)
+    services.admit(route, principal)
     try:
         stream_id = uuid.uuid4().hex
         options = services.stream_options(route, request)
@@ -43,7 +48,7 @@ def open_stream(
         raise
     pipeline.start()
     emit(
-        ReadyEvent(
+        Ready(
             session_id=stream_id,
             route=route.value,
             model=services.model.name,

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from streamer.pipeline import Event
+from streamer.events import Event
 
 log = logging.getLogger(__name__)
 

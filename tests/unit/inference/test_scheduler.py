@@ -228,8 +228,8 @@ async def test_a_busy_stream_delays_the_others_by_a_bounded_number_of_batches() 
 
 async def test_every_streams_results_arrive_in_audio_order_under_load() -> None:
     from streamer.audio.formats import AudioFormat
-    from streamer.pipeline import Event, Route, StreamOptions, StreamPipeline
-    from streamer.protocol.messages import SegmentEvent
+    from streamer.events import Event, SegmentResult
+    from streamer.pipeline import Route, StreamOptions, StreamPipeline
 
     model = TestModel.speedy(jitter=0.004, batch_size=4, seed=3)
     sched = Scheduler(ThreadPool(model, 3), sample_rate=16000, max_batch=4, max_wait=0.001)
@@ -253,12 +253,12 @@ async def test_every_streams_results_arrive_in_audio_order_under_load() -> None:
     await asyncio.gather(stream("busy", 400), *(stream(f"quiet{i}", 20) for i in range(15)))
     await sched.close()
     for name, got in events.items():
-        segments = [e for e in got if isinstance(e, SegmentEvent)]
-        spans = [(s.start_time, s.end_time) for s in segments]
+        segments = [e for e in got if isinstance(e, SegmentResult)]
+        spans = [(s.start, s.end) for s in segments]
         expected = [(round(i * 0.05, 6), round((i + 1) * 0.05, 6)) for i in range(len(spans))]
         assert spans == expected, name
         assert len(spans) == (400 if name == "busy" else 20)
-        assert type(got[-1]).__name__ == "DoneEvent"
+        assert type(got[-1]).__name__ == "Done"
 
 
 async def test_a_full_queue_drops_new_interims_but_never_finals() -> None:

@@ -11,12 +11,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from streamer.errors import ModelFailed
+from streamer.events import SegmentResult, SpeechStarted, StreamError
 from streamer.inference.scheduler import Job, JobState
 from streamer.observability.logging import current_ids
 from streamer.observability.metrics import Metrics
 from streamer.observability.stream import ArrivalClock, StreamObserver, StreamTelemetry
 from streamer.observability.tracing import Tracing
-from streamer.protocol.messages import ActiveEvent, ErrorEvent, SegmentEvent
 
 
 class Clock:
@@ -29,8 +29,8 @@ class Clock:
         return self.now
 
 
-def segment(end: float, final: bool = True) -> SegmentEvent:
-    return SegmentEvent(channel=0, start_time=0.0, end_time=end, is_final=final)
+def segment(end: float, final: bool = True) -> SegmentResult:
+    return SegmentResult(channel=0, start=0.0, end=end, final=final)
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -86,7 +86,7 @@ def test_latency_runs_from_the_arrival_of_the_results_last_audio() -> None:
     clock.now = 102.0
     telemetry.fed(1.0, 2.0, 0.001, 0.001)
     clock.now = 102.25
-    emit(ActiveEvent(channel=0, time=0.5))  # the first result, 2.25 s after the start
+    emit(SpeechStarted(channel=0, time=0.5))  # the first result, 2.25 s after the start
     emit(segment(0.9, final=False))  # its audio arrived at 101.0
     clock.now = 102.5
     emit(segment(1.5))  # its audio arrived at 102.0
@@ -149,7 +149,7 @@ def test_the_stream_logs_its_start_errors_and_end_with_its_ids(
     try:
         with caplog.at_level(logging.INFO):
             telemetry.started()
-            telemetry.watch(lambda event: None)(ErrorEvent(code="model_error", message="failed"))
+            telemetry.watch(lambda event: None)(StreamError(code="model_error", message="failed"))
             telemetry.ended("completed")
     finally:
         logger.removeHandler(handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 
@@ -12,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.audio.formats import AudioFormat
+from streamer.events import Done, Event, SegmentResult, StreamError
 from streamer.inference.model import TestModel
 from streamer.inference.pool import ThreadPool
 from streamer.inference.scheduler import Scheduler
-from streamer.pipeline import Event, Route, StreamOptions, StreamPipeline
-from streamer.protocol.messages import DoneEvent, ErrorEvent, SegmentEvent
+from streamer.pipeline import Route, StreamOptions, StreamPipeline
 
 
 def pcm16(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> bytes:
@@ -58,15 +59,15 @@ async def run_stream(
 
 
 def check_contiguous(events: list[Event], channel: int) -> int:
-    segments = [e for e in events if isinstance(e, SegmentEvent) and e.channel == channel]
+    segments = [e for e in events if isinstance(e, SegmentResult) and e.channel == channel]
     assert segments, "no segments"
-    assert segments[0].start_time == 0.0
+    assert segments[0].start == 0.0
     for a, b in itertools.pairwise(segments):
-        assert a.end_time == b.start_time, "results out of order or with a gap"
+        assert a.end == b.start, "results out of order or with a gap"
     total = 0
     for s in segments:
-        count = (s.model_extra or {})["count"]
-        assert count == round((s.end_time - s.start_time) * 16000)
+        count = s.output["count"]
+        assert count == round((s.end - s.start) * 16000)
         total += count
     return total
 
@@ -80,7 +81,7 @@ async def test_no_sample_is_lost_at_any_input_rate(rate: int) -> None:
     n_in = len(data) // 2
     assert abs(total - n_in * 16000 / rate) <= 1
     done = events[-1]
-    assert isinstance(done, DoneEvent)
+    assert isinstance(done, Done)
     assert done.audio_seconds == pytest.approx(n_in / rate, abs=1e-6)
 
 
@@ -96,7 +97,7 @@ def test_any_split_of_the_bytes_gives_the_same_results(splits: list[int]) -> Non
     def by_channel(events: list[Event]) -> dict[object, list[dict[str, object]]]:
         out: dict[object, list[dict[str, object]]] = {}
         for e in events:
-            out.setdefault(getattr(e, "channel", None), []).append(e.model_dump())
+            out.setdefault(getattr(e, "channel", None), []).append(dataclasses.asdict(e))
         return out
 
     assert by_channel(split) == by_channel(whole)
@@ -116,21 +117,21 @@ async def test_model_failures_become_ordered_error_events_and_the_stream_goes_on
     data = pcm16(4.0, 16000)
     model = TestModel.speedy(failure_rate=0.3, panic_rate=0.1, seed=random.randrange(1000))
     events = await run_stream(data, fmt, model, chunk_seconds=0.1)
-    results = [e for e in events if isinstance(e, SegmentEvent | ErrorEvent)]
+    results = [e for e in events if isinstance(e, SegmentResult | StreamError)]
     assert len(results) == 40
-    times = [(e.start_time, e.end_time) for e in results]
+    times = [(e.start, e.end) for e in results]
     assert times == sorted(times)
     assert times[0][0] == 0.0 and times[-1][1] == 4.0
-    codes = {e.code for e in results if isinstance(e, ErrorEvent)}
+    codes = {e.code for e in results if isinstance(e, StreamError)}
     assert codes <= {"model_error", "model_crashed"}
-    assert isinstance(events[-1], DoneEvent)
+    assert isinstance(events[-1], Done)
 
 
 async def test_trailing_partial_frame_is_reported_not_silently_dropped() -> None:
     fmt = AudioFormat(channels=2, sample_rate=16000, bit_depth=16, is_float=False)
     data = pcm16(0.5, 16000, channels=2) + b"\x01\x02\x03"
     events = await run_stream(data, fmt, TestModel.speedy())
-    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    errors = [e for e in events if isinstance(e, StreamError)]
     assert [e.code for e in errors] == ["incomplete_frame"]
     assert "3 bytes" in errors[0].message
     assert check_contiguous(events, 1) == 8000

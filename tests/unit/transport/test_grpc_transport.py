@@ -20,10 +20,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from streamer.app import create_app, drain
 from streamer.cli.client import load_audio
+from streamer.codecs.v1_proto import event_to_dict
 from streamer.config import Settings
 from streamer.services import Services
 from streamer.transport.grpc import ERROR_CODE_KEY, SERVICE_NAME
-from streamer.transport.grpc_codec import event_to_dict
 from streamer.transport.proto import streamer_v1_pb2 as pb
 from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from streamer.pipeline import Event
-from streamer.protocol.messages import ActiveEvent, encode_event
+from streamer.codecs.v1_json import encode_event
+from streamer.events import Event, SpeechStarted
 from streamer.transport.outbox import Outbox
 
 
 def _events(count: int) -> list[Event]:
-    return [ActiveEvent(channel=0, time=i / 10) for i in range(count)]
+    return [SpeechStarted(channel=0, time=i / 10) for i in range(count)]
 
 
 async def test_events_are_written_in_order_and_counted_once_each() -> None:

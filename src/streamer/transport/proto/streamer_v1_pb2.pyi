@@ -1,8 +1,9 @@
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -103,20 +104,22 @@ class StreamEvent(_message.Message):
     def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., segment: _Optional[_Union[Segment, _Mapping]] = ..., active: _Optional[_Union[Active, _Mapping]] = ..., inactive: _Optional[_Union[Inactive, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ...) -> None: ...
 
 class Ready(_message.Message):
-    __slots__ = ("session_id", "route", "model", "model_sample_rate", "channels", "trace_id")
+    __slots__ = ("session_id", "route", "model", "model_sample_rate", "channels", "trace_id", "warnings")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     route: str
     model: str
     model_sample_rate: int
     channels: int
     trace_id: str
-    def __init__(self, session_id: _Optional[str] = ..., route: _Optional[str] = ..., model: _Optional[str] = ..., model_sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., route: _Optional[str] = ..., model: _Optional[str] = ..., model_sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., trace_id: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Segment(_message.Message):
     __slots__ = ("channel", "start_time", "end_time", "is_final", "output")
@@ -149,18 +152,20 @@ class Inactive(_message.Message):
     def __init__(self, channel: _Optional[int] = ..., time: _Optional[float] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("code", "message", "channel", "start_time", "end_time")
+    __slots__ = ("code", "message", "channel", "start_time", "end_time", "retryable")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     code: str
     message: str
     channel: int
     start_time: float
     end_time: float
-    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., channel: _Optional[int] = ..., start_time: _Optional[float] = ..., end_time: _Optional[float] = ...) -> None: ...
+    retryable: bool
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., channel: _Optional[int] = ..., start_time: _Optional[float] = ..., end_time: _Optional[float] = ..., retryable: _Optional[bool] = ...) -> None: ...
 
 class Done(_message.Message):
     __slots__ = ("audio_seconds",)

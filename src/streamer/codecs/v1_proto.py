@@ -1,9 +1,9 @@
-"""Protocol v1 messages to and from their protobuf form (package ``streamer.v1``).
+"""Protocol v1 over gRPC: protobuf messages of package ``streamer.v1``.
 
-Pure functions, shared by the gRPC transport and the gRPC client. The config becomes the
-JSON ``start`` request of the WebSocket, which the session parses, so both transports share
-one parser and one set of error messages; events become ``StreamEvent`` messages, and back
-into the dicts the WebSocket carries.
+Pure functions, shared by the gRPC transport and the gRPC client. Inbound, a request becomes
+the connection machine's input; the config is validated into a ``StartRequest`` by the same
+models (so the same defaults, checks and error messages) as a JSON ``start``. Outbound,
+events become ``StreamEvent`` messages, and back into the dicts the WebSocket carries.
 """
 
 from __future__ import annotations
@@ -13,14 +13,23 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from streamer.pipeline import Event
+from streamer.codecs.v1_json import SEGMENT_FIELDS
+from streamer.errors import InvalidMessage
+from streamer.events import (
+    Done,
+    Event,
+    Ready,
+    SegmentResult,
+    SpeechEnded,
+    SpeechStarted,
+    StreamError,
+)
+from streamer.protocol.connection import Audio, Input
 from streamer.protocol.messages import (
-    ActiveEvent,
-    DoneEvent,
-    ErrorEvent,
-    InactiveEvent,
-    ReadyEvent,
-    SegmentEvent,
+    FinalizeRequest,
+    KeepaliveRequest,
+    StopRequest,
+    parse_start,
 )
 from streamer.transport.proto import streamer_v1_pb2 as pb
 
@@ -32,12 +41,33 @@ _ENCODINGS: dict[pb.Encoding, str] = {
 _ENCODING_VALUES = {name: value for value, name in _ENCODINGS.items()}
 _FORMAT_FIELDS = ("channels", "sample_rate", "bit_depth", "is_float")
 _VAD_FIELDS = ("threshold", "min_speech_ms", "min_silence_ms", "speech_pad_ms", "max_segment_s")
-_SEGMENT_FIELDS = frozenset(("type", "channel", "start_time", "end_time", "is_final"))
 _MAX_EXACT_INT = 2**53
 """Struct numbers are doubles: whole ones below this were integers on the WebSocket."""
 
 
 # Requests.
+
+
+def decode_request(message: pb.StreamRequest, traceparent: str | None = None) -> Input:
+    """The machine's input for one request (``ClientError`` when it is none).
+
+    A ``stop`` always ends the call (one call, one stream); ``traceparent`` (from the call's
+    metadata) is used when the config carries none.
+    """
+    kind = message.WhichOneof("request")
+    if kind == "audio":
+        return Audio(message.audio)
+    if kind == "config":
+        start = config_to_start(message.config, traceparent)
+        del start["request"]
+        return parse_start(start)
+    if kind == "finalize":
+        return FinalizeRequest(request="finalize")
+    if kind == "stop":
+        return StopRequest(request="stop", disconnect=True)
+    if kind == "keepalive":
+        return KeepaliveRequest(request="keepalive")
+    raise InvalidMessage("the request sets none of config, audio, finalize, stop, keepalive")
 
 
 def config_to_start(config: pb.StreamConfig, traceparent: str | None = None) -> dict[str, Any]:
@@ -104,22 +134,21 @@ def start_to_config(start: Mapping[str, Any]) -> pb.StreamConfig:
 
 def event_to_proto(event: Event) -> pb.StreamEvent:
     """The protobuf form of an event the pipeline emitted."""
-    if isinstance(event, SegmentEvent):
+    if isinstance(event, SegmentResult):
         segment = pb.Segment(
             channel=event.channel,
-            start_time=event.start_time,
-            end_time=event.end_time,
-            is_final=event.is_final,
+            start_time=event.start,
+            end_time=event.end,
+            is_final=event.final,
         )
         # The WebSocket leaves out output fields that are None; so does the Struct.
-        output = {k: v for k, v in (event.model_extra or {}).items() if v is not None}
-        segment.output.update(output)
+        segment.output.update({k: v for k, v in event.output.items() if v is not None})
         return pb.StreamEvent(segment=segment)
-    if isinstance(event, ActiveEvent):
+    if isinstance(event, SpeechStarted):
         return pb.StreamEvent(active=pb.Active(channel=event.channel, time=event.time))
-    if isinstance(event, InactiveEvent):
+    if isinstance(event, SpeechEnded):
         return pb.StreamEvent(inactive=pb.Inactive(channel=event.channel, time=event.time))
-    if isinstance(event, ReadyEvent):
+    if isinstance(event, Ready):
         return pb.StreamEvent(
             ready=pb.Ready(
                 session_id=event.session_id,
@@ -128,19 +157,21 @@ def event_to_proto(event: Event) -> pb.StreamEvent:
                 model_sample_rate=event.model_sample_rate,
                 channels=event.channels,
                 trace_id=event.trace_id,
+                warnings=list(event.warnings),
             )
         )
-    if isinstance(event, ErrorEvent):
+    if isinstance(event, StreamError):
         return pb.StreamEvent(
             error=pb.Error(
                 code=str(event.code),
                 message=event.message,
                 channel=event.channel,
-                start_time=event.start_time,
-                end_time=event.end_time,
+                start_time=event.start,
+                end_time=event.end,
+                retryable=event.retryable,
             )
         )
-    if isinstance(event, DoneEvent):
+    if isinstance(event, Done):
         return pb.StreamEvent(done=pb.Done(audio_seconds=event.audio_seconds))
     raise TypeError(f"no protobuf form for {type(event).__name__}")
 
@@ -173,10 +204,14 @@ def event_to_dict(message: pb.StreamEvent) -> dict[str, Any] | None:
         if field.has_presence and not body.HasField(field.name):
             continue  # None on the WebSocket, which leaves it out
         value = getattr(body, field.name)
+        if field.is_repeated:
+            if not value:
+                continue  # empty: left out on the WebSocket too
+            value = list(value)
         event[field.name] = value
     if kind == "segment":
         output = json_format.MessageToDict(body.output)
         for key, value in output.items():
-            if key not in _SEGMENT_FIELDS:
+            if key not in SEGMENT_FIELDS:
                 event[key] = _restore_ints(value)
     return event

@@ -9,26 +9,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamer.errors import InvalidFormat, InvalidMessage
-from streamer.pipeline import Event
-from streamer.protocol.messages import (
-    ActiveEvent,
-    DoneEvent,
-    ErrorEvent,
-    InactiveEvent,
-    ReadyEvent,
-    StartRequest,
-    encode_event,
-    parse_client_message,
-    segment_event,
-)
-from streamer.protocol.session import Session
-from streamer.transport.grpc_codec import (
+from streamer.codecs.v1_json import encode_event
+from streamer.codecs.v1_proto import (
     config_to_start,
+    decode_request,
     event_to_dict,
     event_to_proto,
     start_to_config,
 )
+from streamer.errors import ClientError, InvalidFormat, InvalidMessage
+from streamer.events import (
+    Done,
+    Event,
+    Ready,
+    SegmentResult,
+    SpeechEnded,
+    SpeechStarted,
+    StreamError,
+)
+from streamer.protocol.connection import ConnectionMachine, EmitError
+from streamer.protocol.messages import StartRequest, parse_client_message
 from streamer.transport.proto import streamer_v1_pb2 as pb
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -36,9 +36,22 @@ OTHER_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def parsed(config: pb.StreamConfig, traceparent: str | None = None) -> StartRequest:
-    message = parse_client_message(json.dumps(config_to_start(config, traceparent)))
-    assert isinstance(message, StartRequest)
-    return message
+    """The config as the codec decodes it, which is the same as its JSON ``start``."""
+    as_json = parse_client_message(json.dumps(config_to_start(config, traceparent)))
+    direct = decode_request(pb.StreamRequest(config=config), traceparent)
+    assert isinstance(direct, StartRequest)
+    assert direct == as_json
+    return direct
+
+
+def refusal(config: pb.StreamConfig) -> ClientError:
+    """The error the codec raises for a config, the same as its JSON ``start`` gets."""
+    with pytest.raises(ClientError) as direct:
+        decode_request(pb.StreamRequest(config=config))
+    with pytest.raises(ClientError) as as_json:
+        parse_client_message(json.dumps(config_to_start(config)))
+    assert (direct.value.code, direct.value.message) == (as_json.value.code, as_json.value.message)
+    return direct.value
 
 
 # Config -> start.
@@ -95,8 +108,8 @@ def test_an_empty_vad_message_is_an_empty_vad_object() -> None:
 
 
 def test_a_config_without_format_is_refused_naming_the_field() -> None:
-    with pytest.raises(InvalidMessage, match="missing field 'format'"):
-        parsed(pb.StreamConfig())
+    error = refusal(pb.StreamConfig())
+    assert isinstance(error, InvalidMessage) and "missing field 'format'" in error.message
 
 
 @pytest.mark.parametrize(
@@ -109,9 +122,17 @@ def test_a_config_without_format_is_refused_naming_the_field() -> None:
     ],
 )
 def test_an_invalid_format_is_invalid_format(fmt: pb.AudioFormat, field: str) -> None:
-    session = Session()
-    with pytest.raises(InvalidFormat, match=field):
-        session.apply(parsed(pb.StreamConfig(format=fmt)))
+    config = pb.StreamConfig(format=fmt)
+    try:
+        request = parsed(config)
+    except InvalidFormat:  # refused by the schema, as its JSON would be
+        error = refusal(config)
+        code, message = error.code, error.message
+    else:  # refused by the connection, as its JSON would be
+        [action] = ConnectionMachine().receive(request)
+        assert isinstance(action, EmitError)
+        code, message = action.code, action.message
+    assert code == "invalid_format" and field in message
 
 
 def test_the_config_traceparent_wins_over_the_metadata() -> None:
@@ -168,28 +189,30 @@ def test_a_start_field_the_config_lacks_is_an_error() -> None:
 # Events.
 
 EVENTS: list[Event] = [
-    ReadyEvent(session_id="abc", route="simple", model="test", model_sample_rate=16000, channels=2),
-    ReadyEvent(
+    Ready(session_id="abc", route="simple", model="test", model_sample_rate=16000, channels=2),
+    Ready(
         session_id="abc",
         route="segmented",
         model="test",
         model_sample_rate=16000,
         channels=1,
         trace_id=TRACEPARENT,
+        warnings=("the trace id was ignored",),
     ),
-    segment_event(1, 0.5, 1.75, False, {"count": 20000}),
-    segment_event(0, 0.0, 1.0, True, {}),
-    ActiveEvent(channel=0, time=0.152),
-    InactiveEvent(channel=3, time=2.31),
-    ErrorEvent(code="invalid_format", message="bad"),
-    ErrorEvent(code="model_error", message="failed", channel=0, start_time=0.0, end_time=1.0),
-    ErrorEvent(code="model_error", message="failed", channel=0, start_time=0.0, end_time=0.0),
-    DoneEvent(audio_seconds=11.0),
-    DoneEvent(audio_seconds=0.0),
+    SegmentResult(1, 0.5, 1.75, False, {"count": 20000}),
+    SegmentResult(0, 0.0, 1.0, True, {}),
+    SpeechStarted(channel=0, time=0.152),
+    SpeechEnded(channel=3, time=2.31),
+    StreamError(code="invalid_format", message="bad"),
+    StreamError(code="model_error", message="failed", channel=0, start=0.0, end=1.0),
+    StreamError(code="model_error", message="failed", channel=0, start=0.0, end=0.0),
+    StreamError(code="worker_crashed", message="died", channel=1, start=0, end=1, retryable=True),
+    Done(audio_seconds=11.0),
+    Done(audio_seconds=0.0),
 ]
 
 
-@pytest.mark.parametrize("event", EVENTS, ids=lambda e: e.type)
+@pytest.mark.parametrize("event", EVENTS, ids=lambda e: e.kind)
 def test_an_event_reads_back_as_its_websocket_json(event: Event) -> None:
     wire = pb.StreamEvent.FromString(event_to_proto(event).SerializeToString())
     ws = json.loads(encode_event(event))
@@ -221,14 +244,14 @@ _outputs = st.dictionaries(
 
 @given(_outputs)
 def test_any_model_output_reads_back_as_its_websocket_json(output: dict[str, Any]) -> None:
-    event = segment_event(0, 0.0, 1.0, True, output)
+    event = SegmentResult(0, 0.0, 1.0, True, output)
     wire = pb.StreamEvent.FromString(event_to_proto(event).SerializeToString())
     # Numbers compare by value: a whole float comes back as an int (2.0 == 2).
     assert event_to_dict(wire) == json.loads(encode_event(event))
 
 
 def test_whole_numbers_in_outputs_come_back_as_integers() -> None:
-    event = segment_event(0, 0.0, 1.0, True, {"count": 16000, "words": [{"n": 3}], "p": 0.5})
+    event = SegmentResult(0, 0.0, 1.0, True, {"count": 16000, "words": [{"n": 3}], "p": 0.5})
     back = event_to_dict(event_to_proto(event))
     assert back is not None
     assert type(back["count"]) is int and type(back["words"][0]["n"]) is int

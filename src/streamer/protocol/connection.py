@@ -1,0 +1,381 @@
+"""The per-connection state machine, sans-I/O: every front-end's connection logic, once.
+
+A driver (``transport/driver.py``) feeds it inputs: the client's messages, decoded by a
+codec, and notices from the runtime (a start was refused, the server began draining, the
+outbox filled, the peer went away). The machine answers each input with the actions the
+driver must carry out, in order: open, feed, finalize, finish or abort the stream, emit an
+error event, close the connection. All per-connection state lives here; no transport
+assigns it.
+
+The rules are the table ``RULES``: (state, input kind) -> (next state, actions). A client
+message with no rule is a protocol error naming what the state expects (``ERRORS`` says
+which). Two kinds of connection share the table and differ in ``Mode``: a WebSocket carries
+any number of streams and survives a client's mistake; a gRPC call is one stream, and a
+mistake ends it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeAlias
+
+from streamer.errors import (
+    AlreadyStarted,
+    ClientError,
+    ErrorCode,
+    InvalidMessage,
+    NotStarted,
+)
+from streamer.protocol.messages import (
+    FinalizeRequest,
+    KeepaliveRequest,
+    StartRequest,
+    StopRequest,
+)
+
+
+class State(Enum):
+    IDLE = "idle"  # connected, no stream open
+    STREAMING = "streaming"  # a stream is open
+    CLOSED = "closed"  # the connection is ending; nothing more is read
+
+
+# Inputs: the client's messages (the protocol's requests, and audio) ...
+
+
+@dataclass(frozen=True, slots=True)
+class Audio:
+    """A piece of audio in the stream's format (it may end inside a sample frame)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A message the codec could not decode."""
+
+    error: ClientError
+
+
+# ... and what the runtime noticed.
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRefused:
+    """The stream the machine asked to open was not admitted (or its options were bad)."""
+
+    error: ClientError
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    """The open stream broke (a server fault in its own tasks)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainStarted:
+    """The server is shutting down: no new streams."""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainExpired:
+    """The drain's grace is over: open streams end now."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxFull:
+    """The client is not reading its events."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfInput:
+    """The client said it will send nothing more (gRPC half-close)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The peer is gone; nothing can be sent any more."""
+
+
+@dataclass(frozen=True, slots=True)
+class Crashed:
+    """The connection itself hit a server fault."""
+
+
+ClientInput: TypeAlias = StartRequest | StopRequest | FinalizeRequest | KeepaliveRequest | Audio
+Notice: TypeAlias = (
+    StreamRefused
+    | StreamFailed
+    | DrainStarted
+    | DrainExpired
+    | OutboxFull
+    | EndOfInput
+    | Disconnected
+    | Crashed
+)
+Input: TypeAlias = ClientInput | Invalid | Notice
+
+
+# Actions, for the driver.
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStream:
+    request: StartRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Finalize:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class FinishStream:
+    """Flush the stream: every result, then ``done``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AbortStream:
+    """Withdraw the stream's work at once; ``outcome`` is how it is counted."""
+
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class EmitError:
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """End the connection. ``code`` None is a normal close; ``tell`` sends an ``error``
+    event with ``message`` first. ``send`` False: the peer is gone, send nothing."""
+
+    code: ErrorCode | None = None
+    message: str = ""
+    tell: bool = False
+    send: bool = True
+
+
+Action: TypeAlias = OpenStream | Feed | Finalize | FinishStream | AbortStream | EmitError | Close
+
+SHUTTING_DOWN_MESSAGE = "the server is shutting down; connect to another instance"
+INTERNAL_MESSAGE = "internal server error"
+SLOW_CONSUMER_MESSAGE = "the client is not reading its events"
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    """How a kind of connection differs."""
+
+    one_stream: bool
+    """A gRPC call: one stream, a stop ends the connection, a client error ends it too."""
+    closing_codes: frozenset[ErrorCode] = frozenset((ErrorCode.OVERLOADED, ErrorCode.SHUTTING_DOWN))
+    """Client errors that end a connection that otherwise survives them."""
+
+    @property
+    def tell_on_close(self) -> bool:
+        """Whether a close for a reason is told as an ``error`` event first (on gRPC the
+        status may be lost to a racing write; a WebSocket has its close code)."""
+        return self.one_stream
+
+
+WEBSOCKET = Mode(one_stream=False)
+GRPC = Mode(one_stream=True)
+
+_Step = Callable[["ConnectionMachine", Any], list[Action]]
+
+
+def _open(m: ConnectionMachine, request: StartRequest) -> list[Action]:
+    request.format.to_audio_format().validate()  # raises InvalidFormat: stay idle
+    return [OpenStream(request)]
+
+
+def _feed(m: ConnectionMachine, audio: Audio) -> list[Action]:
+    return [Feed(audio.data)]
+
+
+def _finalize(m: ConnectionMachine, _: FinalizeRequest) -> list[Action]:
+    return [Finalize()]
+
+
+def _nothing(m: ConnectionMachine, _: object) -> list[Action]:
+    return []
+
+
+def _stop(m: ConnectionMachine, stop: StopRequest) -> list[Action]:
+    if stop.disconnect or m.mode.one_stream:
+        m.state = State.CLOSED
+        return [FinishStream(), Close()]
+    return [FinishStream(), *m.idle_again()]
+
+
+def _refused(m: ConnectionMachine, notice: StreamRefused) -> list[Action]:
+    return m.client_error(notice.error, stream_open=False)
+
+
+def _stream_failed(m: ConnectionMachine, _: StreamFailed) -> list[Action]:
+    m.state = State.CLOSED
+    return [AbortStream("error"), Close(ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGE, tell=True)]
+
+
+def _drain_idle(m: ConnectionMachine, _: object) -> list[Action]:
+    m.draining = True
+    m.state = State.CLOSED
+    return [Close(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE, tell=m.mode.tell_on_close)]
+
+
+def _drain_streaming(m: ConnectionMachine, _: DrainStarted) -> list[Action]:
+    m.draining = True  # the stream may go on until the drain expires
+    return []
+
+
+def _drain_expired(m: ConnectionMachine, _: DrainExpired) -> list[Action]:
+    m.draining = True
+    m.state = State.CLOSED
+    # Finals and done first; the close code says why.
+    return [FinishStream(), Close(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE)]
+
+
+def _slow(m: ConnectionMachine, _: OutboxFull) -> list[Action]:
+    m.state = State.CLOSED
+    close = Close(ErrorCode.SLOW_CONSUMER, SLOW_CONSUMER_MESSAGE, tell=m.mode.tell_on_close)
+    return [AbortStream("slow_consumer"), close]
+
+
+def _end_of_input(m: ConnectionMachine, _: EndOfInput) -> list[Action]:
+    finish: list[Action] = [FinishStream()] if m.state is State.STREAMING else []
+    m.state = State.CLOSED
+    return [*finish, Close()]
+
+
+def _gone(m: ConnectionMachine, _: Disconnected) -> list[Action]:
+    m.state = State.CLOSED
+    return [AbortStream("disconnected"), Close(send=False)]
+
+
+def _crashed(m: ConnectionMachine, _: Crashed) -> list[Action]:
+    m.state = State.CLOSED
+    return [AbortStream("error"), Close(ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGE, tell=True)]
+
+
+def _crashed_closing(m: ConnectionMachine, _: Crashed) -> list[Action]:
+    # A fault while the connection was ending (flushing the last stream, say).
+    return [Close(ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGE, tell=True)]
+
+
+_I, _S = State.IDLE, State.STREAMING
+
+RULES: dict[tuple[State, type], tuple[State | None, _Step]] = {
+    # The client's messages. A next state of None: the step decides.
+    (_I, StartRequest): (_S, _open),
+    (_I, KeepaliveRequest): (_I, _nothing),
+    (_S, Audio): (_S, _feed),
+    (_S, FinalizeRequest): (_S, _finalize),
+    (_S, KeepaliveRequest): (_S, _nothing),
+    (_S, StopRequest): (None, _stop),
+    # The runtime's notices.
+    (_S, StreamRefused): (None, _refused),
+    (_S, StreamFailed): (None, _stream_failed),
+    (_I, DrainStarted): (None, _drain_idle),
+    (_S, DrainStarted): (_S, _drain_streaming),
+    (_I, DrainExpired): (None, _drain_idle),
+    (_S, DrainExpired): (None, _drain_expired),
+    (_I, OutboxFull): (None, _slow),
+    (_S, OutboxFull): (None, _slow),
+    (_I, EndOfInput): (None, _end_of_input),
+    (_S, EndOfInput): (None, _end_of_input),
+    (_I, Disconnected): (None, _gone),
+    (_S, Disconnected): (None, _gone),
+    (_I, Crashed): (None, _crashed),
+    (_S, Crashed): (None, _crashed),
+    (State.CLOSED, Crashed): (None, _crashed_closing),
+}
+"""(state, input kind) -> (next state, step). Every notice is handled in every open state;
+in ``CLOSED`` every input but a crash is ignored."""
+
+ERRORS: dict[tuple[State, type], type[ClientError]] = {
+    (_I, Audio): NotStarted,
+    (_I, StopRequest): NotStarted,
+    (_I, FinalizeRequest): NotStarted,
+    (_S, StartRequest): AlreadyStarted,
+}
+"""Client messages out of order, and the error each gets (any other: ``InvalidMessage``)."""
+
+EXPECTED = {
+    State.IDLE: "a 'start' request",
+    State.STREAMING: "audio, 'finalize' or 'stop'",
+    State.CLOSED: "nothing (the connection is closing)",
+}
+
+
+def describe(kind: type) -> str:
+    """How an error message names a kind of client message."""
+    return "audio" if kind is Audio else f"a {kind.__name__.removesuffix('Request').lower()!r}"
+
+
+class ConnectionMachine:
+    """Where one connection is, and what to do next."""
+
+    __slots__ = ("draining", "mode", "state", "streams_started")
+
+    def __init__(self, mode: Mode = WEBSOCKET) -> None:
+        self.mode = mode
+        self.state = State.IDLE
+        self.draining = False
+        self.streams_started = 0
+
+    def receive(self, event: Input) -> list[Action]:
+        """The actions that ``event`` calls for, in order; the state moves with them."""
+        if self.state is State.CLOSED and not isinstance(event, Crashed):
+            return []
+        if isinstance(event, Invalid):
+            return self.client_error(event.error)
+        key = (self.state, type(event))
+        rule = RULES.get(key)
+        if rule is None:
+            error = ERRORS.get(key, InvalidMessage)
+            return self.client_error(
+                error(f"got {describe(type(event))}, expected {EXPECTED[self.state]}")
+            )
+        nxt, step = rule
+        try:
+            actions = step(self, event)
+        except ClientError as error:
+            return self.client_error(error)
+        if nxt is not None:
+            self.state = nxt
+        if isinstance(event, StartRequest):
+            self.streams_started += 1
+        return actions
+
+    def client_error(self, error: ClientError, *, stream_open: bool = True) -> list[Action]:
+        """The client erred (or its stream was refused): tell it, and end the connection
+        when the mode or the error says so. ``stream_open`` False: the stream this state
+        stands for was never opened."""
+        streaming = self.state is State.STREAMING
+        if self.mode.one_stream or error.code in self.mode.closing_codes:
+            self.state = State.CLOSED
+            abort: list[Action] = [AbortStream("error")] if streaming and stream_open else []
+            if self.mode.tell_on_close:
+                return [*abort, Close(error.code, error.message, tell=True)]
+            return [*abort, EmitError(error.code, error.message), Close(error.code, error.message)]
+        if streaming and not stream_open:
+            return [EmitError(error.code, error.message), *self.idle_again()]
+        return [EmitError(error.code, error.message)]
+
+    def idle_again(self) -> list[Action]:
+        """The stream is over: back to idle, or closed when the server is draining."""
+        if self.draining:
+            self.state = State.CLOSED
+            return [Close(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE)]
+        self.state = State.IDLE
+        return []

@@ -1,0 +1,321 @@
+"""The connection state machine over every order of inputs, client messages and notices."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from streamer.codecs.v1_json import decode_bytes, decode_text
+from streamer.errors import ClientError, ErrorCode, InvalidFormat, Overloaded, ShuttingDown
+from streamer.protocol.connection import (
+    GRPC,
+    WEBSOCKET,
+    AbortStream,
+    Action,
+    Close,
+    ConnectionMachine,
+    Crashed,
+    Disconnected,
+    DrainExpired,
+    DrainStarted,
+    EmitError,
+    EndOfInput,
+    Feed,
+    Finalize,
+    FinishStream,
+    Input,
+    Invalid,
+    Mode,
+    OpenStream,
+    OutboxFull,
+    State,
+    StreamFailed,
+    StreamRefused,
+)
+
+START = json.dumps(
+    {"request": "start", "format": {"channels": 1, "sample_rate": 16000, "bit_depth": 16}}
+)
+STOP = json.dumps({"request": "stop"})
+STOP_CLOSE = json.dumps({"request": "stop", "disconnect": True})
+FINALIZE = json.dumps({"request": "finalize"})
+KEEPALIVE = json.dumps({"request": "keepalive"})
+AUDIO = b"\x00\x01"
+
+MESSAGES: dict[str, str | bytes] = {
+    "start": START,
+    "stop": STOP,
+    "stop_close": STOP_CLOSE,
+    "finalize": FINALIZE,
+    "keepalive": KEEPALIVE,
+    "audio": AUDIO,
+}
+
+
+def decode(msg: str | bytes) -> Input:
+    try:
+        return decode_bytes(msg) if isinstance(msg, bytes) else decode_text(msg)
+    except ClientError as error:
+        return Invalid(error)
+
+
+def errors_of(actions: list[Action]) -> list[ErrorCode]:
+    return [a.code for a in actions if isinstance(a, EmitError)]
+
+
+def expected(state: State, name: str) -> tuple[State, ErrorCode | None]:
+    """The reference model a WebSocket connection must follow (as the v1 session did)."""
+    if state is State.CLOSED:
+        return state, None  # nothing more is read, nothing is answered
+    if state is State.IDLE:
+        if name == "start":
+            return State.STREAMING, None
+        if name == "keepalive":
+            return State.IDLE, None
+        return State.IDLE, ErrorCode.NOT_STARTED
+    if name == "start":
+        return State.STREAMING, ErrorCode.ALREADY_STARTED
+    if name == "stop":
+        return State.IDLE, None
+    if name == "stop_close":
+        return State.CLOSED, None
+    return State.STREAMING, None
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 4])
+def test_every_sequence_follows_the_reference_model(length: int) -> None:
+    for seq in itertools.product(MESSAGES, repeat=length):
+        machine = ConnectionMachine(WEBSOCKET)
+        state = State.IDLE
+        for name in seq:
+            state, error = expected(state, name)
+            actions = machine.receive(decode(MESSAGES[name]))
+            assert errors_of(actions) == ([error] if error else []), seq
+            assert machine.state is state, seq
+
+
+def test_each_message_asks_for_its_action() -> None:
+    machine = ConnectionMachine(WEBSOCKET)
+    [open_] = machine.receive(decode(START))
+    assert isinstance(open_, OpenStream) and open_.request.format.sample_rate == 16000
+    assert machine.receive(decode(AUDIO)) == [Feed(AUDIO)]
+    assert machine.receive(decode(FINALIZE)) == [Finalize()]
+    assert machine.receive(decode(KEEPALIVE)) == []
+    assert machine.receive(decode(STOP)) == [FinishStream()]
+    assert machine.receive(decode(START))[0] == open_
+    assert machine.receive(decode(STOP_CLOSE)) == [FinishStream(), Close()]
+    assert machine.streams_started == 2
+
+
+def test_errors_name_what_was_expected() -> None:
+    machine = ConnectionMachine()
+    [error] = machine.receive(decode(AUDIO))
+    assert isinstance(error, EmitError) and "expected a 'start' request" in error.message
+    machine.receive(decode(START))
+    [error] = machine.receive(decode(START))
+    assert isinstance(error, EmitError)
+    assert "expected audio, 'finalize' or 'stop'" in error.message
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "needle"),
+    [
+        ("{not json", "invalid_json", "JSON"),
+        ("[1, 2]", "invalid_message", "JSON object"),
+        ('"start"', "invalid_message", "JSON object"),
+        ("null", "invalid_message", "JSON object"),
+        ("{}", "invalid_message", "request"),
+        ('{"request": "rewind"}', "invalid_message", "rewind"),
+        ('{"request": "stop", "hurry": true}', "invalid_message", "hurry"),
+        ('{"request": "stop", "disconnect": "maybe"}', "invalid_message", "disconnect"),
+        ('{"request": "start"}', "invalid_message", "format"),
+        (
+            '{"request": "start", "format": {"channels": 1, "sample_rate": 16000,'
+            ' "bit_depth": 16}, "colour": "red"}',
+            "invalid_message",
+            "colour",
+        ),
+        (
+            '{"request": "start", "format": {"channels": 1, "sample_rate": 16000,'
+            ' "bit_depth": 16, "endian": "big"}}',
+            "invalid_format",
+            "endian",
+        ),
+    ],
+)
+def test_malformed_messages_get_typed_errors(text: str, code: str, needle: str) -> None:
+    machine = ConnectionMachine()
+    [error] = machine.receive(decode(text))
+    assert isinstance(error, EmitError) and error.code == code and needle in error.message
+    assert machine.state is State.IDLE
+
+
+@pytest.mark.parametrize(
+    ("fmt", "field"),
+    [
+        ({"channels": 0, "sample_rate": 16000, "bit_depth": 16}, "channels"),
+        ({"channels": 1000, "sample_rate": 16000, "bit_depth": 16}, "channels"),
+        ({"channels": 1, "sample_rate": 7999, "bit_depth": 16}, "sample_rate"),
+        ({"channels": 1, "sample_rate": 192001, "bit_depth": 16}, "sample_rate"),
+        ({"channels": 1, "sample_rate": 16000, "bit_depth": 12}, "bit_depth"),
+        ({"channels": 1, "sample_rate": 16000, "bit_depth": 16, "is_float": True}, "bit_depth"),
+        ({"channels": 1, "sample_rate": 8000, "bit_depth": 16, "encoding": "mulaw"}, "bit_depth"),
+        ({"channels": 1, "sample_rate": 8000, "bit_depth": 8, "encoding": "mp3"}, "encoding"),
+        ({"channels": True, "sample_rate": 16000, "bit_depth": 16}, "channels"),
+        ({"channels": 1, "sample_rate": "16000", "bit_depth": 16}, "sample_rate"),
+        ({"channels": 1, "sample_rate": 16000, "bit_depth": 16, "is_float": 0}, "is_float"),
+    ],
+)
+def test_unsupported_formats_are_refused_and_the_connection_stays_idle(
+    fmt: dict[str, object], field: str
+) -> None:
+    machine = ConnectionMachine()
+    [error] = machine.receive(decode(json.dumps({"request": "start", "format": fmt})))
+    assert isinstance(error, EmitError) and error.code == "invalid_format"
+    assert field in error.message
+    assert machine.state is State.IDLE
+    machine.receive(decode(START))
+    assert machine.state is State.STREAMING
+
+
+# The runtime's notices.
+
+NOTICES: dict[str, Input] = {
+    "refused": StreamRefused(Overloaded("full")),
+    "refused_soft": StreamRefused(InvalidFormat("bad options")),
+    "failed": StreamFailed(),
+    "drain": DrainStarted(),
+    "expired": DrainExpired(),
+    "slow": OutboxFull(),
+    "eof": EndOfInput(),
+    "gone": Disconnected(),
+    "crash": Crashed(),
+}
+INPUTS: dict[str, Input] = {**{k: decode(v) for k, v in MESSAGES.items()}, **NOTICES}
+
+
+def test_every_sequence_of_messages_and_notices_keeps_the_invariants() -> None:
+    """Whatever happens, a stream is opened only when none is open, every open stream is
+    finished or aborted exactly once before the connection ends, nothing follows a close,
+    and a closed connection answers only a crash."""
+    for mode in (WEBSOCKET, GRPC):
+        for seq in itertools.product(INPUTS, repeat=3):
+            machine = ConnectionMachine(mode)
+            open_ = False
+            closed = False
+            for name in seq:
+                actions = machine.receive(INPUTS[name])
+                if closed:
+                    if name == "crash":
+                        assert [type(a) for a in actions] == [Close], seq
+                    else:
+                        assert actions == [], seq
+                    continue
+                if name.startswith("refused") and open_:
+                    open_ = False  # the driver had opened nothing: the refusal says so
+                for action in actions:
+                    assert not closed, (seq, actions)
+                    if isinstance(action, OpenStream):
+                        assert not open_, seq
+                        open_ = True
+                    elif isinstance(action, FinishStream | AbortStream):
+                        open_ = False
+                    elif isinstance(action, Feed | Finalize):
+                        assert open_, seq
+                    elif isinstance(action, Close):
+                        closed = True
+                if machine.state is State.CLOSED:
+                    assert closed, (seq, actions)
+                    assert not open_, seq
+                if machine.state is State.IDLE:
+                    assert not open_, seq
+
+
+def started(mode: Mode = WEBSOCKET) -> ConnectionMachine:
+    machine = ConnectionMachine(mode)
+    machine.receive(decode(START))
+    return machine
+
+
+def test_a_refused_start_goes_back_to_idle_or_closes_for_overload() -> None:
+    soft = started()
+    assert soft.receive(StreamRefused(InvalidFormat("no"))) == [
+        EmitError(ErrorCode.INVALID_FORMAT, "no")
+    ]
+    assert soft.state is State.IDLE
+    hard = started()
+    actions = hard.receive(StreamRefused(Overloaded("full")))
+    assert actions == [
+        EmitError(ErrorCode.OVERLOADED, "full"),
+        Close(ErrorCode.OVERLOADED, "full"),
+    ]
+    down = started()
+    actions = down.receive(StreamRefused(ShuttingDown("bye")))
+    assert actions[-1] == Close(ErrorCode.SHUTTING_DOWN, "bye")
+
+
+def test_grpc_ends_the_call_on_any_client_error_telling_it_once() -> None:
+    machine = ConnectionMachine(GRPC)
+    actions = machine.receive(decode(AUDIO))
+    assert len(actions) == 1 and isinstance(actions[0], Close) and actions[0].tell
+    assert actions[0].code is ErrorCode.NOT_STARTED and machine.state is State.CLOSED
+    streaming = started(GRPC)
+    actions = streaming.receive(decode(START))
+    assert actions[0] == AbortStream("error")
+    assert isinstance(actions[1], Close) and actions[1].code is ErrorCode.ALREADY_STARTED
+
+
+def test_a_grpc_stop_or_end_of_input_finishes_and_ends_the_call() -> None:
+    assert started(GRPC).receive(decode(STOP)) == [FinishStream(), Close()]
+    assert started(GRPC).receive(EndOfInput()) == [FinishStream(), Close()]
+    assert ConnectionMachine(GRPC).receive(EndOfInput()) == [Close()]
+
+
+def test_draining_closes_idle_connections_and_lets_streams_run_until_it_expires() -> None:
+    idle = ConnectionMachine(WEBSOCKET)
+    assert idle.receive(DrainStarted()) == [
+        Close(ErrorCode.SHUTTING_DOWN, idle_message(), tell=False)
+    ]
+    streaming = started()
+    assert streaming.receive(DrainStarted()) == []
+    assert streaming.receive(decode(AUDIO)) == [Feed(AUDIO)]
+    # A stream that ends while draining ends its connection too.
+    assert streaming.receive(decode(STOP)) == [
+        FinishStream(),
+        Close(ErrorCode.SHUTTING_DOWN, idle_message()),
+    ]
+    expiring = started()
+    expiring.receive(DrainStarted())
+    assert expiring.receive(DrainExpired()) == [
+        FinishStream(),
+        Close(ErrorCode.SHUTTING_DOWN, idle_message()),
+    ]
+    # gRPC tells the reason in-band too when no stream is open.
+    [close] = ConnectionMachine(GRPC).receive(DrainStarted())
+    assert isinstance(close, Close) and close.tell
+
+
+def idle_message() -> str:
+    from streamer.protocol.connection import SHUTTING_DOWN_MESSAGE
+
+    return SHUTTING_DOWN_MESSAGE
+
+
+def test_faults_abort_the_stream_and_close_with_internal_error() -> None:
+    for notice in (StreamFailed(), Crashed()):
+        actions = started().receive(notice)
+        assert actions[0] == AbortStream("error")
+        assert isinstance(actions[1], Close) and actions[1].code is ErrorCode.INTERNAL_ERROR
+        assert actions[1].tell
+    # A crash while ending (flushing the last stream) still closes with internal_error.
+    closing = started()
+    closing.receive(decode(STOP_CLOSE))
+    [close] = closing.receive(Crashed())
+    assert isinstance(close, Close) and close.code is ErrorCode.INTERNAL_ERROR
+
+
+def test_a_slow_consumer_or_a_lost_peer_aborts_the_stream() -> None:
+    assert started().receive(OutboxFull())[0] == AbortStream("slow_consumer")
+    assert started().receive(Disconnected()) == [AbortStream("disconnected"), Close(send=False)]
