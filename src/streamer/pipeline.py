@@ -262,7 +262,7 @@ class StreamPipeline:
         try:
             output = json_safe(item.job.future.result())
         except OutputError as error:
-            log.warning("stream %s: unusable model output: %s", self.stream_id, error)
+            log.warning("unusable model output: %s", error)
             return StreamError(
                 code=ErrorCode.MODEL_ERROR,
                 message=str(error),

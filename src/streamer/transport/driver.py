@@ -106,7 +106,7 @@ class ConnectionDriver:
             while True:
                 if self._outbox.slow and (close := await self._step(OutboxFull())):
                     return close
-                if draining.done() and not told_draining:
+                if services.draining.is_set() and not told_draining:
                     told_draining = True
                     if close := await self._step(DrainStarted()):
                         return close
@@ -115,7 +115,7 @@ class ConnectionDriver:
                     if close := await self._step(StreamFailed()):
                         return close
                     continue
-                if stream is not None and expired.done():
+                if stream is not None and services.drain_expired.is_set():
                     if close := await self._step(DrainExpired()):
                         return close
                     continue

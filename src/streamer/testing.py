@@ -1,0 +1,139 @@
+"""An in-process harness: one connection, driven without a socket.
+
+It runs the real connection machine and driver over real services (scheduler, VAD, model)
+with a list of inbound messages, and records what the connection writes, through the same
+bounded outbox a transport uses. A front-end's codec is tested here first; its shell, which
+only moves bytes, is tested on a real socket.
+
+::
+
+    async with running_services(Settings()) as services:
+        outcome = await run_connection(services, Route.SIMPLE, [start, audio, stop])
+        assert outcome.close.code is None
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from streamer.app import build_services
+from streamer.codecs import v1_json
+from streamer.config import Settings
+from streamer.errors import ClientError
+from streamer.events import Event
+from streamer.inference.model import Model
+from streamer.pipeline import Route
+from streamer.policy import ANONYMOUS, Principal
+from streamer.protocol.connection import (
+    WEBSOCKET,
+    Close,
+    ConnectionMachine,
+    Disconnected,
+    Input,
+    Invalid,
+    Mode,
+)
+from streamer.services import Services
+from streamer.transport.driver import ConnectionDriver
+from streamer.transport.outbox import Outbox
+
+__all__ = ["Outcome", "Pause", "run_connection", "running_services", "v1_decode"]
+
+T = TypeVar("T")  # a native outbound message
+_END = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Among the inbound messages: the client sends nothing for ``seconds``."""
+
+    seconds: float
+
+
+@dataclass
+class Outcome(Generic[T]):
+    """What one connection wrote, in order, and how it ended."""
+
+    sent: list[T] = field(default_factory=list)
+    close: Close = field(default_factory=Close)
+
+
+def v1_decode(message: str | bytes) -> Input:
+    """Decode a v1 WebSocket frame as the shell does: text is a request, bytes are audio."""
+    if isinstance(message, bytes):
+        return v1_json.decode_bytes(message)
+    return v1_json.decode_text(message)
+
+
+@contextlib.asynccontextmanager
+async def running_services(
+    settings: Settings | None = None, model: Model | None = None
+) -> AsyncIterator[Services]:
+    """Real services (scheduler and VAD running), stopped on exit."""
+    services = build_services(settings or Settings(), model)
+    services.scheduler.start()
+    services.vad.start()
+    try:
+        yield services
+    finally:
+        await services.scheduler.close()
+        services.vad.close()
+
+
+async def run_connection(
+    services: Services,
+    route: Route,
+    inbound: Iterable[Any],
+    *,
+    decode: Callable[[Any], Input] = v1_decode,
+    encode: Callable[[Event], Any] = v1_json.encode_event,
+    mode: Mode = WEBSOCKET,
+    end: Input | None = None,
+    principal: Principal = ANONYMOUS,
+    write: Callable[[Any], Any] | None = None,
+) -> Outcome[Any]:
+    """Run one connection over ``inbound`` (native messages, each decoded by ``decode``,
+    and ``Pause``s).
+
+    Once the messages run out, the connection gets ``end`` (by default the peer going
+    away). ``write`` may stand in for the socket (an async callable, to block or fail it);
+    by default what is written is recorded.
+    """
+    outcome: Outcome[Any] = Outcome()
+    messages = iter(inbound)
+
+    async def receive() -> Input | None:
+        await asyncio.sleep(0)  # a real receive yields to the loop too
+        while isinstance(message := next(messages, _END), Pause):
+            await asyncio.sleep(message.seconds)
+        if message is _END:
+            return end or Disconnected()
+        try:
+            return decode(message)
+        except ClientError as error:
+            return Invalid(error)
+
+    async def record(item: Any) -> None:
+        outcome.sent.append(item)
+
+    outbox: Outbox[Any] = Outbox(
+        services.settings.server.max_pending_events,
+        encode,
+        functools.partial(services.event_sent, route),
+        "test",
+    )
+    outbox.start(write or record)
+    driver = ConnectionDriver(
+        services, route, ConnectionMachine(mode), receive, outbox, principal=principal
+    )
+    try:
+        outcome.close = await driver.run()
+        await outbox.close()
+    finally:
+        outbox.cancel()
+    return outcome

@@ -1,0 +1,226 @@
+"""Connection behaviour, on the in-process harness: the real machine, driver, outbox and
+services, with no socket. The shells are tested on real sockets elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamer.codecs import v1_proto
+from streamer.config import Settings
+from streamer.errors import ErrorCode
+from streamer.events import Event, SegmentResult
+from streamer.inference.model import TestModel
+from streamer.pipeline import Route
+from streamer.protocol.connection import GRPC, Close, EndOfInput
+from streamer.services import Services
+from streamer.testing import Outcome, Pause, run_connection, running_services
+from streamer.transport.proto import streamer_v1_pb2 as pb
+
+RATE = 16000
+FORMAT = {"channels": 1, "sample_rate": RATE, "bit_depth": 16, "is_float": False}
+START = json.dumps({"request": "start", "format": FORMAT})
+STOP = json.dumps({"request": "stop"})
+STOP_CLOSE = json.dumps({"request": "stop", "disconnect": True})
+
+
+def noise(seconds: float, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 3000, round(seconds * RATE)).astype("<i2").tobytes()
+
+
+def chunks(data: bytes, size: int = 3200) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def stream(seconds: float = 2.5, stop: str = STOP) -> list[str | bytes]:
+    return [START, *chunks(noise(seconds)), stop]
+
+
+def events(outcome: Outcome[Any]) -> list[dict[str, Any]]:
+    return [json.loads(text) for text in outcome.sent]
+
+
+def types(outcome: Outcome[Any]) -> list[str]:
+    return [e["type"] for e in events(outcome)]
+
+
+def settings(stream: dict[str, Any] | None = None, **server: Any) -> Settings:
+    return Settings.model_validate(
+        {
+            "server": {"grpc_enabled": False, **server},
+            "stream": stream or {},
+            "inference": {"workers": 2},
+        }
+    )
+
+
+@pytest.fixture
+async def services() -> Any:
+    async with running_services(settings(), TestModel.speedy()) as running:
+        yield running
+
+
+def assert_good(received: list[dict[str, Any]], seconds: float = 2.5) -> None:
+    """One stream: ready, contiguous segments that cover the audio, done."""
+    assert received[0]["type"] == "ready" and received[-1]["type"] == "done"
+    segments = [e for e in received if e["type"] == "segment"]
+    assert sum(s["count"] for s in segments) == round(seconds * RATE)
+    assert received[-1]["audio_seconds"] == seconds
+
+
+async def test_a_stream_gets_ready_segments_and_done_then_a_normal_close(
+    services: Services,
+) -> None:
+    outcome = await run_connection(services, Route.SIMPLE, stream(stop=STOP_CLOSE))
+    assert_good(events(outcome))
+    assert outcome.close == Close()
+    assert services.live_streams == 0 and not services.connections
+
+
+async def test_several_streams_on_one_connection(services: Services) -> None:
+    outcome = await run_connection(services, Route.SIMPLE, stream() + stream(1.5, STOP_CLOSE))
+    received = events(outcome)
+    cut = types(outcome).index("done") + 1
+    assert_good(received[:cut])
+    assert_good(received[cut:], 1.5)
+    assert received[0]["session_id"] != received[cut]["session_id"]
+
+
+BAD: dict[str, tuple[str | bytes, str]] = {
+    "invalid_json": ('{"request": "start", ', "invalid_json"),
+    "unknown_field": (
+        json.dumps({"request": "start", "format": FORMAT, "x": 1}),
+        "invalid_message",
+    ),
+    "audio_before_start": (b"\x00\x01" * 80, "not_started"),
+    "finalize_before_start": (json.dumps({"request": "finalize"}), "not_started"),
+    "no_channels": (
+        json.dumps({"request": "start", "format": {**FORMAT, "channels": 0}}),
+        "invalid_format",
+    ),
+    "not_an_object": ("[]", "invalid_message"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+async def test_bad_input_is_an_error_event_and_the_connection_goes_on(
+    services: Services, case: str
+) -> None:
+    message, code = BAD[case]
+    outcome = await run_connection(services, Route.SIMPLE, [message, *stream(stop=STOP_CLOSE)])
+    received = events(outcome)
+    assert received[0]["type"] == "error" and received[0]["code"] == code
+    assert_good(received[1:])
+    assert outcome.close == Close()
+
+
+async def test_a_second_start_is_refused_and_the_stream_goes_on(services: Services) -> None:
+    audio = chunks(noise(2.5))
+    inbound = [START, *audio[:5], START, *audio[5:], STOP_CLOSE]
+    received = events(await run_connection(services, Route.SIMPLE, inbound))
+    errors = [e for e in received if e["type"] == "error"]
+    assert [e["code"] for e in errors] == ["already_started"]
+    assert_good([e for e in received if e["type"] != "error"])
+
+
+async def test_a_peer_that_goes_away_frees_its_stream(services: Services) -> None:
+    outcome = await run_connection(services, Route.SIMPLE, [START, *chunks(noise(5.0))])
+    assert outcome.close == Close(send=False)
+    assert types(outcome)[0] == "ready" and "done" not in types(outcome)
+    assert services.live_streams == 0 and services.scheduler.queued == 0
+
+
+async def test_draining_closes_an_idle_connection_going_away(services: Services) -> None:
+    services.draining.set()
+    outcome = await run_connection(services, Route.SIMPLE, stream())
+    assert outcome.close.code is ErrorCode.SHUTTING_DOWN
+    assert outcome.sent == []
+
+
+async def test_an_open_stream_gets_its_finals_when_the_drain_expires(services: Services) -> None:
+    def inbound() -> Iterator[str | bytes | Pause]:
+        yield START
+        yield from chunks(noise(2.5))
+        services.draining.set()
+        services.drain_expired.set()
+        yield Pause(5.0)  # the client keeps the connection open, saying nothing
+
+    outcome = await run_connection(services, Route.SIMPLE, inbound())
+    assert_good(events(outcome))
+    assert outcome.close.code is ErrorCode.SHUTTING_DOWN and not outcome.close.tell
+
+
+async def test_a_client_that_does_not_read_is_a_slow_consumer() -> None:
+    slow = settings({"chunk_seconds": 0.1}, max_pending_events=10)
+    async with running_services(slow, TestModel.speedy()) as services:
+        blocked = asyncio.Event()
+
+        async def never(item: Any) -> None:
+            await blocked.wait()
+
+        inbound = [START, *chunks(noise(8.0)), Pause(2.0)]  # ten results a second of audio
+        outcome = await run_connection(services, Route.SIMPLE, inbound, write=never)
+        assert outcome.close.code is ErrorCode.SLOW_CONSUMER
+        assert services.live_streams == 0
+        ended = services.metrics.streams_ended.labels("simple", "slow_consumer")._value.get()
+        assert ended == 1
+
+
+async def test_a_stream_whose_events_cannot_be_written_ends_with_internal_error(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server fault in a stream's own tasks never leaves the stream silent."""
+
+    def encode(event: Event) -> str:
+        if isinstance(event, SegmentResult):
+            raise RuntimeError("cannot encode")
+        from streamer.codecs.v1_json import encode_event
+
+        return encode_event(event)
+
+    with caplog.at_level(logging.ERROR):
+        outcome = await run_connection(
+            services, Route.SIMPLE, [START, *chunks(noise(2.5))], encode=encode
+        )
+    received = events(outcome)
+    assert [e["type"] for e in received] == ["ready", "error"]
+    assert received[1]["code"] == "internal_error"
+    assert outcome.close.code is ErrorCode.INTERNAL_ERROR
+    assert services.live_streams == 0 and services.scheduler.queued == 0
+    assert any(received[0]["session_id"] in r.getMessage() for r in caplog.records)
+
+
+async def test_grpc_calls_end_with_a_status_after_the_error_event(services: Services) -> None:
+    config = pb.StreamRequest(config=pb.StreamConfig(format=pb.AudioFormat(**FORMAT)))
+    early = pb.StreamRequest(audio=b"\0\0")
+    outcome = await run_connection(
+        services,
+        Route.SIMPLE,
+        [early, config],
+        decode=v1_proto.decode_request,
+        encode=v1_proto.event_to_proto,
+        mode=GRPC,
+        end=EndOfInput(),
+    )
+    [error] = [v1_proto.event_to_dict(e) for e in outcome.sent]
+    assert error is not None and error["code"] == "not_started"
+    assert outcome.close.code is ErrorCode.NOT_STARTED and outcome.close.tell
+    good = await run_connection(
+        services,
+        Route.SIMPLE,
+        [config, *(pb.StreamRequest(audio=c) for c in chunks(noise(2.5)))],
+        decode=v1_proto.decode_request,
+        encode=v1_proto.event_to_proto,
+        mode=GRPC,
+        end=EndOfInput(),
+    )
+    received = [v1_proto.event_to_dict(e) for e in good.sent]
+    assert_good([e for e in received if e is not None])
+    assert good.close == Close()
