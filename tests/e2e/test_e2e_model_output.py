@@ -28,7 +28,7 @@ EXPECTED: list[tuple[str, Any]] = [
     ("segment", {"vector": [0, 1, 2], "pairs": [1, 2.5]}),
     ("error", "output['score'] is nan"),
     ("error", "uses the key 'channel'"),
-    ("error", "is a date, which has no JSON form"),
+    ("error", "is of type date, which has no JSON form"),
     ("error", "returned a list, not a dict"),
     ("segment", {"text": "plain"}),
 ]

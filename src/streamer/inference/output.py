@@ -62,7 +62,7 @@ def _value(value: object, where: str, depth: int) -> Any:
         return out
     if isinstance(value, list | tuple):
         return [_value(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
-    raise OutputError(f"{where} is a {type(value).__name__}, which has no JSON form")
+    raise OutputError(f"{where} is of type {type(value).__name__}, which has no JSON form")
 
 
 def _finite(value: float, where: str) -> float:
