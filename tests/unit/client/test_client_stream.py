@@ -53,12 +53,21 @@ DONE = {"type": "done", "audio_seconds": 1.0}
 class ScriptedWire:
     """Answers with ``replies`` in order (None: the connection ends); records what it got.
 
-    With ``hold``, ``receive`` waits after the replies run out, as a silent server does.
+    With ``hold``, ``receive`` waits after the replies run out, as a silent server does;
+    with ``done_at_stop``, ``done`` comes only once ``stop`` was sent, as a server's does.
     """
 
-    def __init__(self, replies: list[dict[str, Any] | None], *, hold: bool = False) -> None:
+    def __init__(
+        self,
+        replies: list[dict[str, Any] | None],
+        *,
+        hold: bool = False,
+        done_at_stop: bool = False,
+    ) -> None:
         self.replies = list(replies)
         self.hold = hold
+        self.done_at_stop = done_at_stop
+        self.stopped = asyncio.Event()
         self.sent: list[Any] = []
         self.closed = False
         self.ended = False
@@ -84,6 +93,8 @@ class ScriptedWire:
         if self.ended:
             raise StreamClosed("the connection is closed")
         self.sent.append((request, disconnect))
+        if request == "stop":
+            self.stopped.set()
 
     async def receive(self) -> dict[str, Any] | None:
         await asyncio.sleep(0)
@@ -92,6 +103,8 @@ class ScriptedWire:
                 await asyncio.Event().wait()
             self.ended = True
             return None
+        if self.done_at_stop and self.replies[0] == DONE:
+            await self.stopped.wait()
         reply = self.replies.pop(0)
         if reply is None:
             self.ended = True
@@ -188,7 +201,7 @@ async def test_a_connection_that_ends_before_ready_is_refused_without_an_error()
 
 async def test_no_ready_in_time_fails() -> None:
     wire = ScriptedWire([], hold=True)
-    with pytest.raises(StreamFailed, match="no ready from the server within 0.05 s"):
+    with pytest.raises(StreamFailed, match=r"no ready from the server within 0\.05 s"):
         await Stream.open(wire, {"format": FORMAT}, ready_timeout=0.05)
     assert wire.closed
 
@@ -212,7 +225,7 @@ AUDIO = LoadedAudio(data=b"\x01\x00" * 3200, format=FORMAT, frames=3200)
 
 
 async def test_play_sends_the_audio_in_chunks_and_records_every_event() -> None:
-    wire = ScriptedWire([READY, SEGMENT, DONE])
+    wire = ScriptedWire([READY, SEGMENT, DONE], done_at_stop=True)
     seen: list[dict[str, Any]] = []
 
     async def opener() -> Stream:
