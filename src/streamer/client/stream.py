@@ -10,7 +10,7 @@ the two wires.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -211,13 +211,15 @@ class Stream:
             self._ended = True
         return Received(message, event)
 
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self._events()
+    def __aiter__(self) -> Stream:
+        return self
 
-    async def _events(self) -> AsyncIterator[Event]:
+    async def __anext__(self) -> Event:
+        """The next typed event; events of types this client does not know are skipped."""
         while (received := await self.receive()) is not None:
             if received.event is not None:
-                yield received.event
+                return received.event
+        raise StopAsyncIteration
 
     async def close(self) -> None:
         """Release the stream: after ``done``, wait for the server to end the connection or
