@@ -45,7 +45,6 @@ from streamer.transport.outbox import Outbox
 __all__ = ["Outcome", "Pause", "run_connection", "running_services", "v1_decode"]
 
 T = TypeVar("T")  # a native outbound message
-_END = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +108,11 @@ async def run_connection(
 
     async def receive() -> Input | None:
         await asyncio.sleep(0)  # a real receive yields to the loop too
-        while isinstance(message := next(messages, _END), Pause):
+        for message in messages:
+            if not isinstance(message, Pause):
+                break
             await asyncio.sleep(message.seconds)
-        if message is _END:
+        else:
             return end or Disconnected()
         try:
             return decode(message)

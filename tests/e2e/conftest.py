@@ -34,6 +34,8 @@ class ServerProcess:
     port: int
     log: Path
     drain_seconds: float
+    grpc_port: int = 0
+    """The gRPC port, when the server was started with one (``start_server(grpc=True)``)."""
 
     @property
     def http(self) -> str:
@@ -41,6 +43,11 @@ class ServerProcess:
 
     def ws(self, route: str = "simple") -> str:
         return f"ws://{HOST}:{self.port}/api/v1/{route}"
+
+    def grpc(self, route: str = "simple") -> str:
+        """The client library's URL of a gRPC route."""
+        assert self.grpc_port, "this server serves no gRPC: start it with grpc=True"
+        return f"grpc://{HOST}:{self.grpc_port}/{route}"
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -69,14 +76,20 @@ def _config(drain_seconds: float) -> str:
 
 
 def start_server(
-    directory: Path, *, drain_seconds: float = 1.0, env: dict[str, str] | None = None
+    directory: Path,
+    *,
+    drain_seconds: float = 1.0,
+    env: dict[str, str] | None = None,
+    grpc: bool = False,
 ) -> ServerProcess:
-    """Start a server with the speedy test model and wait until its health check answers."""
+    """Start a server with the speedy test model and wait until its health check answers;
+    with ``grpc``, it serves gRPC on a free port too."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "streamer.toml"
     config.write_text(_config(drain_seconds))
     log = directory / "server.log"
     port = free_port()
+    grpc_port = free_port() if grpc else 0
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
     child_env.update(env or {})
     with log.open("wb") as out:
@@ -91,7 +104,7 @@ def start_server(
                 "--port",
                 str(port),
                 "--grpc-port",
-                "0",
+                str(grpc_port),
                 "--config",
                 str(config),
             ],
@@ -99,7 +112,7 @@ def start_server(
             stderr=subprocess.STDOUT,
             env=child_env,
         )
-    server = ServerProcess(process, port, log, drain_seconds)
+    server = ServerProcess(process, port, log, drain_seconds, grpc_port)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:

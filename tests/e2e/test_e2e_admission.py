@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from streamer.bench.runner import LoadSpec, run_load
-from streamer.cli.client import load_audio, stream_file
+from streamer.client import load_audio, stream_file
 
 pytestmark = pytest.mark.e2e
 

@@ -152,7 +152,7 @@ async def test_the_check_catches_a_dropped_segment_on_the_segmented_route(
         assert spans is not None
         return list(spans[0])
 
-    from streamer.cli.client import load_audio
+    from streamer.client import load_audio
 
     data["audio"] = load_audio(SHORT[0]).data
     clean = await run_against(await fake(FakeStreamer(segments, lambda spans: None)), "segmented")

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from streamer.cli import grpc_client
-from streamer.cli.client import LoadedAudio, load_audio, stream_file
+from streamer.client import LoadedAudio, load_audio, stream_file
+from streamer.client import grpc as grpc_client
 from streamer.codecs.v1_proto import event_to_dict, start_to_config
 from streamer.transport.proto import streamer_v1_pb2 as pb
 from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc

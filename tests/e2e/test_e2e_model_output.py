@@ -11,8 +11,8 @@ import pytest
 from conftest import start_server
 
 from streamer.app import create_app
-from streamer.cli.client import load_audio, stream_file
-from streamer.cli.grpc_client import stream_file as grpc_stream_file
+from streamer.client import load_audio, stream_file
+from streamer.client.grpc import stream_file as grpc_stream_file
 from streamer.codecs.v1_json import SEGMENT_FIELDS
 from streamer.config import Settings
 

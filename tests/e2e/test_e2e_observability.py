@@ -33,7 +33,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from websockets.asyncio.client import connect
 
-from streamer.cli.client import load_audio
+from streamer.client import load_audio
 
 pytestmark = pytest.mark.e2e
 

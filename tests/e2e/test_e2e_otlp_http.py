@@ -13,7 +13,7 @@ import pytest
 from conftest import HOST, start_server
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from streamer.cli.client import load_audio, stream_file
+from streamer.client import load_audio, stream_file
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import HOST, free_port, start_server
 
-from streamer.cli.client import load_audio, stream_file
+from streamer.client import load_audio, stream_file
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from streamer.app import create_app
-from streamer.cli.client import load_audio, stream_file
-from streamer.cli.grpc_client import stream_file as grpc_stream_file
+from streamer.client import load_audio, stream_file
+from streamer.client.grpc import stream_file as grpc_stream_file
 from streamer.config import Settings
 from streamer.policy import ConnectionDenied, ConnectionRequest, Principal
 from streamer.services import Services
@@ -66,7 +66,8 @@ async def running() -> AsyncIterator[Running]:
         {"server": {"host": HOST, "grpc_port": 0}, "inference": {"workers": 2}}
     )
     app = create_app(settings, registry=registry, policy=policy)
-    config = uvicorn.Config(app, host=HOST, port=0, log_level="warning", lifespan="on")
+    # No log settings: uvicorn would reconfigure the process's loggers for other tests.
+    config = uvicorn.Config(app, host=HOST, port=0, lifespan="on", log_config=None)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

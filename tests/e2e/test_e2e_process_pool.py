@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from streamer.cli.client import load_audio, stream_file
+from streamer.client import load_audio, stream_file
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,8 @@ import soundfile as sf
 from streamer.audio.decode import Decoder
 from streamer.audio.formats import AudioFormat, Encoding
 from streamer.audio.resample import ChannelResamplers
-from streamer.cli.client import LoadedAudio, load_audio, open_connection, stream_file
+from streamer.client import LoadedAudio, load_audio, stream_file
+from streamer.client.websocket import open_connection
 from streamer.segmentation.segmenter import Segment, Segmenter, VadParams
 from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE, VadEngine
 

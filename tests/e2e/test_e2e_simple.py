@@ -24,13 +24,8 @@ import soundfile as sf
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from streamer.cli.client import (
-    LoadedAudio,
-    load_audio,
-    open_connection,
-    run_stream,
-    stream_file,
-)
+from streamer.client import LoadedAudio, load_audio, stream_file
+from streamer.client.websocket import open_connection, run_stream
 
 pytestmark = pytest.mark.e2e
 

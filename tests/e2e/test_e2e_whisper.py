@@ -11,7 +11,7 @@ import pytest
 from conftest import HOST, ServerProcess, free_port, start_server
 from transcripts import SAID, word_error_rate
 
-from streamer.cli.client import load_audio, stream_file
+from streamer.client import load_audio, stream_file
 
 pytestmark = pytest.mark.e2e
 

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from streamer.bench.analysis import Check, StreamStats, analyse, distribution
 from streamer.bench.expected import ExpectedResults
 from streamer.bench.sender import StreamAudio, StreamRecord, run_stream
-from streamer.cli.client import load_audio
+from streamer.client import load_audio
 
 # -- what to run ---------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from streamer.cli.client import MAX_MESSAGE_BYTES, LoadedAudio
+from streamer.client.audio import LoadedAudio
+from streamer.client.websocket import MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,9 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, help="TOML settings file")
 
-    from streamer.cli import client
+    from streamer.cli import client, grpc_client
 
-    client.add_arguments(sub.add_parser("client", help="stream an audio file to a server"))
+    client_parser = sub.add_parser("client", help="stream an audio file to a server")
+    client.add_arguments(client_parser)
+    grpc_client.add_arguments(client_parser)
 
     from streamer.cli import bench
 
@@ -51,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "client":
         from streamer.cli.client import run
+        from streamer.cli.grpc_client import address
 
-        return run(args)
+        return run(args, address(args))
     if args.command == "bench":
         from streamer.cli.bench import run as run_bench
 

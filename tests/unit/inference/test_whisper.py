@@ -10,7 +10,7 @@ from transcripts import SAID, word_error_rate
 
 from streamer.app import build_model
 from streamer.bench.expected import decode_channels
-from streamer.cli.client import load_audio
+from streamer.client import load_audio
 from streamer.config import Settings
 from streamer.inference.model import Model, UnsupportedModel
 from streamer.inference.whisper import WhisperParams, WhisperRecognizer

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from streamer.app import create_app, drain
-from streamer.cli.client import load_audio
+from streamer.client import load_audio
 from streamer.codecs.v1_proto import event_to_dict
 from streamer.config import Settings
 from streamer.services import Services
