@@ -18,6 +18,7 @@ from starlette.routing import Route as HttpRoute
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
+from streamer.auth import policy_from_settings
 from streamer.config import Settings
 from streamer.inference.model import Model, TestModel, UnsupportedModel
 from streamer.inference.pool import ThreadPool, WorkerPool
@@ -141,7 +142,7 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     tracing: Tracing | None = None,
-    policy: ConnectionPolicy = allow_all,
+    policy: ConnectionPolicy | None = None,
 ) -> Starlette:
     """The ASGI application; ``app.state.services`` exists while the lifespan runs.
 
@@ -149,9 +150,14 @@ def create_app(
     ``server.grpc_enabled`` is off. Metrics go to ``registry`` (by default a new one with
     the process collectors), served at ``/metrics``; spans to ``tracing`` (by default as
     the ``OTEL_*`` variables say, flushed when the lifespan ends). ``policy`` is asked
-    once per connection, on every route and transport, before any stream opens.
+    once per connection, on every route and transport, before any stream opens; by
+    default it is the API-key policy of ``[auth]`` (everyone, when no keys are set).
     """
     settings = settings or Settings()
+    if policy is None:
+        policy = policy_from_settings(settings.auth)
+        if policy is allow_all:
+            log.warning("no API keys are configured ([auth] api_keys): every client may connect")
     registry = registry if registry is not None else new_registry()
     metrics = Metrics(registry)
 

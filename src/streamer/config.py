@@ -17,6 +17,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from streamer.auth import AuthSettings
 from streamer.inference.model import TestModelParams
 from streamer.inference.whisper import WhisperParams
 
@@ -93,6 +94,7 @@ class Settings(BaseSettings):
     inference: InferenceSettings = InferenceSettings()
     model: TestModelParams = TestModelParams()
     whisper: WhisperParams = WhisperParams()
+    auth: AuthSettings = AuthSettings()
     log_level: str = "info"
     log_json: bool = False
 

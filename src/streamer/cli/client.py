@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -123,6 +124,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "spans can be found in the tracing backend",
     )
     parser.add_argument(
+        "--api-key",
+        default=os.environ.get("STREAMER_API_KEY"),
+        help="API key for a server that asks for one (default: $STREAMER_API_KEY)",
+    )
+    parser.add_argument(
         "--timeout",
         type=_positive_float,
         default=60.0,
@@ -181,6 +187,7 @@ def run(args: argparse.Namespace, addr: str | None = None) -> int:
                 trace_id=trace_id,
                 on_event=printer,
                 results_timeout=args.timeout,
+                api_key=args.api_key,
             )
         )
     except StreamFailed as error:

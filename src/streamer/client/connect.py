@@ -55,12 +55,14 @@ def connect(
     metadata: tuple[tuple[str, str], ...] = (),
     extra_start: Mapping[str, Any] | None = None,
     open_timeout: float = 10.0,
+    api_key: str | None = None,
 ) -> Opening:
     """Open one stream: connect, send the start, wait for ``ready``.
 
     ``async with connect(url, format=audio.format) as stream:`` closes the stream on the way
     out; ``stream = await connect(...)`` leaves that to the caller (``stream.close()``).
-    ``format`` is the start's audio format; ``metadata`` goes with a gRPC call.
+    ``format`` is the start's audio format; ``metadata`` goes with a gRPC call; ``api_key``
+    is sent as ``Authorization: Token <key>`` (a header, or gRPC metadata).
     ``open_timeout`` bounds the connection and the wait for ``ready``.
 
     Raises ``StreamFailed`` when the server cannot be reached or does not answer in time,
@@ -79,10 +81,13 @@ def connect(
     if kind == "ws":
         from streamer.client.websocket import connect_websocket
 
-        return Opening(lambda: connect_websocket(url, start, open_timeout=open_timeout))
+        return Opening(
+            lambda: connect_websocket(url, start, open_timeout=open_timeout, api_key=api_key)
+        )
     from streamer.client.grpc import connect_grpc
 
     target, chosen = grpc_target(url, route)
+    metadata = with_key(metadata, api_key)
 
     async def opener() -> Stream:
         return await connect_grpc(
@@ -105,6 +110,7 @@ async def stream_file(
     on_event: EventHandler | None = None,
     results_timeout: float | None = 60.0,
     open_timeout: float = 10.0,
+    api_key: str | None = None,
 ) -> StreamResult:
     """Stream a file (or audio already loaded) on a new connection and collect the result.
 
@@ -129,8 +135,16 @@ async def stream_file(
     if kind == "ws":
         from streamer.client import websocket
 
-        return await websocket.stream_file(url, audio, **options)
+        return await websocket.stream_file(url, audio, api_key=api_key, **options)
     from streamer.client import grpc
 
     target, chosen = grpc_target(url, route)
-    return await grpc.stream_file(target, audio, route=chosen, **options)
+    metadata = with_key((), api_key)
+    return await grpc.stream_file(target, audio, route=chosen, metadata=metadata, **options)
+
+
+def with_key(
+    metadata: tuple[tuple[str, str], ...], api_key: str | None
+) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata with the key's ``authorization`` entry added, if there is a key."""
+    return (*metadata, ("authorization", f"Token {api_key}")) if api_key else metadata

@@ -105,14 +105,22 @@ class WebSocketWire:
             await self._ws.close()
 
 
-async def open_connection(url: str, *, open_timeout: float = 10.0) -> ClientConnection:
-    """Connect as the client does: no compression, room for any event.
+async def open_connection(
+    url: str, *, open_timeout: float = 10.0, api_key: str | None = None
+) -> ClientConnection:
+    """Connect as the client does: no compression, room for any event; ``api_key`` goes in
+    the ``Authorization`` header.
 
-    ``StreamFailed`` when the connection cannot be opened.
+    ``StreamFailed`` when the connection cannot be opened (a refused key among the causes).
     """
+    headers = {"Authorization": f"Token {api_key}"} if api_key else None
     try:
         return await connect(
-            url, max_size=MAX_MESSAGE_BYTES, compression=None, open_timeout=open_timeout
+            url,
+            max_size=MAX_MESSAGE_BYTES,
+            compression=None,
+            open_timeout=open_timeout,
+            additional_headers=headers,
         )
     except (OSError, InvalidURI, InvalidHandshake, TimeoutError) as error:
         detail = str(error) or type(error).__name__
@@ -135,10 +143,10 @@ async def open_stream(
 
 
 async def connect_websocket(
-    url: str, start: Mapping[str, Any], *, open_timeout: float = 10.0
+    url: str, start: Mapping[str, Any], *, open_timeout: float = 10.0, api_key: str | None = None
 ) -> Stream:
     """One stream on a new connection to ``url`` (a route, ``ws://host:8080/api/v1/simple``)."""
-    ws = await open_connection(url, open_timeout=open_timeout)
+    ws = await open_connection(url, open_timeout=open_timeout, api_key=api_key)
     return await open_stream(ws, start, owned=True, ready_timeout=open_timeout)
 
 
@@ -196,6 +204,7 @@ async def stream_file(
     on_event: EventHandler | None = None,
     results_timeout: float | None = 60.0,
     open_timeout: float = 10.0,
+    api_key: str | None = None,
 ) -> StreamResult:
     """One stream on a new connection, ending with ``stop`` and ``disconnect: true``.
 
@@ -205,7 +214,7 @@ async def stream_file(
     """
     loop = asyncio.get_running_loop()
     began = loop.time()
-    ws = await open_connection(url, open_timeout=open_timeout)
+    ws = await open_connection(url, open_timeout=open_timeout, api_key=api_key)
     connected = loop.time() - began
     start = _start(audio, interim, trace_id, extra_start)
     result = await play(

@@ -35,7 +35,7 @@ _SECRET: Final = re.compile(
     r"(?i)\b((?:access_|api[_-]?|auth_?|id_|refresh_)?(?:token|key|secret|password|passwd|"
     r"signature|sig|authorization|credentials?))=([^&\s\"']+)"
 )
-_BEARER: Final = re.compile(r"(?i)\b(bearer|basic)\s+[a-z0-9._~+/=-]{8,}")
+_BEARER: Final = re.compile(r"(?i)\b(bearer|basic|token)\s+[a-z0-9._~+/=-]{8,}")
 
 # Attributes every LogRecord has; anything else was passed in ``extra`` and is kept.
 _STANDARD: Final = frozenset(

@@ -8,6 +8,7 @@ codec and turns the machine's close into a status. One call carries one stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from typing import Any
@@ -36,6 +37,8 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Streamer"].full_name
 ERROR_CODE_KEY = "streamer-error-code"
 """Trailing metadata that carries the protocol's error code when a call ends in error."""
 TRACEPARENT_KEY = "traceparent"
+DENIAL_READ_SECONDS = 0.5
+"""How long a denied call may take to deliver the message it is writing, before its status."""
 
 
 def status_of(code: ErrorCode | None) -> grpc.StatusCode:
@@ -58,6 +61,10 @@ async def serve_call(context: Any, route: Route, services: Services) -> None:
     try:
         principal = services.authorize(request)
     except ConnectionDenied as denied:
+        # Take the config the client is writing first: grpc.aio clients whose write is
+        # still under way when a call ends see INTERNAL, not the status (grpc/grpc#36066).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(context.read(), DENIAL_READ_SECONDS)
         context.set_trailing_metadata(((ERROR_CODE_KEY, denied.code.value),))
         await context.abort(status_of(denied.code), denied.message)
     traceparent = metadata.get(TRACEPARENT_KEY)
