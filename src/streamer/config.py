@@ -49,6 +49,13 @@ class StreamSettings(BaseModel):
     max_in_flight: int = Field(default=4, ge=1, le=64, description="Inferences per stream.")
     interim_interval: float = Field(default=0.5, ge=0.1, le=10)
     min_interim_interval: float = Field(default=0.1, ge=0.05)
+    max_samples_per_second: int = Field(
+        default=192_000,
+        ge=8000,
+        description="Input budget of one stream: sample rate times channels. The default "
+        "takes 48 kHz stereo, 8 channels at 16 kHz, or 96 kHz stereo; a start past it is "
+        "refused with invalid_format.",
+    )
     vad_step_ms: float = Field(
         default=4.0,
         ge=0,

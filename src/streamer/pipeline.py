@@ -240,6 +240,7 @@ class StreamPipeline:
                         channel=item.channel,
                         start_time=start,
                         end_time=end,
+                        retryable=exc.retryable,
                     )
                 )
             elif exc is not None:

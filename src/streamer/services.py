@@ -14,12 +14,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from streamer.config import Settings
-from streamer.errors import Overloaded, ShuttingDown
+from streamer.errors import InvalidFormat, Overloaded, ShuttingDown
 from streamer.inference.model import Model
 from streamer.inference.scheduler import Scheduler
 from streamer.observability.metrics import Metrics
 from streamer.observability.stream import StreamTelemetry
-from streamer.observability.tracing import ConnectionTrace, Tracing
+from streamer.observability.tracing import ConnectionTrace, Tracing, parse_traceparent
 from streamer.pipeline import Event, Route, StreamOptions
 from streamer.protocol.messages import ErrorEvent, StartRequest
 from streamer.segmentation.segmenter import VadParams, clamp
@@ -105,8 +105,16 @@ class Services:
         traceparent: str | None,
         connection: ConnectionTrace | None = None,
     ) -> StreamTelemetry:
-        """Metrics and spans of a new stream, under the client's ``traceparent`` if valid."""
-        parent, links = self.tracing.stream_parent(traceparent, connection)
+        """Metrics and spans of a new stream, under the client's ``traceparent`` if valid.
+
+        A trace id that is not a valid ``traceparent`` (in ``start`` or in the handshake)
+        is ignored, and the telemetry says so (``trace_ignored``).
+        """
+        valid = parse_traceparent(traceparent)
+        ignored = bool(traceparent) and valid is None
+        if valid is None and connection is not None and connection.ignored_traceparent:
+            ignored = True
+        parent, links = self.tracing.stream_parent(valid, connection)
         return StreamTelemetry(
             stream_id,
             route.value,
@@ -114,12 +122,24 @@ class Services:
             metrics=self.metrics,
             parent=parent,
             links=links,
-            client_traceparent=traceparent,
+            client_traceparent=valid,
+            trace_ignored=ignored,
         )
 
     def stream_options(self, route: Route, request: StartRequest) -> StreamOptions:
-        """Resolve one stream's options from the request, within the server's bounds."""
+        """Resolve one stream's options from the request, within the server's bounds.
+
+        Raises ``InvalidFormat`` for a format past the stream's input budget.
+        """
         stream = self.settings.stream
+        fmt = request.format
+        rate = fmt.channels * fmt.sample_rate
+        if rate > stream.max_samples_per_second:
+            raise InvalidFormat(
+                f"format: {fmt.channels} channels at {fmt.sample_rate} Hz is {rate} samples "
+                f"per second, past this server's limit of {stream.max_samples_per_second} "
+                "(stream.max_samples_per_second)"
+            )
         params = VadParams(interim_interval_s=stream.interim_interval)
         overrides: dict[str, Any] = {}
         if request.vad is not None:

@@ -34,6 +34,12 @@ class ServerProcess:
     port: int
     log: Path
     drain_seconds: float
+    grpc_port: int = 0
+    """0: gRPC on a port nobody asked for (start with ``grpc=True`` to know it)."""
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{HOST}:{self.grpc_port}"
 
     @property
     def http(self) -> str:
@@ -69,14 +75,20 @@ def _config(drain_seconds: float) -> str:
 
 
 def start_server(
-    directory: Path, *, drain_seconds: float = 1.0, env: dict[str, str] | None = None
+    directory: Path,
+    *,
+    drain_seconds: float = 1.0,
+    env: dict[str, str] | None = None,
+    grpc: bool = False,
 ) -> ServerProcess:
-    """Start a server with the speedy test model and wait until its health check answers."""
+    """Start a server with the speedy test model and wait until its health check answers;
+    with ``grpc``, its gRPC port is a known free one."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "streamer.toml"
     config.write_text(_config(drain_seconds))
     log = directory / "server.log"
     port = free_port()
+    grpc_port = free_port() if grpc else 0
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
     child_env.update(env or {})
     with log.open("wb") as out:
@@ -91,7 +103,7 @@ def start_server(
                 "--port",
                 str(port),
                 "--grpc-port",
-                "0",
+                str(grpc_port),
                 "--config",
                 str(config),
             ],
@@ -99,7 +111,7 @@ def start_server(
             stderr=subprocess.STDOUT,
             env=child_env,
         )
-    server = ServerProcess(process, port, log, drain_seconds)
+    server = ServerProcess(process, port, log, drain_seconds, grpc_port)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -137,9 +149,11 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers of one's own (to stop them, for instance); all are stopped afterwards."""
     started: list[ServerProcess] = []
 
-    def _launch(*, drain_seconds: float = 1.0, env: dict[str, str] | None = None) -> ServerProcess:
+    def _launch(
+        *, drain_seconds: float = 1.0, env: dict[str, str] | None = None, grpc: bool = False
+    ) -> ServerProcess:
         directory = tmp_path / f"server{len(started)}"
-        running = start_server(directory, drain_seconds=drain_seconds, env=env)
+        running = start_server(directory, drain_seconds=drain_seconds, env=env, grpc=grpc)
         started.append(running)
         return running
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-from streamer.observability.tracing import ConnectionTrace
+from streamer.observability.tracing import TRACE_ID_IGNORED, ConnectionTrace
 from streamer.pipeline import Emit, Route, StreamPipeline
 from streamer.protocol.messages import ReadyEvent, StartRequest
 from streamer.services import Services
@@ -50,6 +50,7 @@ def open_stream(
             model_sample_rate=services.model.sample_rate,
             channels=options.fmt.channels,
             trace_id=pipeline.observer.traceparent,
+            warnings=[TRACE_ID_IGNORED] if pipeline.observer.trace_ignored else None,
         )
     )
     return pipeline
