@@ -33,6 +33,13 @@ class ServerSettings(BaseModel):
         default=1000, ge=1, description="Queued inferences above which new streams are refused."
     )
     drain_seconds: float = Field(default=10.0, ge=0, description="Grace for open streams.")
+    shutdown_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="After drain_seconds, the most that ending the remaining streams and "
+        "stopping may take; then the process exits anyway, whatever model threads are doing.",
+    )
     gil_switch_interval_ms: float = Field(
         default=0.5, gt=0, le=100, description="How soon a thread waiting for the GIL gets it."
     )
@@ -85,7 +92,19 @@ class InferenceSettings(BaseModel):
     max_queued: int = Field(
         default=10000, ge=1, description="Queued inferences past which new interims are dropped."
     )
-    deadline_seconds: float | None = Field(default=None, gt=0)
+    deadline_seconds: float | None = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds from submission within which an inference must have its result; "
+        "past it, inference_timeout (queued or running), and its worker is replaced.",
+    )
+    max_replacement_threads: int = Field(
+        default=4,
+        ge=0,
+        le=256,
+        description="Threads (pool = thread) started in place of ones stuck past the deadline "
+        "that are still running; past it, the capacity stays lost until one returns.",
+    )
 
 
 class Settings(BaseSettings):

@@ -48,6 +48,9 @@ class Services:
         sources.queue_depth = lambda: self.scheduler.queued
         sources.busy_workers = lambda: self.scheduler.busy
         sources.workers = lambda: self.scheduler.pool.workers
+        sources.workers_available = lambda: self.scheduler.pool.available_workers
+        sources.workers_stuck = lambda: self.scheduler.pool.stuck_workers
+        sources.workers_written_off = lambda: getattr(self.scheduler.pool, "written_off", 0)
         sources.interims_dropped = lambda: getattr(self.scheduler, "interims_dropped", 0)
 
     def _connections_by_route(self) -> Counter[str]:
@@ -162,11 +165,25 @@ class Services:
         )
 
     def health(self) -> dict[str, Any]:
-        """What a load balancer needs to route around a full or draining server."""
+        """What a load balancer needs to route around a full, stalled or draining server.
+
+        ``stalled``: every worker is stuck in the model past its deadline and none could be
+        replaced, so no inference can run; ``available_workers`` below ``workers`` is
+        capacity lost to stuck ones.
+        """
         limit = self.settings.server.max_streams
         full = self.overload() is not None
+        pool = self.scheduler.pool
+        available = pool.available_workers
+        status = "ok"
+        if self.draining.is_set():
+            status = "draining"
+        elif available == 0:
+            status = "stalled"
+        elif full:
+            status = "full"
         return {
-            "status": "draining" if self.draining.is_set() else "full" if full else "ok",
+            "status": status,
             "streams": {route.value: self.streams[route] for route in Route},
             "connections": len(self.connections),
             "max_streams": limit,
@@ -174,4 +191,7 @@ class Services:
             "queued_inferences": self.scheduler.queued,
             "max_backlog": self.settings.server.max_backlog,
             "busy_workers": self.scheduler.busy,
+            "workers": pool.workers,
+            "available_workers": available,
+            "stuck_workers": pool.stuck_workers,
         }

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -20,20 +22,50 @@ from streamer.observability.logging import configure_logging
 log = logging.getLogger(__name__)
 
 
-class _DrainingServer(uvicorn.Server):
-    """A uvicorn server whose first exit signal drains open streams before stopping."""
+SECOND_SIGNAL_SECONDS = 2.0
+"""After a second exit signal, the most stopping may take before the process exits anyway."""
 
-    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+
+def _exit_by(seconds: float, why: str) -> None:
+    """Make sure the process is gone ``seconds`` from now, whatever its threads are doing
+    (a model call that never returns, say)."""
+
+    def force() -> None:
+        log.error("%s: still running after %.1f s; exiting now", why, seconds)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
+
+
+class _DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first exit signal drains open streams before stopping.
+
+    The process ends within ``drain_seconds + shutdown_timeout_seconds`` of the first
+    signal, and within a couple of seconds of a second one, even if model threads hang.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Any, settings: Settings) -> None:
         super().__init__(config)
         self._app = app
+        self._settings = settings
         self._draining: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._signals = 0
 
     async def startup(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        server = self._settings.server
+        if self._signals == 1:
+            _exit_by(server.drain_seconds + server.shutdown_timeout_seconds, "shutdown")
+        elif self._signals == 2:
+            _exit_by(SECOND_SIGNAL_SECONDS, "a second exit signal")
         services = getattr(self._app.state, "services", None)
         if self._draining is not None or services is None or self._loop is None:
             super().handle_exit(sig, frame)  # a second signal: stop now
@@ -66,9 +98,10 @@ def run_server(settings: Settings) -> None:
         log_level=settings.log_level,
         log_config=None,  # uvicorn's loggers go through the handler configure_logging set
         lifespan="on",
-        timeout_graceful_shutdown=5,
+        # Connections still open after the drain get a moment to close, not more.
+        timeout_graceful_shutdown=max(1, int(server.shutdown_timeout_seconds / 4)),
     )
-    _DrainingServer(config, app).run()
+    _DrainingServer(config, app, settings).run()
 
 
 def serve(
