@@ -6,11 +6,12 @@ Nested fields use ``__`` in the environment: ``STREAMER_MODEL__DELAY=0.05``.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -119,8 +120,13 @@ class Settings(BaseSettings):
     inference: InferenceSettings = InferenceSettings()
     model: TestModelParams = TestModelParams()
     whisper: WhisperParams = WhisperParams()
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     log_json: bool = False
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @classmethod
     def settings_customise_sources(
@@ -133,6 +139,61 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Flags (passed as init arguments) win over the environment, which wins over the file.
         return (init_settings, env_settings)
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used, with one line saying where, which key and what was
+    expected."""
+
+
+def _has(values: dict[str, Any], loc: tuple[str, ...]) -> bool:
+    for part in loc:
+        if not isinstance(values, dict) or part not in values:
+            return False
+        values = values[part]
+    return True
+
+
+def _fields(loc: tuple[str, ...]) -> list[str]:
+    """The keys a setting at ``loc`` could have been (for an unknown one)."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        info = model.model_fields.get(part)
+        if info is None or not isinstance(info.annotation, type):
+            return []
+        model = info.annotation
+    return sorted(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _describe(
+    error: ValidationError, path: Path | None, file_values: dict[str, Any], flags: dict[str, Any]
+) -> str:
+    """One line for the first fault: where the value came from, its key, what was expected."""
+    errors = error.errors()
+    first = errors[0]
+    loc = tuple(str(p) for p in first["loc"])
+    key = ".".join(loc)
+    env_name = "STREAMER_" + "__".join(loc).upper()
+    if _has(flags, loc):
+        source = "command line"
+    elif env_name in os.environ:
+        source = f"environment {env_name}"
+    elif path is not None and _has(file_values, loc):
+        source = str(path)
+    else:
+        source = "settings"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        what = "unknown section or key" if len(loc) == 1 else "unknown key"
+        expected = ", ".join(_fields(loc))
+        text = f"{what} {key!r}" + (f" (expected one of: {expected})" if expected else "")
+    else:
+        given = first.get("input")
+        shown = repr(given) if len(repr(given)) <= 60 else repr(given)[:57] + "..."
+        expected = first["msg"].replace("Input should be ", "").replace("Input should ", "")
+        text = f"{key}: expected {expected[:1].lower()}{expected[1:]}, got {shown}"
+    more = len(errors) - 1
+    return f"{source}: {text}" + (f" (and {more} more)" if more else "")
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -149,13 +210,32 @@ def load_settings(path: Path | None = None, **flags: Any) -> Settings:
     """Build settings from an optional TOML file, the environment and flag overrides.
 
     ``flags`` are nested dicts (``server={"port": 9000}``); the file's values are the
-    lowest layer, so the environment still overrides them.
+    lowest layer, so the environment still overrides them. Raises ``SettingsError`` (one
+    line: where, which key, what was expected) for a missing or unreadable file, invalid
+    TOML, an unknown section or key, a wrong type or a value out of range.
     """
     file_values: dict[str, Any] = {}
     if path is not None:
-        with path.open("rb") as f:
-            file_values = tomllib.load(f)
-    env_only = Settings()
+        try:
+            with path.open("rb") as f:
+                file_values = tomllib.load(f)
+        except FileNotFoundError:
+            raise SettingsError(f"{path}: the settings file does not exist") from None
+        except IsADirectoryError:
+            raise SettingsError(f"{path}: is a directory, not a settings file") from None
+        except OSError as error:
+            raise SettingsError(f"{path}: cannot be read: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"{path}: is not valid TOML: not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as error:
+            raise SettingsError(f"{path}: is not valid TOML: {error}") from None
+    try:
+        env_only = Settings()
+    except ValidationError as error:
+        raise SettingsError(_describe(error, None, {}, {})) from None
     env_values = env_only.model_dump(exclude_unset=True)
     merged = _merge(_merge(file_values, env_values), flags)
-    return Settings.model_validate(merged)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as error:
+        raise SettingsError(_describe(error, path, file_values, flags)) from None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 import uvicorn
 
 from streamer.app import create_app, drain, model_factory
-from streamer.config import Settings, load_settings
+from streamer.config import Settings, SettingsError, load_settings
 from streamer.inference.model import UnsupportedModel
 from streamer.observability.logging import configure_logging
 
@@ -125,11 +127,53 @@ def serve(
     layers: dict[str, Any] = {"server": flags} if flags else {}
     if model is not None:
         layers["inference"] = {"model": model}
-    settings = load_settings(config, **layers)
+    try:
+        settings = load_settings(config, **layers)
+    except SettingsError as error:
+        # Logging is not set up yet (the settings say how): one line on stderr.
+        print(f"streamer: cannot serve: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(settings.log_level, json_lines=settings.log_json)
     try:
         model_factory(settings)  # the model can be found; it is built once serving starts
     except UnsupportedModel as error:
         log.error("cannot serve: %s", error)
         raise SystemExit(2) from None
+    server = settings.server
+    ports = [("HTTP", "server.port, --port", server.port)]
+    if server.grpc_enabled:
+        ports.append(("gRPC", "server.grpc_port, --grpc-port", server.grpc_port))
+    for name, setting, number in ports:
+        if (why := port_unavailable(server.host, number)) is not None:
+            log.error(
+                "cannot serve: the %s port %s:%d (%s) %s", name, server.host, number, setting, why
+            )
+            raise SystemExit(2)
     run_server(settings)
+
+
+def port_unavailable(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on now (in use, say), or None.
+
+    Checked before serving, so that the usual mistake ends with one line and not a
+    traceback from inside the server's start-up; port 0 (any free port) always works.
+    """
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        return f"cannot be resolved: {error.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As the servers bind: an address in TIME_WAIT is fine, one listened on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            return (
+                "is in use"
+                if error.errno == errno.EADDRINUSE
+                else f"cannot be bound: {error.strerror}"
+            )
+    return None
