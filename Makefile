@@ -8,11 +8,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The Silero VAD wheel ships the ONNX file we run; its torch requirement is for its own
-	# loader, which we never import, so it is installed without dependencies.
-	$(PY) -m pip install -q --no-deps "silero-vad>=5.1"
-	# The whisper extra too: its tests run with the rest.
-	$(PY) -m pip install -q -e ".[dev,whisper]"
+	# The whisper and bench extras too: their tests run with the rest.
+	$(PY) -m pip install -q -e ".[dev,whisper,bench]"
 	touch $(STAMP)
 
 run: $(STAMP)

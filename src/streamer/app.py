@@ -98,7 +98,9 @@ def build_services(
     if inference.pool == "process":
         pool = ProcessPool(model_factory(settings), inference.workers)
     else:
-        pool = ThreadPool(model, inference.workers)
+        pool = ThreadPool(
+            model, inference.workers, max_replacements=inference.max_replacement_threads
+        )
     scheduler = Scheduler(
         pool,
         sample_rate=model.sample_rate,
@@ -107,6 +109,7 @@ def build_services(
         deadline=inference.deadline_seconds,
         max_queued=inference.max_queued,
         observer=metrics.observe_batch,
+        on_expired=metrics.inference_timeouts.inc,
     )
     return Services(
         settings=settings,
@@ -123,15 +126,19 @@ def build_services(
 
 
 async def drain(services: Services) -> None:
-    """Refuse new streams, give open ones ``drain_seconds`` to end, then end them (1001)."""
+    """Refuse new streams, give open ones ``drain_seconds`` to end, then end them (1001).
+
+    Ending them (their finals, ``done``) may take up to a quarter of
+    ``server.shutdown_timeout_seconds``; the rest is for stopping the server.
+    """
     services.draining.set()
-    deadline = services.settings.server.drain_seconds
+    server = services.settings.server
     loop = asyncio.get_running_loop()
-    until = loop.time() + deadline
+    until = loop.time() + server.drain_seconds
     while services.live_streams and loop.time() < until:  # noqa: ASYNC110 (counts, not events)
         await asyncio.sleep(0.05)
     services.drain_expired.set()
-    until = loop.time() + 10.0
+    until = loop.time() + server.shutdown_timeout_seconds / 4
     while services.connections and loop.time() < until:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
 
@@ -181,9 +188,12 @@ def create_app(
                 app.state.grpc_port = grpc_server.port
             yield
         finally:
+            # After the drain, each step of stopping gets a share of the shutdown bound;
+            # a model thread that hangs is not waited for.
+            share = settings.server.shutdown_timeout_seconds / 8
             if grpc_server is not None:
-                await grpc_server.stop()
-            await services.scheduler.close()
+                await grpc_server.stop(grace=share)
+            await services.scheduler.close(grace=share)
             services.vad.close()
             await monitor.close()
             if tracing is None:

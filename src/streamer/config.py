@@ -6,11 +6,12 @@ Nested fields use ``__`` in the environment: ``STREAMER_MODEL__DELAY=0.05``.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -34,6 +35,13 @@ class ServerSettings(BaseModel):
         default=1000, ge=1, description="Queued inferences above which new streams are refused."
     )
     drain_seconds: float = Field(default=10.0, ge=0, description="Grace for open streams.")
+    shutdown_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="After drain_seconds, the most that ending the remaining streams and "
+        "stopping may take; then the process exits anyway, whatever model threads are doing.",
+    )
     gil_switch_interval_ms: float = Field(
         default=0.5, gt=0, le=100, description="How soon a thread waiting for the GIL gets it."
     )
@@ -50,6 +58,13 @@ class StreamSettings(BaseModel):
     max_in_flight: int = Field(default=4, ge=1, le=64, description="Inferences per stream.")
     interim_interval: float = Field(default=0.5, ge=0.1, le=10)
     min_interim_interval: float = Field(default=0.1, ge=0.05)
+    max_samples_per_second: int = Field(
+        default=192_000,
+        ge=8000,
+        description="Input budget of one stream: sample rate times channels. The default "
+        "takes 48 kHz stereo, 8 channels at 16 kHz, or 96 kHz stereo; a start past it is "
+        "refused with invalid_format.",
+    )
     vad_step_ms: float = Field(
         default=4.0,
         ge=0,
@@ -79,7 +94,19 @@ class InferenceSettings(BaseModel):
     max_queued: int = Field(
         default=10000, ge=1, description="Queued inferences past which new interims are dropped."
     )
-    deadline_seconds: float | None = Field(default=None, gt=0)
+    deadline_seconds: float | None = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds from submission within which an inference must have its result; "
+        "past it, inference_timeout (queued or running), and its worker is replaced.",
+    )
+    max_replacement_threads: int = Field(
+        default=4,
+        ge=0,
+        le=256,
+        description="Threads (pool = thread) started in place of ones stuck past the deadline "
+        "that are still running; past it, the capacity stays lost until one returns.",
+    )
 
 
 class Settings(BaseSettings):
@@ -95,8 +122,13 @@ class Settings(BaseSettings):
     model: TestModelParams = TestModelParams()
     whisper: WhisperParams = WhisperParams()
     auth: AuthSettings = AuthSettings()
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     log_json: bool = False
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @classmethod
     def settings_customise_sources(
@@ -109,6 +141,61 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Flags (passed as init arguments) win over the environment, which wins over the file.
         return (init_settings, env_settings)
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used, with one line saying where, which key and what was
+    expected."""
+
+
+def _has(values: dict[str, Any], loc: tuple[str, ...]) -> bool:
+    for part in loc:
+        if not isinstance(values, dict) or part not in values:
+            return False
+        values = values[part]
+    return True
+
+
+def _fields(loc: tuple[str, ...]) -> list[str]:
+    """The keys a setting at ``loc`` could have been (for an unknown one)."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        info = model.model_fields.get(part)
+        if info is None or not isinstance(info.annotation, type):
+            return []
+        model = info.annotation
+    return sorted(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _describe(
+    error: ValidationError, path: Path | None, file_values: dict[str, Any], flags: dict[str, Any]
+) -> str:
+    """One line for the first fault: where the value came from, its key, what was expected."""
+    errors = error.errors()
+    first = errors[0]
+    loc = tuple(str(p) for p in first["loc"])
+    key = ".".join(loc)
+    env_name = "STREAMER_" + "__".join(loc).upper()
+    if _has(flags, loc):
+        source = "command line"
+    elif env_name in os.environ:
+        source = f"environment {env_name}"
+    elif path is not None and _has(file_values, loc):
+        source = str(path)
+    else:
+        source = "settings"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        what = "unknown section or key" if len(loc) == 1 else "unknown key"
+        expected = ", ".join(_fields(loc))
+        text = f"{what} {key!r}" + (f" (expected one of: {expected})" if expected else "")
+    else:
+        given = first.get("input")
+        shown = repr(given) if len(repr(given)) <= 60 else repr(given)[:57] + "..."
+        expected = first["msg"].replace("Input should be ", "").replace("Input should ", "")
+        text = f"{key}: expected {expected[:1].lower()}{expected[1:]}, got {shown}"
+    more = len(errors) - 1
+    return f"{source}: {text}" + (f" (and {more} more)" if more else "")
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -125,13 +212,32 @@ def load_settings(path: Path | None = None, **flags: Any) -> Settings:
     """Build settings from an optional TOML file, the environment and flag overrides.
 
     ``flags`` are nested dicts (``server={"port": 9000}``); the file's values are the
-    lowest layer, so the environment still overrides them.
+    lowest layer, so the environment still overrides them. Raises ``SettingsError`` (one
+    line: where, which key, what was expected) for a missing or unreadable file, invalid
+    TOML, an unknown section or key, a wrong type or a value out of range.
     """
     file_values: dict[str, Any] = {}
     if path is not None:
-        with path.open("rb") as f:
-            file_values = tomllib.load(f)
-    env_only = Settings()
+        try:
+            with path.open("rb") as f:
+                file_values = tomllib.load(f)
+        except FileNotFoundError:
+            raise SettingsError(f"{path}: the settings file does not exist") from None
+        except IsADirectoryError:
+            raise SettingsError(f"{path}: is a directory, not a settings file") from None
+        except OSError as error:
+            raise SettingsError(f"{path}: cannot be read: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"{path}: is not valid TOML: not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as error:
+            raise SettingsError(f"{path}: is not valid TOML: {error}") from None
+    try:
+        env_only = Settings()
+    except ValidationError as error:
+        raise SettingsError(_describe(error, None, {}, {})) from None
     env_values = env_only.model_dump(exclude_unset=True)
     merged = _merge(_merge(file_values, env_values), flags)
-    return Settings.model_validate(merged)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as error:
+        raise SettingsError(_describe(error, path, file_values, flags)) from None

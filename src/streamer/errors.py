@@ -125,28 +125,36 @@ class ConnectionDenied(ClientError):
 
 
 class InferenceError(StreamerError):
-    """One inference failed; only its request is affected."""
+    """One inference failed; only its request is affected.
+
+    ``retryable`` says whether the same audio may succeed if sent again: a fault of the
+    machinery (a worker died, the deadline passed) may not recur, a fault of the model on
+    this input will.
+    """
 
     retryable: bool = False
-    """Whether the same audio may well succeed if sent again."""
 
 
 class ModelFailed(InferenceError):
     code = ErrorCode.MODEL_ERROR
+    retryable = False  # the model refused this input; it will again
 
 
 class ModelCrashed(InferenceError):
     code = ErrorCode.MODEL_CRASHED
+    # An unexpected exception of the model's own code on this input: a bug that the same
+    # input is likely to hit again, so a retry is not known to help.
+    retryable = False
 
 
 class WorkerCrashed(InferenceError):
     code = ErrorCode.WORKER_CRASHED
-    retryable = True
+    retryable = True  # the process died (perhaps on another input); a new one took its place
 
 
 class InferenceTimeout(InferenceError):
     code = ErrorCode.INFERENCE_TIMEOUT
-    retryable = True
+    retryable = True  # the server was slow or a call hung; capacity is restored
 
 
 @dataclass(frozen=True, slots=True)

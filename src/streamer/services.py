@@ -14,13 +14,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from streamer.config import Settings
-from streamer.errors import ConnectionDenied, Overloaded, ShuttingDown
+from streamer.errors import ConnectionDenied, InvalidFormat, Overloaded, ShuttingDown
 from streamer.events import Event, StreamError
 from streamer.inference.model import Model
 from streamer.inference.scheduler import Scheduler
 from streamer.observability.metrics import Metrics
 from streamer.observability.stream import StreamTelemetry
-from streamer.observability.tracing import ConnectionTrace, Tracing
+from streamer.observability.tracing import ConnectionTrace, Tracing, parse_traceparent
 from streamer.pipeline import Route, StreamOptions
 from streamer.policy import ANONYMOUS, ConnectionPolicy, ConnectionRequest, Principal, allow_all
 from streamer.protocol.messages import StartRequest
@@ -52,6 +52,9 @@ class Services:
         sources.queue_depth = lambda: self.scheduler.queued
         sources.busy_workers = lambda: self.scheduler.busy
         sources.workers = lambda: self.scheduler.pool.workers
+        sources.workers_available = lambda: self.scheduler.pool.available_workers
+        sources.workers_stuck = lambda: self.scheduler.pool.stuck_workers
+        sources.workers_written_off = lambda: getattr(self.scheduler.pool, "written_off", 0)
         sources.interims_dropped = lambda: getattr(self.scheduler, "interims_dropped", 0)
 
     def _connections_by_route(self) -> Counter[str]:
@@ -117,8 +120,16 @@ class Services:
         traceparent: str | None,
         connection: ConnectionTrace | None = None,
     ) -> StreamTelemetry:
-        """Metrics and spans of a new stream, under the client's ``traceparent`` if valid."""
-        parent, links = self.tracing.stream_parent(traceparent, connection)
+        """Metrics and spans of a new stream, under the client's ``traceparent`` if valid.
+
+        A trace id that is not a valid ``traceparent`` (in ``start`` or in the handshake)
+        is ignored, and the telemetry says so (``trace_ignored``).
+        """
+        valid = parse_traceparent(traceparent)
+        ignored = bool(traceparent) and valid is None
+        if valid is None and connection is not None and connection.ignored_traceparent:
+            ignored = True
+        parent, links = self.tracing.stream_parent(valid, connection)
         return StreamTelemetry(
             stream_id,
             route.value,
@@ -126,12 +137,24 @@ class Services:
             metrics=self.metrics,
             parent=parent,
             links=links,
-            client_traceparent=traceparent,
+            client_traceparent=valid,
+            trace_ignored=ignored,
         )
 
     def stream_options(self, route: Route, request: StartRequest) -> StreamOptions:
-        """Resolve one stream's options from the request, within the server's bounds."""
+        """Resolve one stream's options from the request, within the server's bounds.
+
+        Raises ``InvalidFormat`` for a format past the stream's input budget.
+        """
         stream = self.settings.stream
+        fmt = request.format
+        rate = fmt.channels * fmt.sample_rate
+        if rate > stream.max_samples_per_second:
+            raise InvalidFormat(
+                f"format: {fmt.channels} channels at {fmt.sample_rate} Hz is {rate} samples "
+                f"per second, past this server's limit of {stream.max_samples_per_second} "
+                "(stream.max_samples_per_second)"
+            )
         params = VadParams(interim_interval_s=stream.interim_interval)
         overrides: dict[str, Any] = {}
         if request.vad is not None:
@@ -154,11 +177,25 @@ class Services:
         )
 
     def health(self) -> dict[str, Any]:
-        """What a load balancer needs to route around a full or draining server."""
+        """What a load balancer needs to route around a full, stalled or draining server.
+
+        ``stalled``: every worker is stuck in the model past its deadline and none could be
+        replaced, so no inference can run; ``available_workers`` below ``workers`` is
+        capacity lost to stuck ones.
+        """
         limit = self.settings.server.max_streams
         full = self.overload() is not None
+        pool = self.scheduler.pool
+        available = pool.available_workers
+        status = "ok"
+        if self.draining.is_set():
+            status = "draining"
+        elif available == 0:
+            status = "stalled"
+        elif full:
+            status = "full"
         return {
-            "status": "draining" if self.draining.is_set() else "full" if full else "ok",
+            "status": status,
             "streams": {route.value: self.streams[route] for route in Route},
             "connections": len(self.connections),
             "max_streams": limit,
@@ -166,4 +203,7 @@ class Services:
             "queued_inferences": self.scheduler.queued,
             "max_backlog": self.settings.server.max_backlog,
             "busy_workers": self.scheduler.busy,
+            "workers": pool.workers,
+            "available_workers": available,
+            "stuck_workers": pool.stuck_workers,
         }

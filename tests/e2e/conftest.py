@@ -38,6 +38,10 @@ class ServerProcess:
     """The gRPC port, when the server was started with one (``start_server(grpc=True)``)."""
 
     @property
+    def grpc_target(self) -> str:
+        return f"{HOST}:{self.grpc_port}"
+
+    @property
     def http(self) -> str:
         return f"http://{HOST}:{self.port}"
 
@@ -150,9 +154,11 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers of one's own (to stop them, for instance); all are stopped afterwards."""
     started: list[ServerProcess] = []
 
-    def _launch(*, drain_seconds: float = 1.0, env: dict[str, str] | None = None) -> ServerProcess:
+    def _launch(
+        *, drain_seconds: float = 1.0, env: dict[str, str] | None = None, grpc: bool = False
+    ) -> ServerProcess:
         directory = tmp_path / f"server{len(started)}"
-        running = start_server(directory, drain_seconds=drain_seconds, env=env)
+        running = start_server(directory, drain_seconds=drain_seconds, env=env, grpc=grpc)
         started.append(running)
         return running
 

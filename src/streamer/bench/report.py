@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -155,8 +156,27 @@ def search_table(found: SearchResult) -> str:
     return "\n".join(lines)
 
 
+CHARTS_HINT = "charts need matplotlib: pip install 'streamer[bench]'"
+"""What to do when the ``bench`` extra is missing."""
+
+
+class ChartsUnavailable(RuntimeError):
+    """matplotlib (the ``bench`` extra) is not installed."""
+
+
+def charts_available() -> bool:
+    """Whether charts can be drawn (the ``bench`` extra is installed)."""
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):  # a module entry that is not a real module
+        return False
+
+
 def _pyplot() -> Any:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ChartsUnavailable(CHARTS_HINT) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -18,6 +18,8 @@ from typing import Any
 
 from streamer.bench.expected import ExpectedResults
 from streamer.bench.report import (
+    CHARTS_HINT,
+    charts_available,
     plot_run,
     plot_search,
     run_document,
@@ -164,6 +166,9 @@ async def _bench(args: argparse.Namespace, url: str | None, server_pid: int | No
             spec = replace(spec, url=server.url(args.route))
             return await run_load(spec, expected=expected, server_pid=server.pid, progress=say)
 
+    if args.png and not charts_available():
+        print(f"streamer bench: --png: {CHARTS_HINT}", file=sys.stderr)
+        return 2  # before the run, not after it
     spec = _spec(args, url or f"ws://127.0.0.1/api/v1/{args.route}")
     document: dict[str, Any] = {"machine": machine()}
     if args.search:

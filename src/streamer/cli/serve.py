@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import signal
+import socket
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -13,27 +17,57 @@ from typing import Any
 import uvicorn
 
 from streamer.app import create_app, drain, model_factory
-from streamer.config import Settings, load_settings
+from streamer.config import Settings, SettingsError, load_settings
 from streamer.inference.model import UnsupportedModel
 from streamer.observability.logging import configure_logging
 
 log = logging.getLogger(__name__)
 
 
-class _DrainingServer(uvicorn.Server):
-    """A uvicorn server whose first exit signal drains open streams before stopping."""
+SECOND_SIGNAL_SECONDS = 2.0
+"""After a second exit signal, the most stopping may take before the process exits anyway."""
 
-    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+
+def _exit_by(seconds: float, why: str) -> None:
+    """Make sure the process is gone ``seconds`` from now, whatever its threads are doing
+    (a model call that never returns, say)."""
+
+    def force() -> None:
+        log.error("%s: still running after %.1f s; exiting now", why, seconds)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
+
+
+class _DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first exit signal drains open streams before stopping.
+
+    The process ends within ``drain_seconds + shutdown_timeout_seconds`` of the first
+    signal, and within a couple of seconds of a second one, even if model threads hang.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Any, settings: Settings) -> None:
         super().__init__(config)
         self._app = app
+        self._settings = settings
         self._draining: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._signals = 0
 
     async def startup(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        server = self._settings.server
+        if self._signals == 1:
+            _exit_by(server.drain_seconds + server.shutdown_timeout_seconds, "shutdown")
+        elif self._signals == 2:
+            _exit_by(SECOND_SIGNAL_SECONDS, "a second exit signal")
         services = getattr(self._app.state, "services", None)
         if self._draining is not None or services is None or self._loop is None:
             super().handle_exit(sig, frame)  # a second signal: stop now
@@ -66,9 +100,10 @@ def run_server(settings: Settings) -> None:
         log_level=settings.log_level,
         log_config=None,  # uvicorn's loggers go through the handler configure_logging set
         lifespan="on",
-        timeout_graceful_shutdown=5,
+        # Connections still open after the drain get a moment to close, not more.
+        timeout_graceful_shutdown=max(1, int(server.shutdown_timeout_seconds / 4)),
     )
-    _DrainingServer(config, app).run()
+    _DrainingServer(config, app, settings).run()
 
 
 def serve(
@@ -92,11 +127,53 @@ def serve(
     layers: dict[str, Any] = {"server": flags} if flags else {}
     if model is not None:
         layers["inference"] = {"model": model}
-    settings = load_settings(config, **layers)
+    try:
+        settings = load_settings(config, **layers)
+    except SettingsError as error:
+        # Logging is not set up yet (the settings say how): one line on stderr.
+        print(f"streamer: cannot serve: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(settings.log_level, json_lines=settings.log_json)
     try:
         model_factory(settings)  # the model can be found; it is built once serving starts
     except UnsupportedModel as error:
         log.error("cannot serve: %s", error)
         raise SystemExit(2) from None
+    server = settings.server
+    ports = [("HTTP", "server.port, --port", server.port)]
+    if server.grpc_enabled:
+        ports.append(("gRPC", "server.grpc_port, --grpc-port", server.grpc_port))
+    for name, setting, number in ports:
+        if (why := port_unavailable(server.host, number)) is not None:
+            log.error(
+                "cannot serve: the %s port %s:%d (%s) %s", name, server.host, number, setting, why
+            )
+            raise SystemExit(2)
     run_server(settings)
+
+
+def port_unavailable(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on now (in use, say), or None.
+
+    Checked before serving, so that the usual mistake ends with one line and not a
+    traceback from inside the server's start-up; port 0 (any free port) always works.
+    """
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        return f"cannot be resolved: {error.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As the servers bind: an address in TIME_WAIT is fine, one listened on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            return (
+                "is in use"
+                if error.errno == errno.EADDRINUSE
+                else f"cannot be bound: {error.strerror}"
+            )
+    return None

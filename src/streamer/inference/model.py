@@ -77,6 +77,15 @@ class TestModelParams(BaseModel):
             "worker only; in the server's own process it raises)."
         ),
     )
+    hang_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of calls that hang, as a model stuck in native code would.",
+    )
+    hang_seconds: float | None = Field(
+        default=None, gt=0, description="How long a hung call lasts; unset: it never returns."
+    )
     seed: int | None = None
 
 
@@ -85,7 +94,8 @@ class TestModel:
 
     Output: ``{"count": samples}``. The cost of one call is ``delay + batch_item_cost * items
     + constant_factor * audio_seconds + U(0, jitter)`` (plus ``warmup_penalty`` on the first
-    call), so it can stand in for a real model's latency, batching gains and faults.
+    call), so it can stand in for a real model's latency, batching gains and faults; a share
+    ``hang_rate`` of calls hangs (for ``hang_seconds``, or for ever).
     """
 
     __test__ = False  # not a pytest class
@@ -153,7 +163,21 @@ class TestModel:
             raise out
         return out
 
+    def _hang(self) -> None:
+        p = self.params
+        if not p.hang_rate:
+            return
+        with self._lock:
+            roll = self._rng.random()
+        if roll >= p.hang_rate:
+            return
+        if p.hang_seconds is None:
+            threading.Event().wait()  # never returns
+        else:
+            time.sleep(p.hang_seconds)
+
     def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
+        self._hang()
         cost = self._cost(len(batch), sum(len(a) for a in batch))
         if cost > 0:
             time.sleep(cost)

@@ -168,6 +168,16 @@ class ProcessPool:
         """Workers whose model is built and that have not died."""
         return sum(1 for w in self._live if w.ready)
 
+    @property
+    def available_workers(self) -> int:
+        """Live workers (a lost one is replaced at once, so this is ``workers`` but briefly)."""
+        return len(self._live)
+
+    @property
+    def stuck_workers(self) -> int:
+        """Always 0: a worker past its deadline is killed, not left running."""
+        return 0
+
     def pids(self) -> list[int]:
         """Process ids of the live workers."""
         return [w.process.pid for w in self._live if w.process.pid is not None]

@@ -9,6 +9,11 @@ The queue is bounded: past ``max_queued`` jobs, new interims are dropped at once
 only previews; the final of the same audio follows). Finals are always queued: each stream
 bounds its own finals in flight, and admission refuses new streams while the backlog is
 high, so the finals of admitted streams are never lost.
+
+A deadline counts from submission: a job still queued when it passes fails at once with
+``inference_timeout``, and a batch still running when its oldest job's passes fails, and
+the pool is told to give up on it (a process is killed, a thread written off and replaced),
+so a model that hangs costs its callers one error each but never stalls the queue.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class Job:
     future: asyncio.Future[Output]
     enqueued: float = field(default_factory=time.perf_counter)
     state: JobState = JobState.QUEUED
+    expires: float | None = None
+    """``perf_counter`` time past which the job fails with ``inference_timeout``."""
+    timer: asyncio.TimerHandle | None = None
 
     def cancel(self) -> bool:
         """Withdraw the job if no worker has taken it yet."""
@@ -55,6 +63,8 @@ class Job:
             return False
         self.state = JobState.CANCELLED
         self.future.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
         return True
 
 
@@ -88,6 +98,7 @@ class Scheduler:
         deadline: float | None = None,
         observer: Observer | None = None,
         max_queued: int | None = None,
+        on_expired: Callable[[int], None] | None = None,
     ) -> None:
         self.pool = pool
         self.sample_rate = sample_rate
@@ -98,6 +109,9 @@ class Scheduler:
         self.max_queued = max_queued
         self.interims_dropped = 0
         """Interims refused because the queue was full."""
+        self.expired = 0
+        """Jobs failed with ``inference_timeout`` while still queued."""
+        self.on_expired = on_expired
         self._finals: OrderedDict[str, deque[Job]] = OrderedDict()
         self._interims: OrderedDict[str, deque[Job]] = OrderedDict()
         self._queued = 0
@@ -166,11 +180,15 @@ class Scheduler:
 
         An interim submitted while the queue is full comes back already cancelled.
         """
-        job = Job(stream, audio, final, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        job = Job(stream, audio, final, loop.create_future())
         if not final and self.full:
             job.cancel()
             self.interims_dropped += 1
             return job
+        if self.deadline is not None:
+            job.expires = job.enqueued + self.deadline
+            job.timer = loop.call_later(self.deadline, self._expire, job)
         queues = self._finals if final else self._interims
         queues.setdefault(stream, deque()).append(job)
         self._queued += 1
@@ -183,6 +201,19 @@ class Scheduler:
             return False
         self._queued -= 1
         return True
+
+    def _expire(self, job: Job) -> None:
+        """A queued job's deadline passed before any worker took it."""
+        if job.state is not JobState.QUEUED:
+            return  # running: its batch keeps the time
+        self._queued -= 1
+        self.expired += 1
+        if self.on_expired is not None:
+            self.on_expired(1)
+        self._resolve(job, InferenceTimeout(self._timeout_message("waiting for a worker")))
+
+    def _timeout_message(self, doing: str) -> str:
+        return f"no result within the deadline of {self.deadline} s ({doing})"
 
     def cancel_stream(self, stream: str) -> int:
         """Withdraw every queued job of a stream (on disconnect); returns how many."""
@@ -199,7 +230,7 @@ class Scheduler:
             while len(batch) < limit and queues:
                 for stream in list(queues):
                     queue = queues[stream]
-                    while queue and queue[0].state is JobState.CANCELLED:
+                    while queue and queue[0].state is not JobState.QUEUED:
                         queue.popleft()
                     if queue:
                         job = queue.popleft()
@@ -243,18 +274,23 @@ class Scheduler:
         started = time.perf_counter()
         waits = tuple(started - job.enqueued for job in batch)
         run = asyncio.ensure_future(self.pool.run([job.audio for job in batch]))
+        expiries = [job.expires for job in batch if job.expires is not None]
+        left = max(0.0, min(expiries) - started) if expiries else None
         try:
             try:
-                results = await asyncio.wait_for(asyncio.shield(run), self.deadline)
+                results = await asyncio.wait_for(asyncio.shield(run), left)
             except TimeoutError:
                 for job in batch:
-                    self._resolve(job, InferenceTimeout(f"inference exceeded {self.deadline} s"))
+                    self._resolve(job, InferenceTimeout(self._timeout_message("running")))
                 self._observe(batch, waits, started, timeouts=len(batch))
-                if self.pool.preemptible:
-                    run.cancel()  # the pool stops the worker (and replaces it)
-                # Otherwise the worker is busy until the model returns; keep its slot taken.
+                # The pool gives the worker's place back: a process is killed, a thread
+                # written off and replaced. A thread it cannot replace keeps the place
+                # taken (``run`` returns when the thread does).
+                run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
                 return
+            except StreamerError as exc:  # the pool gave up on the batch (it closed, say)
+                results = [exc] * len(batch)
             except Exception as exc:
                 log.exception("worker pool failed")
                 results = [exc] * len(batch)
@@ -308,6 +344,8 @@ class Scheduler:
     @staticmethod
     def _resolve(job: Job, result: Output | StreamerError) -> None:
         job.state = JobState.DONE
+        if job.timer is not None:
+            job.timer.cancel()
         if job.future.done():
             return
         if isinstance(result, StreamerError):

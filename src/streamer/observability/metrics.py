@@ -96,6 +96,9 @@ class RuntimeSources:
     queue_depth: Callable[[], int] = _zero
     busy_workers: Callable[[], int] = _zero
     workers: Callable[[], int] = _zero
+    workers_available: Callable[[], int] = _zero
+    workers_stuck: Callable[[], int] = _zero
+    workers_written_off: Callable[[], int] = _zero
     interims_dropped: Callable[[], int] = _zero
     tasks: Callable[[], Mapping[str, int]] = _nothing
     """Live asyncio tasks by subsystem."""
@@ -150,6 +153,21 @@ class _RuntimeCollector(Collector):
         )
         yield GaugeMetricFamily(
             "streamer_workers", "Workers in the inference pool.", value=sources.workers()
+        )
+        yield GaugeMetricFamily(
+            "streamer_workers_available",
+            "Workers that can run a batch (the pool less those stuck and not replaced).",
+            value=sources.workers_available(),
+        )
+        yield GaugeMetricFamily(
+            "streamer_workers_stuck",
+            "Worker threads written off past a deadline and still inside the model.",
+            value=sources.workers_stuck(),
+        )
+        yield CounterMetricFamily(
+            "streamer_workers_written_off",
+            "Worker threads written off for running past inference.deadline_seconds.",
+            value=sources.workers_written_off(),
         )
         yield CounterMetricFamily(
             "streamer_interims_dropped",

@@ -37,7 +37,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 from streamer.events import SegmentResult, SpeechStarted, StreamError
 from streamer.inference.scheduler import JobState
 from streamer.observability.logging import bind_stream, unbind_stream
-from streamer.observability.tracing import format_traceparent
+from streamer.observability.tracing import format_traceparent, parse_traceparent
 from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -102,6 +102,8 @@ class StreamObserver:
     """The W3C ``traceparent`` of the stream's span (for the ``ready`` event)."""
     trace_id: str | None = None
     """The stream's trace id (32 hex digits), for logs."""
+    trace_ignored: bool = False
+    """The client named a trace that was not a valid ``traceparent``; it was ignored."""
 
     def watch(self, emit: Callable[[E], None]) -> Callable[[E], None]:
         """Wrap the pipeline's emit function, to see every event it sends."""
@@ -191,6 +193,7 @@ class StreamTelemetry(StreamObserver):
         parent: Context | None = None,
         links: Sequence[Link] = (),
         client_traceparent: str | None = None,
+        trace_ignored: bool = False,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.stream_id = stream_id
@@ -210,9 +213,15 @@ class StreamTelemetry(StreamObserver):
         if span_context.is_valid:
             self.traceparent = format_traceparent(span_context)
             self.trace_id = f"{span_context.trace_id:032x}"
-        else:  # tracing disabled and no parent
-            self.traceparent = client_traceparent
+        else:  # tracing disabled and no parent: the client's own, if valid, and no more
+            self.traceparent = parse_traceparent(client_traceparent)
             self.trace_id = None
+        self.trace_ignored = trace_ignored
+        if trace_ignored:
+            log.warning(
+                "stream %s: the client's trace id is not a valid traceparent; ignored",
+                stream_id,
+            )
         self._recording = self.span.is_recording()
         context = trace.set_span_in_context(self.span)
         self._context = context

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -35,11 +36,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 __all__ = [
     "TRACEPARENT",
+    "TRACE_ID_IGNORED",
     "ConnectionTrace",
     "Tracing",
     "exporters_from_env",
     "extract_parent",
     "format_traceparent",
+    "parse_traceparent",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,16 @@ log = logging.getLogger(__name__)
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 SCOPE: Final = "streamer"
+
+TRACEPARENT_LENGTH: Final = 55
+_TRACEPARENT_FORM = re.compile(
+    r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}", re.ASCII
+)
+TRACE_ID_IGNORED: Final = (
+    "trace_id ignored: not a valid W3C traceparent (55 characters: version-trace id-parent "
+    "id-flags in lowercase hex); the stream starts a new trace"
+)
+"""The ``ready`` warning of a stream whose client named a trace the server did not take."""
 
 _propagator = TraceContextTextMapPropagator()
 _getter: DefaultGetter = DefaultGetter()
@@ -103,6 +116,21 @@ def format_traceparent(context: SpanContext) -> str:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
+def parse_traceparent(value: str | None) -> str | None:
+    """``value`` if it is a valid W3C ``traceparent``, else ``None``.
+
+    Valid: exactly 55 characters (surrounding whitespace aside), a version other than
+    ``ff``, a trace id and a parent id that are not all zeros, and flags, each lowercase hex.
+    Whatever else a client sends is never parsed further, stored or echoed.
+    """
+    if value is None or len(value) > 2 * TRACEPARENT_LENGTH:
+        return None
+    value = value.strip()
+    if len(value) != TRACEPARENT_LENGTH or not _TRACEPARENT_FORM.fullmatch(value):
+        return None
+    return value
+
+
 def extract_parent(
     traceparent: str | None, headers: Mapping[str, str] | None = None
 ) -> Context | None:
@@ -111,9 +139,9 @@ def extract_parent(
     Returns ``None`` when neither holds a valid W3C ``traceparent``.
     """
     carriers: list[dict[str, str]] = []
-    if traceparent:
-        carriers.append({TRACEPARENT: traceparent.strip()})
-    if headers is not None and (value := headers.get(TRACEPARENT)):
+    if (valid := parse_traceparent(traceparent)) is not None:
+        carriers.append({TRACEPARENT: valid})
+    if headers is not None and (value := parse_traceparent(headers.get(TRACEPARENT))):
         carrier = {TRACEPARENT: value}
         if state := headers.get(TRACESTATE):
             carrier[TRACESTATE] = state
@@ -131,6 +159,8 @@ class ConnectionTrace:
 
     span: Span
     client_parent: Context | None
+    ignored_traceparent: bool = False
+    """The handshake carried a ``traceparent`` that was not valid (and was ignored)."""
 
     @property
     def context(self) -> Context:
@@ -182,13 +212,14 @@ class Tracing:
     def connection(self, route: str, headers: Mapping[str, str] | None = None) -> ConnectionTrace:
         """Start the span of one connection; its parent is the handshake's ``traceparent``."""
         parent = extract_parent(None, headers)
+        ignored = headers is not None and bool(headers.get(TRACEPARENT)) and parent is None
         span = self.tracer.start_span(
             "streamer.connection",
             context=parent,
             kind=SpanKind.SERVER,
             attributes={"streamer.route": route},
         )
-        return ConnectionTrace(span, parent)
+        return ConnectionTrace(span, parent, ignored)
 
     def stream_parent(
         self, traceparent: str | None, connection: ConnectionTrace | None

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from streamer.audio.formats import AudioFormat, Encoding
+from streamer.audio.formats import MAX_CHANNELS, MAX_SAMPLE_RATE, AudioFormat, Encoding
 from streamer.errors import ClientError, InvalidFormat, InvalidJson, InvalidMessage
 
 
@@ -24,9 +24,11 @@ class FormatSpec(_Strict):
     # No coercion: `true` is not one channel and "16000" is not a sample rate.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    channels: int
-    sample_rate: int
-    bit_depth: int
+    # Bounds that hold for every format (the finer rules are ``AudioFormat.validate``'s),
+    # so that no absurd number gets further than the parser.
+    channels: int = Field(ge=1, le=MAX_CHANNELS)
+    sample_rate: int = Field(ge=1, le=MAX_SAMPLE_RATE)
+    bit_depth: int = Field(ge=1, le=64)
     is_float: bool = False
     # Not strict: a front-end may name the encoding by its value ("mulaw") in Python too.
     encoding: Encoding = Field(default=Encoding.PCM, strict=False)
@@ -41,14 +43,30 @@ class FormatSpec(_Strict):
         )
 
 
-class VadOptions(_Strict):
-    """Voice-detector tunables a client may set; the server clamps each to safe bounds."""
+MAX_OPTION_MS = 600_000
+"""The largest duration in milliseconds a ``start`` option may name (ten minutes)."""
+MAX_OPTION_SECONDS = 3600.0
+"""The largest duration in seconds a ``start`` option may name (an hour)."""
 
-    threshold: float | None = None
-    min_speech_ms: int | None = None
-    min_silence_ms: int | None = None
-    speech_pad_ms: int | None = None
-    max_segment_s: float | None = None
+
+def _finite(*, ge: float | None = None, gt: float | None = None, le: float) -> Any:
+    """A finite float option within ``[ge or gt, le]``; ``None`` (unset) by default."""
+    return Field(default=None, ge=ge, gt=gt, le=le, allow_inf_nan=False)
+
+
+class VadOptions(_Strict):
+    """Voice-detector tunables a client may set.
+
+    A value that is not a finite number, or lies outside the range each field documents,
+    is refused (``invalid_message`` naming the field); within it, the server clamps each
+    to its own, narrower operating bounds.
+    """
+
+    threshold: float | None = _finite(ge=0.0, le=1.0)
+    min_speech_ms: int | None = Field(default=None, ge=0, le=MAX_OPTION_MS)
+    min_silence_ms: int | None = Field(default=None, ge=0, le=MAX_OPTION_MS)
+    speech_pad_ms: int | None = Field(default=None, ge=0, le=MAX_OPTION_MS)
+    max_segment_s: float | None = _finite(gt=0.0, le=MAX_OPTION_SECONDS)
 
 
 class StartRequest(_Strict):
@@ -58,7 +76,11 @@ class StartRequest(_Strict):
     format: FormatSpec
     interim_results: bool = False
     interim_interval: float | None = Field(
-        default=None, description="Seconds of segment audio between interim results."
+        default=None,
+        gt=0.0,
+        le=MAX_OPTION_SECONDS,
+        allow_inf_nan=False,
+        description="Seconds of segment audio between interim results.",
     )
     vad: VadOptions | None = None
     trace_id: str | None = Field(
@@ -167,7 +189,9 @@ class ReadyEvent(_Event):
     channels: int
     trace_id: str | None = None
     warnings: list[str] | None = Field(
-        default=None, description="What the server ignored or changed in the request."
+        default=None,
+        description="What the server ignored in the request (a trace_id that is not a valid "
+        "W3C traceparent, say); absent when nothing was.",
     )
 
 

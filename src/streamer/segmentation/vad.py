@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib.util
+import hashlib
+import importlib.resources
 import logging
 import queue
 import threading
@@ -39,6 +40,9 @@ __all__ = [
     "silero_model_path",
 ]
 
+SILERO_SHA256: Final = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
+"""SHA-256 of the bundled ``silero/silero_vad.onnx`` (see ``silero/README.md``)."""
+
 log = logging.getLogger(__name__)
 
 VAD_SAMPLE_RATE: Final = 16000
@@ -54,17 +58,21 @@ Float32Array = NDArray[np.float32]
 
 
 def silero_model_path() -> Path:
-    """The ONNX file shipped in the ``silero-vad`` wheel, found without importing it.
+    """The Silero VAD ONNX file that ships inside this package (MIT; ``silero/LICENSE``).
 
-    Importing ``silero_vad`` pulls in torch, which the service does not need.
+    Bundled so that installing streamer alone is enough to serve: the ``silero-vad``
+    package would bring torch, which the service never uses.
     """
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the silero-vad package is not installed")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
+    resource = importlib.resources.files(__package__ or "streamer.segmentation")
+    path = Path(str(resource.joinpath("silero", "silero_vad.onnx")))
     if not path.is_file():
-        raise FileNotFoundError(f"silero-vad does not ship {path.name}")
+        raise FileNotFoundError(f"the bundled Silero VAD model is missing: {path}")
     return path
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class SileroVad:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 
 from streamer.events import Ready
-from streamer.observability.tracing import ConnectionTrace
+from streamer.observability.tracing import TRACE_ID_IGNORED, ConnectionTrace
 from streamer.pipeline import Emit, Route, StreamPipeline
 from streamer.policy import ANONYMOUS, Principal
 from streamer.protocol.messages import StartRequest
@@ -55,6 +55,7 @@ def open_stream(
             model_sample_rate=services.model.sample_rate,
             channels=options.fmt.channels,
             trace_id=pipeline.observer.traceparent,
+            warnings=(TRACE_ID_IGNORED,) if pipeline.observer.trace_ignored else (),
         )
     )
     return pipeline

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -15,6 +18,7 @@ from streamer.observability.tracing import (
     exporters_from_env,
     extract_parent,
     format_traceparent,
+    parse_traceparent,
 )
 
 CLIENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -199,5 +203,42 @@ def test_with_the_sdk_disabled_a_stream_carries_its_clients_trace() -> None:
     parent, links = tracing.stream_parent(CLIENT, None)
     telemetry = StreamTelemetry("s1", "simple", tracer=tracing.tracer, parent=parent, links=links)
     assert telemetry.traceparent == CLIENT
-    nothing = StreamTelemetry("s2", "simple", tracer=tracing.tracer, client_traceparent="t-1")
-    assert nothing.traceparent == "t-1" and nothing.trace_id is None
+    own = StreamTelemetry("s2", "simple", tracer=tracing.tracer, client_traceparent=CLIENT)
+    assert own.traceparent == CLIENT and own.trace_id is None
+    # Nothing but a valid traceparent is ever echoed.
+    junk = StreamTelemetry("s3", "simple", tracer=tracing.tracer, client_traceparent="t-1")
+    assert junk.traceparent is None and junk.trace_id is None
+
+
+@given(st.text(max_size=80))
+def test_only_a_valid_traceparent_is_ever_taken(value: str) -> None:
+    parsed = parse_traceparent(value)
+    assert parsed is None or (
+        len(parsed) == 55 and re.fullmatch(r"[0-9a-f]{2}(-[0-9a-f]+){3}", parsed)
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "taken"),
+    [
+        (CLIENT, CLIENT),
+        (f"  {CLIENT}\t", CLIENT),
+        (CLIENT.upper(), None),
+        (CLIENT + "-00", None),
+        ("ff" + CLIENT[2:], None),
+        (CLIENT[:3] + "0" * 32 + CLIENT[35:], None),
+        (CLIENT[:36] + "0" * 16 + CLIENT[52:], None),
+        ("x" * 1_000_000, None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_traceparent(value: str | None, taken: str | None) -> None:
+    assert parse_traceparent(value) == taken
+
+
+def test_a_connection_remembers_an_ignored_header() -> None:
+    tracing = Tracing()
+    assert tracing.connection("simple", {"traceparent": "junk"}).ignored_traceparent
+    assert not tracing.connection("simple", {"traceparent": CLIENT}).ignored_traceparent
+    assert not tracing.connection("simple", {}).ignored_traceparent

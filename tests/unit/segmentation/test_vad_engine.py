@@ -15,12 +15,15 @@ import soxr
 from numpy.typing import NDArray
 
 from streamer.errors import ShuttingDown
+from streamer.segmentation import vad
 from streamer.segmentation.vad import (
     CONTEXT_SAMPLES,
     FRAME_SAMPLES,
+    SILERO_SHA256,
     VAD_SAMPLE_RATE,
     SileroVad,
     VadEngine,
+    sha256_of,
     silero_model_path,
 )
 
@@ -140,9 +143,14 @@ def random_chunks(frames: Frames, rng: np.random.Generator, most: int = 8) -> li
     return chunks
 
 
-def test_the_model_ships_in_the_silero_wheel() -> None:
+def test_the_model_ships_in_this_package_unchanged_with_its_licence() -> None:
     path = silero_model_path()
     assert path.name == "silero_vad.onnx" and path.is_file()
+    assert path.parent.parent == Path(vad.__file__).parent  # ours, not another package's
+    assert sha256_of(path) == SILERO_SHA256
+    licence = (path.parent / "LICENSE").read_text()
+    assert "MIT License" in licence and "Silero Team" in licence
+    assert SILERO_SHA256 in (path.parent / "README.md").read_text()
 
 
 def test_model_rows_are_independent_and_context_is_the_frame_tail(model: SileroVad) -> None:

@@ -187,7 +187,7 @@ async def test_a_stream_whose_events_cannot_be_written_ends_with_internal_error(
 
     with caplog.at_level(logging.ERROR):
         outcome = await run_connection(
-            services, Route.SIMPLE, [START, *chunks(noise(2.5))], encode=encode
+            services, Route.SIMPLE, [START, *chunks(noise(2.5)), Pause(5.0)], encode=encode
         )
     received = events(outcome)
     assert [e["type"] for e in received] == ["ready", "error"]
