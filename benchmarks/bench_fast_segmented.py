@@ -58,8 +58,10 @@ def free_port() -> int:
 
 def start_server(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamer.cli.main", "serve", "--host", "127.0.0.1"]
-        + ["--port", str(port), "--no-grpc"],  # noqa: RUF005
+        [
+            *(sys.executable, "-m", "streamer.cli.main", "serve"),
+            *("--host", "127.0.0.1", "--port", str(port), "--no-grpc"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -239,8 +239,8 @@ class VadEngine:
     expected when one that sent frames in the last ``ACTIVE_WINDOW`` seconds has none
     waiting; a stream alone on the engine never waits.
 
-    ``steps_run``, ``batches_run`` (model calls) and ``frames_run`` count work done; ``on_batch(rows, seconds)`` is
-    called on the engine's thread after every model call.
+    ``steps_run``, ``batches_run`` (model calls) and ``frames_run`` count work done;
+    ``on_batch(rows, seconds)`` is called on the engine's thread after every model call.
     """
 
     def __init__(
