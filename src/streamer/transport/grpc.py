@@ -33,6 +33,7 @@ from streamer.protocol.session import Audio, Command, Session, State
 from streamer.services import Services
 from streamer.transport.common import end_stream, open_stream
 from streamer.transport.grpc_codec import config_to_start, event_to_proto
+from streamer.transport.limits import grpc_server_options
 from streamer.transport.outbox import Outbox
 from streamer.transport.proto import streamer_v1_pb2 as pb
 from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
@@ -235,6 +236,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message),
                 # A port in use is an error at start, not a port shared with another process.
                 ("grpc.so_reuseport", 0),
+                *grpc_server_options(services.settings.server),
             ]
         )
         pb_grpc.add_StreamerServicer_to_server(StreamerServicer(services), self.server)
