@@ -309,6 +309,26 @@ def test_connections_past_the_cap_are_refused_while_streams_go_on(
     )
 
 
+def test_connections_past_the_cap_on_the_grpc_port_are_closed(
+    launch: Callable[..., Server],
+) -> None:
+    server = launch(max_connections=10, handshake_timeout_seconds=60.0)
+    held = [socket.create_connection((HOST, server.grpc_port)) for _ in range(10)]
+    time.sleep(0.5)  # the ten are accepted before the rest arrive
+    extra = [socket.create_connection((HOST, server.grpc_port)) for _ in range(10)]
+    _closed_sockets(extra, timeout=10)  # long before the handshake timeout
+    try:
+        for sock in held:  # the first ten are still open: no end of file
+            sock.setblocking(False)
+            try:
+                assert sock.recv(65536) != b""  # the server's HTTP/2 settings
+            except BlockingIOError:
+                pass
+    finally:
+        for sock in held + extra:
+            sock.close()
+
+
 # Message sizes and fragments.
 
 
