@@ -202,7 +202,6 @@ def test_idle_and_byte_drip_sockets_are_closed_after_the_handshake_timeout(
     half = [socket.create_connection((HOST, server.port)) for _ in range(50)]
     for sock in half:  # a request head that stops half way
         sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
-    _wait(lambda: server.fds() >= fds_before + 300, 10, "the server did not accept 300 sockets")
     stop = threading.Event()
 
     def dribble() -> None:  # slowloris: a byte of a never-ending header every 50 ms
