@@ -45,7 +45,35 @@ class ServerSettings(BaseModel):
     gil_switch_interval_ms: float = Field(
         default=0.5, gt=0, le=100, description="How soon a thread waiting for the GIL gets it."
     )
-    max_message_bytes: int = Field(default=1 << 20, ge=1024)
+    max_message_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Largest binary WebSocket message, gRPC request."
+    )
+    max_text_bytes: int = Field(
+        default=65536, ge=1024, le=1 << 24, description="Largest text WebSocket message."
+    )
+    ws_ping_interval_seconds: float = Field(
+        default=20.0, ge=0, description="Seconds between WebSocket pings; 0: no pings."
+    )
+    ws_ping_timeout_seconds: float = Field(
+        default=20.0, ge=0, description="Seconds a ping waits for its pong; 0: forever."
+    )
+    grpc_keepalive_seconds: float = Field(
+        default=20.0, gt=0, description="Seconds between gRPC keepalive pings."
+    )
+    grpc_keepalive_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="Seconds a gRPC keepalive ping waits for its answer."
+    )
+    handshake_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a connection may take to send a whole HTTP request head "
+        "(or the gRPC connection preface).",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=0,
+        description="Open connections per port past which new ones are refused; 0: no cap.",
+    )
     max_pending_events: int = Field(
         default=1000, ge=10, description="Events queued for a client that is not reading."
     )

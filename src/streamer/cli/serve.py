@@ -20,6 +20,7 @@ from streamer.app import create_app, drain, model_factory
 from streamer.config import Settings, SettingsError, load_settings
 from streamer.inference.model import UnsupportedModel
 from streamer.observability.logging import configure_logging
+from streamer.transport.limits import uvicorn_protocols, uvicorn_ws_max_size
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +89,17 @@ def run_server(settings: Settings) -> None:
     sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
     app = create_app(settings)
     server = settings.server
+    http, ws = uvicorn_protocols(server)
     config = uvicorn.Config(
         app,
         host=server.host,
         port=server.port,
         loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        ws_max_size=server.max_message_bytes,
+        http=http,  # httptools, with the connection cap and the request-head deadline
+        ws=ws,  # websockets sans-I/O, with bounded message assembly and per-type caps
+        ws_max_size=uvicorn_ws_max_size(server),
+        ws_ping_interval=server.ws_ping_interval_seconds or None,
+        ws_ping_timeout=server.ws_ping_timeout_seconds or None,
         ws_per_message_deflate=False,
         log_level=settings.log_level,
         log_config=None,  # uvicorn's loggers go through the handler configure_logging set

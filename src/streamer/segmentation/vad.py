@@ -3,8 +3,9 @@
 ``SileroVad`` is the bare model: frames, recurrent state and context in, probabilities and
 the next state and context out, for any number of rows at once. ``VadEngine`` shares one
 model between every stream of the process: the event loop hands it frames, its own thread
-runs one batched call per step with the next frame of every stream that has one waiting,
-and the results come back to the loop as resolved futures. The loop never runs the model.
+runs steps of batched calls over the frames every stream has waiting (several frames of
+a stream with a backlog, one call per frame index), and the results come back to the loop
+as resolved futures. The loop never runs the model.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -53,6 +54,8 @@ CONTEXT_SAMPLES: Final = 64
 """Samples of the previous frame the model sees again in front of each frame."""
 STATE_SHAPE: Final = (2, 128)
 """One stream's recurrent state; a batch holds ``(2, batch, 128)``."""
+ACTIVE_WINDOW: Final = 0.5
+"""Seconds after its last frames during which a stream is waited for (``min_interval``)."""
 
 Float32Array = NDArray[np.float32]
 
@@ -145,6 +148,10 @@ class _Request:
         self.out = np.empty(0 if frames is None else len(frames), dtype=np.float32)
 
 
+_Planned = tuple[_Request, int, Float32Array]
+"""One frame a step will run: its request, its index there, and the frame."""
+
+
 def _resolve(replies: list[tuple[asyncio.Future[Float32Array], Result]]) -> None:
     """On the event loop: hand every result of a step to its waiter."""
     for future, result in replies:
@@ -226,17 +233,22 @@ _STOP: Final = object()
 class VadEngine:
     """One Silero model shared by every stream, run on a dedicated named thread.
 
-    Requests from many streams are gathered into steps: each step takes the next waiting
-    frame of every stream that has one (a stream's frames stay in order, since its state is
-    recurrent), up to ``max_batch`` rows, and runs them in one call. Streams left over by
-    a full step go first in the next one. Batches form on their own under load: whatever
-    arrives while a call runs joins the next step. With ``min_interval`` (seconds), a step
-    also starts no sooner than that after the previous one began, unless a full batch is
-    ready: many small steps cost far more than a few large ones (a call's fixed cost is
-    about two rows'), at the price of up to that much delay per frame.
+    Requests from many streams are gathered into steps: each step takes up to
+    ``max_frames`` waiting frames of each of up to ``max_batch`` streams, and runs them in
+    as many calls as the longest stream has frames: call ``k`` batches the ``k``-th frame of
+    every stream that has one (a stream's frames stay in order, since its state is
+    recurrent). So a stream with a backlog is not held to one frame a step, and a fast
+    sender runs far faster than real time. Streams left over by a full step go first in the
+    next one. Batches form on their own under load: whatever arrives while a call runs
+    joins the next step. With ``min_interval`` (seconds), a step also starts no sooner than
+    that after the previous one began, unless a full batch is ready or no other stream is
+    expected: many small steps cost far more than a few large ones (a call's fixed cost is
+    about two rows'), at the price of up to that much delay per frame. Another stream is
+    expected when one that sent frames in the last ``ACTIVE_WINDOW`` seconds has none
+    waiting; a stream alone on the engine never waits.
 
-    ``batches_run`` and ``frames_run`` count work done; ``on_batch(rows, seconds)`` is
-    called on the engine's thread after every model call.
+    ``steps_run``, ``batches_run`` (model calls) and ``frames_run`` count work done;
+    ``on_batch(rows, seconds)`` is called on the engine's thread after every model call.
     """
 
     def __init__(
@@ -244,18 +256,23 @@ class VadEngine:
         model: SileroVad | None = None,
         *,
         max_batch: int = 256,
+        max_frames: int = 32,
         thread_name: str = "streamer-vad",
         on_batch: Callable[[int, float], None] | None = None,
         min_interval: float = 0.0,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if max_frames < 1:
+            raise ValueError("max_frames must be at least 1")
         if min_interval < 0:
             raise ValueError("min_interval must not be negative")
         self.max_batch = max_batch
+        self.max_frames = max_frames
         self.min_interval = min_interval
         self.thread_name = thread_name
         self.on_batch = on_batch
+        self.steps_run = 0
         self.batches_run = 0
         self.frames_run = 0
         self._model = model
@@ -266,6 +283,8 @@ class VadEngine:
         self._thread: threading.Thread | None = None
         self._ready: deque[VadStream] = deque()
         self._running: list[_Request] = []  # the step in progress, for _fail_all
+        # Engine-thread only: when each stream last sent frames, oldest first.
+        self._seen: OrderedDict[VadStream, float] = OrderedDict()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -404,8 +423,9 @@ class VadEngine:
         One sleep rather than a wake-up per request: each wake-up takes the GIL from the
         event loop, which under load costs the loop more than the model's own work.
         """
-        left = until - time.perf_counter()
-        if left > 0 and len(self._ready) < self.max_batch:
+        now = time.perf_counter()
+        left = until - now
+        if left > 0 and len(self._ready) < self.max_batch and self._others_expected(now):
             time.sleep(left)
         item = self._take_nowait()
         while item is not None:
@@ -416,6 +436,16 @@ class VadEngine:
             item = self._take_nowait()
         return True
 
+    def _others_expected(self, now: float) -> bool:
+        """Whether a stream that sent frames lately has none waiting now."""
+        seen = self._seen
+        while seen:
+            stream, last = next(iter(seen.items()))
+            if now - last <= ACTIVE_WINDOW:
+                break
+            del seen[stream]
+        return any(not stream._scheduled for stream in seen)
+
     def _take_nowait(self) -> _Request | object | None:
         try:
             return self._inbox.get_nowait()
@@ -424,42 +454,82 @@ class VadEngine:
 
     def _enqueue(self, request: _Request) -> None:
         stream = request.stream
+        if request.frames is not None:
+            self._seen[stream] = time.perf_counter()
+            self._seen.move_to_end(stream)
         stream._pending.append(request)
         if not stream._scheduled:
             stream._scheduled = True
             self._ready.append(stream)
 
+    def _plan(self, stream: VadStream) -> list[_Planned]:
+        """The frames a stream runs in this step: its next ones, in order, up to a reset."""
+        pending = stream._pending
+        while pending and pending[0].frames is None:
+            stream._zero()
+            pending.popleft()
+        plan: list[_Planned] = []
+        for request in pending:
+            frames = request.frames
+            if frames is None:
+                break  # the reset waits for the next step, after the frames before it
+            take = min(len(frames) - request.done, self.max_frames - len(plan))
+            plan.extend((request, i, frames[i]) for i in range(request.done, request.done + take))
+            if len(plan) == self.max_frames:
+                break
+        return plan
+
     def _step(self) -> None:
-        model = self._model
-        assert model is not None
-        rows: list[_Request] = []
-        inputs: list[Float32Array] = []
-        while self._ready and len(rows) < self.max_batch:
+        """Run the next frames of up to ``max_batch`` streams, one model call per frame index.
+
+        Call ``k`` holds the ``k``-th planned frame of every stream that has one, so a
+        stream's frames still run one after another, each from the state the one before
+        left, while a stream with a backlog gets through several frames in one step.
+        """
+        streams: list[VadStream] = []
+        plans: list[list[_Planned]] = []
+        while self._ready and len(streams) < self.max_batch:
             stream = self._ready.popleft()
-            pending = stream._pending
-            while pending and pending[0].frames is None:
-                stream._zero()
-                pending.popleft()
-            if pending:
-                head = pending[0]
-                assert head.frames is not None
-                rows.append(head)
-                inputs.append(head.frames[head.done])
+            plan = self._plan(stream)
+            if plan:
+                streams.append(stream)
+                plans.append(plan)
             else:
                 stream._scheduled = False
-        if not rows:
+        if not streams:
             return
-        self._running = rows
+        self._running = [plan[0][0] for plan in plans]
+        self.steps_run += 1
+        replies = _Replies()
+        try:
+            for k in range(max(len(plan) for plan in plans)):
+                rows = [
+                    (stream, plan[k])
+                    for stream, plan in zip(streams, plans, strict=True)
+                    if k < len(plan)
+                ]
+                if not self._call(rows, replies):
+                    break
+        finally:
+            self._running = []
+            for stream in streams:
+                self._requeue(stream)
+            replies.send()
+
+    def _call(self, rows: list[tuple[VadStream, _Planned]], replies: _Replies) -> bool:
+        """One model call over one frame of each row's stream; False if the model failed."""
+        model = self._model
+        assert model is not None
         count = len(rows)
         # One concatenate each (np.stack costs a Python-level step per row).
-        frames = np.concatenate(inputs).reshape(count, FRAME_SAMPLES)
+        frames = np.concatenate([frame for _, (_, _, frame) in rows]).reshape(count, FRAME_SAMPLES)
         state = np.ascontiguousarray(
-            np.concatenate([r.stream.state for r in rows])
+            np.concatenate([stream.state for stream, _ in rows])
             .reshape(count, *STATE_SHAPE)
             .transpose(1, 0, 2)
         )
-        context = np.concatenate([r.stream.context for r in rows]).reshape(count, CONTEXT_SAMPLES)
-        replies = _Replies()
+        context = np.concatenate([stream.context for stream, _ in rows])
+        context = context.reshape(count, CONTEXT_SAMPLES)
         began = time.perf_counter()
         try:
             probs, new_state, new_context = model.run(frames, state, context)
@@ -467,35 +537,29 @@ class VadEngine:
             # The model failed these rows: their requests fail (frames not yet run are
             # dropped, the state keeps what was run before); other streams are unaffected.
             log.exception("VAD model call failed for %d rows", count)
-            self._running = []
-            for request in rows:
-                request.stream._pending.popleft()
+            for stream, (request, _, _) in rows:
+                stream._pending.popleft()
                 replies.add(request, exc)
-                self._requeue(request.stream)
-            replies.send()
-            return
+            return False
         elapsed = time.perf_counter() - began
-        self._running = []
         self.batches_run += 1
         self.frames_run += count
         by_row = new_state.transpose(1, 0, 2)
-        for i, request in enumerate(rows):
-            stream = request.stream
+        for row, (stream, (request, i, _)) in enumerate(rows):
             # Copies: a view would keep the whole batch's arrays alive for an idle stream.
-            stream.state = by_row[i].copy()
-            stream.context = new_context[i].copy()
-            request.out[request.done] = probs[i]
-            request.done += 1
+            stream.state = by_row[row].copy()
+            stream.context = new_context[row].copy()
+            request.out[i] = probs[row]
+            request.done = i + 1
             if request.done == len(request.out):
                 stream._pending.popleft()
                 replies.add(request, request.out)
-            self._requeue(stream)
-        replies.send()
         if self.on_batch is not None:
             try:
                 self.on_batch(count, elapsed)
             except Exception:
                 log.exception("VAD on_batch callback failed")
+        return True
 
     def _requeue(self, stream: VadStream) -> None:
         if stream._pending:

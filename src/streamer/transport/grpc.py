@@ -26,6 +26,7 @@ from streamer.policy import ConnectionRequest
 from streamer.protocol.connection import GRPC, ConnectionMachine, EndOfInput, Input, Invalid
 from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver
+from streamer.transport.limits import grpc_server_options
 from streamer.transport.outbox import Outbox
 from streamer.transport.proto import streamer_v1_pb2 as pb
 from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
@@ -128,6 +129,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message),
                 # A port in use is an error at start, not a port shared with another process.
                 ("grpc.so_reuseport", 0),
+                *grpc_server_options(services.settings.server),
             ]
         )
         pb_grpc.add_StreamerServicer_to_server(StreamerServicer(services), self.server)

@@ -210,6 +210,70 @@ async def test_batched_streams_equal_each_stream_alone(reference: SileroVad) -> 
     assert eng.thread_name != threading.current_thread().name
 
 
+@pytest.mark.parametrize("max_frames", [1, 3, 32])
+async def test_backlogs_of_queued_requests_equal_each_stream_alone(
+    reference: SileroVad, max_frames: int
+) -> None:
+    """Every stream queues all its chunks at once, so steps run several frames of each
+    stream, across request boundaries, with streams of different lengths dropping out."""
+    model = RecordingVad()
+    rng = np.random.default_rng(max_frames)
+    inputs = [stream_frames(*spec) for spec in STREAMS]
+    expected = [alone(reference, frames) for frames in inputs]
+    with VadEngine(model, max_frames=max_frames) as eng:
+
+        async def feed(frames: Frames) -> Frames:
+            stream = eng.open_stream()
+            chunks = random_chunks(frames, rng, most=12)
+            parts = await asyncio.gather(*(eng.probabilities(stream, c) for c in chunks))
+            return np.concatenate(parts)
+
+        got = await asyncio.gather(*(feed(frames) for frames in inputs))
+
+    for spec, want, have in zip(STREAMS, expected, got, strict=True):
+        np.testing.assert_allclose(have, want, atol=1e-5, err_msg=str(spec))
+    total = sum(len(frames) for frames in inputs)
+    assert eng.frames_run == total == sum(model.rows)
+    longest = max(len(frames) for frames in inputs)
+    # At least one step per max_frames frames of the longest stream; with max_frames > 1
+    # far fewer steps than frames: a backlog is not held to one frame a step.
+    assert eng.steps_run >= -(-longest // max_frames)
+    if max_frames > 1:
+        assert eng.steps_run < eng.batches_run
+
+
+def test_a_lone_backlog_runs_max_frames_a_step(model: SileroVad, reference: SileroVad) -> None:
+    frames = stream_frames("jfk.wav", 0, 96)
+    with VadEngine(model, max_frames=32) as eng:
+        got = eng.probabilities_sync(eng.open_stream(), frames)
+    np.testing.assert_allclose(got, alone(reference, frames), atol=1e-5)
+    assert (eng.steps_run, eng.batches_run, eng.frames_run) == (3, 96, 96)
+
+
+async def test_a_lone_stream_does_not_wait_for_the_step_interval(
+    model: SileroVad, reference: SileroVad
+) -> None:
+    """No other stream is sending, so a step interval of a minute delays nothing."""
+    frames = stream_frames("harvard_16k.wav", 0, 40)
+    with VadEngine(model, min_interval=60.0) as eng:
+        stream = eng.open_stream()
+        parts = [
+            await asyncio.wait_for(eng.probabilities(stream, chunk), 20)
+            for chunk in np.array_split(frames, 10)
+        ]
+    np.testing.assert_allclose(np.concatenate(parts), alone(reference, frames), atol=1e-5)
+
+
+async def test_a_reset_behind_a_backlog_applies_between_its_frames(engine: VadEngine) -> None:
+    frames = stream_frames("harvard_16k.wav", 0, 30)
+    stream = engine.open_stream()
+    first = asyncio.ensure_future(engine.probabilities(stream, frames))
+    await asyncio.sleep(0)  # the frames are submitted; the reset goes in behind them
+    stream.reset()
+    again = asyncio.ensure_future(engine.probabilities(stream, frames))
+    np.testing.assert_array_equal(await first, await again)
+
+
 async def test_a_small_max_batch_rotates_through_all_streams(reference: SileroVad) -> None:
     model = RecordingVad()
     inputs = [stream_frames(*spec) for spec in STREAMS[:6]]
@@ -299,7 +363,9 @@ async def test_close_fails_waiting_requests_and_refuses_new_ones() -> None:
     await asyncio.wait_for(closing, 10)
     assert not eng.running
 
-    for task in [running, *queued]:
+    # The step in progress ran all five of the first stream's frames; the rest fail.
+    assert (await running).shape == (5,)
+    for task in queued:
         with pytest.raises(ShuttingDown, match="closed"):
             await task
     with pytest.raises(ShuttingDown):

@@ -1,0 +1,213 @@
+"""Connection-level limits, enforced below the application: in the uvicorn protocols and
+in the gRPC server's channel arguments.
+
+The WebSocket and gRPC transports see a connection only once its request is complete and
+a message whole; what a peer can do before that (hold sockets open, send a request head a
+byte at a time, split a message into a million fragments, stop answering pings) is bounded
+here:
+
+- ``LimitedHttpProtocol`` (uvicorn's httptools protocol): a connection over
+  ``max_connections`` gets a canned 503 at once and is closed; a request head that is not
+  complete ``handshake_timeout_seconds`` after the connection opened (or after its first
+  byte, for later requests on a kept-alive connection) gets a 408 and the connection is
+  closed.
+- ``LimitedWebSocketProtocol`` (uvicorn's websockets sans-I/O protocol): a message is
+  assembled in one buffer rather than as a list of fragments, so a message costs about its
+  own size however it is framed; a text message over ``max_text_bytes``, a binary one over
+  ``max_message_bytes`` or one in more than ``MAX_FRAGMENTS`` frames closes the connection
+  with 1009. Incoming bytes are parsed in slices, so that a burst of tiny frames never
+  holds more than a slice's worth of parsed frames at once.
+- ``grpc_server_options``: keepalive pings (a peer that stops answering is dropped), the
+  handshake timeout (a socket that never sends the HTTP/2 preface is closed) and the
+  connection cap of the gRPC port.
+
+Settings come from ``[server]``; the protocol classes carry them as class attributes,
+since uvicorn builds one protocol object per connection from the class alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar, Final, Literal
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
+
+from streamer.config import ServerSettings
+
+__all__ = [
+    "MAX_FRAGMENTS",
+    "LimitedHttpProtocol",
+    "LimitedWebSocketProtocol",
+    "grpc_server_options",
+    "uvicorn_protocols",
+]
+
+MAX_FRAGMENTS: Final = 4096
+"""Frames one WebSocket message may be split into (a 1 MiB message in 256-byte pieces)."""
+MESSAGE_TOO_BIG: Final = 1009
+_SLICE: Final = 16384
+"""Bytes handed to the WebSocket parser at a time."""
+
+
+def _response(status: bytes, body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 " + status + b"\r\n"
+        b"content-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n"
+        b"connection: close\r\n"
+        b"\r\n" + body
+    )
+
+
+_TOO_MANY: Final = _response(b"503 Service Unavailable", b"too many connections\n")
+_TOO_SLOW: Final = _response(b"408 Request Timeout", b"the request head took too long\n")
+
+
+class LimitedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a connection cap and a request-head deadline."""
+
+    max_connections: ClassVar[int] = 0
+    handshake_timeout: ClassVar[float] = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.max_connections and len(self.connections) > self.max_connections:
+            self._refused = True
+            transport.write(_TOO_MANY)
+            transport.close()
+            return
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        if self._head_timer is None:  # a later request on a kept-alive connection
+            self._start_head_timer()
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def _start_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.handshake_timeout, self._head_expired)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.write(_TOO_SLOW)
+            self.transport.close()
+
+
+class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets sans-I/O protocol with bounded message assembly."""
+
+    max_text_bytes: ClassVar[int] = 65536
+    max_binary_bytes: ClassVar[int] = 1 << 20
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._message = bytearray()
+        self._fragments = 0
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        for start in range(0, len(data), _SLICE):
+            if self._refused or self.transport.is_closing():
+                return
+            super().data_received(data[start : start + _SLICE])
+
+    def handle_text(self, event: Frame) -> None:
+        self._begin("text", event)
+
+    def handle_bytes(self, event: Frame) -> None:
+        self._begin("bytes", event)
+
+    def handle_cont(self, event: Frame) -> None:
+        self._add(event)
+
+    def _begin(self, kind: Literal["text", "bytes"], event: Frame) -> None:
+        self.curr_msg_data_type = kind
+        self._message = bytearray()
+        self._fragments = 0
+        self._add(event)
+
+    def _add(self, event: Frame) -> None:
+        if self._refused or self.close_sent:
+            return
+        self._fragments += 1
+        self._message += event.data
+        text = self.curr_msg_data_type == "text"
+        limit = self.max_text_bytes if text else self.max_binary_bytes
+        if len(self._message) > limit:
+            kind = "text" if text else "binary"
+            self._refuse(f"{kind} message over {limit} bytes")
+        elif self._fragments >= MAX_FRAGMENTS and not event.fin:
+            self._refuse(f"message in more than {MAX_FRAGMENTS} fragments")
+        elif event.fin:
+            self.frames = [bytes(self._message)]
+            self._message = bytearray()
+            self.send_receive_event_to_app()
+
+    def _refuse(self, reason: str) -> None:
+        self._refused = True
+        self._message = bytearray()
+        self.conn.fail(MESSAGE_TOO_BIG, reason)
+        self.handle_parser_exception()
+
+
+def uvicorn_protocols(
+    server: ServerSettings,
+) -> tuple[type[LimitedHttpProtocol], type[LimitedWebSocketProtocol]]:
+    """The HTTP and WebSocket protocol classes for uvicorn, bound to these settings."""
+
+    class Http(LimitedHttpProtocol):
+        max_connections = server.max_connections
+        handshake_timeout = server.handshake_timeout_seconds
+
+    class WebSocket(LimitedWebSocketProtocol):
+        max_text_bytes = server.max_text_bytes
+        max_binary_bytes = server.max_message_bytes
+
+    return Http, WebSocket
+
+
+def uvicorn_ws_max_size(server: ServerSettings) -> int:
+    """The size the WebSocket parser itself refuses (with 1009): the larger of the caps."""
+    return max(server.max_message_bytes, server.max_text_bytes)
+
+
+def grpc_server_options(server: ServerSettings) -> list[tuple[str, int]]:
+    """Channel arguments of the gRPC server for keepalive, handshakes and the connection cap."""
+    options = [
+        ("grpc.keepalive_time_ms", round(server.grpc_keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", round(server.grpc_keepalive_timeout_seconds * 1000)),
+        # The wait for any ping's answer, which otherwise defaults to a minute on its own.
+        ("grpc.http2.ping_timeout_ms", round(server.grpc_keepalive_timeout_seconds * 1000)),
+        # Keep pinging a call that sends nothing back, and idle connections too.
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.server_handshake_timeout_ms", round(server.handshake_timeout_seconds * 1000)),
+    ]
+    if server.max_connections:
+        options.append(("grpc.max_allowed_incoming_connections", server.max_connections))
+    return options
