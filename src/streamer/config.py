@@ -82,6 +82,12 @@ class ServerSettings(BaseModel):
 class StreamSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    idle_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="A connection that sends nothing for this long (no start after "
+        "connecting, no audio or keepalive while streaming) ends with idle_timeout; 0: never.",
+    )
     chunk_seconds: float = Field(default=1.0, gt=0, le=60, description="Simple route chunk.")
     max_in_flight: int = Field(default=4, ge=1, le=64, description="Inferences per stream.")
     interim_interval: float = Field(default=0.5, ge=0.1, le=10)

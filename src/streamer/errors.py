@@ -48,6 +48,7 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
+    IDLE_TIMEOUT = "idle_timeout"
 
 
 class CloseCode(IntEnum):
@@ -181,6 +182,7 @@ ENDINGS: dict[ErrorCode | None, Ending] = {
     ErrorCode.INTERNAL_ERROR: Ending(CloseCode.INTERNAL_ERROR, "INTERNAL"),
     ErrorCode.UNAUTHORIZED: Ending(CloseCode.POLICY_VIOLATION, "UNAUTHENTICATED"),
     ErrorCode.FORBIDDEN: Ending(CloseCode.POLICY_VIOLATION, "PERMISSION_DENIED"),
+    ErrorCode.IDLE_TIMEOUT: Ending(CloseCode.NORMAL, "DEADLINE_EXCEEDED"),
 }
 """The one table from the reason a connection ends (None: it ended normally) to its
 WebSocket close code and gRPC status. A WebSocket survives most client errors (they are

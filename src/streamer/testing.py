@@ -32,7 +32,6 @@ from streamer.policy import ANONYMOUS, Principal
 from streamer.protocol.connection import (
     WEBSOCKET,
     Close,
-    ConnectionMachine,
     Disconnected,
     Input,
     Invalid,
@@ -129,9 +128,7 @@ async def run_connection(
         "test",
     )
     outbox.start(write or record)
-    driver = ConnectionDriver(
-        services, route, ConnectionMachine(mode), receive, outbox, principal=principal
-    )
+    driver = ConnectionDriver(services, route, mode, receive, outbox, principal=principal)
     try:
         outcome.close = await driver.run()
         await outbox.close()

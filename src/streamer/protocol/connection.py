@@ -104,6 +104,11 @@ class Crashed:
     """The connection itself hit a server fault."""
 
 
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: the driver's clock reached the machine's ``deadline()``."""
+
+
 ClientInput: TypeAlias = StartRequest | StopRequest | FinalizeRequest | KeepaliveRequest | Audio
 Notice: TypeAlias = (
     StreamRefused
@@ -114,6 +119,7 @@ Notice: TypeAlias = (
     | EndOfInput
     | Disconnected
     | Crashed
+    | Tick
 )
 Input: TypeAlias = ClientInput | Invalid | Notice
 
@@ -168,6 +174,7 @@ class Close:
 Action: TypeAlias = OpenStream | Feed | Finalize | FinishStream | AbortStream | EmitError | Close
 
 SHUTTING_DOWN_MESSAGE = "the server is shutting down; connect to another instance"
+IDLE_MESSAGE = "no audio or keepalive for {seconds:g} s"
 INTERNAL_MESSAGE = "internal server error"
 SLOW_CONSUMER_MESSAGE = "the client is not reading its events"
 
@@ -190,6 +197,16 @@ class Mode:
 
 WEBSOCKET = Mode(one_stream=False)
 GRPC = Mode(one_stream=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Time limits of a connection; 0 turns one off."""
+
+    idle_seconds: float = 0.0
+    """No client message for this long (no ``start`` after connecting, no audio or
+    keepalive while streaming) ends the connection with ``idle_timeout``."""
+
 
 _Step = Callable[["ConnectionMachine", Any], list[Action]]
 
@@ -272,6 +289,21 @@ def _crashed_closing(m: ConnectionMachine, _: Crashed) -> list[Action]:
     return [Close(ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGE, tell=True)]
 
 
+def _tick(m: ConnectionMachine, _: Tick) -> list[Action]:
+    idle = m.limits.idle_seconds
+    if not idle or m.now < m.last_heard + idle:
+        return []  # early, or a deadline that has moved on
+    message = IDLE_MESSAGE.format(seconds=idle)
+    finish: list[Action] = [FinishStream()] if m.state is State.STREAMING else []
+    m.state = State.CLOSED
+    # Told first, then the stream's finals and done, then the close.
+    return [
+        EmitError(ErrorCode.IDLE_TIMEOUT, message),
+        *finish,
+        Close(ErrorCode.IDLE_TIMEOUT, message),
+    ]
+
+
 _I, _S = State.IDLE, State.STREAMING
 
 RULES: dict[tuple[State, type], tuple[State | None, _Step]] = {
@@ -297,6 +329,8 @@ RULES: dict[tuple[State, type], tuple[State | None, _Step]] = {
     (_S, Disconnected): (None, _gone),
     (_I, Crashed): (None, _crashed),
     (_S, Crashed): (None, _crashed),
+    (_I, Tick): (None, _tick),
+    (_S, Tick): (None, _tick),
     (State.CLOSED, Crashed): (None, _crashed_closing),
 }
 """(state, input kind) -> (next state, step). Every notice is handled in every open state;
@@ -325,16 +359,32 @@ def describe(kind: type) -> str:
 class ConnectionMachine:
     """Where one connection is, and what to do next."""
 
-    __slots__ = ("draining", "mode", "state", "streams_started")
+    __slots__ = ("draining", "last_heard", "limits", "mode", "now", "state", "streams_started")
 
-    def __init__(self, mode: Mode = WEBSOCKET) -> None:
+    def __init__(self, mode: Mode = WEBSOCKET, limits: Limits = Limits(), now: float = 0.0) -> None:
         self.mode = mode
+        self.limits = limits
         self.state = State.IDLE
         self.draining = False
         self.streams_started = 0
+        self.now = now
+        """The driver's clock (seconds), as of the last input."""
+        self.last_heard = now
+        """When the client last sent a message."""
 
-    def receive(self, event: Input) -> list[Action]:
-        """The actions that ``event`` calls for, in order; the state moves with them."""
+    def deadline(self) -> float | None:
+        """When the driver must send a ``Tick`` if nothing else arrives first (its clock)."""
+        if self.state is State.CLOSED or not self.limits.idle_seconds:
+            return None
+        return self.last_heard + self.limits.idle_seconds
+
+    def receive(self, event: Input, now: float | None = None) -> list[Action]:
+        """The actions that ``event`` (at ``now`` on the driver's clock) calls for, in
+        order; the state moves with them."""
+        if now is not None:
+            self.now = now
+        if isinstance(event, ClientInput | Invalid):
+            self.last_heard = self.now
         if self.state is State.CLOSED and not isinstance(event, Crashed):
             return []
         if isinstance(event, Invalid):

@@ -32,10 +32,13 @@ from streamer.protocol.connection import (
     Finalize,
     FinishStream,
     Input,
+    Limits,
+    Mode,
     OpenStream,
     OutboxFull,
     StreamFailed,
     StreamRefused,
+    Tick,
 )
 from streamer.services import Services
 from streamer.transport.common import end_stream, open_stream
@@ -47,6 +50,11 @@ Receive = Callable[[], Awaitable[Input | None]]
 """The next input from the peer (None: a message that means nothing, such as a ping)."""
 
 
+def limits_of(services: Services) -> Limits:
+    """The connection limits the settings ask for."""
+    return Limits(idle_seconds=services.settings.stream.idle_seconds)
+
+
 class ConnectionDriver:
     """Runs one connection: inputs into the machine, its actions onto the stream."""
 
@@ -54,7 +62,7 @@ class ConnectionDriver:
         self,
         services: Services,
         route: Route,
-        machine: ConnectionMachine,
+        mode: Mode,
         receive: Receive,
         outbox: Outbox[Any],
         *,
@@ -63,7 +71,7 @@ class ConnectionDriver:
     ) -> None:
         self.services = services
         self.route = route
-        self.machine = machine
+        self.machine = ConnectionMachine(mode, limits_of(services), self._clock())
         self.principal = principal
         self._receive = receive
         self._outbox = outbox
@@ -127,8 +135,13 @@ class ConnectionDriver:
                 if stream is not None:
                     waits.add(expired)
                     waits.add(stream.failed)
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                timeout = None
+                if (deadline := self.machine.deadline()) is not None:
+                    timeout = max(0.0, deadline - self._clock())
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if not receive.done():
+                    if timeout is not None and (close := await self._step(Tick())):
+                        return close
                     continue
                 message = receive.result()
                 receive = None
@@ -139,10 +152,14 @@ class ConnectionDriver:
                 if future is not None:
                     future.cancel()
 
+    @staticmethod
+    def _clock() -> float:
+        return asyncio.get_running_loop().time()
+
     async def _step(self, event: Input) -> Close | None:
         """Feed one input and carry out what it calls for; the ``Close``, if it ends the
         connection."""
-        for action in self.machine.receive(event):
+        for action in self.machine.receive(event, self._clock()):
             if isinstance(action, Close):
                 if action.tell and action.code is not None:
                     self.emit(StreamError(code=action.code, message=action.message))

@@ -23,7 +23,7 @@ from streamer.codecs.v1_proto import decode_request, event_to_proto
 from streamer.errors import ENDINGS, ClientError, ConnectionDenied, ErrorCode
 from streamer.pipeline import Route
 from streamer.policy import ConnectionRequest
-from streamer.protocol.connection import GRPC, ConnectionMachine, EndOfInput, Input, Invalid
+from streamer.protocol.connection import GRPC, EndOfInput, Input, Invalid
 from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver
 from streamer.transport.limits import grpc_server_options
@@ -88,9 +88,7 @@ async def serve_call(context: Any, route: Route, services: Services) -> None:
 
     outbox.start(context.write)
     try:
-        driver = ConnectionDriver(
-            services, route, ConnectionMachine(GRPC), receive, outbox, principal=principal
-        )
+        driver = ConnectionDriver(services, route, GRPC, receive, outbox, principal=principal)
         close = await driver.run()
         await outbox.close()
     finally:

@@ -19,7 +19,7 @@ from streamer.errors import ENDINGS, ClientError, ConnectionDenied
 from streamer.events import Event
 from streamer.pipeline import Route
 from streamer.policy import ConnectionRequest
-from streamer.protocol.connection import WEBSOCKET, ConnectionMachine, Disconnected, Input, Invalid
+from streamer.protocol.connection import WEBSOCKET, Disconnected, Input, Invalid
 from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver
 from streamer.transport.outbox import Outbox
@@ -93,7 +93,7 @@ async def serve_websocket(
     driver = ConnectionDriver(
         services,
         route,
-        ConnectionMachine(WEBSOCKET),
+        WEBSOCKET,
         receive,
         outbox,
         principal=principal,

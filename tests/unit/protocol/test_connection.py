@@ -319,3 +319,19 @@ def test_faults_abort_the_stream_and_close_with_internal_error() -> None:
 def test_a_slow_consumer_or_a_lost_peer_aborts_the_stream() -> None:
     assert started().receive(OutboxFull())[0] == AbortStream("slow_consumer")
     assert started().receive(Disconnected()) == [AbortStream("disconnected"), Close(send=False)]
+
+
+def test_a_tick_past_the_idle_deadline_ends_the_connection() -> None:
+    from streamer.protocol.connection import Limits, Tick
+
+    machine = ConnectionMachine(WEBSOCKET, Limits(idle_seconds=10), now=100.0)
+    assert machine.deadline() == 110.0
+    assert machine.receive(Tick(), now=105.0) == []  # early: nothing to do
+    machine.receive(decode(START), now=108.0)
+    assert machine.deadline() == 118.0  # a message moves the deadline
+    assert machine.receive(Tick(), now=111.0) == []
+    actions = machine.receive(Tick(), now=118.0)
+    assert [type(a) for a in actions] == [EmitError, FinishStream, Close]
+    assert actions[0] == EmitError(ErrorCode.IDLE_TIMEOUT, "no audio or keepalive for 10 s")
+    assert machine.state is State.CLOSED and machine.deadline() is None
+    assert ConnectionMachine().deadline() is None  # no limit, no deadline

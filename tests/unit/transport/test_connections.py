@@ -224,3 +224,48 @@ async def test_grpc_calls_end_with_a_status_after_the_error_event(services: Serv
     received = [v1_proto.event_to_dict(e) for e in good.sent]
     assert_good([e for e in received if e is not None])
     assert good.close == Close()
+
+
+# Idle connections.
+
+
+@pytest.fixture
+async def impatient() -> Any:
+    async with running_services(settings({"idle_seconds": 0.3}), TestModel.speedy()) as running:
+        yield running
+
+
+async def test_a_connection_that_never_starts_ends_idle(impatient: Services) -> None:
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    outcome = await run_connection(impatient, Route.SIMPLE, [Pause(5.0)])
+    assert 0.3 <= loop.time() - began < 2.0
+    [error] = events(outcome)
+    assert error["code"] == "idle_timeout" and "0.3 s" in error["message"]
+    assert outcome.close.code is ErrorCode.IDLE_TIMEOUT
+
+
+async def test_an_idle_stream_is_told_then_gets_its_finals_and_done(impatient: Services) -> None:
+    outcome = await run_connection(
+        impatient, Route.SIMPLE, [START, *chunks(noise(2.5)), Pause(5.0)]
+    )
+    received = events(outcome)
+    [error] = [e for e in received if e["type"] == "error"]
+    assert error["code"] == "idle_timeout"
+    assert received.index(error) < types(outcome).index("done")  # told, then done
+    assert_good([e for e in received if e["type"] != "error"])
+    assert outcome.close.code is ErrorCode.IDLE_TIMEOUT
+    assert impatient.live_streams == 0
+
+
+async def test_keepalives_and_audio_keep_a_connection_from_idling(impatient: Services) -> None:
+    keepalive = json.dumps({"request": "keepalive"})
+    inbound: list[Any] = []
+    for _ in range(6):  # 1.2 s with no audio, but a keepalive every 0.2 s
+        inbound += [Pause(0.2), keepalive]
+    inbound += [START]
+    for chunk in chunks(noise(2.5), 8000):  # 0.25 s of audio every 0.2 s: never idle
+        inbound += [Pause(0.2), chunk]
+    outcome = await run_connection(impatient, Route.SIMPLE, [*inbound, STOP_CLOSE])
+    assert_good(events(outcome))
+    assert outcome.close == Close()
