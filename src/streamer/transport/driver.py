@@ -36,6 +36,7 @@ from streamer.protocol.connection import (
     Mode,
     OpenStream,
     OutboxFull,
+    Send,
     StreamFailed,
     StreamRefused,
     Tick,
@@ -77,6 +78,8 @@ class ConnectionDriver:
         self._outbox = outbox
         self._trace = trace
         self.stream: StreamPipeline | None = None
+        self.stream_route = route
+        """The open stream's route (a session may open its streams on another)."""
 
     def emit(self, event: Event) -> None:
         self._outbox.put(event)
@@ -165,15 +168,18 @@ class ConnectionDriver:
                     self.emit(StreamError(code=action.code, message=action.message))
                 return action
             if isinstance(action, OpenStream):
+                route = self.route if action.route is None else Route(action.route)
                 try:
                     self.stream = open_stream(
                         self.services,
-                        self.route,
+                        route,
                         action.request,
                         self.emit,
                         self._trace,
                         principal=self.principal,
+                        chunk_seconds=action.chunk_seconds,
                     )
+                    self.stream_route = route
                 except ClientError as error:
                     return await self._step(StreamRefused(error))
             else:
@@ -184,7 +190,7 @@ class ConnectionDriver:
         stream = self.stream
         if isinstance(action, Feed):
             assert stream is not None
-            self.services.bytes_in(self.route, len(action.data))
+            self.services.bytes_in(self.stream_route, len(action.data))
             await stream.feed(action.data)
         elif isinstance(action, Finalize):
             assert stream is not None
@@ -192,15 +198,17 @@ class ConnectionDriver:
         elif isinstance(action, FinishStream):
             if stream is not None:
                 self.stream = None
-                await end_stream(self.services, self.route, stream, flush=True)
+                await end_stream(self.services, self.stream_route, stream, flush=True)
         elif isinstance(action, AbortStream):
             await self._abort(action.outcome)
         elif isinstance(action, EmitError):
             self.emit(StreamError(code=action.code, message=action.message))
+        elif isinstance(action, Send):
+            self._outbox.put_reply(action.payload)
 
     async def _abort(self, outcome: str) -> None:
         stream, self.stream = self.stream, None
         if stream is not None:
             await end_stream(
-                self.services, self.route, stream, flush=False, outcome_if_dropped=outcome
+                self.services, self.stream_route, stream, flush=False, outcome_if_dropped=outcome
             )

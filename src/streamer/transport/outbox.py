@@ -41,15 +41,23 @@ class Outbox(Generic[T]):
 
     def put(self, event: Event) -> None:
         """Queue one event (the pipeline's ``emit``); counts it as sent."""
+        if self._queue_item(self._encode(event)):
+            self._sent(event)
+
+    def put_reply(self, payload: object) -> None:
+        """Queue a codec's own reply (not a stream event: ``encode`` must know its type)."""
+        self._queue_item(self._encode(payload))  # type: ignore[arg-type]
+
+    def _queue_item(self, item: T) -> bool:
         if self.slow:
-            return
+            return False
         try:
-            self._queue.put_nowait(self._encode(event))
+            self._queue.put_nowait(item)
         except asyncio.QueueFull:
             self.slow = True
             log.warning("%s client is not reading its events; ending it", self._transport)
-            return
-        self._sent(event)
+            return False
+        return True
 
     def start(self, write: Callable[[T], Awaitable[None]]) -> None:
         """Write every queued item with ``write``, in order, on a task of its own."""
