@@ -31,9 +31,9 @@ def open_stream(
     Raises ``Overloaded`` or ``ShuttingDown`` (from ``Services.admit``) when it is refused;
     a stream that is returned is counted until :func:`end_stream`.
     """
-    services.admit(route, principal)
+    stream_id = uuid.uuid4().hex
+    services.admit(route, principal, stream_id)
     try:
-        stream_id = uuid.uuid4().hex
         options = services.stream_options(route, request)
         pipeline = StreamPipeline(
             stream_id,
@@ -44,7 +44,7 @@ def open_stream(
             observer=services.stream_telemetry(route, stream_id, request.trace_id, connection),
         )
     except BaseException:
-        services.stream_ended(route, "error")
+        services.stream_ended(route, "error", stream_id)
         raise
     pipeline.start()
     emit(
@@ -88,4 +88,4 @@ async def end_stream(
             await pipeline.abort()
             outcome = outcome_if_dropped
     finally:
-        services.stream_ended(route, outcome)
+        services.stream_ended(route, outcome, pipeline.stream_id)
