@@ -180,3 +180,27 @@ async def test_the_page_transcribes_the_microphone_with_a_granted_token(
     assert colours > 20 and share > 0.02, (colours, share)
     await context.close()
     assert token not in whisper_server.output() and KEY not in whisper_server.output()
+
+
+async def test_the_page_streams_a_chosen_file_in_real_time(
+    whisper_server: ServerProcess, browser: Any
+) -> None:
+    token = grant(whisper_server, routes=["segmented"])["token"]
+    page = await browser.new_page()
+    await page.goto(f"{whisper_server.http}/?route=segmented&token={token}")
+    await page.set_input_files("#file", str(AUDIO / "jfk.wav"))
+    started = await page.evaluate("() => performance.now()")
+    await page.click("#play")
+    # The page stops by itself when the file has played, and the server says done.
+    await page.wait_for_function(
+        "() => document.getElementById('state').dataset.state === 'closed'", timeout=60_000
+    )
+    elapsed = (await page.evaluate("() => performance.now()")) - started
+    finals = await page.eval_on_selector_all(
+        ".segment.final", "items => items.map(i => i.querySelector('.text').textContent)"
+    )
+    errors = await page.eval_on_selector_all("#errors li", "items => items.map(i => i.innerText)")
+    assert not errors
+    assert word_error_rate(SAID["jfk.wav"], " ".join(finals)) <= 0.2, finals
+    assert elapsed >= 11_000  # the 11 s recording took at least its own length to send
+    await page.close()
