@@ -8,17 +8,19 @@ import functools
 import importlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, WebSocketRoute
 from starlette.routing import Route as HttpRoute
-from starlette.routing import WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from streamer.auth import REALTIME_SUBPROTOCOL, policy_from_settings
+from streamer.auth import REALTIME_SUBPROTOCOL, issuer_from_settings, policy_from_settings
 from streamer.codecs.openai_realtime import RealtimeCodec
 from streamer.config import Settings
 from streamer.inference.model import Model, TestModel, UnsupportedModel
@@ -29,14 +31,28 @@ from streamer.inference.whisper import WhisperRecognizer, model_directory
 from streamer.observability.loop import LoopMonitor
 from streamer.observability.metrics import Metrics, new_registry
 from streamer.observability.tracing import Tracing
+from streamer.origins import OriginPolicy
 from streamer.pipeline import Route
 from streamer.policy import ConnectionPolicy, allow_all
 from streamer.segmentation.vad import VadEngine
 from streamer.services import Services
+from streamer.transport.grant import grant_endpoint
 from streamer.transport.grpc import GrpcServer, start_grpc_server
 from streamer.transport.websocket import WsCodec, serve_websocket
 
 log = logging.getLogger(__name__)
+
+WEB = Path(__file__).parent / "web"
+"""The demo page's static files (no build step)."""
+
+PAGE_HEADERS = {
+    # The page's URL may carry ?token=: no Referer with it to anything the page loads.
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "media-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
 
 
 def model_factory(settings: Settings) -> ModelFactory:
@@ -162,10 +178,18 @@ def create_app(
     default it is the API-key policy of ``[auth]`` (everyone, when no keys are set).
     """
     settings = settings or Settings()
+    tokens = issuer_from_settings(settings.auth)
     if policy is None:
-        policy = policy_from_settings(settings.auth)
+        policy = policy_from_settings(settings.auth, tokens)
         if policy is allow_all:
             log.warning("no API keys are configured ([auth] api_keys): every client may connect")
+    # One policy for every transport and route: the origin check, then keys and tokens.
+    server_settings = settings.server
+    policy = OriginPolicy(
+        policy,
+        server_settings.allowed_origins,
+        allow_missing=server_settings.allow_missing_origin,
+    )
     registry = registry if registry is not None else new_registry()
     metrics = Metrics(registry)
 
@@ -209,6 +233,9 @@ def create_app(
         # On the loop's thread: the task counts read asyncio's task set.
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def page(request: Request) -> Response:
+        return FileResponse(WEB / "index.html", headers=PAGE_HEADERS)
+
     def ws_route(route: Route) -> Any:
         async def endpoint(ws: WebSocket) -> None:
             await serve_websocket(ws, route, ws.app.state.services)
@@ -237,9 +264,17 @@ def create_app(
         routes=[
             HttpRoute("/api/v1/health", health, methods=["GET"]),
             HttpRoute("/metrics", metrics_endpoint, methods=["GET"]),
+            # Tokens name the stream routes they may open (their audience).
+            HttpRoute(
+                "/api/v1/auth/grant",
+                grant_endpoint(tokens, [route.value for route in Route]),
+                methods=["POST"],
+            ),
             WebSocketRoute("/api/v1/simple", ws_route(Route.SIMPLE)),
             WebSocketRoute("/api/v1/segmented", ws_route(Route.SEGMENTED)),
             WebSocketRoute("/v1/realtime", realtime),
+            HttpRoute("/", page, methods=["GET"]),
+            Mount("/demo", StaticFiles(directory=WEB), name="demo"),
         ],
         lifespan=lifespan,
     )

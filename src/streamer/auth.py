@@ -10,10 +10,15 @@ A client presents a key the ways the clients people use send one:
 - OpenAI Realtime's browser form, the subprotocols ``realtime`` and
   ``openai-insecure-api-key.<key>``: accepted with ``realtime``.
 
-A missing or wrong key is HTTP 401 before the upgrade (gRPC: UNAUTHENTICATED). Keys are
-compared in constant time and never logged: a principal is named by the key's ``name`` or a
-short hash of it. With no keys configured, every connection is let in (and the server warns
-at start).
+A browser may instead present a short-lived token minted from a key
+(``streamer.tokens``): the same subprotocol pair, or ``?token=<token>`` in the URL. A
+credential with a JWT's shape is checked as a token, anything else as a key; the URL carries
+tokens only, never keys.
+
+A missing or wrong key (or an expired, replayed or foreign token) is HTTP 401 before the
+upgrade (gRPC: UNAUTHENTICATED). Keys are compared in constant time and never logged: a
+principal is named by the key's ``name`` or a short hash of it. With no keys configured,
+every connection is let in (and the server warns at start).
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import hashlib
 import hmac
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from streamer.errors import ConnectionDenied
 from streamer.policy import ConnectionPolicy, ConnectionRequest, Principal, allow_all
+from streamer.tokens import TokenIssuer, looks_like_token
 
 SCHEMES = ("token", "bearer")
 """Authorization schemes (and subprotocol names) that carry a key."""
@@ -48,6 +54,13 @@ class ApiKey(BaseModel):
         default=None, ge=1, description="Concurrent streams of this key (and its tokens)."
     )
 
+    @field_validator("key")
+    @classmethod
+    def _not_a_token(cls, key: str) -> str:
+        if looks_like_token(key):
+            raise ValueError("an API key may not have a JWT's shape (eyJ….….…)")
+        return key
+
 
 class AuthSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -59,6 +72,17 @@ class AuthSettings(BaseModel):
     api_keys_file: Path | None = Field(
         default=None, description="A file of more keys, one a line ('#' starts a comment)."
     )
+    token_secret: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        description="Signs short-lived tokens (HS256); unset, no tokens are minted or accepted.",
+    )
+    token_ttl_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="A token's lifetime unless the grant asks."
+    )
+    token_max_ttl_seconds: float = Field(
+        default=300.0, gt=0, le=86400, description="The longest lifetime a grant may ask for."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +91,13 @@ class Credential:
 
     secret: str
     subprotocol: str | None = None
+    in_query: bool = False
+    """It came as ``?token=`` in the URL."""
 
 
 def presented(request: ConnectionRequest) -> Credential | None:
-    """The key a connection presents: the Authorization header, else a subprotocol pair."""
+    """The key a connection presents: the Authorization header, else a subprotocol pair,
+    else (a token) the query parameter ``token``."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() in SCHEMES and value.strip():
@@ -84,6 +111,8 @@ def presented(request: ConnectionRequest) -> Credential | None:
             secret = name.removeprefix(REALTIME_KEY_PREFIX)
             if name.startswith(REALTIME_KEY_PREFIX) and secret:
                 return Credential(secret, subprotocol=REALTIME_SUBPROTOCOL)
+    if token := request.query.get("token", "").strip():
+        return Credential(token, in_query=True)
     return None
 
 
@@ -104,12 +133,20 @@ def load_keys(settings: AuthSettings) -> list[ApiKey]:
 
 
 class KeyPolicy:
-    """Lets in connections that present one of ``keys``."""
+    """Lets in connections that present one of ``keys``, or a valid token of ``tokens``
+    minted from one of them."""
 
-    def __init__(self, keys: Iterable[ApiKey]) -> None:
+    def __init__(self, keys: Iterable[ApiKey], tokens: TokenIssuer | None = None) -> None:
         self._keys: Sequence[ApiKey] = tuple(keys)
         if not self._keys:
             raise ValueError("a key policy needs at least one key")
+        self._by_name = {self.name_of(key): key for key in self._keys}
+        self.tokens = tokens
+
+    @staticmethod
+    def name_of(key: ApiKey) -> str:
+        """The principal name of a key: its own name, or a short hash of the secret."""
+        return key.name or fingerprint(key.key)
 
     def find(self, secret: str) -> ApiKey | None:
         """The configured key equal to ``secret`` (compared in constant time), or None."""
@@ -127,17 +164,48 @@ class KeyPolicy:
                 "an API key is required: send 'Authorization: Token <key>' (or Bearer), "
                 "or the subprotocols 'token', '<key>'"
             )
+        if looks_like_token(credential.secret):
+            return self._token(credential, request.route)
+        if credential.in_query:
+            raise ConnectionDenied(
+                "an API key does not belong in the URL: send it in the Authorization header, "
+                "or get a short-lived token for ?token="
+            )
         key = self.find(credential.secret)
         if key is None:
             raise ConnectionDenied("the API key is not valid")
         return Principal(
-            name=key.name or fingerprint(key.key),
+            name=self.name_of(key),
             max_streams=key.max_streams,
             subprotocol=credential.subprotocol,
         )
 
+    def _token(self, credential: Credential, route: str) -> Principal:
+        if self.tokens is None:
+            raise ConnectionDenied("this server accepts no tokens ([auth] token_secret is unset)")
+        subprotocol = credential.subprotocol
+        principal = self.tokens.principal(credential.secret, route, subprotocol, None)
+        key = self._by_name.get(principal.name)
+        if key is None:  # the key it was minted from is gone: so are its tokens
+            raise ConnectionDenied("the token's API key is no longer valid")
+        return replace(principal, max_streams=key.max_streams)
 
-def policy_from_settings(settings: AuthSettings) -> ConnectionPolicy:
-    """The key policy when keys are configured; otherwise everyone is let in."""
+
+def issuer_from_settings(settings: AuthSettings) -> TokenIssuer | None:
+    """The token issuer of ``[auth] token_secret``, or None when tokens are off."""
+    if settings.token_secret is None:
+        return None
+    return TokenIssuer(
+        settings.token_secret.get_secret_value(),
+        default_ttl=min(settings.token_ttl_seconds, settings.token_max_ttl_seconds),
+        max_ttl=settings.token_max_ttl_seconds,
+    )
+
+
+def policy_from_settings(
+    settings: AuthSettings, tokens: TokenIssuer | None = None
+) -> ConnectionPolicy:
+    """The key policy (accepting ``tokens``' tokens too) when keys are configured;
+    otherwise everyone is let in."""
     keys = load_keys(settings)
-    return KeyPolicy(keys) if keys else allow_all
+    return KeyPolicy(keys, tokens) if keys else allow_all

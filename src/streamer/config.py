@@ -21,6 +21,7 @@ from pydantic_settings import (
 from streamer.auth import AuthSettings
 from streamer.inference.model import TestModelParams
 from streamer.inference.whisper import WhisperParams
+from streamer.origins import ANY, parse_origin
 
 
 class ServerSettings(BaseModel):
@@ -77,6 +78,22 @@ class ServerSettings(BaseModel):
     max_pending_events: int = Field(
         default=1000, ge=10, description="Events queued for a client that is not reading."
     )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Web page origins (scheme://host[:port], exact) whose browsers may "
+        "connect, beside the server's own; '*' allows every origin.",
+    )
+    allow_missing_origin: bool = Field(
+        default=True, description="Let in connections without an Origin (non-browser clients)."
+    )
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin.strip() != ANY and parse_origin(origin) is None:
+                raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+        return origins
 
 
 class StreamSettings(BaseModel):

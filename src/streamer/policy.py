@@ -45,6 +45,14 @@ class Principal:
     """The WebSocket subprotocol to accept the connection with, if the client offered one
     that the policy consumed."""
     claims: Mapping[str, Any] = field(default_factory=dict)
+    quotas: tuple[tuple[str, int], ...] = ()
+    """More accounts its streams count against, as (account, limit): a token's own quota
+    beside its key's ``max_streams``."""
+
+    def accounts(self) -> tuple[tuple[str, int], ...]:
+        """Every (account, limit) a new stream of this principal must fit in."""
+        own = ((self.name, self.max_streams),) if self.max_streams is not None else ()
+        return own + self.quotas
 
 
 ANONYMOUS = Principal()

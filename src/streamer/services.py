@@ -44,6 +44,10 @@ class Services:
     tracing: Tracing = field(default_factory=Tracing)
     policy: ConnectionPolicy = allow_all
     """Who may connect (asked once per connection, before any stream)."""
+    quota_use: Counter[str] = field(default_factory=Counter)
+    """Live streams per quota account (``Principal.accounts``)."""
+    held: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The quota accounts each live stream (by id) counts against."""
 
     def __post_init__(self) -> None:
         sources = self.metrics.sources
@@ -72,13 +76,30 @@ class Services:
             self.metrics.connection_refused(request.route, denied.code)
             raise
 
-    def admit(self, route: Route, principal: Principal = ANONYMOUS) -> None:
-        """Count a new stream of ``principal`` in, or refuse it with a typed error."""
+    def admit(
+        self, route: Route, principal: Principal = ANONYMOUS, stream_id: str | None = None
+    ) -> None:
+        """Count a new stream of ``principal`` in, or refuse it with a typed error.
+
+        A stream past one of the principal's quotas is refused as ``overloaded``, naming
+        the quota; other principals are not affected. With a ``stream_id``, the stream
+        holds its quotas until ``stream_ended`` is told the same id.
+        """
         if self.draining.is_set():
             raise ShuttingDown("the server is shutting down; connect to another instance")
         if (why := self.overload()) is not None:
             raise Overloaded(f"{why}; try again later")
+        accounts = principal.accounts()
+        for account, limit in accounts:
+            if self.quota_use[account] >= limit:
+                raise Overloaded(
+                    f"{account} is at its quota of {limit} concurrent streams; "
+                    "end one or try again later"
+                )
         self.streams[route] += 1
+        if stream_id is not None and accounts:
+            self.held[stream_id] = tuple(account for account, _ in accounts)
+            self.quota_use.update(self.held[stream_id])
         self.metrics.stream_started(route)
 
     def overload(self) -> str | None:
@@ -94,9 +115,16 @@ class Services:
             return f"the server has more than {server.max_backlog} inferences queued"
         return None
 
-    def stream_ended(self, route: Route, outcome: str = "completed") -> None:
-        """Count a stream out; ``outcome`` is one of ``metrics.OUTCOMES``."""
+    def stream_ended(
+        self, route: Route, outcome: str = "completed", stream_id: str | None = None
+    ) -> None:
+        """Count a stream out (and release its quotas); ``outcome`` is one of
+        ``metrics.OUTCOMES``."""
         self.streams[route] -= 1
+        for account in self.held.pop(stream_id, ()) if stream_id else ():
+            self.quota_use[account] -= 1
+            if self.quota_use[account] <= 0:
+                del self.quota_use[account]
         self.metrics.stream_ended(route, outcome)
 
     def bytes_in(self, route: Route, n: int) -> None:

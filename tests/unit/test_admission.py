@@ -10,6 +10,7 @@ from streamer.config import Settings
 from streamer.errors import Overloaded, ShuttingDown
 from streamer.inference.process_pool import ProcessPool
 from streamer.pipeline import Route
+from streamer.policy import ANONYMOUS, Principal
 
 
 async def test_a_stream_over_the_limit_is_refused_and_health_says_full() -> None:
@@ -55,3 +56,30 @@ async def test_the_process_pool_is_chosen_by_the_settings() -> None:
         assert services.scheduler.max_queued == 10000
     finally:
         await services.scheduler.pool.close()
+
+
+async def test_a_principal_past_its_quota_is_refused_and_others_are_not() -> None:
+    services = build_services(Settings())
+    limited = Principal(name="web-app", max_streams=2)
+    services.admit(Route.SIMPLE, limited, "s1")
+    services.admit(Route.SEGMENTED, limited, "s2")
+    with pytest.raises(Overloaded, match="web-app is at its quota of 2 concurrent streams"):
+        services.admit(Route.SIMPLE, limited, "s3")
+    services.admit(Route.SIMPLE, Principal(name="other", max_streams=2), "s4")
+    services.admit(Route.SIMPLE, ANONYMOUS, "s5")
+    assert services.live_streams == 4
+    services.stream_ended(Route.SIMPLE, "completed", "s1")  # its place is given back
+    services.admit(Route.SIMPLE, limited, "s6")
+    assert services.quota_use == {"web-app": 2, "other": 1}
+
+
+async def test_a_token_s_quota_is_counted_beside_its_key_s() -> None:
+    services = build_services(Settings())
+    token = Principal(name="web-app", max_streams=3, quotas=(("token abc", 1),))
+    services.admit(Route.SIMPLE, token, "t1")
+    with pytest.raises(Overloaded, match="token abc is at its quota of 1"):
+        services.admit(Route.SIMPLE, token, "t2")
+    services.admit(Route.SIMPLE, Principal(name="web-app", max_streams=3), "k1")
+    services.stream_ended(Route.SIMPLE, "completed", "t1")
+    services.stream_ended(Route.SIMPLE, "completed", "k1")
+    assert services.quota_use == {} and services.held == {}

@@ -36,6 +36,7 @@ _SECRET: Final = re.compile(
     r"signature|sig|authorization|credentials?))=([^&\s\"']+)"
 )
 _BEARER: Final = re.compile(r"(?i)\b(bearer|basic|token)\s+[a-z0-9._~+/=-]{8,}")
+_JWT: Final = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 # Attributes every LogRecord has; anything else was passed in ``extra`` and is kept.
 _STANDARD: Final = frozenset(
@@ -60,9 +61,11 @@ def current_ids() -> tuple[str | None, str | None]:
 
 
 def redact(text: str) -> str:
-    """Mask values of credential-like query parameters and bearer tokens."""
+    """Mask values of credential-like query parameters, bearer tokens and JWTs anywhere."""
     if "=" in text:
         text = _SECRET.sub(r"\1=[redacted]", text)
+    if "eyJ" in text:
+        text = _JWT.sub("[redacted]", text)
     return _BEARER.sub(r"\1 [redacted]", text)
 
 

@@ -34,9 +34,9 @@ def open_stream(
     a stream that is returned is counted until :func:`end_stream`. ``chunk_seconds``
     replaces the server's chunk on the simple route.
     """
-    services.admit(route, principal)
+    stream_id = uuid.uuid4().hex
+    services.admit(route, principal, stream_id)
     try:
-        stream_id = uuid.uuid4().hex
         options = services.stream_options(route, request)
         if chunk_seconds is not None:
             options = dataclasses.replace(options, chunk_seconds=chunk_seconds)
@@ -49,7 +49,7 @@ def open_stream(
             observer=services.stream_telemetry(route, stream_id, request.trace_id, connection),
         )
     except BaseException:
-        services.stream_ended(route, "error")
+        services.stream_ended(route, "error", stream_id)
         raise
     pipeline.start()
     emit(
@@ -93,4 +93,4 @@ async def end_stream(
             await pipeline.abort()
             outcome = outcome_if_dropped
     finally:
-        services.stream_ended(route, outcome)
+        services.stream_ended(route, outcome, pipeline.stream_id)
