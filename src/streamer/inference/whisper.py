@@ -9,6 +9,7 @@ thread pool runs several transcriptions at once (one model, ``num_workers`` repl
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +47,45 @@ class WhisperParams(BaseModel):
         "at rising temperatures when the text looks repetitive, which made some segments "
         "cost six times as much: too unsteady for streaming.)",
     )
+    no_speech_threshold: float = Field(
+        default=0.6,
+        ge=0,
+        le=1,
+        description="A decode whose no-speech probability is above this, and whose text is "
+        "unlikely or repetitive (see the two thresholds below), is taken for no speech.",
+    )
+    log_prob_threshold: float = Field(
+        default=-1.0,
+        le=0,
+        description="Average token log-probability below which text is unlikely.",
+    )
+    compression_ratio_threshold: float = Field(
+        default=2.4, gt=0, description="gzip compression ratio above which text is repetitive."
+    )
+
+
+_WORD = re.compile(r"\w")
+
+
+def is_no_speech(
+    params: WhisperParams, no_speech_prob: float, avg_logprob: float, compression_ratio: float
+) -> bool:
+    """Whether one decode is Whisper's hallucination over audio without speech.
+
+    faster-whisper drops a decode only when it is both likely silence and improbable text.
+    Over noise, tiny.en can instead fall into a confident loop (". . . ." at an average
+    log-probability near 0), which that rule keeps; a loop is as telling as improbable
+    text, so either one, at a high no-speech probability, means no speech.
+    """
+    return no_speech_prob > params.no_speech_threshold and (
+        avg_logprob < params.log_prob_threshold
+        or compression_ratio > params.compression_ratio_threshold
+    )
+
+
+def has_words(text: str) -> bool:
+    """Whether the text has a letter or digit (punctuation alone is no transcript)."""
+    return _WORD.search(text) is not None
 
 
 def bundled_model_path() -> Path:
@@ -105,10 +145,20 @@ class WhisperRecognizer:
                 condition_on_previous_text=False,
                 without_timestamps=True,
             )
-            text = "".join(segment.text for segment in segments)
+            text = "".join(
+                segment.text
+                for segment in segments
+                if not is_no_speech(
+                    self.params,
+                    segment.no_speech_prob,
+                    segment.avg_logprob,
+                    segment.compression_ratio,
+                )
+            )
         except (ValueError, RuntimeError) as error:
             raise ModelFailure(f"whisper could not transcribe this audio: {error}") from error
-        return {"text": text.strip()}
+        text = text.strip()
+        return {"text": text if has_words(text) else ""}
 
     def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
         results: list[Output | Exception] = []

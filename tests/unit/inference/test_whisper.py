@@ -13,7 +13,7 @@ from streamer.bench.expected import decode_channels
 from streamer.cli.client import load_audio
 from streamer.config import Settings
 from streamer.inference.model import Model, UnsupportedModel
-from streamer.inference.whisper import WhisperParams, WhisperRecognizer
+from streamer.inference.whisper import WhisperParams, WhisperRecognizer, has_words, is_no_speech
 
 AUDIO = Path(__file__).resolve().parents[2] / "fixtures" / "audio"
 
@@ -47,6 +47,25 @@ def test_it_transcribes_real_speech(whisper: WhisperRecognizer, name: str, ceili
 def test_noise_without_speech_gives_no_words(whisper: WhisperRecognizer) -> None:
     noise = speech("modem_noise_8k.wav")[: 10 * 16000]
     assert whisper.infer(noise) == {"text": ""}
+
+
+@pytest.mark.parametrize(
+    ("no_speech", "logprob", "ratio", "dropped"),
+    [
+        (0.86, -0.03, 29.8, True),  # tiny.en's confident ". . . ." loop over modem noise
+        (0.86, -1.6, 1.2, True),  # improbable text over likely silence
+        (0.86, -0.3, 1.5, False),  # likely silence, but fluent text: kept
+        (0.1, -2.0, 30.0, False),  # speech, however garbled: kept
+    ],
+)
+def test_a_decode_is_no_speech_only_when_likely_silence_and_unlikely_or_looping(
+    no_speech: float, logprob: float, ratio: float, dropped: bool
+) -> None:
+    assert is_no_speech(WhisperParams(), no_speech, logprob, ratio) is dropped
+
+
+def test_punctuation_alone_is_no_transcript() -> None:
+    assert not has_words(". . . ?") and has_words("It's 4.") and has_words("Ja.")
 
 
 def test_empty_audio_gives_empty_text(whisper: WhisperRecognizer) -> None:
