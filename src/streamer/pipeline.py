@@ -23,6 +23,7 @@ from streamer.audio.formats import AudioFormat
 from streamer.audio.framing import Framer
 from streamer.audio.resample import ChannelResamplers
 from streamer.errors import ErrorCode, InferenceError
+from streamer.inference.model import shift_words
 from streamer.inference.scheduler import Job, JobState, Scheduler
 from streamer.observability.stream import StreamObserver
 from streamer.protocol.messages import (
@@ -65,6 +66,8 @@ class StreamOptions:
     max_in_flight: int = 4
     interim: bool = False
     vad_params: VadParams | None = None
+    words: bool = False
+    """Finals carry word times (for a model that gives them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +216,9 @@ class StreamPipeline:
             audio = soxr.resample(audio, self._work_rate, self.options.model_rate).astype(
                 np.float32, copy=False
             )
-        job = self._scheduler.submit(self.stream_id, audio, final=final)
+        job = self._scheduler.submit(
+            self.stream_id, audio, final=final, words=final and self.options.words
+        )
         self.observer.inference(job, channel, self.seconds(start), self.seconds(end), final)
         return _Pending(job, channel, start, end, final)
 
@@ -245,9 +250,8 @@ class StreamPipeline:
             elif exc is not None:
                 raise exc
             else:
-                self._emit(
-                    segment_event(item.channel, start, end, item.final, item.job.future.result())
-                )
+                output = shift_words(item.job.future.result(), start)
+                self._emit(segment_event(item.channel, start, end, item.final, output))
 
 
 class _SimpleChannel:

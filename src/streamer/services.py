@@ -139,6 +139,7 @@ class Services:
             max_in_flight=stream.max_in_flight,
             interim=request.interim_results,
             vad_params=params,
+            words=request.word_times,
         )
 
     def health(self) -> dict[str, Any]:

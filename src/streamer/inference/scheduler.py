@@ -46,6 +46,8 @@ class Job:
     audio: NDArray[np.float32]
     final: bool
     future: asyncio.Future[Output]
+    words: bool = False
+    """Whether the result should carry word times (for a model that gives them)."""
     enqueued: float = field(default_factory=time.perf_counter)
     state: JobState = JobState.QUEUED
 
@@ -161,12 +163,14 @@ class Scheduler:
         await self.pool.close()
         await asyncio.gather(*self._running, return_exceptions=True)
 
-    def submit(self, stream: str, audio: NDArray[np.float32], *, final: bool = True) -> Job:
+    def submit(
+        self, stream: str, audio: NDArray[np.float32], *, final: bool = True, words: bool = False
+    ) -> Job:
         """Queue one inference; the result (or a typed error) arrives on ``job.future``.
 
         An interim submitted while the queue is full comes back already cancelled.
         """
-        job = Job(stream, audio, final, asyncio.get_running_loop().create_future())
+        job = Job(stream, audio, final, asyncio.get_running_loop().create_future(), words)
         if not final and self.full:
             job.cancel()
             self.interims_dropped += 1
@@ -242,7 +246,8 @@ class Scheduler:
         self._busy += 1
         started = time.perf_counter()
         waits = tuple(started - job.enqueued for job in batch)
-        run = asyncio.ensure_future(self.pool.run([job.audio for job in batch]))
+        words = [job.words for job in batch] if any(job.words for job in batch) else None
+        run = asyncio.ensure_future(self.pool.run([job.audio for job in batch], words))
         try:
             try:
                 results = await asyncio.wait_for(asyncio.shield(run), self.deadline)

@@ -279,3 +279,41 @@ async def test_a_full_queue_drops_new_interims_but_never_finals() -> None:
     assert sorted(c[0] for c in model.calls) == [1, 2, 3, 4, 6]
     assert not sched.full and sched.oldest_wait() == 0
     await sched.close()
+
+
+class WordsRecordingModel(RecordingModel):
+    """A model that gives word times: records which inputs asked for them."""
+
+    word_times = True
+
+    def __init__(self, max_batch_size: int = 1) -> None:
+        super().__init__(max_batch_size)
+        self.asked: list[list[bool] | None] = []
+
+    def infer_batch(
+        self, batch: Sequence[NDArray[np.float32]], words: Sequence[bool] | None = None
+    ) -> list[Output | Exception]:
+        self.asked.append(None if words is None else list(words))
+        return super().infer_batch(batch)
+
+
+async def test_a_jobs_word_times_request_reaches_the_model_with_its_batch() -> None:
+    model = WordsRecordingModel(max_batch_size=4)
+    model.gate.clear()
+    sched = await make(model)
+    blocker = sched.submit("x", audio(1))
+    await asyncio.sleep(0.05)
+    jobs = [sched.submit(f"s{i}", audio(10 + i), words=i % 2 == 1) for i in range(4)]
+    model.gate.set()
+    await asyncio.gather(blocker.future, *(j.future for j in jobs))
+    # Nobody asked for the first batch's words, so the model got no flags at all.
+    assert model.asked == [None, [False, True, False, True]]
+    await sched.close()
+
+
+async def test_a_model_without_word_times_is_never_asked() -> None:
+    model = RecordingModel(max_batch_size=4)  # infer_batch takes the batch alone
+    sched = await make(model)
+    job = sched.submit("s", audio(7), words=True)
+    assert (await job.future) == {"count": 7}
+    await sched.close()
