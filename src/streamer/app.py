@@ -102,6 +102,8 @@ def build_services(
         max_wait=inference.max_wait_ms / 1000,
         deadline=inference.deadline_seconds,
         max_queued=inference.max_queued,
+        interim_max_wait=inference.interim_max_wait_ms / 1000 or None,
+        finals_reserve=inference.finals_reserve,
         observer=metrics.observe_batch,
     )
     return Services(

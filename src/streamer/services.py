@@ -49,6 +49,7 @@ class Services:
         sources.busy_workers = lambda: self.scheduler.busy
         sources.workers = lambda: self.scheduler.pool.workers
         sources.interims_dropped = lambda: getattr(self.scheduler, "interims_dropped", 0)
+        sources.interims_skipped = lambda: getattr(self.scheduler, "interims_skipped", 0)
 
     def _connections_by_route(self) -> Counter[str]:
         return Counter(str(getattr(c, "route", "unknown")) for c in self.connections)

@@ -9,6 +9,11 @@ The queue is bounded: past ``max_queued`` jobs, new interims are dropped at once
 only previews; the final of the same audio follows). Finals are always queued: each stream
 bounds its own finals in flight, and admission refuses new streams while the backlog is
 high, so the finals of admitted streams are never lost.
+
+Interims give way to finals when the model is the bottleneck: a batch that carries a final
+carries no interim, an interim-only batch never takes the last ``finals_reserve`` free
+workers, and an interim that waited longer than ``interim_max_wait`` is skipped (a newer
+interim or the final of the same audio follows).
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ class Scheduler:
         deadline: float | None = None,
         observer: Observer | None = None,
         max_queued: int | None = None,
+        interim_max_wait: float | None = None,
+        finals_reserve: int = 0,
     ) -> None:
         self.pool = pool
         self.sample_rate = sample_rate
@@ -98,8 +105,12 @@ class Scheduler:
         self.deadline = deadline
         self.observer = observer
         self.max_queued = max_queued
+        self.interim_max_wait = interim_max_wait
+        self.finals_reserve = max(0, min(finals_reserve, pool.workers - 1))
         self.interims_dropped = 0
         """Interims refused because the queue was full."""
+        self.interims_skipped = 0
+        """Queued interims skipped because they waited past ``interim_max_wait``."""
         self._finals: OrderedDict[str, deque[Job]] = OrderedDict()
         self._interims: OrderedDict[str, deque[Job]] = OrderedDict()
         self._queued = 0
@@ -196,10 +207,14 @@ class Scheduler:
                 count += self.cancel(job)
         return count
 
-    def _take(self, limit: int) -> list[Job]:
-        """Up to ``limit`` jobs: finals first, one per stream per round."""
+    def _take(self, limit: int, *, interims: bool = True) -> list[Job]:
+        """Up to ``limit`` jobs, one per stream per round: finals, or else interims (when
+        ``interims`` allows them)."""
         batch: list[Job] = []
+        self._skip_stale_interims()
         for queues in (self._finals, self._interims):
+            if queues is self._interims and (batch or not interims):
+                break
             while len(batch) < limit and queues:
                 for stream in list(queues):
                     queue = queues[stream]
@@ -216,14 +231,27 @@ class Scheduler:
                         break
         return batch
 
+    def _skip_stale_interims(self) -> None:
+        if self.interim_max_wait is None:
+            return
+        too_old = time.perf_counter() - self.interim_max_wait
+        for queue in self._interims.values():
+            for job in queue:
+                if job.enqueued < too_old and self.cancel(job):
+                    self.interims_skipped += 1
+
+    def _interims_allowed(self) -> bool:
+        """Whether a worker taken now for interims leaves ``finals_reserve`` free."""
+        return self._busy < self.pool.workers - self.finals_reserve
+
     async def _dispatch(self) -> None:
         while True:
             await self._slots.acquire()
-            batch = self._take(self.max_batch)
+            batch = self._take(self.max_batch, interims=self._interims_allowed())
             while not batch:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                batch = self._take(self.max_batch)
+                batch = self._take(self.max_batch, interims=self._interims_allowed())
             if len(batch) < self.max_batch and self.max_wait > 0:
                 until = time.perf_counter() + self.max_wait
                 while len(batch) < self.max_batch:
@@ -235,15 +263,26 @@ class Scheduler:
                         await asyncio.wait_for(self._wakeup.wait(), left)
                     except TimeoutError:
                         break
-                    batch += self._take(self.max_batch - len(batch))
+                    more = self._take(self.max_batch - len(batch), interims=False)
+                    if batch[0].final or not more:
+                        batch += more
+                    else:  # finals came: they go first, the interims wait
+                        self._requeue(batch)
+                        batch = more
             for job in batch:
                 job.state = JobState.RUNNING
+            self._busy += 1  # now, not when the task starts: the next dispatch counts it
             task = asyncio.create_task(self._execute(batch), name="scheduler-batch")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
+    def _requeue(self, jobs: list[Job]) -> None:
+        """Put taken interims back at the head of their streams' queues."""
+        for job in reversed(jobs):
+            self._interims.setdefault(job.stream, deque()).appendleft(job)
+            self._queued += 1
+
     async def _execute(self, batch: list[Job]) -> None:
-        self._busy += 1
         started = time.perf_counter()
         waits = tuple(started - job.enqueued for job in batch)
         words = [job.words for job in batch] if any(job.words for job in batch) else None
@@ -276,6 +315,7 @@ class Scheduler:
         finally:
             self._busy -= 1
             self._slots.release()
+            self._wakeup.set()  # interims held back for the reserve may go now
 
     def _observe(
         self,

@@ -55,7 +55,7 @@ class RecordingModel:
         return out
 
 
-async def make(model: RecordingModel, workers: int = 1, **kw: float) -> Scheduler:
+async def make(model: RecordingModel, workers: int = 1, **kw: float | int) -> Scheduler:
     sched = Scheduler(
         ThreadPool(model, workers), sample_rate=16000, max_batch=model.max_batch_size, **kw
     )
@@ -316,4 +316,54 @@ async def test_a_model_without_word_times_is_never_asked() -> None:
     sched = await make(model)
     job = sched.submit("s", audio(7), words=True)
     assert (await job.future) == {"count": 7}
+    await sched.close()
+
+
+async def test_a_batch_that_carries_finals_carries_no_interims() -> None:
+    model = RecordingModel(max_batch_size=8)
+    model.gate.clear()
+    sched = await make(model)
+    sched.submit("x", audio(1))
+    await asyncio.sleep(0.05)
+    for i in range(3):
+        sched.submit(f"i{i}", audio(100 + i), final=False)
+        sched.submit(f"f{i}", audio(10 + i))
+    model.gate.set()
+    while sched.queued or sched.busy:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    assert model.calls == [[1], [10, 11, 12], [100, 101, 102]]
+    await sched.close()
+
+
+async def test_interims_leave_a_worker_free_for_finals() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    sched = await make(model, workers=2, finals_reserve=1)
+    interims = [sched.submit(f"s{i}", audio(100 + i), final=False) for i in range(3)]
+    await asyncio.sleep(0.05)
+    assert sched.busy == 1  # one interim runs; the other worker waits for a final
+    final = sched.submit("f", audio(5))
+    await asyncio.sleep(0.05)
+    assert sched.busy == 2  # the final took the reserved worker at once
+    model.gate.set()
+    await asyncio.gather(final.future, *(j.future for j in interims))
+    assert [c[0] for c in model.calls].index(5) < 2
+    await sched.close()
+
+
+async def test_an_interim_that_waited_too_long_is_skipped_and_finals_never_are() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    sched = await make(model, interim_max_wait=0.05)
+    running = sched.submit("s", audio(1))
+    await asyncio.sleep(0.02)
+    stale = sched.submit("t", audio(2), final=False)
+    final = sched.submit("t", audio(3))
+    await asyncio.sleep(0.1)  # both waited past 50 ms behind the blocked worker
+    model.gate.set()
+    await asyncio.gather(running.future, final.future)
+    await asyncio.sleep(0.02)
+    assert stale.state is JobState.CANCELLED and stale.future.cancelled()
+    assert sched.interims_skipped == 1
+    assert [c[0] for c in model.calls] == [1, 3]
     await sched.close()
