@@ -103,7 +103,7 @@ def build_services(
         deadline=inference.deadline_seconds,
         max_queued=inference.max_queued,
         interim_max_wait=inference.interim_max_wait_ms / 1000 or None,
-        finals_reserve=inference.finals_reserve,
+        interim_workers=inference.interim_workers or None,
         observer=metrics.observe_batch,
     )
     return Services(

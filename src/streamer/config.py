@@ -89,10 +89,11 @@ class InferenceSettings(BaseModel):
         description="An interim that has waited this long for a worker is skipped: the model "
         "is behind, and a newer interim or the final follows. 0: never skipped.",
     )
-    finals_reserve: int = Field(
+    interim_workers: int = Field(
         default=1,
         ge=0,
-        description="Workers that interims leave free for finals (at most all but one).",
+        description="Most interim batches running at once; they start only while no final "
+        "runs, leaving the cores to finals. 0: no limit (and interims run beside finals).",
     )
     max_queued: int = Field(
         default=10000, ge=1, description="Queued inferences past which new interims are dropped."

@@ -11,9 +11,10 @@ bounds its own finals in flight, and admission refuses new streams while the bac
 high, so the finals of admitted streams are never lost.
 
 Interims give way to finals when the model is the bottleneck: a batch that carries a final
-carries no interim, an interim-only batch never takes the last ``finals_reserve`` free
-workers, and an interim that waited longer than ``interim_max_wait`` is skipped (a newer
-interim or the final of the same audio follows).
+carries no interim, an interim batch starts only while no final runs, and at most
+``interim_workers`` of them at once (the cores are left to finals), and an interim that
+waited longer than ``interim_max_wait`` is skipped (a newer interim or the final of the same
+audio follows).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Scheduler:
         observer: Observer | None = None,
         max_queued: int | None = None,
         interim_max_wait: float | None = None,
-        finals_reserve: int = 0,
+        interim_workers: int | None = None,
     ) -> None:
         self.pool = pool
         self.sample_rate = sample_rate
@@ -106,7 +107,8 @@ class Scheduler:
         self.observer = observer
         self.max_queued = max_queued
         self.interim_max_wait = interim_max_wait
-        self.finals_reserve = max(0, min(finals_reserve, pool.workers - 1))
+        self.interim_workers = interim_workers
+        self._interim_busy = 0
         self.interims_dropped = 0
         """Interims refused because the queue was full."""
         self.interims_skipped = 0
@@ -241,8 +243,11 @@ class Scheduler:
                     self.interims_skipped += 1
 
     def _interims_allowed(self) -> bool:
-        """Whether a worker taken now for interims leaves ``finals_reserve`` free."""
-        return self._busy < self.pool.workers - self.finals_reserve
+        """Whether an interim batch may start: no final runs, and fewer than
+        ``interim_workers`` interim batches do."""
+        if self.interim_workers is None:
+            return True
+        return self._busy == self._interim_busy < self.interim_workers
 
     async def _dispatch(self) -> None:
         while True:
@@ -271,7 +276,9 @@ class Scheduler:
                         batch = more
             for job in batch:
                 job.state = JobState.RUNNING
-            self._busy += 1  # now, not when the task starts: the next dispatch counts it
+            # Counted now, not when the task starts: the next dispatch must see them.
+            self._busy += 1
+            self._interim_busy += not batch[0].final
             task = asyncio.create_task(self._execute(batch), name="scheduler-batch")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -314,8 +321,9 @@ class Scheduler:
             self._observe(batch, waits, started, failures=failures, crashes=crashes)
         finally:
             self._busy -= 1
+            self._interim_busy -= not batch[0].final
             self._slots.release()
-            self._wakeup.set()  # interims held back for the reserve may go now
+            self._wakeup.set()  # interims held back by interim_workers may go now
 
     def _observe(
         self,

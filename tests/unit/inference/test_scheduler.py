@@ -335,19 +335,27 @@ async def test_a_batch_that_carries_finals_carries_no_interims() -> None:
     await sched.close()
 
 
-async def test_interims_leave_a_worker_free_for_finals() -> None:
+async def test_interims_leave_the_other_workers_to_finals() -> None:
     model = RecordingModel()
     model.gate.clear()
-    sched = await make(model, workers=2, finals_reserve=1)
+    sched = await make(model, workers=3, interim_workers=1)
     interims = [sched.submit(f"s{i}", audio(100 + i), final=False) for i in range(3)]
     await asyncio.sleep(0.05)
-    assert sched.busy == 1  # one interim runs; the other worker waits for a final
+    assert sched.busy == 1  # one interim runs; the other workers wait for finals
     final = sched.submit("f", audio(5))
     await asyncio.sleep(0.05)
-    assert sched.busy == 2  # the final took the reserved worker at once
+    assert sched.busy == 2  # the final took a free worker at once
     model.gate.set()
     await asyncio.gather(final.future, *(j.future for j in interims))
     assert [c[0] for c in model.calls].index(5) < 2
+    # While a final runs, no interim starts.
+    model.gate.clear()
+    running = sched.submit("f", audio(6))
+    later = sched.submit("s0", audio(200), final=False)
+    await asyncio.sleep(0.05)
+    assert sched.busy == 1 and later.state is JobState.QUEUED
+    model.gate.set()
+    await asyncio.gather(running.future, later.future)
     await sched.close()
 
 
