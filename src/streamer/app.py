@@ -125,6 +125,8 @@ def build_services(
         max_wait=inference.max_wait_ms / 1000,
         deadline=inference.deadline_seconds,
         max_queued=inference.max_queued,
+        interim_max_wait=inference.interim_max_wait_ms / 1000 or None,
+        interim_workers=inference.interim_workers or None,
         observer=metrics.observe_batch,
         on_expired=metrics.inference_timeouts.inc,
     )

@@ -140,8 +140,28 @@ class InferenceSettings(BaseModel):
         "crash-prone ones.",
     )
     workers: int = Field(default=4, ge=1, le=256)
-    max_batch: int = Field(default=1, ge=1, le=1024)
-    max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    max_batch: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="Most inputs in one model call; the model's own max_batch_size caps it "
+        "(1 for the test model unless [model] batch_size says more).",
+    )
+    max_wait_ms: float = Field(
+        default=0.0, ge=0, le=1000, description="How long a batch waits to fill up."
+    )
+    interim_max_wait_ms: float = Field(
+        default=1000.0,
+        ge=0,
+        description="An interim that has waited this long for a worker is skipped: the model "
+        "is behind, and a newer interim or the final follows. 0: never skipped.",
+    )
+    interim_workers: int = Field(
+        default=1,
+        ge=0,
+        description="Most interim batches running at once; they start only while no final "
+        "runs, leaving the cores to finals. 0: no limit (and interims run beside finals).",
+    )
     max_queued: int = Field(
         default=10000, ge=1, description="Queued inferences past which new interims are dropped."
     )

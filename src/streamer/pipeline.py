@@ -24,6 +24,7 @@ from streamer.audio.framing import Framer
 from streamer.audio.resample import ChannelResamplers
 from streamer.errors import ErrorCode, InferenceError
 from streamer.events import Done, Event, SegmentResult, SpeechEnded, SpeechStarted, StreamError
+from streamer.inference.model import shift_words
 from streamer.inference.output import OutputError, json_safe
 from streamer.inference.scheduler import Job, JobState, Scheduler
 from streamer.observability.stream import StreamObserver
@@ -58,6 +59,8 @@ class StreamOptions:
     max_in_flight: int = 4
     interim: bool = False
     vad_params: VadParams | None = None
+    words: bool = False
+    """Finals carry word times (for a model that gives them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +213,9 @@ class StreamPipeline:
             audio = soxr.resample(audio, self._work_rate, self.options.model_rate).astype(
                 np.float32, copy=False
             )
-        job = self._scheduler.submit(self.stream_id, audio, final=final)
+        job = self._scheduler.submit(
+            self.stream_id, audio, final=final, words=final and self.options.words
+        )
         self.observer.inference(job, channel, self.seconds(start), self.seconds(end), final)
         return _Pending(job, channel, start, end, final)
 
@@ -260,7 +265,7 @@ class StreamPipeline:
         if exc is not None:
             raise exc
         try:
-            output = json_safe(item.job.future.result())
+            output = shift_words(json_safe(item.job.future.result()), start)
         except OutputError as error:
             log.warning("unusable model output: %s", error)
             return StreamError(

@@ -60,6 +60,7 @@ class Services:
         sources.workers_stuck = lambda: self.scheduler.pool.stuck_workers
         sources.workers_written_off = lambda: getattr(self.scheduler.pool, "written_off", 0)
         sources.interims_dropped = lambda: getattr(self.scheduler, "interims_dropped", 0)
+        sources.interims_skipped = lambda: getattr(self.scheduler, "interims_skipped", 0)
 
     def _connections_by_route(self) -> Counter[str]:
         return Counter(str(getattr(c, "route", "unknown")) for c in self.connections)
@@ -202,6 +203,7 @@ class Services:
             max_in_flight=stream.max_in_flight,
             interim=request.interim_results,
             vad_params=params,
+            words=request.word_times,
         )
 
     def health(self) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from conftest import HOST, ServerProcess, free_port, start_server
@@ -55,6 +57,35 @@ async def test_interim_results_carry_the_words_so_far(whisper_server: ServerProc
     said = _text(finals).split()
     last = str(interims[-1]["text"]).split()
     assert len(last) >= len(said) // 2 and last[:3] == said[:3]
+
+
+async def test_finals_carry_word_times_in_stream_time_when_asked(
+    whisper_server: ServerProcess,
+) -> None:
+    audio = load_audio(AUDIO / "jfk.wav")
+    asked, plain = await asyncio.gather(
+        stream_file(whisper_server.ws("segmented"), audio, extra_start={"word_times": True}),
+        stream_file(whisper_server.ws("segmented"), audio),
+    )
+    assert asked.ok and plain.ok, (asked.errors, plain.errors)
+    finals = [s for s in asked.segments if s["is_final"]]
+    assert len(finals) >= 2  # the later segments' words are offset into the stream
+    assert word_error_rate(SAID["jfk.wav"], _text(finals)) <= 0.05, _text(finals)
+    previous_end = 0.0
+    for segment in finals:
+        words = cast(list[dict[str, Any]], segment["words"])
+        assert "".join(w["word"] for w in words) == "".join(str(segment["text"]).split())
+        for word in words:
+            assert set(word) == {"word", "start", "end", "confidence"}
+            # Stream time: inside its segment (the segmenter pads speech by a few frames).
+            low, high = cast(float, segment["start_time"]), cast(float, segment["end_time"])
+            assert low - 0.01 <= word["start"] <= word["end"] <= high + 0.01, (word, segment)
+            assert word["start"] >= previous_end - 0.01
+            previous_end = word["end"]
+    # Off by default: the same audio without the option has the same text and no words.
+    plain_finals = [s for s in plain.segments if s["is_final"]]
+    assert all("words" not in s for s in plain.segments)
+    assert [s["text"] for s in plain_finals] == [s["text"] for s in finals]
 
 
 def test_serve_refuses_to_start_without_the_model_files(tmp_path: Path) -> None:

@@ -48,6 +48,8 @@ class LoadSpec:
     """Multiple of real time (0: as fast as possible)."""
     chunk_seconds: float = 0.1
     interim: bool = False
+    word_times: bool = False
+    """Ask for each final's word times."""
     results_timeout: float = 60.0
 
     @property
@@ -213,6 +215,8 @@ class RunResult:
     summary: dict[str, Any]
     streams: list[StreamStats]
     timeline: list[dict[str, float]] = field(default_factory=list)
+    records: list[StreamRecord] = field(default_factory=list)
+    """What each stream sent and received (its events, the results' text included)."""
 
     @property
     def final_delay_p95(self) -> float | None:
@@ -323,6 +327,7 @@ async def run_load(
                     chunk_seconds=spec.chunk_seconds,
                     speed=spec.speed,
                     interim=spec.interim,
+                    word_times=spec.word_times,
                     results_timeout=spec.results_timeout,
                 ),
                 name=f"bench-stream-{i}",
@@ -359,7 +364,7 @@ async def run_load(
             "cores_busy_mean": round(busy, 3),
             "other_cores_mean": round(max(busy - own, 0.0), 3),
         }
-    return RunResult(spec, summary, stats, timeline)
+    return RunResult(spec, summary, stats, timeline, records)
 
 
 def _progress_line(records: Sequence[StreamRecord], point: dict[str, float]) -> str:

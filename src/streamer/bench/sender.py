@@ -84,6 +84,7 @@ async def run_stream(
     chunk_seconds: float = 0.1,
     speed: float = 1.0,
     interim: bool = False,
+    word_times: bool = False,
     results_timeout: float = 60.0,
     open_timeout: float = 20.0,
 ) -> None:
@@ -114,6 +115,8 @@ async def run_stream(
     pace = chunk_seconds / speed if speed > 0 else 0.0
     try:
         start = {"request": "start", "format": audio.format, "interim_results": interim}
+        if word_times:
+            start["word_times"] = True
         await ws.send(json.dumps(start))
         record.start_sent = begin = loop.time()
         for k, offset in enumerate(range(0, len(view), chunk_bytes)):

@@ -110,6 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     load.add_argument("--chunk-ms", type=float, default=100.0, help="audio per message, ms")
     load.add_argument("--interim", action="store_true", help="ask for interim results")
+    load.add_argument("--word-times", action="store_true", help="ask for each final's word times")
     load.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for done after the audio"
     )
@@ -148,6 +149,7 @@ def _spec(args: argparse.Namespace, url: str) -> LoadSpec:
         speed=args.speed,
         chunk_seconds=args.chunk_ms / 1000,
         interim=args.interim,
+        word_times=args.word_times,
         results_timeout=args.timeout,
     )
 

@@ -78,6 +78,8 @@ def config_to_start(config: pb.StreamConfig, traceparent: str | None = None) -> 
     carries none.
     """
     start: dict[str, Any] = {"request": "start", "interim_results": config.interim_results}
+    if config.word_times:
+        start["word_times"] = True
     if config.HasField("format"):
         fmt = config.format
         spec: dict[str, Any] = {name: getattr(fmt, name) for name in _FORMAT_FIELDS}
@@ -100,10 +102,13 @@ def start_to_config(start: Mapping[str, Any]) -> pb.StreamConfig:
     """The config for a WebSocket ``start`` request (as a dict); ``ValueError`` if it has
     fields the config cannot carry."""
     unknown = set(start) - {"request", "format", "interim_results", "interim_interval"}
-    unknown -= {"vad", "trace_id"}
+    unknown -= {"vad", "trace_id", "word_times"}
     if unknown:
         raise ValueError(f"the gRPC config has no field {sorted(unknown)[0]!r}")
-    config = pb.StreamConfig(interim_results=bool(start.get("interim_results", False)))
+    config = pb.StreamConfig(
+        interim_results=bool(start.get("interim_results", False)),
+        word_times=bool(start.get("word_times", False)),
+    )
     if (fmt := start.get("format")) is not None:
         extra = set(fmt) - {*_FORMAT_FIELDS, "encoding"}
         if extra:

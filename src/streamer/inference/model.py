@@ -51,6 +51,52 @@ class Model(Protocol):
         ...
 
 
+@runtime_checkable
+class WordTimedModel(Model, Protocol):
+    """A model that can also give the time and confidence of each word, when asked.
+
+    A model without ``word_times`` is never asked: its ``infer_batch`` keeps its one
+    argument. Asked, an output carries ``"words": [{"word", "start", "end", "confidence"}]``,
+    times in seconds from the start of that input.
+    """
+
+    word_times: bool
+
+    def infer_batch(
+        self, batch: Sequence[NDArray[np.float32]], words: Sequence[bool] | None = None
+    ) -> list[Output | Exception]:
+        """As ``Model.infer_batch``; ``words[i]``: whether input ``i`` wants word times."""
+        ...
+
+
+def wants_word_times(model: Model, words: Sequence[bool] | None) -> bool:
+    """Whether a batch asks for word times of a model that gives them."""
+    return (
+        words is not None
+        and any(words)
+        and isinstance(model, WordTimedModel)
+        and bool(getattr(model, "word_times", False))
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def shift_words(output: Output, offset: float) -> Output:
+    """An output with its words' times moved by ``offset`` seconds (into stream time)."""
+    words = output.get("words")
+    if not isinstance(words, list) or not offset:
+        return output
+    shifted = [
+        {**w, "start": round(w["start"] + offset, 3), "end": round(w["end"] + offset, 3)}
+        if isinstance(w, dict) and _is_number(w.get("start")) and _is_number(w.get("end"))
+        else w
+        for w in words
+    ]
+    return {**output, "words": shifted}
+
+
 class TestModelParams(BaseModel):
     """Hyper-parameters of the test model (seconds, and rates in [0, 1])."""
 

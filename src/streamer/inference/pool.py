@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from streamer.errors import WorkerCrashed
-from streamer.inference.model import Model, Output
+from streamer.inference.model import Model, Output, WordTimedModel, wants_word_times
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,11 @@ class WorkerPool(Protocol):
         """Workers written off past a deadline and still inside the model."""
         ...
 
-    async def run(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
-        """One output or exception per input, in order.
+    async def run(
+        self, batch: Sequence[NDArray[np.float32]], words: Sequence[bool] | None = None
+    ) -> list[Output | Exception]:
+        """One output or exception per input, in order; ``words``: which inputs want word
+        times (for a model that gives them).
 
         Cancelling it gives up on the batch and frees its worker's place: a process pool
         kills the worker and starts another; a thread pool writes the thread off and starts
@@ -51,9 +54,14 @@ class WorkerPool(Protocol):
     async def close(self) -> None: ...
 
 
-def call_model(model: Model, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
+def call_model(
+    model: Model, batch: Sequence[NDArray[np.float32]], words: Sequence[bool] | None = None
+) -> list[Output | Exception]:
     """Run one batch, turning exceptions into per-item results."""
     try:
+        if wants_word_times(model, words):
+            assert isinstance(model, WordTimedModel) and words is not None
+            return model.infer_batch(batch, words)
         if len(batch) == 1 and model.max_batch_size == 1:
             return [model.infer(batch[0])]
         return model.infer_batch(batch)
@@ -68,6 +76,7 @@ class _Work:
     batch: Sequence[NDArray[np.float32]]
     future: asyncio.Future[list[Output | Exception]]
     loop: asyncio.AbstractEventLoop
+    words: Sequence[bool] | None = None
     abandoned: bool = False
 
 
@@ -139,11 +148,13 @@ class ThreadPool:
 
     # -- running batches ---------------------------------------------------------------------
 
-    async def run(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
+    async def run(
+        self, batch: Sequence[NDArray[np.float32]], words: Sequence[bool] | None = None
+    ) -> list[Output | Exception]:
         loop = asyncio.get_running_loop()
         if self._closed:
             raise RuntimeError("the thread pool is closed")
-        work = _Work(batch, loop.create_future(), loop)
+        work = _Work(batch, loop.create_future(), loop, words)
         self._pending.add(work)
         self._queue.put(work)
         try:
@@ -206,7 +217,7 @@ class ThreadPool:
                     continue
                 worker.work = work
                 worker.since = time.monotonic()
-            results = call_model(self.model, work.batch)
+            results = call_model(self.model, work.batch, work.words)
             with self._lock:
                 worker.work = None
                 written_off, replaced = worker.written_off, worker.replaced

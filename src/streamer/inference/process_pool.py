@@ -91,12 +91,13 @@ def _serve(conn: Connection, factory: ModelFactory) -> None:
     conn.send_bytes(pickle.dumps(("ready", model.name)))
     while True:
         try:
-            batch = pickle.loads(conn.recv_bytes())
+            request = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):  # the parent went away
             return
-        if batch is None:
+        if request is None:
             return
-        conn.send_bytes(_portable(call_model(model, batch)))
+        batch, words = request
+        conn.send_bytes(_portable(call_model(model, batch, words)))
 
 
 # -- the parent's side -----------------------------------------------------------------------
@@ -191,31 +192,40 @@ class ProcessPool:
 
     # -- running batches ---------------------------------------------------------------------
 
-    async def run(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
+    async def run(
+        self, batch: Sequence[NDArray[np.float32]], words: Sequence[bool] | None = None
+    ) -> list[Output | Exception]:
         """One output or exception per input; ``WorkerCrashed`` for inputs a worker died on."""
         if not batch:
             return []
+        wanted = list(words) if words is not None else [False] * len(batch)
         try:
-            return await self._run_on_worker(list(batch))
+            return await self._run_on_worker(list(batch), wanted)
         except WorkerCrashed as crash:
             if len(batch) == 1:
                 return [crash]
         # One of these inputs may kill any worker; find it by running them one by one.
         log.warning("a worker died on a batch of %d; retrying its inputs one by one", len(batch))
-        return list(await asyncio.gather(*(self._run_alone(audio) for audio in batch)))
+        return list(
+            await asyncio.gather(
+                *(self._run_alone(audio, want) for audio, want in zip(batch, wanted, strict=True))
+            )
+        )
 
-    async def _run_alone(self, audio: NDArray[np.float32]) -> Output | Exception:
+    async def _run_alone(self, audio: NDArray[np.float32], words: bool) -> Output | Exception:
         try:
-            return (await self._run_on_worker([audio]))[0]
+            return (await self._run_on_worker([audio], [words]))[0]
         except WorkerCrashed as crash:
             return crash
 
-    async def _run_on_worker(self, batch: list[NDArray[np.float32]]) -> list[Output | Exception]:
+    async def _run_on_worker(
+        self, batch: list[NDArray[np.float32]], words: list[bool]
+    ) -> list[Output | Exception]:
         worker = await self._acquire()
         reply: asyncio.Future[list[Output | Exception]] = self._loop.create_future()
         worker.reply = reply
         try:
-            payload = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps((batch, words), protocol=pickle.HIGHEST_PROTOCOL)
             try:
                 if len(payload) > _THREADED_SEND_BYTES:
                     await asyncio.to_thread(worker.conn.send_bytes, payload)

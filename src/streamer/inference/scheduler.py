@@ -14,6 +14,11 @@ A deadline counts from submission: a job still queued when it passes fails at on
 ``inference_timeout``, and a batch still running when its oldest job's passes fails, and
 the pool is told to give up on it (a process is killed, a thread written off and replaced),
 so a model that hangs costs its callers one error each but never stalls the queue.
+Interims give way to finals when the model is the bottleneck: a batch that carries a final
+carries no interim, an interim batch starts only while no final runs, and at most
+``interim_workers`` of them at once (the cores are left to finals), and an interim that
+waited longer than ``interim_max_wait`` is skipped (a newer interim or the final of the same
+audio follows).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class Job:
     audio: NDArray[np.float32]
     final: bool
     future: asyncio.Future[Output]
+    words: bool = False
+    """Whether the result should carry word times (for a model that gives them)."""
     enqueued: float = field(default_factory=time.perf_counter)
     state: JobState = JobState.QUEUED
     expires: float | None = None
@@ -99,6 +106,8 @@ class Scheduler:
         observer: Observer | None = None,
         max_queued: int | None = None,
         on_expired: Callable[[int], None] | None = None,
+        interim_max_wait: float | None = None,
+        interim_workers: int | None = None,
     ) -> None:
         self.pool = pool
         self.sample_rate = sample_rate
@@ -107,11 +116,16 @@ class Scheduler:
         self.deadline = deadline
         self.observer = observer
         self.max_queued = max_queued
+        self.interim_max_wait = interim_max_wait
+        self.interim_workers = interim_workers
+        self._interim_busy = 0
         self.interims_dropped = 0
         """Interims refused because the queue was full."""
         self.expired = 0
         """Jobs failed with ``inference_timeout`` while still queued."""
         self.on_expired = on_expired
+        self.interims_skipped = 0
+        """Queued interims skipped because they waited past ``interim_max_wait``."""
         self._finals: OrderedDict[str, deque[Job]] = OrderedDict()
         self._interims: OrderedDict[str, deque[Job]] = OrderedDict()
         self._queued = 0
@@ -175,13 +189,15 @@ class Scheduler:
         await self.pool.close()
         await asyncio.gather(*self._running, return_exceptions=True)
 
-    def submit(self, stream: str, audio: NDArray[np.float32], *, final: bool = True) -> Job:
+    def submit(
+        self, stream: str, audio: NDArray[np.float32], *, final: bool = True, words: bool = False
+    ) -> Job:
         """Queue one inference; the result (or a typed error) arrives on ``job.future``.
 
         An interim submitted while the queue is full comes back already cancelled.
         """
         loop = asyncio.get_running_loop()
-        job = Job(stream, audio, final, loop.create_future())
+        job = Job(stream, audio, final, loop.create_future(), words)
         if not final and self.full:
             job.cancel()
             self.interims_dropped += 1
@@ -223,10 +239,14 @@ class Scheduler:
                 count += self.cancel(job)
         return count
 
-    def _take(self, limit: int) -> list[Job]:
-        """Up to ``limit`` jobs: finals first, one per stream per round."""
+    def _take(self, limit: int, *, interims: bool = True) -> list[Job]:
+        """Up to ``limit`` jobs, one per stream per round: finals, or else interims (when
+        ``interims`` allows them)."""
         batch: list[Job] = []
+        self._skip_stale_interims()
         for queues in (self._finals, self._interims):
+            if queues is self._interims and (batch or not interims):
+                break
             while len(batch) < limit and queues:
                 for stream in list(queues):
                     queue = queues[stream]
@@ -243,14 +263,30 @@ class Scheduler:
                         break
         return batch
 
+    def _skip_stale_interims(self) -> None:
+        if self.interim_max_wait is None:
+            return
+        too_old = time.perf_counter() - self.interim_max_wait
+        for queue in self._interims.values():
+            for job in queue:
+                if job.enqueued < too_old and self.cancel(job):
+                    self.interims_skipped += 1
+
+    def _interims_allowed(self) -> bool:
+        """Whether an interim batch may start: no final runs, and fewer than
+        ``interim_workers`` interim batches do."""
+        if self.interim_workers is None:
+            return True
+        return self._busy == self._interim_busy < self.interim_workers
+
     async def _dispatch(self) -> None:
         while True:
             await self._slots.acquire()
-            batch = self._take(self.max_batch)
+            batch = self._take(self.max_batch, interims=self._interims_allowed())
             while not batch:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                batch = self._take(self.max_batch)
+                batch = self._take(self.max_batch, interims=self._interims_allowed())
             if len(batch) < self.max_batch and self.max_wait > 0:
                 until = time.perf_counter() + self.max_wait
                 while len(batch) < self.max_batch:
@@ -262,18 +298,32 @@ class Scheduler:
                         await asyncio.wait_for(self._wakeup.wait(), left)
                     except TimeoutError:
                         break
-                    batch += self._take(self.max_batch - len(batch))
+                    more = self._take(self.max_batch - len(batch), interims=False)
+                    if batch[0].final or not more:
+                        batch += more
+                    else:  # finals came: they go first, the interims wait
+                        self._requeue(batch)
+                        batch = more
             for job in batch:
                 job.state = JobState.RUNNING
+            # Counted now, not when the task starts: the next dispatch must see them.
+            self._busy += 1
+            self._interim_busy += not batch[0].final
             task = asyncio.create_task(self._execute(batch), name="scheduler-batch")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
+    def _requeue(self, jobs: list[Job]) -> None:
+        """Put taken interims back at the head of their streams' queues."""
+        for job in reversed(jobs):
+            self._interims.setdefault(job.stream, deque()).appendleft(job)
+            self._queued += 1
+
     async def _execute(self, batch: list[Job]) -> None:
-        self._busy += 1
         started = time.perf_counter()
         waits = tuple(started - job.enqueued for job in batch)
-        run = asyncio.ensure_future(self.pool.run([job.audio for job in batch]))
+        words = [job.words for job in batch] if any(job.words for job in batch) else None
+        run = asyncio.ensure_future(self.pool.run([job.audio for job in batch], words))
         expiries = [job.expires for job in batch if job.expires is not None]
         left = max(0.0, min(expiries) - started) if expiries else None
         try:
@@ -306,7 +356,9 @@ class Scheduler:
             self._observe(batch, waits, started, failures=failures, crashes=crashes)
         finally:
             self._busy -= 1
+            self._interim_busy -= not batch[0].final
             self._slots.release()
+            self._wakeup.set()  # interims held back by interim_workers may go now
 
     def _observe(
         self,

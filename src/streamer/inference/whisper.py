@@ -9,6 +9,7 @@ thread pool runs several transcriptions at once (one model, ``num_workers`` repl
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +47,60 @@ class WhisperParams(BaseModel):
         "at rising temperatures when the text looks repetitive, which made some segments "
         "cost six times as much: too unsteady for streaming.)",
     )
+    max_batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Most segments decoded in one call (inference.max_batch caps it too).",
+    )
+    window_step_seconds: float = Field(
+        default=10.0,
+        ge=1,
+        le=30,
+        description="Each input is padded up to the next multiple of this many seconds "
+        "(at most Whisper's 30 s window) before the encoder; 30 pads every input to the "
+        "full window, as faster-whisper does. The encoder's cost grows with the padded "
+        "length, so short segments cost far less with a short step.",
+    )
+    no_speech_threshold: float = Field(
+        default=0.6,
+        ge=0,
+        le=1,
+        description="A decode whose no-speech probability is above this, and whose text is "
+        "unlikely or repetitive (see the two thresholds below), is taken for no speech.",
+    )
+    log_prob_threshold: float = Field(
+        default=-1.0,
+        le=0,
+        description="Average token log-probability below which text is unlikely.",
+    )
+    compression_ratio_threshold: float = Field(
+        default=2.4, gt=0, description="gzip compression ratio above which text is repetitive."
+    )
+
+
+_WORD = re.compile(r"\w")
+
+
+def is_no_speech(
+    params: WhisperParams, no_speech_prob: float, avg_logprob: float, compression_ratio: float
+) -> bool:
+    """Whether one decode is Whisper's hallucination over audio without speech.
+
+    faster-whisper drops a decode only when it is both likely silence and improbable text.
+    Over noise, tiny.en can instead fall into a confident loop (". . . ." at an average
+    log-probability near 0), which that rule keeps; a loop is as telling as improbable
+    text, so either one, at a high no-speech probability, means no speech.
+    """
+    return no_speech_prob > params.no_speech_threshold and (
+        avg_logprob < params.log_prob_threshold
+        or compression_ratio > params.compression_ratio_threshold
+    )
+
+
+def has_words(text: str) -> bool:
+    """Whether the text has a letter or digit (punctuation alone is no transcript)."""
+    return _WORD.search(text) is not None
 
 
 def bundled_model_path() -> Path:
@@ -67,21 +122,40 @@ def model_directory(params: WhisperParams) -> Path:
     return path
 
 
+PREPEND_PUNCTUATION = "\"'“¿([{-"
+APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
+"""faster-whisper's defaults: punctuation that joins the next (or the previous) word."""
+
+WINDOW_SAMPLES = 30 * SAMPLE_RATE
+"""Whisper's window: inputs up to this long are decoded in one pass, batched."""
+
+
 class WhisperRecognizer:
     """Whisper as a streamer model: one segment of 16 kHz mono audio in, its text out.
 
-    Output: ``{"text": "..."}`` (stripped; empty for audio without words).
+    Output: ``{"text": "..."}`` (stripped; empty for audio without words), and when asked
+    (``words`` in ``infer_batch``) ``"words": [{"word", "start", "end", "confidence"}]``,
+    times in seconds from the start of the input.
+
+    A batch is decoded together: one encoder call on the stacked 30 s windows, one greedy
+    (or beam) generation over all of them, one alignment for those that want word times.
+    Each input is padded to its own window, exactly as faster-whisper's ``transcribe`` pads
+    it alone, so a batch gives each input the text it would get alone. Inputs longer than
+    one window go through ``transcribe`` on their own.
     """
 
     sample_rate = SAMPLE_RATE
-    max_batch_size = 1
+    word_times = True
 
     def __init__(self, params: WhisperParams | None = None, *, workers: int = 1) -> None:
         self.params = params or WhisperParams()
         path = model_directory(self.params)
         from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
 
         self.name = f"whisper-{path.name if self.params.model_path else 'tiny.en'}"
+        self.max_batch_size = self.params.max_batch_size
         self._model: Any = WhisperModel(
             str(path),
             device="cpu",
@@ -90,10 +164,137 @@ class WhisperRecognizer:
             num_workers=workers,
             local_files_only=True,
         )
+        multilingual = self._model.model.is_multilingual
+        # Detecting per input replaces the prompt's language token, so it needs one to replace.
+        self._detect = multilingual and self.params.language is None
+        self._tokenizer: Any = Tokenizer(
+            self._model.hf_tokenizer,
+            multilingual,
+            task="transcribe",
+            language=(self.params.language or "en") if multilingual else None,
+        )
+        self._suppress = get_suppressed_tokens(self._tokenizer, [-1])
+        self._prompt: list[int] = self._model.get_prompt(
+            self._tokenizer, [], without_timestamps=True
+        )
 
     def infer(self, audio: NDArray[np.float32]) -> Output:
-        if len(audio) == 0:
-            return {"text": ""}
+        out = self.infer_batch([audio])[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def infer_batch(
+        self, batch: Sequence[NDArray[np.float32]], words: Sequence[bool] | None = None
+    ) -> list[Output | Exception]:
+        wanted = list(words) if words is not None else [False] * len(batch)
+        results: list[Output | Exception] = [{"text": ""} for _ in batch]
+        groups: dict[int, list[int]] = {}
+        features: list[Any] = [None] * len(batch)
+        for i, audio in enumerate(batch):
+            if len(audio) > WINDOW_SAMPLES:
+                results[i] = self._transcribe_long(audio, wanted[i])
+            elif len(audio):
+                features[i] = self._model.feature_extractor(
+                    np.ascontiguousarray(audio, dtype=np.float32)
+                )
+                groups.setdefault(self._window(features[i].shape[-1] - 1), []).append(i)
+        # Inputs padded to the same window share one call.
+        for window, members in groups.items():
+            try:
+                decoded = self._decode(
+                    window,
+                    [features[i] for i in members],
+                    [len(batch[i]) / SAMPLE_RATE for i in members],
+                    [wanted[i] for i in members],
+                )
+            except (ValueError, RuntimeError) as error:
+                failure = ModelFailure(f"whisper could not transcribe this audio: {error}")
+                decoded = [failure] * len(members)
+            for i, out in zip(members, decoded, strict=True):
+                results[i] = out
+        for i, want in enumerate(wanted):
+            out = results[i]
+            if want and isinstance(out, dict):
+                out.setdefault("words", [])
+        return results
+
+    def _window(self, frames: int) -> int:
+        """The padded length, in feature frames, of an input of ``frames`` frames.
+
+        A function of the input alone, so an input is decoded alike in any batch.
+        """
+        full: int = self._model.feature_extractor.nb_max_frames
+        step = round(self.params.window_step_seconds * full / 30)
+        return min(full, -(-(frames + 1) // step) * step)
+
+    def _decode(
+        self, window: int, features: list[Any], seconds: list[float], words: list[bool]
+    ) -> list[Output | Exception]:
+        import ctranslate2
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.transcribe import get_compression_ratio
+
+        frames = [min(f.shape[-1] - 1, window) for f in features]
+        encoded = self._model.encode(
+            np.stack([pad_or_trim(f[:, :n], window) for f, n in zip(features, frames, strict=True)])
+        )
+        prompts = [list(self._prompt) for _ in features]
+        if self._detect:
+            at = self._prompt.index(self._tokenizer.language)
+            for prompt, found in zip(
+                prompts, self._model.model.detect_language(encoded), strict=True
+            ):
+                prompt[at] = self._tokenizer.tokenizer.token_to_id(found[0][0])
+        p = self.params
+        sampling: dict[str, Any] = (
+            {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": p.temperature}
+            if p.temperature > 0
+            else {"beam_size": p.beam_size, "patience": 1.0}
+        )
+        generated = self._model.model.generate(
+            encoded,
+            prompts,
+            length_penalty=1.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            max_length=self._model.max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress,
+            max_initial_timestamp_index=50,
+            **sampling,
+        )
+        results: list[Output | Exception] = []
+        kept: list[list[int]] = []
+        for result in generated:
+            tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
+            text = self._tokenizer.decode(tokens).strip()
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+            speech = has_words(text) and not is_no_speech(
+                p, result.no_speech_prob, avg_logprob, get_compression_ratio(text)
+            )
+            results.append({"text": text if speech else ""})
+            kept.append(tokens if speech else [])
+        timed = [i for i, want in enumerate(words) if want and kept[i]]
+        if timed:
+            subset = (
+                encoded
+                if len(timed) == len(features)
+                else ctranslate2.StorageView.from_array(np.asarray(encoded)[timed])
+            )
+            alignments = self._model.find_alignment(
+                self._tokenizer, [kept[i] for i in timed], subset, [frames[i] for i in timed]
+            )
+            for i, alignment in zip(timed, alignments, strict=True):
+                out = results[i]
+                assert isinstance(out, dict)
+                out["words"] = word_list(alignment, seconds[i])
+        return results
+
+    def _transcribe_long(self, audio: NDArray[np.float32], words: bool) -> Output | Exception:
+        """An input past one window: faster-whisper's own windowing, alone."""
         try:
             segments, _ = self._model.transcribe(
                 np.ascontiguousarray(audio, dtype=np.float32),
@@ -103,18 +304,53 @@ class WhisperRecognizer:
                 # The service segments the audio itself; each call is one utterance.
                 vad_filter=False,
                 condition_on_previous_text=False,
-                without_timestamps=True,
+                without_timestamps=not words,
+                word_timestamps=words,
             )
-            text = "".join(segment.text for segment in segments)
+            kept = [
+                segment
+                for segment in segments
+                if not is_no_speech(
+                    self.params,
+                    segment.no_speech_prob,
+                    segment.avg_logprob,
+                    segment.compression_ratio,
+                )
+            ]
         except (ValueError, RuntimeError) as error:
-            raise ModelFailure(f"whisper could not transcribe this audio: {error}") from error
-        return {"text": text.strip()}
+            return ModelFailure(f"whisper could not transcribe this audio: {error}")
+        text = "".join(segment.text for segment in kept).strip()
+        if not has_words(text):
+            return {"text": ""}
+        out: Output = {"text": text}
+        if words:
+            out["words"] = [
+                word_entry(w.word, w.start, w.end, w.probability, len(audio) / SAMPLE_RATE)
+                for segment in kept
+                for w in segment.words or ()
+                if w.word.strip()
+            ]
+        return out
 
-    def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
-        results: list[Output | Exception] = []
-        for audio in batch:
-            try:
-                results.append(self.infer(audio))
-            except ModelFailure as failure:
-                results.append(failure)
-        return results
+
+def word_entry(word: str, start: float, end: float, probability: float, limit: float) -> Output:
+    """One word of an output: times clipped to the input's ``[0, limit]``, 3 decimals."""
+    start = min(max(0.0, float(start)), limit)
+    return {
+        "word": word.strip(),
+        "start": round(start, 3),
+        "end": round(min(max(start, float(end)), limit), 3),
+        "confidence": round(float(probability), 4),
+    }
+
+
+def word_list(alignment: list[dict[str, Any]], limit: float) -> list[Output]:
+    """faster-whisper's word alignment as output words, punctuation joined to its word."""
+    from faster_whisper.transcribe import merge_punctuations
+
+    merge_punctuations(alignment, PREPEND_PUNCTUATION, APPEND_PUNCTUATION)
+    return [
+        word_entry(w["word"], w["start"], w["end"], w["probability"], limit)
+        for w in alignment
+        if w["word"].strip()
+    ]

@@ -100,6 +100,7 @@ class RuntimeSources:
     workers_stuck: Callable[[], int] = _zero
     workers_written_off: Callable[[], int] = _zero
     interims_dropped: Callable[[], int] = _zero
+    interims_skipped: Callable[[], int] = _zero
     tasks: Callable[[], Mapping[str, int]] = _nothing
     """Live asyncio tasks by subsystem."""
     extra: dict[str, Callable[[], float]] = field(default_factory=dict)
@@ -173,6 +174,11 @@ class _RuntimeCollector(Collector):
             "streamer_interims_dropped",
             "Interim inferences refused because the queue was full.",
             value=sources.interims_dropped(),
+        )
+        yield CounterMetricFamily(
+            "streamer_interims_skipped",
+            "Queued interim inferences skipped after waiting too long (the model is behind).",
+            value=sources.interims_skipped(),
         )
         yield self._by(
             GaugeMetricFamily(

@@ -83,6 +83,11 @@ class StartRequest(_Strict):
         description="Seconds of segment audio between interim results.",
     )
     vad: VadOptions | None = None
+    word_times: bool = Field(
+        default=False,
+        description="Finals carry `words`: each word's start and end (seconds of the "
+        "stream) and confidence, where the model gives them.",
+    )
     trace_id: str | None = Field(
         default=None, description="W3C traceparent; becomes the parent of the stream's span."
     )

@@ -169,6 +169,7 @@ _starts = st.fixed_dictionaries(
         "interim_interval": st.floats(0.05, 10),
         "vad": _vads,
         "trace_id": st.just(TRACEPARENT),
+        "word_times": st.just(True),  # false is the default, which the config leaves out
     },
 )
 

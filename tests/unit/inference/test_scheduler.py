@@ -55,7 +55,7 @@ class RecordingModel:
         return out
 
 
-async def make(model: RecordingModel, workers: int = 1, **kw: float) -> Scheduler:
+async def make(model: RecordingModel, workers: int = 1, **kw: float | int) -> Scheduler:
     sched = Scheduler(
         ThreadPool(model, workers), sample_rate=16000, max_batch=model.max_batch_size, **kw
     )
@@ -278,4 +278,100 @@ async def test_a_full_queue_drops_new_interims_but_never_finals() -> None:
     await asyncio.gather(running.future, *(j.future for j in finals), late_final.future)
     assert sorted(c[0] for c in model.calls) == [1, 2, 3, 4, 6]
     assert not sched.full and sched.oldest_wait() == 0
+    await sched.close()
+
+
+class WordsRecordingModel(RecordingModel):
+    """A model that gives word times: records which inputs asked for them."""
+
+    word_times = True
+
+    def __init__(self, max_batch_size: int = 1) -> None:
+        super().__init__(max_batch_size)
+        self.asked: list[list[bool] | None] = []
+
+    def infer_batch(
+        self, batch: Sequence[NDArray[np.float32]], words: Sequence[bool] | None = None
+    ) -> list[Output | Exception]:
+        self.asked.append(None if words is None else list(words))
+        return super().infer_batch(batch)
+
+
+async def test_a_jobs_word_times_request_reaches_the_model_with_its_batch() -> None:
+    model = WordsRecordingModel(max_batch_size=4)
+    model.gate.clear()
+    sched = await make(model)
+    blocker = sched.submit("x", audio(1))
+    await asyncio.sleep(0.05)
+    jobs = [sched.submit(f"s{i}", audio(10 + i), words=i % 2 == 1) for i in range(4)]
+    model.gate.set()
+    await asyncio.gather(blocker.future, *(j.future for j in jobs))
+    # Nobody asked for the first batch's words, so the model got no flags at all.
+    assert model.asked == [None, [False, True, False, True]]
+    await sched.close()
+
+
+async def test_a_model_without_word_times_is_never_asked() -> None:
+    model = RecordingModel(max_batch_size=4)  # infer_batch takes the batch alone
+    sched = await make(model)
+    job = sched.submit("s", audio(7), words=True)
+    assert (await job.future) == {"count": 7}
+    await sched.close()
+
+
+async def test_a_batch_that_carries_finals_carries_no_interims() -> None:
+    model = RecordingModel(max_batch_size=8)
+    model.gate.clear()
+    sched = await make(model)
+    sched.submit("x", audio(1))
+    await asyncio.sleep(0.05)
+    for i in range(3):
+        sched.submit(f"i{i}", audio(100 + i), final=False)
+        sched.submit(f"f{i}", audio(10 + i))
+    model.gate.set()
+    while sched.queued or sched.busy:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    assert model.calls == [[1], [10, 11, 12], [100, 101, 102]]
+    await sched.close()
+
+
+async def test_interims_leave_the_other_workers_to_finals() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    sched = await make(model, workers=3, interim_workers=1)
+    interims = [sched.submit(f"s{i}", audio(100 + i), final=False) for i in range(3)]
+    await asyncio.sleep(0.05)
+    assert sched.busy == 1  # one interim runs; the other workers wait for finals
+    final = sched.submit("f", audio(5))
+    await asyncio.sleep(0.05)
+    assert sched.busy == 2  # the final took a free worker at once
+    model.gate.set()
+    await asyncio.gather(final.future, *(j.future for j in interims))
+    assert [c[0] for c in model.calls].index(5) < 2
+    # While a final runs, no interim starts.
+    model.gate.clear()
+    running = sched.submit("f", audio(6))
+    later = sched.submit("s0", audio(200), final=False)
+    await asyncio.sleep(0.05)
+    assert sched.busy == 1 and later.state is JobState.QUEUED
+    model.gate.set()
+    await asyncio.gather(running.future, later.future)
+    await sched.close()
+
+
+async def test_an_interim_that_waited_too_long_is_skipped_and_finals_never_are() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    sched = await make(model, interim_max_wait=0.05)
+    running = sched.submit("s", audio(1))
+    await asyncio.sleep(0.02)
+    stale = sched.submit("t", audio(2), final=False)
+    final = sched.submit("t", audio(3))
+    await asyncio.sleep(0.1)  # both waited past 50 ms behind the blocked worker
+    model.gate.set()
+    await asyncio.gather(running.future, final.future)
+    await asyncio.sleep(0.02)
+    assert stale.state is JobState.CANCELLED and stale.future.cancelled()
+    assert sched.interims_skipped == 1
+    assert [c[0] for c in model.calls] == [1, 3]
     await sched.close()

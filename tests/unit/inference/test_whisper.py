@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -12,8 +14,8 @@ from streamer.app import build_model
 from streamer.bench.expected import decode_channels
 from streamer.client import load_audio
 from streamer.config import Settings
-from streamer.inference.model import Model, UnsupportedModel
-from streamer.inference.whisper import WhisperParams, WhisperRecognizer
+from streamer.inference.model import Output, UnsupportedModel, WordTimedModel
+from streamer.inference.whisper import WhisperParams, WhisperRecognizer, has_words, is_no_speech
 
 AUDIO = Path(__file__).resolve().parents[2] / "fixtures" / "audio"
 
@@ -24,29 +26,102 @@ def speech(name: str) -> np.ndarray:
     return decode_channels(audio.data, dict(audio.format), 16000)[0]
 
 
+CEILINGS = {
+    "jfk.wav": 0.0,
+    "harvard_16k.wav": 0.1,
+    "front_center_48k.wav": 0.0,
+    "cross_8k.wav": 0.0,  # mu-law telephony, through the resampler
+    "big_dog_8k.wav": 0.4,  # tiny.en mishears "loved to chew" at 8 kHz
+}
+NAMES = list(CEILINGS)
+
+
 @pytest.fixture(scope="module")
 def whisper() -> WhisperRecognizer:
     return WhisperRecognizer()
 
 
-@pytest.mark.parametrize(
-    ("name", "ceiling"),
-    [
-        ("jfk.wav", 0.0),
-        ("harvard_16k.wav", 0.1),
-        ("front_center_48k.wav", 0.0),
-        ("cross_8k.wav", 0.0),  # mu-law telephony, through the resampler
-        ("big_dog_8k.wav", 0.4),  # tiny.en mishears "loved to chew" at 8 kHz
-    ],
-)
-def test_it_transcribes_real_speech(whisper: WhisperRecognizer, name: str, ceiling: float) -> None:
-    text = whisper.infer(speech(name))["text"]
-    assert word_error_rate(SAID[name], text) <= ceiling, text
+@pytest.fixture(scope="module")
+def alone(whisper: WhisperRecognizer) -> dict[str, Output]:
+    """Each fixture decoded on its own."""
+    return {name: whisper.infer(speech(name)) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def batched(whisper: WhisperRecognizer) -> dict[str, Output]:
+    """All the fixtures (and noise) decoded in one call, with word times."""
+    names = [*NAMES, "modem_noise_8k.wav"]
+    audio = [*map(speech, NAMES), speech("modem_noise_8k.wav")[: 10 * 16000]]
+    outputs = whisper.infer_batch(audio, [True] * len(audio))
+    assert all(isinstance(out, dict) for out in outputs)
+    return dict(zip(names, cast(list[Output], outputs), strict=True))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_it_transcribes_real_speech(alone: dict[str, Output], name: str) -> None:
+    text = alone[name]["text"]
+    assert word_error_rate(SAID[name], text) <= CEILINGS[name], text
+    assert "words" not in alone[name]  # not asked for
+
+
+def test_a_batch_gives_each_input_the_text_it_gets_alone(
+    alone: dict[str, Output], batched: dict[str, Output]
+) -> None:
+    assert {name: batched[name]["text"] for name in NAMES} == {
+        name: out["text"] for name, out in alone.items()
+    }
+    assert batched["modem_noise_8k.wav"] == {"text": "", "words": []}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_word_times_lie_within_the_input_in_order(batched: dict[str, Output], name: str) -> None:
+    out = batched[name]
+    duration = len(speech(name)) / 16000
+    words = out["words"]
+    assert "".join(w["word"] for w in words) == "".join(out["text"].split())
+    assert all(0 <= w["start"] <= w["end"] <= duration for w in words)
+    assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(words))
+    assert all(0 < w["confidence"] <= 1 for w in words)
+    # Time, not order alone: "Americans" is spoken about 1.8-2.3 s into jfk.wav.
+    if name == "jfk.wav":
+        americans = next(w for w in words if w["word"].startswith("Americans"))
+        assert 1.4 <= americans["start"] <= 2.2 and americans["end"] <= 2.8
+
+
+def test_an_input_longer_than_one_window_is_transcribed_whole_with_word_times(
+    whisper: WhisperRecognizer,
+) -> None:
+    names = ["jfk.wav", "harvard_16k.wav", "jfk.wav"]
+    audio = np.concatenate([speech(name) for name in names])  # about 33 s
+    [out] = whisper.infer_batch([audio], [True])
+    assert isinstance(out, dict)
+    assert word_error_rate(" ".join(SAID[n] for n in names), out["text"]) <= 0.1, out["text"]
+    starts = [w["start"] for w in out["words"]]
+    assert starts == sorted(starts) and 30 < starts[-1] <= len(audio) / 16000
 
 
 def test_noise_without_speech_gives_no_words(whisper: WhisperRecognizer) -> None:
     noise = speech("modem_noise_8k.wav")[: 10 * 16000]
     assert whisper.infer(noise) == {"text": ""}
+
+
+@pytest.mark.parametrize(
+    ("no_speech", "logprob", "ratio", "dropped"),
+    [
+        (0.86, -0.03, 29.8, True),  # tiny.en's confident ". . . ." loop over modem noise
+        (0.86, -1.6, 1.2, True),  # improbable text over likely silence
+        (0.86, -0.3, 1.5, False),  # likely silence, but fluent text: kept
+        (0.1, -2.0, 30.0, False),  # speech, however garbled: kept
+    ],
+)
+def test_a_decode_is_no_speech_only_when_likely_silence_and_unlikely_or_looping(
+    no_speech: float, logprob: float, ratio: float, dropped: bool
+) -> None:
+    assert is_no_speech(WhisperParams(), no_speech, logprob, ratio) is dropped
+
+
+def test_punctuation_alone_is_no_transcript() -> None:
+    assert not has_words(". . . ?") and has_words("It's 4.") and has_words("Ja.")
 
 
 def test_empty_audio_gives_empty_text(whisper: WhisperRecognizer) -> None:
@@ -55,15 +130,16 @@ def test_empty_audio_gives_empty_text(whisper: WhisperRecognizer) -> None:
 
 def test_the_batch_form_gives_one_output_per_input_in_order(whisper: WhisperRecognizer) -> None:
     names = ["cross_8k.wav", "front_center_48k.wav"]
-    outputs = whisper.infer_batch([speech(name) for name in names])
-    texts = [output["text"] for output in outputs if isinstance(output, dict)]
+    outputs = whisper.infer_batch([np.zeros(0, dtype=np.float32), *map(speech, names)])
+    assert outputs[0] == {"text": ""}
+    texts = [output["text"] for output in outputs[1:] if isinstance(output, dict)]
     assert [word_error_rate(SAID[n], t) for n, t in zip(names, texts, strict=True)] == [0, 0]
 
 
 def test_it_is_a_model_the_settings_can_name() -> None:
-    model = build_model(Settings(inference={"model": "whisper"}))
-    assert isinstance(model, WhisperRecognizer) and isinstance(model, Model)
-    assert (model.name, model.sample_rate, model.max_batch_size) == ("whisper-tiny.en", 16000, 1)
+    model = build_model(Settings(inference={"model": "whisper"}, whisper={"max_batch_size": 3}))
+    assert isinstance(model, WhisperRecognizer) and isinstance(model, WordTimedModel)
+    assert (model.name, model.sample_rate, model.max_batch_size) == ("whisper-tiny.en", 16000, 3)
 
 
 def test_a_directory_without_a_model_is_refused_clearly(tmp_path: Path) -> None:

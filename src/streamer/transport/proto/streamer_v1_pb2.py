@@ -25,43 +25,43 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*streamer/transport/proto/streamer_v1.proto\x12\x0bstreamer.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xd3\x01\n\rStreamRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.streamer.v1.StreamConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12)\n\x08\x66inalize\x18\x03 \x01(\x0b\x32\x15.streamer.v1.FinalizeH\x00\x12!\n\x04stop\x18\x04 \x01(\x0b\x32\x11.streamer.v1.StopH\x00\x12+\n\tkeepalive\x18\x05 \x01(\x0b\x32\x16.streamer.v1.KeepaliveH\x00\x42\t\n\x07request\"\xbd\x01\n\x0cStreamConfig\x12(\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x18.streamer.v1.AudioFormat\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x1d\n\x10interim_interval\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12$\n\x03vad\x18\x04 \x01(\x0b\x32\x17.streamer.v1.VadOptions\x12\x10\n\x08trace_id\x18\x05 \x01(\tB\x13\n\x11_interim_interval\"\x82\x01\n\x0b\x41udioFormat\x12\x10\n\x08\x63hannels\x18\x01 \x01(\r\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x11\n\tbit_depth\x18\x03 \x01(\r\x12\x10\n\x08is_float\x18\x04 \x01(\x08\x12\'\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x15.streamer.v1.Encoding\"\xec\x01\n\nVadOptions\x12\x16\n\tthreshold\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rmin_speech_ms\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0emin_silence_ms\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x1a\n\rspeech_pad_ms\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x1a\n\rmax_segment_s\x18\x05 \x01(\x01H\x04\x88\x01\x01\x42\x0c\n\n_thresholdB\x10\n\x0e_min_speech_msB\x11\n\x0f_min_silence_msB\x10\n\x0e_speech_pad_msB\x10\n\x0e_max_segment_s\"\n\n\x08\x46inalize\"\x06\n\x04Stop\"\x0b\n\tKeepalive\"\xfe\x01\n\x0bStreamEvent\x12#\n\x05ready\x18\x01 \x01(\x0b\x32\x12.streamer.v1.ReadyH\x00\x12\'\n\x07segment\x18\x02 \x01(\x0b\x32\x14.streamer.v1.SegmentH\x00\x12%\n\x06\x61\x63tive\x18\x03 \x01(\x0b\x32\x13.streamer.v1.ActiveH\x00\x12)\n\x08inactive\x18\x04 \x01(\x0b\x32\x15.streamer.v1.InactiveH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.streamer.v1.ErrorH\x00\x12!\n\x04\x64one\x18\x06 \x01(\x0b\x32\x11.streamer.v1.DoneH\x00\x42\x07\n\x05\x65vent\"\x9c\x01\n\x05Ready\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x19\n\x11model_sample_rate\x18\x04 \x01(\r\x12\x10\n\x08\x63hannels\x18\x05 \x01(\r\x12\x15\n\x08trace_id\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x08warnings\x18\x07 \x03(\tB\x0b\n\t_trace_id\"{\n\x07Segment\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x12\n\nstart_time\x18\x02 \x01(\x01\x12\x10\n\x08\x65nd_time\x18\x03 \x01(\x01\x12\x10\n\x08is_final\x18\x04 \x01(\x08\x12\'\n\x06output\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\'\n\x06\x41\x63tive\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x0c\n\x04time\x18\x02 \x01(\x01\")\n\x08Inactive\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x0c\n\x04time\x18\x02 \x01(\x01\"\xba\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x07\x63hannel\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nstart_time\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08\x65nd_time\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\tretryable\x18\x06 \x01(\x08H\x03\x88\x01\x01\x42\n\n\x08_channelB\r\n\x0b_start_timeB\x0b\n\t_end_timeB\x0c\n\n_retryable\"\x1d\n\x04\x44one\x12\x15\n\raudio_seconds\x18\x01 \x01(\x01*]\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_PCM\x10\x01\x12\x12\n\x0e\x45NCODING_MULAW\x10\x02\x12\x11\n\rENCODING_ALAW\x10\x03\x32\x95\x01\n\x08Streamer\x12\x42\n\x06Simple\x12\x1a.streamer.v1.StreamRequest\x1a\x18.streamer.v1.StreamEvent(\x01\x30\x01\x12\x45\n\tSegmented\x12\x1a.streamer.v1.StreamRequest\x1a\x18.streamer.v1.StreamEvent(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*streamer/transport/proto/streamer_v1.proto\x12\x0bstreamer.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xd3\x01\n\rStreamRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.streamer.v1.StreamConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12)\n\x08\x66inalize\x18\x03 \x01(\x0b\x32\x15.streamer.v1.FinalizeH\x00\x12!\n\x04stop\x18\x04 \x01(\x0b\x32\x11.streamer.v1.StopH\x00\x12+\n\tkeepalive\x18\x05 \x01(\x0b\x32\x16.streamer.v1.KeepaliveH\x00\x42\t\n\x07request\"\xd1\x01\n\x0cStreamConfig\x12(\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x18.streamer.v1.AudioFormat\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x1d\n\x10interim_interval\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12$\n\x03vad\x18\x04 \x01(\x0b\x32\x17.streamer.v1.VadOptions\x12\x10\n\x08trace_id\x18\x05 \x01(\t\x12\x12\n\nword_times\x18\x06 \x01(\x08\x42\x13\n\x11_interim_interval\"\x82\x01\n\x0b\x41udioFormat\x12\x10\n\x08\x63hannels\x18\x01 \x01(\r\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x11\n\tbit_depth\x18\x03 \x01(\r\x12\x10\n\x08is_float\x18\x04 \x01(\x08\x12\'\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x15.streamer.v1.Encoding\"\xec\x01\n\nVadOptions\x12\x16\n\tthreshold\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rmin_speech_ms\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0emin_silence_ms\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x1a\n\rspeech_pad_ms\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x1a\n\rmax_segment_s\x18\x05 \x01(\x01H\x04\x88\x01\x01\x42\x0c\n\n_thresholdB\x10\n\x0e_min_speech_msB\x11\n\x0f_min_silence_msB\x10\n\x0e_speech_pad_msB\x10\n\x0e_max_segment_s\"\n\n\x08\x46inalize\"\x06\n\x04Stop\"\x0b\n\tKeepalive\"\xfe\x01\n\x0bStreamEvent\x12#\n\x05ready\x18\x01 \x01(\x0b\x32\x12.streamer.v1.ReadyH\x00\x12\'\n\x07segment\x18\x02 \x01(\x0b\x32\x14.streamer.v1.SegmentH\x00\x12%\n\x06\x61\x63tive\x18\x03 \x01(\x0b\x32\x13.streamer.v1.ActiveH\x00\x12)\n\x08inactive\x18\x04 \x01(\x0b\x32\x15.streamer.v1.InactiveH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.streamer.v1.ErrorH\x00\x12!\n\x04\x64one\x18\x06 \x01(\x0b\x32\x11.streamer.v1.DoneH\x00\x42\x07\n\x05\x65vent\"\x9c\x01\n\x05Ready\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x19\n\x11model_sample_rate\x18\x04 \x01(\r\x12\x10\n\x08\x63hannels\x18\x05 \x01(\r\x12\x15\n\x08trace_id\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x08warnings\x18\x07 \x03(\tB\x0b\n\t_trace_id\"{\n\x07Segment\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x12\n\nstart_time\x18\x02 \x01(\x01\x12\x10\n\x08\x65nd_time\x18\x03 \x01(\x01\x12\x10\n\x08is_final\x18\x04 \x01(\x08\x12\'\n\x06output\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\'\n\x06\x41\x63tive\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x0c\n\x04time\x18\x02 \x01(\x01\")\n\x08Inactive\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x0c\n\x04time\x18\x02 \x01(\x01\"\xba\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x07\x63hannel\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nstart_time\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08\x65nd_time\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\tretryable\x18\x06 \x01(\x08H\x03\x88\x01\x01\x42\n\n\x08_channelB\r\n\x0b_start_timeB\x0b\n\t_end_timeB\x0c\n\n_retryable\"\x1d\n\x04\x44one\x12\x15\n\raudio_seconds\x18\x01 \x01(\x01*]\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_PCM\x10\x01\x12\x12\n\x0e\x45NCODING_MULAW\x10\x02\x12\x11\n\rENCODING_ALAW\x10\x03\x32\x95\x01\n\x08Streamer\x12\x42\n\x06Simple\x12\x1a.streamer.v1.StreamRequest\x1a\x18.streamer.v1.StreamEvent(\x01\x30\x01\x12\x45\n\tSegmented\x12\x1a.streamer.v1.StreamRequest\x1a\x18.streamer.v1.StreamEvent(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'streamer.transport.proto.streamer_v1_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENCODING']._serialized_start=1745
-  _globals['_ENCODING']._serialized_end=1838
+  _globals['_ENCODING']._serialized_start=1765
+  _globals['_ENCODING']._serialized_end=1858
   _globals['_STREAMREQUEST']._serialized_start=90
   _globals['_STREAMREQUEST']._serialized_end=301
   _globals['_STREAMCONFIG']._serialized_start=304
-  _globals['_STREAMCONFIG']._serialized_end=493
-  _globals['_AUDIOFORMAT']._serialized_start=496
-  _globals['_AUDIOFORMAT']._serialized_end=626
-  _globals['_VADOPTIONS']._serialized_start=629
-  _globals['_VADOPTIONS']._serialized_end=865
-  _globals['_FINALIZE']._serialized_start=867
-  _globals['_FINALIZE']._serialized_end=877
-  _globals['_STOP']._serialized_start=879
-  _globals['_STOP']._serialized_end=885
-  _globals['_KEEPALIVE']._serialized_start=887
-  _globals['_KEEPALIVE']._serialized_end=898
-  _globals['_STREAMEVENT']._serialized_start=901
-  _globals['_STREAMEVENT']._serialized_end=1155
-  _globals['_READY']._serialized_start=1158
-  _globals['_READY']._serialized_end=1314
-  _globals['_SEGMENT']._serialized_start=1316
-  _globals['_SEGMENT']._serialized_end=1439
-  _globals['_ACTIVE']._serialized_start=1441
-  _globals['_ACTIVE']._serialized_end=1480
-  _globals['_INACTIVE']._serialized_start=1482
-  _globals['_INACTIVE']._serialized_end=1523
-  _globals['_ERROR']._serialized_start=1526
-  _globals['_ERROR']._serialized_end=1712
-  _globals['_DONE']._serialized_start=1714
-  _globals['_DONE']._serialized_end=1743
-  _globals['_STREAMER']._serialized_start=1841
-  _globals['_STREAMER']._serialized_end=1990
+  _globals['_STREAMCONFIG']._serialized_end=513
+  _globals['_AUDIOFORMAT']._serialized_start=516
+  _globals['_AUDIOFORMAT']._serialized_end=646
+  _globals['_VADOPTIONS']._serialized_start=649
+  _globals['_VADOPTIONS']._serialized_end=885
+  _globals['_FINALIZE']._serialized_start=887
+  _globals['_FINALIZE']._serialized_end=897
+  _globals['_STOP']._serialized_start=899
+  _globals['_STOP']._serialized_end=905
+  _globals['_KEEPALIVE']._serialized_start=907
+  _globals['_KEEPALIVE']._serialized_end=918
+  _globals['_STREAMEVENT']._serialized_start=921
+  _globals['_STREAMEVENT']._serialized_end=1175
+  _globals['_READY']._serialized_start=1178
+  _globals['_READY']._serialized_end=1334
+  _globals['_SEGMENT']._serialized_start=1336
+  _globals['_SEGMENT']._serialized_end=1459
+  _globals['_ACTIVE']._serialized_start=1461
+  _globals['_ACTIVE']._serialized_end=1500
+  _globals['_INACTIVE']._serialized_start=1502
+  _globals['_INACTIVE']._serialized_end=1543
+  _globals['_ERROR']._serialized_start=1546
+  _globals['_ERROR']._serialized_end=1732
+  _globals['_DONE']._serialized_start=1734
+  _globals['_DONE']._serialized_end=1763
+  _globals['_STREAMER']._serialized_start=1861
+  _globals['_STREAMER']._serialized_end=2010
 # @@protoc_insertion_point(module_scope)

@@ -34,18 +34,20 @@ class StreamRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., audio: _Optional[bytes] = ..., finalize: _Optional[_Union[Finalize, _Mapping]] = ..., stop: _Optional[_Union[Stop, _Mapping]] = ..., keepalive: _Optional[_Union[Keepalive, _Mapping]] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("format", "interim_results", "interim_interval", "vad", "trace_id")
+    __slots__ = ("format", "interim_results", "interim_interval", "vad", "trace_id", "word_times")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
     INTERIM_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     VAD_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    WORD_TIMES_FIELD_NUMBER: _ClassVar[int]
     format: AudioFormat
     interim_results: bool
     interim_interval: float
     vad: VadOptions
     trace_id: str
-    def __init__(self, format: _Optional[_Union[AudioFormat, _Mapping]] = ..., interim_results: _Optional[bool] = ..., interim_interval: _Optional[float] = ..., vad: _Optional[_Union[VadOptions, _Mapping]] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    word_times: bool
+    def __init__(self, format: _Optional[_Union[AudioFormat, _Mapping]] = ..., interim_results: _Optional[bool] = ..., interim_interval: _Optional[float] = ..., vad: _Optional[_Union[VadOptions, _Mapping]] = ..., trace_id: _Optional[str] = ..., word_times: _Optional[bool] = ...) -> None: ...
 
 class AudioFormat(_message.Message):
     __slots__ = ("channels", "sample_rate", "bit_depth", "is_float", "encoding")
