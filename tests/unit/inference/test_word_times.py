@@ -9,11 +9,11 @@ from model_factories import Loudness
 from numpy.typing import NDArray
 
 from streamer.audio.formats import AudioFormat
+from streamer.events import Event, SegmentResult
 from streamer.inference.model import Output, WordTimedModel, shift_words
 from streamer.inference.pool import ThreadPool, call_model
 from streamer.inference.scheduler import Scheduler
-from streamer.pipeline import Event, Route, StreamOptions, StreamPipeline
-from streamer.protocol.messages import SegmentEvent
+from streamer.pipeline import Route, StreamOptions, StreamPipeline
 
 
 class Timed:
@@ -84,7 +84,7 @@ async def test_a_streams_finals_carry_words_in_stream_time() -> None:
     await pipeline.feed(bytes(2 * 16000 * 3))  # three chunks of a second
     await pipeline.finish()
     await scheduler.close()
-    segments = [e for e in events if isinstance(e, SegmentEvent)]
-    starts = [[w["start"] for w in (s.model_extra or {})["words"]] for s in segments]
-    assert [s.start_time for s in segments] == [0.0, 1.0, 2.0]
+    segments = [e for e in events if isinstance(e, SegmentResult)]
+    starts = [[w["start"] for w in s.output["words"]] for s in segments]
+    assert [s.start for s in segments] == [0.0, 1.0, 2.0]
     assert starts == [[0.1], [1.1], [2.1]]
