@@ -52,7 +52,13 @@ Receive = Callable[[], Awaitable[Input | None]]
 
 def limits_of(services: Services) -> Limits:
     """The connection limits the settings ask for."""
-    return Limits(idle_seconds=services.settings.stream.idle_seconds)
+    settings = services.settings
+    return Limits(
+        idle_seconds=settings.stream.idle_seconds,
+        max_audio_seconds=settings.stream.max_audio_seconds,
+        max_wall_seconds=settings.stream.max_wall_seconds,
+        max_messages_per_second=settings.server.max_messages_per_second,
+    )
 
 
 class ConnectionDriver:
