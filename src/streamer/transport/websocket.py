@@ -22,6 +22,7 @@ from streamer.policy import ConnectionRequest
 from streamer.protocol.connection import WEBSOCKET, Disconnected, Input, Invalid
 from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver
+from streamer.transport.limits import PEER_GONE
 from streamer.transport.outbox import Outbox
 
 
@@ -74,6 +75,7 @@ async def serve_websocket(
         codec.encode,
         functools.partial(services.event_sent, route),
         "ws",
+        dropped=functools.partial(services.interim_dropped, route),
     )
     outbox.start(ws.send_text)
 
@@ -90,6 +92,7 @@ async def serve_websocket(
             return Invalid(error)
         return None
 
+    gone = ws.scope.get("extensions", {}).get(PEER_GONE, {}).get("future")
     driver = ConnectionDriver(
         services,
         route,
@@ -98,6 +101,7 @@ async def serve_websocket(
         outbox,
         principal=principal,
         trace=trace,
+        gone=gone,
     )
     close = await driver.run()
     code = int(ENDINGS[close.code].close_code)
