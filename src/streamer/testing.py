@@ -126,6 +126,7 @@ async def run_connection(
         encode,
         functools.partial(services.event_sent, route),
         "test",
+        dropped=functools.partial(services.interim_dropped, route),
     )
     outbox.start(write or record)
     driver = ConnectionDriver(services, route, mode, receive, outbox, principal=principal)
