@@ -314,3 +314,29 @@ async def test_a_slow_reader_loses_interim_results_first_and_keeps_every_final()
     assert finals(written) == finals(reference.sent) and finals(written)
     assert dropped > 0
     assert len(written) == len(reference.sent) - dropped
+
+
+async def test_a_peer_gone_while_its_feed_waits_frees_the_stream_at_once() -> None:
+    """The driver waits on a busy stream (backpressure) with audio still unread; the
+    transport says the peer is gone: the queued work is withdrawn without reading on."""
+    async with running_services(settings(), TestModel.speedy(delay=0.5)) as services:
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future[None] = loop.create_future()
+        inbound = [START, *chunks(noise(8.0), RATE * 2), Pause(30.0)]  # 8 inferences of 0.5 s
+
+        async def lose_the_peer() -> float:
+            for _ in range(500):  # until the work is queued
+                if services.scheduler.queued:
+                    break
+                await asyncio.sleep(0.01)
+            gone.set_result(None)
+            return loop.time()
+
+        lost = asyncio.create_task(lose_the_peer())
+        outcome = await run_connection(services, Route.SIMPLE, inbound, gone=gone)
+        freed = loop.time() - await lost
+        assert outcome.close == Close(send=False)
+        assert services.scheduler.queued == 0 and services.live_streams == 0
+        assert freed < 0.25
+        ended = services.metrics.streams_ended.labels("simple", "disconnected")._value.get()
+        assert ended == 1
