@@ -6,7 +6,7 @@ the limit off (0), side by side, floods each for ``--seconds`` and reports the s
 process's CPU time over the flood (from ``/proc``), the messages the client got out, the
 connections it needed and how they were closed.
 
-    python benchmarks/bench_flood.py [--seconds 6] [--rate 60000]
+    python benchmarks/bench_flood.py [--seconds 6] [--rate 60000] [--no-reconnect]
 """
 
 from __future__ import annotations
@@ -65,8 +65,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def flood(url: str, seconds: float, rate: float) -> tuple[int, Counter[str]]:
-    """Send keepalives at up to ``rate`` a second for ``seconds``, reconnecting when closed."""
+async def flood(url: str, seconds: float, rate: float, reconnect: bool) -> tuple[int, Counter[str]]:
+    """Send keepalives at up to ``rate`` a second for ``seconds``, reconnecting when closed
+    (with ``reconnect``; otherwise idle once closed)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     sent = 0
@@ -83,6 +84,8 @@ async def flood(url: str, seconds: float, rate: float) -> tuple[int, Counter[str
                         ahead = sent / rate - (loop.time() - began)
                         await asyncio.sleep(max(0.0, ahead))
             closes[f"{ws.close_code} {ws.close_reason}".strip()] += 1
+            if not reconnect:
+                await asyncio.sleep(max(0.0, end - loop.time()))
         except (OSError, InvalidStatus) as error:
             closes[type(error).__name__] += 1
             await asyncio.sleep(0.01)
@@ -93,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rate", type=float, default=60_000.0)
+    parser.add_argument("--no-reconnect", action="store_true", help="one connection only")
     args = parser.parse_args()
     for label, limit in (("max_messages_per_second=200 (default)", None), ("no limit (0)", "0")):
         port = free_port()
@@ -101,7 +105,12 @@ def main() -> None:
             before = cpu_seconds(server.pid)
             began = time.monotonic()
             sent, closes = asyncio.run(
-                flood(f"ws://127.0.0.1:{port}/api/v1/simple", args.seconds, args.rate)
+                flood(
+                    f"ws://127.0.0.1:{port}/api/v1/simple",
+                    args.seconds,
+                    args.rate,
+                    not args.no_reconnect,
+                )
             )
             wall = time.monotonic() - began
             cpu = cpu_seconds(server.pid) - before
