@@ -69,7 +69,7 @@ async def test_an_unpaced_sender_is_slowed_and_gets_every_result_and_done(
         async with asyncio.timeout(60):
             await reader
     types = [e["type"] for e in events]
-    assert types[0] == "ready" and types[-1] == "done", types[-3:]
+    assert types[0] == "ready" and types[-1] == "done", (types[-3:], ws.close_code, ws.close_reason)
     assert sum(e["end_time"] - e["start_time"] for e in events if e["type"] == "segment") == (
         pytest.approx(seconds)
     )
