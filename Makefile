@@ -2,8 +2,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The official vendor clients the end-to-end tests drive (the openai SDK wants another
+# websockets than the server's), in an environment of their own.
+CLIENTS ?= .venv-clients
+CLIENTS_STAMP := $(CLIENTS)/.installed
 
-.PHONY: run test lint typecheck unit schema proto system-deps clean
+.PHONY: run test lint typecheck unit clients schema proto system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -11,6 +15,13 @@ $(STAMP): pyproject.toml
 	# The whisper and bench extras too: their tests run with the rest.
 	$(PY) -m pip install -q -e ".[dev,whisper,bench]"
 	touch $(STAMP)
+
+$(CLIENTS_STAMP): tests/clients/requirements.txt
+	test -x $(CLIENTS)/bin/python || python3 -m venv $(CLIENTS)
+	$(CLIENTS)/bin/python -m pip install -q -r tests/clients/requirements.txt
+	touch $(CLIENTS_STAMP)
+
+clients: $(CLIENTS_STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/streamer serve --port 8080
@@ -22,7 +33,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(CLIENTS_STAMP)
 	$(PY) -m pytest -q
 
 test: $(STAMP) system-deps lint typecheck unit
@@ -37,4 +48,4 @@ proto: $(STAMP)
 	PYTHON=$(PY) sh scripts/gen-proto.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS) .pytest_cache .mypy_cache .ruff_cache

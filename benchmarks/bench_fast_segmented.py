@@ -16,13 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +25,7 @@ import soundfile as sf
 import soxr
 
 from streamer.bench.expected import ExpectedResults
+from streamer.bench.runner import spawn_server
 from streamer.client import load_audio, stream_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,31 +50,6 @@ def speech(minutes: float, rate: int) -> bytes:
     return out.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "streamer.cli.main", "serve"),
-            *("--host", "127.0.0.1", "--port", str(port), "--no-grpc"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0)
@@ -96,12 +67,10 @@ def main() -> None:
     want = list(expected.spans[0])
     chunk = int(audio.sample_rate * args.chunk_ms / 1000) * audio.frame_bytes
 
-    port = free_port()
-    server = start_server(port)
-    url = f"ws://127.0.0.1:{port}/api/v1/segmented"
     speeds: list[float] = []
     failed = False
-    try:
+    with spawn_server() as server:
+        url = server.url("segmented")
         for run in range(args.runs):
             result = asyncio.run(stream_file(url, audio, chunk_bytes=chunk, results_timeout=600.0))
             finals = [
@@ -120,9 +89,6 @@ def main() -> None:
                 f"close {result.close_code} {result.close_reason!r}, "
                 f"errors {[e.get('code') for e in result.errors]}"
             )
-    finally:
-        server.terminate()
-        server.wait(15)
     print(
         f"{audio.duration:.0f} s of speech at {audio.sample_rate} Hz, "
         f"{args.chunk_ms:.0f} ms messages, unpaced: "

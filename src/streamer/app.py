@@ -18,7 +18,8 @@ from starlette.routing import Route as HttpRoute
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from streamer.auth import policy_from_settings
+from streamer.auth import REALTIME_SUBPROTOCOL, policy_from_settings
+from streamer.codecs.openai_realtime import RealtimeCodec
 from streamer.config import Settings
 from streamer.inference.model import Model, TestModel, UnsupportedModel
 from streamer.inference.pool import ThreadPool, WorkerPool
@@ -33,7 +34,7 @@ from streamer.policy import ConnectionPolicy, allow_all
 from streamer.segmentation.vad import VadEngine
 from streamer.services import Services
 from streamer.transport.grpc import GrpcServer, start_grpc_server
-from streamer.transport.websocket import serve_websocket
+from streamer.transport.websocket import WsCodec, serve_websocket
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +215,31 @@ def create_app(
 
         return endpoint
 
+    def realtime_codec() -> WsCodec:
+        # An append past the limit is an error event; a text frame past max_text_bytes
+        # is the transport's 1009.
+        codec = RealtimeCodec(max_append_bytes=settings.server.max_text_bytes // 2)
+        return WsCodec(
+            codec.decode_text,
+            codec.decode_bytes,
+            codec.encode,
+            opening=codec.opening,
+            subprotocol=REALTIME_SUBPROTOCOL,
+        )
+
+    async def realtime(ws: WebSocket) -> None:
+        # The session opens its streams on the segmented route (server VAD) or the simple
+        # one (manual commits); the connection counts under segmented.
+        services = ws.app.state.services
+        await serve_websocket(ws, Route.SEGMENTED, services, realtime_codec, name="realtime")
+
     return Starlette(
         routes=[
             HttpRoute("/api/v1/health", health, methods=["GET"]),
             HttpRoute("/metrics", metrics_endpoint, methods=["GET"]),
             WebSocketRoute("/api/v1/simple", ws_route(Route.SIMPLE)),
             WebSocketRoute("/api/v1/segmented", ws_route(Route.SEGMENTED)),
+            WebSocketRoute("/v1/realtime", realtime),
         ],
         lifespan=lifespan,
     )

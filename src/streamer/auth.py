@@ -6,7 +6,9 @@ A client presents a key the ways the clients people use send one:
   any case), on a WebSocket upgrade or as gRPC metadata;
 - in a browser, which cannot set headers on a WebSocket, the subprotocol pair
   ``Sec-WebSocket-Protocol: token, <key>`` (or ``bearer, <key>``): the server accepts the
-  connection with ``token`` (or ``bearer``) as its subprotocol and never echoes the key.
+  connection with ``token`` (or ``bearer``) as its subprotocol and never echoes the key;
+- OpenAI Realtime's browser form, the subprotocols ``realtime`` and
+  ``openai-insecure-api-key.<key>``: accepted with ``realtime``.
 
 A missing or wrong key is HTTP 401 before the upgrade (gRPC: UNAUTHENTICATED). Keys are
 compared in constant time and never logged: a principal is named by the key's ``name`` or a
@@ -30,6 +32,9 @@ from streamer.policy import ConnectionPolicy, ConnectionRequest, Principal, allo
 
 SCHEMES = ("token", "bearer")
 """Authorization schemes (and subprotocol names) that carry a key."""
+REALTIME_SUBPROTOCOL = "realtime"
+REALTIME_KEY_PREFIX = "openai-insecure-api-key."
+"""OpenAI Realtime's browser subprotocols: ``realtime`` and this prefix before the key."""
 
 
 class ApiKey(BaseModel):
@@ -74,6 +79,11 @@ def presented(request: ConnectionRequest) -> Credential | None:
     for name, secret in itertools.pairwise(offered):
         if name.lower() in SCHEMES and secret:
             return Credential(secret, subprotocol=name)
+    if REALTIME_SUBPROTOCOL in offered:
+        for name in offered:
+            secret = name.removeprefix(REALTIME_KEY_PREFIX)
+            if name.startswith(REALTIME_KEY_PREFIX) and secret:
+                return Credential(secret, subprotocol=REALTIME_SUBPROTOCOL)
     return None
 
 

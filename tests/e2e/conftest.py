@@ -56,6 +56,26 @@ class ServerProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def fds(self) -> int:
+        """File descriptors the server holds open now."""
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def rss_kib(self) -> int:
+        """The server's resident memory now, in KiB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def gauge(self, name: str) -> float:
+        """The sum of a metric's samples (all labels) on ``/metrics`` now."""
+        text = httpx.get(f"{self.http}/metrics", timeout=5).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name + "{") or line.startswith(name + " ")
+        )
+
     def stop(self) -> int:
         """SIGTERM, then wait; a server that does not stop is killed and reported."""
         if self.process.poll() is None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -16,19 +15,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from conftest import HOST, ServerProcess, start_server
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 pytestmark = pytest.mark.e2e
 
-HOST = "127.0.0.1"
-START_TIMEOUT = 30.0
 _WS_HEAD = (
     "GET /api/v1/simple HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -42,83 +39,16 @@ START = json.dumps(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    grpc_port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"ws://{HOST}:{self.port}/api/v1/simple"
-
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
-
-    def gauge(self, name: str) -> float:
-        text = httpx.get(f"http://{HOST}:{self.port}/metrics", timeout=5).text
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(name + "{") or line.startswith(name + " ")
-        )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                pytest.fail(f"the server did not stop:\n{self.log.read_text()[-3000:]}")
-
-
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+def launch(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """``streamer serve`` with the test model and ``[server]`` settings of the test's own."""
-    started: list[Server] = []
+    started: list[ServerProcess] = []
 
-    def _launch(**server: object) -> Server:
-        directory = tmp_path / f"server{len(started)}"
-        directory.mkdir()
-        lines = ["drain_seconds = 1"] + [f"{k} = {json.dumps(v)}" for k, v in server.items()]
-        config = directory / "streamer.toml"
-        config.write_text(
-            'log_level = "warning"\n[server]\n' + "\n".join(lines) + "\n[inference]\nworkers = 2\n"
-        )
-        port, grpc_port = _free_port(), _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-        log = directory / "server.log"
-        command = [sys.executable, "-m", "streamer.cli.main", "serve", "--host", HOST]
-        command += ["--port", str(port), "--grpc-port", str(grpc_port), "--config", str(config)]
-        with log.open("wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        running = Server(process, port, grpc_port, log)
+    def _launch(**server: object) -> ServerProcess:
+        env = {f"STREAMER_SERVER__{k.upper()}": json.dumps(v) for k, v in server.items()}
+        running = start_server(tmp_path / f"server{len(started)}", env=env, grpc=True)
         started.append(running)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                httpx.get(f"http://{HOST}:{port}/api/v1/health", timeout=1)
-                return running
-            except httpx.TransportError:
-                time.sleep(0.05)
-        pytest.fail(f"the server did not start:\n{log.read_text()}")
+        return running
 
     yield _launch
     for running in started:
@@ -193,7 +123,7 @@ def _covered(events: list[dict[str, object]]) -> float:
 
 
 def test_idle_and_byte_drip_sockets_are_closed_after_the_handshake_timeout(
-    launch: Callable[..., Server],
+    launch: Callable[..., ServerProcess],
 ) -> None:
     server = launch(handshake_timeout_seconds=1.0)
     fds_before = server.fds()
@@ -231,11 +161,11 @@ def test_idle_and_byte_drip_sockets_are_closed_after_the_handshake_timeout(
     _wait(lambda: server.fds() <= fds_before + 5, 10, "the server did not free its sockets")
     # A client that does finish its request in time is served, and streams work.
     assert httpx.get(f"http://{HOST}:{server.port}/api/v1/health", timeout=5).status_code == 200
-    assert abs(_covered(asyncio.run(_one_stream(server.url))) - 1.0) < 0.01
+    assert abs(_covered(asyncio.run(_one_stream(server.ws()))) - 1.0) < 0.01
 
 
 def test_a_kept_alive_connection_gets_the_same_deadline_for_its_next_request(
-    launch: Callable[..., Server],
+    launch: Callable[..., ServerProcess],
 ) -> None:
     server = launch(handshake_timeout_seconds=1.0)
     with socket.create_connection((HOST, server.port)) as sock:
@@ -257,7 +187,7 @@ def test_a_kept_alive_connection_gets_the_same_deadline_for_its_next_request(
 
 
 def test_idle_sockets_on_the_grpc_port_are_closed_after_the_handshake_timeout(
-    launch: Callable[..., Server],
+    launch: Callable[..., ServerProcess],
 ) -> None:
     server = launch(handshake_timeout_seconds=1.0)
     idle = [socket.create_connection((HOST, server.grpc_port)) for _ in range(100)]
@@ -273,12 +203,12 @@ def test_idle_sockets_on_the_grpc_port_are_closed_after_the_handshake_timeout(
 
 
 def test_connections_past_the_cap_are_refused_while_streams_go_on(
-    launch: Callable[..., Server],
+    launch: Callable[..., ServerProcess],
 ) -> None:
     server = launch(max_connections=20, handshake_timeout_seconds=30.0)
 
     async def scenario() -> None:
-        async with connect(server.url, compression=None) as ws:
+        async with connect(server.ws(), compression=None) as ws:
             await ws.send(START)
             pcm = _speech_pcm(2.0)
             await ws.send(pcm[: len(pcm) // 2])
@@ -287,7 +217,7 @@ def test_connections_past_the_cap_are_refused_while_streams_go_on(
             refused = _closed_sockets(held[19:], timeout=10)
             assert all(r.startswith(b"HTTP/1.1 503") for r in refused)
             with pytest.raises(Exception) as caught:
-                async with connect(server.url, compression=None, open_timeout=5):
+                async with connect(server.ws(), compression=None, open_timeout=5):
                     pass
             assert "503" in str(caught.value)
             # The stream that was already open carries on to the end.
@@ -309,7 +239,7 @@ def test_connections_past_the_cap_are_refused_while_streams_go_on(
 
 
 def test_connections_past_the_cap_on_the_grpc_port_are_closed(
-    launch: Callable[..., Server],
+    launch: Callable[..., ServerProcess],
 ) -> None:
     server = launch(max_connections=10, handshake_timeout_seconds=60.0)
     held = [socket.create_connection((HOST, server.grpc_port)) for _ in range(10)]
@@ -371,10 +301,10 @@ def _close_code(data: bytes) -> tuple[int, str]:
     ],
 )
 async def test_text_and_binary_messages_are_capped_separately(
-    launch: Callable[..., Server], kind: str, size: int, code: int | None
+    launch: Callable[..., ServerProcess], kind: str, size: int, code: int | None
 ) -> None:
     server = launch(max_text_bytes=65536, max_message_bytes=4096)
-    async with connect(server.url, compression=None, max_size=None) as ws:
+    async with connect(server.ws(), compression=None, max_size=None) as ws:
         await ws.send(START)
         assert json.loads(await ws.recv())["type"] == "ready"
         if kind == "text":
@@ -398,7 +328,7 @@ async def test_text_and_binary_messages_are_capped_separately(
 
 
 def test_a_fragment_flood_is_refused_without_costing_memory(
-    launch: Callable[..., Server],
+    launch: Callable[..., ServerProcess],
 ) -> None:
     """Three connections each send one binary message as a million 1-byte frames."""
     server = launch()
@@ -448,12 +378,12 @@ def test_a_fragment_flood_is_refused_without_costing_memory(
 
 
 async def test_a_fragmented_message_within_the_limits_is_assembled(
-    launch: Callable[..., Server],
+    launch: Callable[..., ServerProcess],
 ) -> None:
     server = launch()
     pcm = _speech_pcm(2.0)
     pieces = [pcm[i : i + 64] for i in range(0, len(pcm), 64)]  # 1000 frames
-    async with connect(server.url, compression=None) as ws:
+    async with connect(server.ws(), compression=None) as ws:
         await ws.send(START)
         await ws.send(pieces)  # one message, one frame per piece
         await ws.send(json.dumps({"request": "stop", "disconnect": True}))
@@ -494,7 +424,7 @@ asyncio.run(main())
 """
 
 
-def _stopped_peer(server: Server, script: str, *args: str) -> subprocess.Popen[str]:
+def _stopped_peer(server: ServerProcess, script: str, *args: str) -> subprocess.Popen[str]:
     peer = subprocess.Popen(
         [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True
     )
@@ -507,7 +437,7 @@ def _stopped_peer(server: Server, script: str, *args: str) -> subprocess.Popen[s
 
 @pytest.mark.parametrize("transport", ["websocket", "grpc"])
 def test_a_peer_stopped_with_sigstop_is_dropped_by_keepalive(
-    launch: Callable[..., Server], transport: str
+    launch: Callable[..., ServerProcess], transport: str
 ) -> None:
     server = launch(
         ws_ping_interval_seconds=0.5,
@@ -516,7 +446,7 @@ def test_a_peer_stopped_with_sigstop_is_dropped_by_keepalive(
         grpc_keepalive_timeout_seconds=1.0,
     )
     if transport == "websocket":
-        peer = _stopped_peer(server, _WS_PEER, server.url, START)
+        peer = _stopped_peer(server, _WS_PEER, server.ws(), START)
     else:
         peer = _stopped_peer(server, _GRPC_PEER, f"{HOST}:{server.grpc_port}")
     try:

@@ -79,3 +79,11 @@ def test_no_keys_lets_everyone_in() -> None:
 def test_the_header_wins_over_subprotocols() -> None:
     credential = presented(request({"authorization": f"Token {KEY}"}, ("token", OTHER)))
     assert credential is not None and credential.secret == KEY and credential.subprotocol is None
+
+
+def test_openai_realtime_browsers_send_the_key_in_a_prefixed_subprotocol() -> None:
+    offered = ("realtime", f"openai-insecure-api-key.{KEY}")
+    principal = KeyPolicy([ApiKey(key=KEY)])(request(subprotocols=offered))
+    assert principal.subprotocol == "realtime"
+    with pytest.raises(ConnectionDenied):
+        KeyPolicy([ApiKey(key=KEY)])(request(subprotocols=("realtime", "openai-insecure-api-key.")))

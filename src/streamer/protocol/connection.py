@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeAlias
 
+from streamer.audio.formats import AudioFormat
 from streamer.errors import (
     AlreadyStarted,
     ClientError,
@@ -115,7 +116,49 @@ class RateExceeded:
     machine turns such a message into this input itself)."""
 
 
-ClientInput: TypeAlias = StartRequest | StopRequest | FinalizeRequest | KeepaliveRequest | Audio
+# Inputs of front-ends whose sessions hold one stream that they reconfigure (OpenAI
+# Realtime, say): the codec decides what a message means; the machine, what follows.
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """Open the stream ``request`` describes, ending the open one first (flushed with
+    ``flush``, else withdrawn); ``reply`` is sent once the new stream is asked for."""
+
+    request: StartRequest
+    route: str | None = None
+    """The route of the new stream (a ``pipeline.Route`` value; None: the connection's)."""
+    chunk_seconds: float | None = None
+    """The simple route's chunk for this stream (None: the server's)."""
+    reply: object = None
+    flush: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Audio the client held back, to be fed and finalized now: it ends an item."""
+
+    data: bytes
+    reply: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A codec's own answer to a message (an acknowledgement); nothing else happens."""
+
+    payload: object
+
+
+ClientInput: TypeAlias = (
+    StartRequest
+    | StopRequest
+    | FinalizeRequest
+    | KeepaliveRequest
+    | Audio
+    | Restart
+    | Commit
+    | Reply
+)
 Notice: TypeAlias = (
     StreamRefused
     | StreamFailed
@@ -137,6 +180,16 @@ Input: TypeAlias = ClientInput | Invalid | Notice
 @dataclass(frozen=True, slots=True)
 class OpenStream:
     request: StartRequest
+    route: str | None = None
+    """The stream's route, where it is not the connection's."""
+    chunk_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send a codec's own reply (``Reply``, ``Restart``, ``Commit``) to the client."""
+
+    payload: object
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +231,9 @@ class Close:
     send: bool = True
 
 
-Action: TypeAlias = OpenStream | Feed | Finalize | FinishStream | AbortStream | EmitError | Close
+Action: TypeAlias = (
+    OpenStream | Feed | Finalize | FinishStream | AbortStream | EmitError | Close | Send
+)
 
 SHUTTING_DOWN_MESSAGE = "the server is shutting down; connect to another instance"
 IDLE_MESSAGE = "no audio or keepalive for {seconds:g} s"
@@ -235,11 +290,16 @@ _Step = Callable[["ConnectionMachine", Any], list[Action]]
 def _open(m: ConnectionMachine, request: StartRequest) -> list[Action]:
     fmt = request.format.to_audio_format()
     fmt.validate()  # raises InvalidFormat: stay idle
+    _stream_opens(m, fmt)
+    return [OpenStream(request)]
+
+
+def _stream_opens(m: ConnectionMachine, fmt: AudioFormat) -> None:
+    """A stream opens now: its length limits count from here, in its format's bytes."""
     m.stream_opened = m.now
     m.stream_bytes = 0
     m.frame_bytes = fmt.frame_bytes
     m.bytes_per_second = fmt.frame_bytes * fmt.sample_rate
-    return [OpenStream(request)]
 
 
 def _feed(m: ConnectionMachine, audio: Audio) -> list[Action]:
@@ -335,6 +395,28 @@ def _crashed_closing(m: ConnectionMachine, _: Crashed) -> list[Action]:
     return [Close(ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGE, tell=True)]
 
 
+def _restart(m: ConnectionMachine, restart: Restart) -> list[Action]:
+    fmt = restart.request.format.to_audio_format()
+    fmt.validate()  # raises InvalidFormat: no change
+    _stream_opens(m, fmt)
+    end: list[Action] = []
+    if m.state is State.STREAMING:
+        end = [FinishStream()] if restart.flush else [AbortStream("restarted")]
+    m.streams_started += 1
+    sent: list[Action] = [] if restart.reply is None else [Send(restart.reply)]
+    return [*end, OpenStream(restart.request, restart.route, restart.chunk_seconds), *sent]
+
+
+def _commit(m: ConnectionMachine, commit: Commit) -> list[Action]:
+    sent: list[Action] = [] if commit.reply is None else [Send(commit.reply)]
+    fed: list[Action] = [Feed(commit.data)] if commit.data else []
+    return [*sent, *fed, Finalize()]
+
+
+def _reply(m: ConnectionMachine, reply: Reply) -> list[Action]:
+    return [Send(reply.payload)]
+
+
 def _tick(m: ConnectionMachine, _: Tick) -> list[Action]:
     wall = m.limits.max_wall_seconds
     if wall and m.state is State.STREAMING and m.now >= m.stream_opened + wall:
@@ -396,6 +478,12 @@ RULES: dict[tuple[State, type], tuple[State | None, _Step]] = {
     (_I, RateExceeded): (None, _rate_limited),
     (_S, RateExceeded): (None, _rate_limited),
     (State.CLOSED, Crashed): (None, _crashed_closing),
+    # A session that reconfigures its one stream.
+    (_I, Restart): (_S, _restart),
+    (_S, Restart): (_S, _restart),
+    (_S, Commit): (_S, _commit),
+    (_I, Reply): (_I, _reply),
+    (_S, Reply): (_S, _reply),
 }
 """(state, input kind) -> (next state, step). Every notice is handled in every open state;
 in ``CLOSED`` every input but a crash is ignored."""
@@ -404,6 +492,7 @@ ERRORS: dict[tuple[State, type], type[ClientError]] = {
     (_I, Audio): NotStarted,
     (_I, StopRequest): NotStarted,
     (_I, FinalizeRequest): NotStarted,
+    (_I, Commit): NotStarted,
     (_S, StartRequest): AlreadyStarted,
 }
 """Client messages out of order, and the error each gets (any other: ``InvalidMessage``)."""

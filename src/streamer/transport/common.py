@@ -7,6 +7,7 @@ refused it.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 from streamer.events import Ready
@@ -25,16 +26,20 @@ def open_stream(
     connection: ConnectionTrace | None = None,
     *,
     principal: Principal = ANONYMOUS,
+    chunk_seconds: float | None = None,
 ) -> StreamPipeline:
     """Admit a stream, start its pipeline and emit ``ready``.
 
     Raises ``Overloaded`` or ``ShuttingDown`` (from ``Services.admit``) when it is refused;
-    a stream that is returned is counted until :func:`end_stream`.
+    a stream that is returned is counted until :func:`end_stream`. ``chunk_seconds``
+    replaces the server's chunk on the simple route.
     """
     services.admit(route, principal)
     try:
         stream_id = uuid.uuid4().hex
         options = services.stream_options(route, request)
+        if chunk_seconds is not None:
+            options = dataclasses.replace(options, chunk_seconds=chunk_seconds)
         pipeline = StreamPipeline(
             stream_id,
             options,

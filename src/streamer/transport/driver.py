@@ -37,6 +37,7 @@ from streamer.protocol.connection import (
     Mode,
     OpenStream,
     OutboxFull,
+    Send,
     StreamFailed,
     StreamRefused,
     Tick,
@@ -94,6 +95,8 @@ class ConnectionDriver:
         self._trace = trace
         self._gone = gone
         self.stream: StreamPipeline | None = None
+        self.stream_route = route
+        """The open stream's route (a session may open its streams on another)."""
 
     def emit(self, event: Event) -> None:
         self._outbox.put(event)
@@ -188,15 +191,18 @@ class ConnectionDriver:
                     self.emit(StreamError(code=action.code, message=action.message))
                 return action
             if isinstance(action, OpenStream):
+                route = self.route if action.route is None else Route(action.route)
                 try:
                     self.stream = open_stream(
                         self.services,
-                        self.route,
+                        route,
                         action.request,
                         self.emit,
                         self._trace,
                         principal=self.principal,
+                        chunk_seconds=action.chunk_seconds,
                     )
+                    self.stream_route = route
                 except ClientError as error:
                     return await self._step(StreamRefused(error))
             else:
@@ -207,7 +213,7 @@ class ConnectionDriver:
         stream = self.stream
         if isinstance(action, Feed):
             assert stream is not None
-            self.services.bytes_in(self.route, len(action.data))
+            self.services.bytes_in(self.stream_route, len(action.data))
             await self._unless_gone(stream.feed(action.data))
         elif isinstance(action, Finalize):
             assert stream is not None
@@ -215,11 +221,13 @@ class ConnectionDriver:
         elif isinstance(action, FinishStream):
             if stream is not None:
                 self.stream = None
-                await end_stream(self.services, self.route, stream, flush=True)
+                await end_stream(self.services, self.stream_route, stream, flush=True)
         elif isinstance(action, AbortStream):
             await self._abort(action.outcome)
         elif isinstance(action, EmitError):
             self.emit(StreamError(code=action.code, message=action.message))
+        elif isinstance(action, Send):
+            self._outbox.put_reply(action.payload)
 
     async def _unless_gone(self, work: Coroutine[Any, Any, None]) -> None:
         """Await ``work`` (which may wait on a busy stream); raise ``_PeerGone`` and cancel
@@ -247,5 +255,5 @@ class ConnectionDriver:
         stream, self.stream = self.stream, None
         if stream is not None:
             await end_stream(
-                self.services, self.route, stream, flush=False, outcome_if_dropped=outcome
+                self.services, self.stream_route, stream, flush=False, outcome_if_dropped=outcome
             )

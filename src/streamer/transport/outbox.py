@@ -27,7 +27,7 @@ CLOSE_GRACE = 5.0
 """Seconds the writer may take, once closed, to write what is still queued."""
 
 
-def droppable(event: Event) -> bool:
+def droppable(event: object) -> bool:
     """Whether an event may be dropped for a client that is behind: an interim result,
     which a later result of the same audio supersedes."""
     return isinstance(event, SegmentResult) and not event.final
@@ -44,7 +44,7 @@ class Outbox(Generic[T]):
         dropped: Callable[[Event], None] | None = None,
     ) -> None:
         self._limit = limit
-        self._queue: collections.deque[tuple[Event, T]] = collections.deque()
+        self._queue: collections.deque[tuple[object, T]] = collections.deque()
         self._wake = asyncio.Event()
         self._closed = False
         self._encode = encode
@@ -58,9 +58,19 @@ class Outbox(Generic[T]):
 
     def put(self, event: Event) -> None:
         """Queue one event (the pipeline's ``emit``); counts it as sent."""
+        if self._queue_item(event, self._encode(event)):
+            self._sent(event)
+
+    def put_reply(self, payload: object) -> None:
+        """Queue a codec's own reply (not a stream event: ``encode`` must know its type);
+        a reply is never dropped."""
+        self._queue_item(payload, self._encode(payload))  # type: ignore[arg-type]
+
+    def _queue_item(self, event: object, item: T) -> bool:
+        """Queue ``item`` (the encoding of ``event``), making room by dropping an interim;
+        False: it was dropped (an interim) or the client is slow."""
         if self.slow:
-            return
-        item = self._encode(event)
+            return False
         if len(self._queue) >= self._limit:
             victim = next((i for i, (e, _) in enumerate(self._queue) if droppable(e)), None)
             if victim is not None:
@@ -68,18 +78,18 @@ class Outbox(Generic[T]):
                 del self._queue[victim]
             elif droppable(event):
                 self._drop(event)
-                return
+                return False
             else:
                 self.slow = True
                 log.warning("%s client is not reading its events; ending it", self._transport)
-                return
+                return False
         self._queue.append((event, item))
         self._wake.set()
-        self._sent(event)
+        return True
 
-    def _drop(self, event: Event) -> None:
+    def _drop(self, event: object) -> None:
         self.interims_dropped += 1
-        if self._dropped is not None:
+        if self._dropped is not None and isinstance(event, SegmentResult):
             self._dropped(event)
 
     def start(self, write: Callable[[T], Awaitable[None]]) -> None:

@@ -26,13 +26,23 @@ from streamer.transport.limits import PEER_GONE
 from streamer.transport.outbox import Outbox
 
 
+def _no_opening() -> Input | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class WsCodec:
-    """A front-end's WebSocket wire format: text and binary frames in, text frames out."""
+    """A front-end's WebSocket wire format: text and binary frames in, text frames out
+    (``encode`` may give several frames, or none, for one event)."""
 
     decode_text: Callable[[str], Input]
     decode_bytes: Callable[[bytes], Input]
-    encode: Callable[[Event], str]
+    encode: Callable[[Event], str | list[str]]
+    opening: Callable[[], Input | None] = _no_opening
+    """The input a connection begins with, before the client says anything (a session
+    that opens its stream at once)."""
+    subprotocol: str | None = None
+    """The subprotocol this front-end speaks, accepted when the client offers it."""
 
 
 V1_JSON = WsCodec(v1_json.decode_text, v1_json.decode_bytes, v1_json.encode_event)
@@ -60,26 +70,49 @@ async def deny(ws: WebSocket, denied: ConnectionDenied) -> None:
 
 
 async def serve_websocket(
-    ws: WebSocket, route: Route, services: Services, codec: WsCodec = V1_JSON
+    ws: WebSocket,
+    route: Route,
+    services: Services,
+    codec: WsCodec | Callable[[], WsCodec] = V1_JSON,
+    *,
+    name: str | None = None,
 ) -> None:
-    """Serve one WebSocket connection on ``route``."""
+    """Serve one WebSocket connection on ``route``; ``codec`` may be a factory of one
+    codec a connection (a protocol with per-connection state). ``name`` is the route the
+    policy sees, where it is not ``route``'s."""
+    request = connection_request(ws, name or route.value)
     try:
-        principal = services.authorize(connection_request(ws, route.value))
+        principal = services.authorize(request)
     except ConnectionDenied as denied:
         await deny(ws, denied)
         return
-    await ws.accept(subprotocol=principal.subprotocol)
+    if not isinstance(codec, WsCodec):
+        codec = codec()
+    subprotocol = principal.subprotocol
+    if subprotocol is None and codec.subprotocol in request.subprotocols:
+        subprotocol = codec.subprotocol
+    await ws.accept(subprotocol=subprotocol)
     trace = services.open_connection(route, ws.headers)
-    outbox: Outbox[str] = Outbox(
+    outbox: Outbox[str | list[str]] = Outbox(
         services.settings.server.max_pending_events,
         codec.encode,
         functools.partial(services.event_sent, route),
         "ws",
         dropped=functools.partial(services.interim_dropped, route),
     )
-    outbox.start(ws.send_text)
+
+    async def write(frames: str | list[str]) -> None:
+        for frame in [frames] if isinstance(frames, str) else frames:
+            await ws.send_text(frame)
+
+    outbox.start(write)
+    first = codec.opening()
 
     async def receive() -> Input | None:
+        nonlocal first
+        if first is not None:
+            opening, first = first, None
+            return opening
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
             return Disconnected()

@@ -16,6 +16,7 @@ from streamer.protocol.connection import (
     Action,
     Audio,
     Close,
+    Commit,
     ConnectionMachine,
     Crashed,
     Disconnected,
@@ -31,10 +32,14 @@ from streamer.protocol.connection import (
     Mode,
     OpenStream,
     OutboxFull,
+    Reply,
+    Restart,
+    Send,
     State,
     StreamFailed,
     StreamRefused,
 )
+from streamer.protocol.messages import StartRequest
 
 START = json.dumps(
     {"request": "start", "format": {"channels": 1, "sample_rate": 16000, "bit_depth": 16}}
@@ -415,3 +420,60 @@ def test_messages_at_the_rate_go_on_and_long_audio_messages_are_not_counted() ->
         AbortStream("error"),
         Close(ErrorCode.RATE_LIMITED, "more than 8 messages a second", tell=True),
     ]
+
+
+# Sessions that reconfigure their one stream (OpenAI Realtime).
+
+
+def _restart(**fields: object) -> Restart:
+    request = decode(START)
+    assert isinstance(request, StartRequest)
+    return Restart(request, **fields)  # type: ignore[arg-type]
+
+
+def test_a_restart_opens_the_stream_then_sends_its_reply() -> None:
+    m = ConnectionMachine(WEBSOCKET)
+    restart = _restart(route="simple", chunk_seconds=30.0, reply={"type": "created"})
+    assert m.receive(restart) == [
+        OpenStream(restart.request, "simple", 30.0),
+        Send({"type": "created"}),
+    ]
+    assert m.state is State.STREAMING
+
+
+@pytest.mark.parametrize(
+    ("flush", "end"), [(True, FinishStream()), (False, AbortStream("restarted"))]
+)
+def test_a_restart_while_streaming_ends_the_open_stream_first(flush: bool, end: Action) -> None:
+    m = ConnectionMachine(WEBSOCKET)
+    m.receive(_restart())
+    restart = _restart(flush=flush)
+    assert m.receive(restart) == [end, OpenStream(restart.request)]
+    assert m.state is State.STREAMING and m.streams_started == 2
+
+
+def test_a_commit_says_so_then_feeds_and_finalizes() -> None:
+    m = ConnectionMachine(WEBSOCKET)
+    m.receive(_restart())
+    assert m.receive(Commit(AUDIO, {"type": "committed"})) == [
+        Send({"type": "committed"}),
+        Feed(AUDIO),
+        Finalize(),
+    ]
+    assert m.receive(Commit(b"")) == [Finalize()]
+
+
+def test_a_commit_with_no_stream_is_not_started_and_a_reply_is_just_sent() -> None:
+    m = ConnectionMachine(WEBSOCKET)
+    (error,) = m.receive(Commit(AUDIO))
+    assert isinstance(error, EmitError) and error.code is ErrorCode.NOT_STARTED
+    assert m.receive(Reply({"type": "error"})) == [Send({"type": "error"})]
+    assert m.state is State.IDLE
+
+
+def test_a_refused_restart_leaves_the_session_idle_and_an_overload_closes_it() -> None:
+    m = ConnectionMachine(WEBSOCKET)
+    m.receive(_restart())
+    m.receive(_restart())
+    actions = m.receive(StreamRefused(Overloaded("full")))
+    assert actions[-1] == Close(ErrorCode.OVERLOADED, "full")
