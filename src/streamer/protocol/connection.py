@@ -409,7 +409,9 @@ def _restart(m: ConnectionMachine, restart: Restart) -> list[Action]:
 
 def _commit(m: ConnectionMachine, commit: Commit) -> list[Action]:
     sent: list[Action] = [] if commit.reply is None else [Send(commit.reply)]
-    fed: list[Action] = [Feed(commit.data)] if commit.data else []
+    fed: list[Action] = _feed(m, Audio(commit.data)) if commit.data else []
+    if m.state is State.CLOSED:  # the audio reached the stream's limit: it expired
+        return [*sent, *fed]
     return [*sent, *fed, Finalize()]
 
 
@@ -481,7 +483,7 @@ RULES: dict[tuple[State, type], tuple[State | None, _Step]] = {
     # A session that reconfigures its one stream.
     (_I, Restart): (_S, _restart),
     (_S, Restart): (_S, _restart),
-    (_S, Commit): (_S, _commit),
+    (_S, Commit): (None, _commit),
     (_I, Reply): (_I, _reply),
     (_S, Reply): (_S, _reply),
 }

@@ -477,3 +477,14 @@ def test_a_refused_restart_leaves_the_session_idle_and_an_overload_closes_it() -
     m.receive(_restart())
     actions = m.receive(StreamRefused(Overloaded("full")))
     assert actions[-1] == Close(ErrorCode.OVERLOADED, "full")
+
+
+def test_committed_audio_counts_against_max_audio_seconds() -> None:
+    from streamer.protocol.connection import Limits
+
+    machine = ConnectionMachine(WEBSOCKET, Limits(max_audio_seconds=1.0))
+    machine.receive(_restart())
+    assert machine.receive(Commit(bytes(30_000))) == [Feed(bytes(30_000)), Finalize()]
+    actions = machine.receive(Commit(bytes(4_000)))
+    assert [type(a) for a in actions] == [Feed, FinishStream, EmitError, Close]
+    assert actions[0] == Feed(bytes(2_000)) and machine.state is State.CLOSED
