@@ -86,6 +86,14 @@ class ServerSettings(BaseModel):
     allow_missing_origin: bool = Field(
         default=True, description="Let in connections without an Origin (non-browser clients)."
     )
+    max_messages_per_second: float = Field(
+        default=200.0,
+        ge=0,
+        description="Messages a second one connection may send (a burst of one second's "
+        "worth); past it the connection ends with rate_limited (WebSocket 1008, gRPC "
+        "RESOURCE_EXHAUSTED). Audio messages of at least 1/max_messages_per_second s of "
+        "audio are not counted: backpressure paces them. 0: no limit.",
+    )
 
     @field_validator("allowed_origins")
     @classmethod
@@ -104,6 +112,18 @@ class StreamSettings(BaseModel):
         ge=0,
         description="A connection that sends nothing for this long (no start after "
         "connecting, no audio or keepalive while streaming) ends with idle_timeout; 0: never.",
+    )
+    max_audio_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds of audio one stream may carry; past it the stream is finished "
+        "(finals, done), then session_expired and the close. 0: unlimited.",
+    )
+    max_wall_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds one stream may stay open; then it ends like one past "
+        "max_audio_seconds. 0: unlimited.",
     )
     chunk_seconds: float = Field(default=1.0, gt=0, le=60, description="Simple route chunk.")
     max_in_flight: int = Field(default=4, ge=1, le=64, description="Inferences per stream.")

@@ -49,6 +49,8 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     IDLE_TIMEOUT = "idle_timeout"
+    SESSION_EXPIRED = "session_expired"
+    RATE_LIMITED = "rate_limited"
 
 
 class CloseCode(IntEnum):
@@ -183,6 +185,8 @@ ENDINGS: dict[ErrorCode | None, Ending] = {
     ErrorCode.UNAUTHORIZED: Ending(CloseCode.POLICY_VIOLATION, "UNAUTHENTICATED"),
     ErrorCode.FORBIDDEN: Ending(CloseCode.POLICY_VIOLATION, "PERMISSION_DENIED"),
     ErrorCode.IDLE_TIMEOUT: Ending(CloseCode.NORMAL, "DEADLINE_EXCEEDED"),
+    ErrorCode.SESSION_EXPIRED: Ending(CloseCode.NORMAL, "DEADLINE_EXCEEDED"),
+    ErrorCode.RATE_LIMITED: Ending(CloseCode.POLICY_VIOLATION, "RESOURCE_EXHAUSTED"),
 }
 """The one table from the reason a connection ends (None: it ended normally) to its
 WebSocket close code and gRPC status. A WebSocket survives most client errors (they are

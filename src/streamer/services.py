@@ -138,6 +138,10 @@ class Services:
             route, event.kind, event.code if isinstance(event, StreamError) else None
         )
 
+    def interim_dropped(self, route: Route, event: Event) -> None:
+        """An interim result was dropped for a client that is not reading."""
+        self.metrics.interim_dropped(route)
+
     def open_connection(self, route: Route, headers: Mapping[str, str]) -> ConnectionTrace:
         """Start a connection's span (its parent: a ``traceparent`` in ``headers``)."""
         return self.tracing.connection(route.value, headers)

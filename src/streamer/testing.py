@@ -94,13 +94,15 @@ async def run_connection(
     end: Input | None = None,
     principal: Principal = ANONYMOUS,
     write: Callable[[Any], Any] | None = None,
+    gone: asyncio.Future[None] | None = None,
 ) -> Outcome[Any]:
     """Run one connection over ``inbound`` (native messages, each decoded by ``decode``,
     and ``Pause``s).
 
     Once the messages run out, the connection gets ``end`` (by default the peer going
     away). ``write`` may stand in for the socket (an async callable, to block or fail it);
-    by default what is written is recorded.
+    by default what is written is recorded. ``gone`` is the transport's notice that the
+    peer went away, done while messages may still be unread (``ConnectionDriver``).
     """
     outcome: Outcome[Any] = Outcome()
     messages = iter(inbound)
@@ -126,9 +128,12 @@ async def run_connection(
         encode,
         functools.partial(services.event_sent, route),
         "test",
+        dropped=functools.partial(services.interim_dropped, route),
     )
     outbox.start(write or record)
-    driver = ConnectionDriver(services, route, mode, receive, outbox, principal=principal)
+    driver = ConnectionDriver(
+        services, route, mode, receive, outbox, principal=principal, gone=gone
+    )
     try:
         outcome.close = await driver.run()
         await outbox.close()

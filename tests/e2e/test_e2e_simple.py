@@ -13,7 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import ServerProcess, start_server
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -178,12 +179,22 @@ async def test_api_streams_in_real_time(server: Any) -> None:
     assert result.stop_seconds < audio.duration + 0.5
 
 
+@pytest.fixture(scope="module")
+def unlimited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server without a message-rate limit: audio messages shorter than
+    1/max_messages_per_second s count against it, and one-byte messages are that short."""
+    env = {"STREAMER_SERVER__MAX_MESSAGES_PER_SECOND": "0"}
+    running = start_server(tmp_path_factory.mktemp("unlimited"), env=env)
+    yield running
+    running.stop()
+
+
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 4095, 1 << 19])
-async def test_any_chunking_gives_the_same_results(server: Any, chunk_bytes: int) -> None:
+async def test_any_chunking_gives_the_same_results(unlimited: Any, chunk_bytes: int) -> None:
     audio = load_audio(AUDIO / "big_dog_8k.wav")
     if chunk_bytes == 1:  # one byte a message is slow; a second of audio is enough
         audio = LoadedAudio(audio.data[:16000], audio.format, 8000)
-    result = await stream_file(server.ws(), audio, chunk_bytes=chunk_bytes)
+    result = await stream_file(unlimited.ws(), audio, chunk_bytes=chunk_bytes)
     check_audio(result.events, audio)
 
 

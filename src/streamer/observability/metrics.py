@@ -247,6 +247,12 @@ class Metrics:
             ["route", "code"],
             registry=registry,
         )
+        self.interims_dropped = Counter(
+            "streamer_interim_results_dropped",
+            "Interim results dropped for clients that were not reading their events, by route.",
+            ["route"],
+            registry=registry,
+        )
         self.error_events = Counter(
             "streamer_error_events",
             "Error events sent to clients, by code.",
@@ -430,6 +436,10 @@ class Metrics:
             )
         children[0].inc(nbytes)
         children[1].inc()
+
+    def interim_dropped(self, route: str) -> None:
+        """One interim result dropped for a client that is behind."""
+        self.interims_dropped.labels(route).inc()
 
     def event_sent(self, route: str, kind: str, code: str | None = None) -> None:
         """One event handed to a client; ``code`` for error events."""

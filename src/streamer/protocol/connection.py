@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeAlias
 
+from streamer.audio.formats import AudioFormat
 from streamer.errors import (
     AlreadyStarted,
     ClientError,
@@ -109,6 +110,12 @@ class Tick:
     """Time passed: the driver's clock reached the machine's ``deadline()``."""
 
 
+@dataclass(frozen=True, slots=True)
+class RateExceeded:
+    """The client sent more messages than ``Limits.max_messages_per_second`` allow (the
+    machine turns such a message into this input itself)."""
+
+
 # Inputs of front-ends whose sessions hold one stream that they reconfigure (OpenAI
 # Realtime, say): the codec decides what a message means; the machine, what follows.
 
@@ -162,6 +169,7 @@ Notice: TypeAlias = (
     | Disconnected
     | Crashed
     | Tick
+    | RateExceeded
 )
 Input: TypeAlias = ClientInput | Invalid | Notice
 
@@ -231,6 +239,9 @@ SHUTTING_DOWN_MESSAGE = "the server is shutting down; connect to another instanc
 IDLE_MESSAGE = "no audio or keepalive for {seconds:g} s"
 INTERNAL_MESSAGE = "internal server error"
 SLOW_CONSUMER_MESSAGE = "the client is not reading its events"
+AUDIO_EXPIRED_MESSAGE = "the stream reached its limit of {seconds:g} s of audio"
+WALL_EXPIRED_MESSAGE = "the stream reached its limit of {seconds:g} s"
+RATE_MESSAGE = "more than {rate:g} messages a second"
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,18 +271,59 @@ class Limits:
     idle_seconds: float = 0.0
     """No client message for this long (no ``start`` after connecting, no audio or
     keepalive while streaming) ends the connection with ``idle_timeout``."""
+    max_audio_seconds: float = 0.0
+    """A stream's audio past this many seconds is not taken: the stream is finished (its
+    finals, then ``done``), then ``session_expired`` and the close."""
+    max_wall_seconds: float = 0.0
+    """A stream open this long (the driver's clock) ends like one past
+    ``max_audio_seconds``."""
+    max_messages_per_second: float = 0.0
+    """Client messages a second (a token bucket that holds one second's worth) past which
+    the connection ends with ``rate_limited``. Audio messages of at least
+    ``1 / max_messages_per_second`` seconds of audio are not counted: backpressure paces
+    them (the driver reads no more while the stream is busy)."""
 
 
 _Step = Callable[["ConnectionMachine", Any], list[Action]]
 
 
 def _open(m: ConnectionMachine, request: StartRequest) -> list[Action]:
-    request.format.to_audio_format().validate()  # raises InvalidFormat: stay idle
+    fmt = request.format.to_audio_format()
+    fmt.validate()  # raises InvalidFormat: stay idle
+    _stream_opens(m, fmt)
     return [OpenStream(request)]
 
 
+def _stream_opens(m: ConnectionMachine, fmt: AudioFormat) -> None:
+    """A stream opens now: its length limits count from here, in its format's bytes."""
+    m.stream_opened = m.now
+    m.stream_bytes = 0
+    m.frame_bytes = fmt.frame_bytes
+    m.bytes_per_second = fmt.frame_bytes * fmt.sample_rate
+
+
 def _feed(m: ConnectionMachine, audio: Audio) -> list[Action]:
-    return [Feed(audio.data)]
+    limit = m.limits.max_audio_seconds
+    if not limit:
+        return [Feed(audio.data)]
+    frame = m.frame_bytes or 1
+    room = int(limit * m.bytes_per_second) // frame * frame - m.stream_bytes
+    if len(audio.data) <= room:
+        m.stream_bytes += len(audio.data)
+        return [Feed(audio.data)]
+    head: list[Action] = [Feed(audio.data[:room])] if room > 0 else []
+    m.stream_bytes += max(room, 0)
+    return [*head, *_expire(m, AUDIO_EXPIRED_MESSAGE.format(seconds=limit))]
+
+
+def _expire(m: ConnectionMachine, message: str) -> list[Action]:
+    """The stream reached a limit of its length: finals and ``done``, then the reason."""
+    m.state = State.CLOSED
+    return [
+        FinishStream(),
+        EmitError(ErrorCode.SESSION_EXPIRED, message),
+        Close(ErrorCode.SESSION_EXPIRED, message),
+    ]
 
 
 def _finalize(m: ConnectionMachine, _: FinalizeRequest) -> list[Action]:
@@ -344,7 +396,9 @@ def _crashed_closing(m: ConnectionMachine, _: Crashed) -> list[Action]:
 
 
 def _restart(m: ConnectionMachine, restart: Restart) -> list[Action]:
-    restart.request.format.to_audio_format().validate()  # raises InvalidFormat: no change
+    fmt = restart.request.format.to_audio_format()
+    fmt.validate()  # raises InvalidFormat: no change
+    _stream_opens(m, fmt)
     end: list[Action] = []
     if m.state is State.STREAMING:
         end = [FinishStream()] if restart.flush else [AbortStream("restarted")]
@@ -355,7 +409,9 @@ def _restart(m: ConnectionMachine, restart: Restart) -> list[Action]:
 
 def _commit(m: ConnectionMachine, commit: Commit) -> list[Action]:
     sent: list[Action] = [] if commit.reply is None else [Send(commit.reply)]
-    fed: list[Action] = [Feed(commit.data)] if commit.data else []
+    fed: list[Action] = _feed(m, Audio(commit.data)) if commit.data else []
+    if m.state is State.CLOSED:  # the audio reached the stream's limit: it expired
+        return [*sent, *fed]
     return [*sent, *fed, Finalize()]
 
 
@@ -364,6 +420,9 @@ def _reply(m: ConnectionMachine, reply: Reply) -> list[Action]:
 
 
 def _tick(m: ConnectionMachine, _: Tick) -> list[Action]:
+    wall = m.limits.max_wall_seconds
+    if wall and m.state is State.STREAMING and m.now >= m.stream_opened + wall:
+        return _expire(m, WALL_EXPIRED_MESSAGE.format(seconds=wall))
     idle = m.limits.idle_seconds
     if not idle or m.now < m.last_heard + idle:
         return []  # early, or a deadline that has moved on
@@ -378,13 +437,26 @@ def _tick(m: ConnectionMachine, _: Tick) -> list[Action]:
     ]
 
 
+def _rate_limited(m: ConnectionMachine, _: RateExceeded) -> list[Action]:
+    abort: list[Action] = [AbortStream("error")] if m.state is State.STREAMING else []
+    m.state = State.CLOSED
+    message = RATE_MESSAGE.format(rate=m.limits.max_messages_per_second)
+    if m.mode.tell_on_close:
+        return [*abort, Close(ErrorCode.RATE_LIMITED, message, tell=True)]
+    return [
+        *abort,
+        EmitError(ErrorCode.RATE_LIMITED, message),
+        Close(ErrorCode.RATE_LIMITED, message),
+    ]
+
+
 _I, _S = State.IDLE, State.STREAMING
 
 RULES: dict[tuple[State, type], tuple[State | None, _Step]] = {
     # The client's messages. A next state of None: the step decides.
     (_I, StartRequest): (_S, _open),
     (_I, KeepaliveRequest): (_I, _nothing),
-    (_S, Audio): (_S, _feed),
+    (_S, Audio): (None, _feed),
     (_S, FinalizeRequest): (_S, _finalize),
     (_S, KeepaliveRequest): (_S, _nothing),
     (_S, StopRequest): (None, _stop),
@@ -405,11 +477,13 @@ RULES: dict[tuple[State, type], tuple[State | None, _Step]] = {
     (_S, Crashed): (None, _crashed),
     (_I, Tick): (None, _tick),
     (_S, Tick): (None, _tick),
+    (_I, RateExceeded): (None, _rate_limited),
+    (_S, RateExceeded): (None, _rate_limited),
     (State.CLOSED, Crashed): (None, _crashed_closing),
     # A session that reconfigures its one stream.
     (_I, Restart): (_S, _restart),
     (_S, Restart): (_S, _restart),
-    (_S, Commit): (_S, _commit),
+    (_S, Commit): (None, _commit),
     (_I, Reply): (_I, _reply),
     (_S, Reply): (_S, _reply),
 }
@@ -440,7 +514,21 @@ def describe(kind: type) -> str:
 class ConnectionMachine:
     """Where one connection is, and what to do next."""
 
-    __slots__ = ("draining", "last_heard", "limits", "mode", "now", "state", "streams_started")
+    __slots__ = (
+        "bytes_per_second",
+        "draining",
+        "frame_bytes",
+        "last_heard",
+        "limits",
+        "mode",
+        "now",
+        "state",
+        "stream_bytes",
+        "stream_opened",
+        "streams_started",
+        "tokens",
+        "tokens_at",
+    )
 
     def __init__(self, mode: Mode = WEBSOCKET, limits: Limits = Limits(), now: float = 0.0) -> None:
         self.mode = mode
@@ -452,12 +540,27 @@ class ConnectionMachine:
         """The driver's clock (seconds), as of the last input."""
         self.last_heard = now
         """When the client last sent a message."""
+        self.stream_opened = now
+        """When the open stream (or the last one) was opened."""
+        self.stream_bytes = 0
+        """Bytes of audio the open stream took (counted when ``max_audio_seconds`` is set)."""
+        self.frame_bytes = 0
+        self.bytes_per_second = 0
+        """The open stream's format: bytes of one frame, and of one second."""
+        self.tokens = limits.max_messages_per_second
+        self.tokens_at = now
+        """The message-rate bucket: messages the client may still send, as of when."""
 
     def deadline(self) -> float | None:
         """When the driver must send a ``Tick`` if nothing else arrives first (its clock)."""
-        if self.state is State.CLOSED or not self.limits.idle_seconds:
+        if self.state is State.CLOSED:
             return None
-        return self.last_heard + self.limits.idle_seconds
+        deadlines = []
+        if self.limits.idle_seconds:
+            deadlines.append(self.last_heard + self.limits.idle_seconds)
+        if self.limits.max_wall_seconds and self.state is State.STREAMING:
+            deadlines.append(self.stream_opened + self.limits.max_wall_seconds)
+        return min(deadlines, default=None)
 
     def receive(self, event: Input, now: float | None = None) -> list[Action]:
         """The actions that ``event`` (at ``now`` on the driver's clock) calls for, in
@@ -466,6 +569,8 @@ class ConnectionMachine:
             self.now = now
         if isinstance(event, ClientInput | Invalid):
             self.last_heard = self.now
+            if self.limits.max_messages_per_second and not self._take_token(event):
+                event = RateExceeded()
         if self.state is State.CLOSED and not isinstance(event, Crashed):
             return []
         if isinstance(event, Invalid):
@@ -487,6 +592,23 @@ class ConnectionMachine:
         if isinstance(event, StartRequest):
             self.streams_started += 1
         return actions
+
+    def _take_token(self, event: ClientInput | Invalid) -> bool:
+        """Count a client message against the rate; False: over it."""
+        rate = self.limits.max_messages_per_second
+        if (
+            isinstance(event, Audio)
+            and self.state is State.STREAMING
+            and len(event.data) * rate >= self.bytes_per_second
+        ):
+            return True  # audio long enough to be paced by backpressure, not counted
+        elapsed = max(0.0, self.now - self.tokens_at)
+        self.tokens = min(rate, self.tokens + elapsed * rate)
+        self.tokens_at = self.now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
     def client_error(self, error: ClientError, *, stream_open: bool = True) -> list[Action]:
         """The client erred (or its stream was refused): tell it, and end the connection

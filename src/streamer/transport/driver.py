@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from streamer.errors import ClientError
@@ -25,6 +25,7 @@ from streamer.protocol.connection import (
     Close,
     ConnectionMachine,
     Crashed,
+    Disconnected,
     DrainExpired,
     DrainStarted,
     EmitError,
@@ -51,9 +52,19 @@ Receive = Callable[[], Awaitable[Input | None]]
 """The next input from the peer (None: a message that means nothing, such as a ping)."""
 
 
+class _PeerGone(Exception):
+    """The peer went away while the driver waited on the stream."""
+
+
 def limits_of(services: Services) -> Limits:
     """The connection limits the settings ask for."""
-    return Limits(idle_seconds=services.settings.stream.idle_seconds)
+    settings = services.settings
+    return Limits(
+        idle_seconds=settings.stream.idle_seconds,
+        max_audio_seconds=settings.stream.max_audio_seconds,
+        max_wall_seconds=settings.stream.max_wall_seconds,
+        max_messages_per_second=settings.server.max_messages_per_second,
+    )
 
 
 class ConnectionDriver:
@@ -69,7 +80,12 @@ class ConnectionDriver:
         *,
         principal: Principal = ANONYMOUS,
         trace: ConnectionTrace | None = None,
+        gone: asyncio.Future[None] | None = None,
     ) -> None:
+        """``gone``, where the transport can tell: done as soon as the peer is gone, even
+        while its earlier messages are still unread (a WebSocket's lost connection); the
+        driver then ends the connection at once, also while a feed waits on a busy
+        stream, and the stream's queued work is withdrawn."""
         self.services = services
         self.route = route
         self.machine = ConnectionMachine(mode, limits_of(services), self._clock())
@@ -77,6 +93,7 @@ class ConnectionDriver:
         self._receive = receive
         self._outbox = outbox
         self._trace = trace
+        self._gone = gone
         self.stream: StreamPipeline | None = None
         self.stream_route = route
         """The open stream's route (a session may open its streams on another)."""
@@ -90,6 +107,8 @@ class ConnectionDriver:
         services.connections.add(self)
         try:
             return await self._serve()
+        except _PeerGone:
+            return await self._step(Disconnected()) or Close(send=False)
         except Exception:
             log.exception("connection failed")
             return await self._crashed()
@@ -115,6 +134,8 @@ class ConnectionDriver:
         told_draining = False
         try:
             while True:
+                if self._gone is not None and self._gone.done():
+                    raise _PeerGone
                 if self._outbox.slow and (close := await self._step(OutboxFull())):
                     return close
                 if services.draining.is_set() and not told_draining:
@@ -138,6 +159,8 @@ class ConnectionDriver:
                 if stream is not None:
                     waits.add(expired)
                     waits.add(stream.failed)
+                if self._gone is not None:
+                    waits.add(self._gone)
                 timeout = None
                 if (deadline := self.machine.deadline()) is not None:
                     timeout = max(0.0, deadline - self._clock())
@@ -191,10 +214,10 @@ class ConnectionDriver:
         if isinstance(action, Feed):
             assert stream is not None
             self.services.bytes_in(self.stream_route, len(action.data))
-            await stream.feed(action.data)
+            await self._unless_gone(stream.feed(action.data))
         elif isinstance(action, Finalize):
             assert stream is not None
-            await stream.finalize()
+            await self._unless_gone(stream.finalize())
         elif isinstance(action, FinishStream):
             if stream is not None:
                 self.stream = None
@@ -205,6 +228,28 @@ class ConnectionDriver:
             self.emit(StreamError(code=action.code, message=action.message))
         elif isinstance(action, Send):
             self._outbox.put_reply(action.payload)
+
+    async def _unless_gone(self, work: Coroutine[Any, Any, None]) -> None:
+        """Await ``work`` (which may wait on a busy stream); raise ``_PeerGone`` and cancel
+        it if the peer goes away first."""
+        gone = self._gone
+        if gone is None:
+            await work
+            return
+        if gone.done():
+            work.close()
+            raise _PeerGone
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped = not task.done()
+            if stopped:  # the peer went away, or the connection is being cancelled
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if stopped:
+            raise _PeerGone
+        task.result()
 
     async def _abort(self, outcome: str) -> None:
         stream, self.stream = self.stream, None

@@ -75,6 +75,7 @@ async def serve_call(context: Any, route: Route, services: Services) -> None:
         event_to_proto,
         functools.partial(services.event_sent, route),
         "grpc",
+        dropped=functools.partial(services.interim_dropped, route),
     )
 
     async def receive() -> Input | None:

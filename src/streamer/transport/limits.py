@@ -16,7 +16,15 @@ here:
   own size however it is framed; a text message over ``max_text_bytes``, a binary one over
   ``max_message_bytes`` or one in more than ``MAX_FRAGMENTS`` frames closes the connection
   with 1009. Incoming bytes are parsed in slices, so that a burst of tiny frames never
-  holds more than a slice's worth of parsed frames at once.
+  holds more than a slice's worth of parsed frames at once. Whole messages are read ahead
+  of the application up to ``READ_AHEAD_BYTES`` (uvicorn stops reading after each one), so
+  that a peer that goes away with a backlog is noticed at once: the protocol resolves the
+  scope's ``PEER_GONE`` future when the connection is lost, which the driver watches while
+  it waits on a busy stream. While reading is paused (the application is behind on the
+  peer's data, where the answer to a ping waits too) the keepalive timeout does not fire:
+  a peer that is sending is never timed out for the server's own backlog. A peer that
+  goes on sending more than ``AFTER_CLOSE_BYTES`` after the server's close frame is cut
+  off rather than read for the close timeout.
 - ``grpc_server_options``: keepalive pings (a peer that stops answering is dropped), the
   handshake timeout (a socket that never sends the HTTP/2 preface is closed) and the
   connection cap of the gRPC port.
@@ -28,6 +36,7 @@ since uvicorn builds one protocol object per connection from the class alone.
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Any, ClassVar, Final, Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -49,6 +58,14 @@ MAX_FRAGMENTS: Final = 4096
 MESSAGE_TOO_BIG: Final = 1009
 _SLICE: Final = 16384
 """Bytes handed to the WebSocket parser at a time."""
+READ_AHEAD_BYTES: Final = 1 << 19
+"""Bytes of whole messages read ahead of the application before reading pauses."""
+MESSAGE_COST: Final = 256
+"""Bytes a queued message counts for beyond its payload (its event's own size)."""
+AFTER_CLOSE_BYTES: Final = 1 << 16
+"""Bytes a peer may send after the server's close frame before the socket is closed."""
+PEER_GONE: Final = "streamer.peer_gone"
+"""The scope extension: a future resolved when the connection is lost."""
 
 
 def _response(status: bytes, body: bytes) -> bytes:
@@ -129,8 +146,28 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._message = bytearray()
         self._fragments = 0
         self._refused = False
+        self._ahead = 0
+        """Bytes of messages queued for the application (with ``MESSAGE_COST`` each)."""
+        self._costs: collections.deque[int] = collections.deque()
+        self._after_close = 0
+        self._gone: asyncio.Future[None] = self.loop.create_future()
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        if hasattr(self, "scope"):
+            self.scope["extensions"][PEER_GONE] = {"future": self._gone}
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._gone.done():
+            self._gone.set_result(None)
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.close_sent:
+            self._after_close += len(data)
+            if self._after_close > AFTER_CLOSE_BYTES:
+                self.transport.close()
+                return
         for start in range(0, len(data), _SLICE):
             if self._refused or self.transport.is_closing():
                 return
@@ -167,6 +204,46 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
             self.frames = [bytes(self._message)]
             self._message = bytearray()
             self.send_receive_event_to_app()
+
+    def send_receive_event_to_app(self) -> None:
+        """Queue the assembled message; pause reading only past ``READ_AHEAD_BYTES``."""
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            return  # past the close: read on until the peer's close reply arrives
+        if self.curr_msg_data_type == "text":
+            try:
+                message: Any = {"type": "websocket.receive", "text": data.decode()}
+            except UnicodeDecodeError:
+                self.logger.info("invalid UTF-8 in a text message: closing with 1007")
+                self.conn.send_close(1007)
+                self.handle_parser_exception()
+                return
+        else:
+            message = {"type": "websocket.receive", "bytes": data}
+        self.queue.put_nowait(message)
+        self._costs.append(len(data) + MESSAGE_COST)
+        self._ahead += self._costs[-1]
+        if self._ahead > READ_AHEAD_BYTES and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    async def receive(self) -> Any:
+        message = await self.queue.get()
+        if message["type"] == "websocket.receive" and self._costs:
+            self._ahead -= self._costs.popleft()
+        if self.read_paused and self._ahead <= READ_AHEAD_BYTES // 2:
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
+
+    def keepalive_timeout(self) -> None:
+        if self.read_paused and not self.transport.is_closing() and self.ping_timeout:
+            # The pong may be waiting behind data the application has yet to read: the
+            # peer is not silent, the server is behind. Wait another timeout.
+            self.pong_timer = self.loop.call_later(self.ping_timeout, self.keepalive_timeout)
+            return
+        super().keepalive_timeout()
 
     def _refuse(self, reason: str) -> None:
         self._refused = True

@@ -1,19 +1,23 @@
 """One connection's outgoing events: queued, written by a single task, bounded.
 
-A slow client never blocks the pipeline that emits its events; past ``limit`` unwritten
-events the outbox turns ``slow``, drops what follows, and the transport ends the connection
-with ``slow_consumer``.
+A slow client never blocks the pipeline that emits its events. Past ``limit`` unwritten
+events the outbox makes room by dropping the oldest queued interim result (an interim
+that arrives with none queued to drop is itself dropped); each dropped interim is counted
+with ``dropped``. Only when an event that must not be lost (a final result, an error,
+``done``...) finds the queue full of such events does the outbox turn ``slow``: it drops
+what follows, and the transport ends the connection with ``slow_consumer``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from streamer.events import Event
+from streamer.events import Event, SegmentResult
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +27,12 @@ CLOSE_GRACE = 5.0
 """Seconds the writer may take, once closed, to write what is still queued."""
 
 
+def droppable(event: object) -> bool:
+    """Whether an event may be dropped for a client that is behind: an interim result,
+    which a later result of the same audio supersedes."""
+    return isinstance(event, SegmentResult) and not event.final
+
+
 class Outbox(Generic[T]):
     def __init__(
         self,
@@ -30,40 +40,69 @@ class Outbox(Generic[T]):
         encode: Callable[[Event], T],
         sent: Callable[[Event], None],
         transport: str,
+        *,
+        dropped: Callable[[Event], None] | None = None,
     ) -> None:
-        self._queue: asyncio.Queue[T | None] = asyncio.Queue(limit)
+        self._limit = limit
+        self._queue: collections.deque[tuple[object, T]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._closed = False
         self._encode = encode
         self._sent = sent
+        self._dropped = dropped
         self._transport = transport
         self._writer: asyncio.Task[None] | None = None
         self.slow = False
-        """The client stopped reading: the connection must end."""
+        """The client stopped reading and a result would be lost: the connection must end."""
+        self.interims_dropped = 0
 
     def put(self, event: Event) -> None:
         """Queue one event (the pipeline's ``emit``); counts it as sent."""
-        if self._queue_item(self._encode(event)):
+        if self._queue_item(event, self._encode(event)):
             self._sent(event)
 
     def put_reply(self, payload: object) -> None:
-        """Queue a codec's own reply (not a stream event: ``encode`` must know its type)."""
-        self._queue_item(self._encode(payload))  # type: ignore[arg-type]
+        """Queue a codec's own reply (not a stream event: ``encode`` must know its type);
+        a reply is never dropped."""
+        self._queue_item(payload, self._encode(payload))  # type: ignore[arg-type]
 
-    def _queue_item(self, item: T) -> bool:
+    def _queue_item(self, event: object, item: T) -> bool:
+        """Queue ``item`` (the encoding of ``event``), making room by dropping an interim;
+        False: it was dropped (an interim) or the client is slow."""
         if self.slow:
             return False
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.slow = True
-            log.warning("%s client is not reading its events; ending it", self._transport)
-            return False
+        if len(self._queue) >= self._limit:
+            victim = next((i for i, (e, _) in enumerate(self._queue) if droppable(e)), None)
+            if victim is not None:
+                self._drop(self._queue[victim][0])
+                del self._queue[victim]
+            elif droppable(event):
+                self._drop(event)
+                return False
+            else:
+                self.slow = True
+                log.warning("%s client is not reading its events; ending it", self._transport)
+                return False
+        self._queue.append((event, item))
+        self._wake.set()
         return True
+
+    def _drop(self, event: object) -> None:
+        self.interims_dropped += 1
+        if self._dropped is not None and isinstance(event, SegmentResult):
+            self._dropped(event)
 
     def start(self, write: Callable[[T], Awaitable[None]]) -> None:
         """Write every queued item with ``write``, in order, on a task of its own."""
 
         async def pump() -> None:
-            while (item := await self._queue.get()) is not None:
+            while True:
+                while not self._queue:
+                    if self._closed:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                _, item = self._queue.popleft()
                 await write(item)
 
         self._writer = asyncio.create_task(pump(), name=f"{self._transport}-writer")
@@ -73,8 +112,8 @@ class Outbox(Generic[T]):
         writer = self._writer
         if writer is None:
             return
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(None)
+        self._closed = True
+        self._wake.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, grace)
         self.cancel()

@@ -22,6 +22,7 @@ from streamer.policy import ConnectionRequest
 from streamer.protocol.connection import WEBSOCKET, Disconnected, Input, Invalid
 from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver
+from streamer.transport.limits import PEER_GONE
 from streamer.transport.outbox import Outbox
 
 
@@ -97,6 +98,7 @@ async def serve_websocket(
         codec.encode,
         functools.partial(services.event_sent, route),
         "ws",
+        dropped=functools.partial(services.interim_dropped, route),
     )
 
     async def write(frames: str | list[str]) -> None:
@@ -123,6 +125,7 @@ async def serve_websocket(
             return Invalid(error)
         return None
 
+    gone = ws.scope.get("extensions", {}).get(PEER_GONE, {}).get("future")
     driver = ConnectionDriver(
         services,
         route,
@@ -131,6 +134,7 @@ async def serve_websocket(
         outbox,
         principal=principal,
         trace=trace,
+        gone=gone,
     )
     close = await driver.run()
     code = int(ENDINGS[close.code].close_code)

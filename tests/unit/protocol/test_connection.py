@@ -14,6 +14,7 @@ from streamer.protocol.connection import (
     WEBSOCKET,
     AbortStream,
     Action,
+    Audio,
     Close,
     Commit,
     ConnectionMachine,
@@ -342,6 +343,85 @@ def test_a_tick_past_the_idle_deadline_ends_the_connection() -> None:
     assert ConnectionMachine().deadline() is None  # no limit, no deadline
 
 
+# Limits of a stream's length and of the message rate.
+
+
+def test_audio_past_max_audio_seconds_is_cut_then_the_stream_expires() -> None:
+    from streamer.protocol.connection import Limits
+
+    machine = ConnectionMachine(WEBSOCKET, Limits(max_audio_seconds=1.0))
+    machine.receive(decode(START))  # 16 kHz mono s16: 32,000 bytes a second
+    assert machine.receive(Audio(bytes(20_000))) == [Feed(bytes(20_000))]
+    actions = machine.receive(Audio(bytes(20_001)))
+    assert actions[0] == Feed(bytes(12_000))  # up to the limit, whole frames only
+    assert [type(a) for a in actions[1:]] == [FinishStream, EmitError, Close]
+    assert actions[2] == EmitError(
+        ErrorCode.SESSION_EXPIRED, "the stream reached its limit of 1 s of audio"
+    )
+    assert actions[3] == Close(ErrorCode.SESSION_EXPIRED, actions[2].message)
+    assert machine.state is State.CLOSED
+    assert machine.receive(Audio(AUDIO)) == []
+
+
+def test_audio_up_to_the_limit_exactly_is_taken_and_the_next_message_expires() -> None:
+    from streamer.protocol.connection import Limits
+
+    machine = ConnectionMachine(GRPC, Limits(max_audio_seconds=0.5))
+    machine.receive(decode(START))
+    assert machine.receive(Audio(bytes(16_000))) == [Feed(bytes(16_000))]
+    assert machine.state is State.STREAMING
+    assert [type(a) for a in machine.receive(Audio(AUDIO))] == [FinishStream, EmitError, Close]
+
+
+def test_a_stream_open_past_max_wall_seconds_expires_on_the_tick() -> None:
+    from streamer.protocol.connection import Limits, Tick
+
+    machine = ConnectionMachine(WEBSOCKET, Limits(idle_seconds=10, max_wall_seconds=3), 100.0)
+    assert machine.deadline() == 110.0  # idle: the wall clock starts with a stream
+    machine.receive(decode(START), now=101.0)
+    assert machine.deadline() == 104.0
+    machine.receive(Audio(AUDIO), now=103.5)
+    assert machine.receive(Tick(), now=103.9) == []
+    actions = machine.receive(Tick(), now=104.0)
+    assert [type(a) for a in actions] == [FinishStream, EmitError, Close]
+    assert actions[1] == EmitError(ErrorCode.SESSION_EXPIRED, "the stream reached its limit of 3 s")
+    assert machine.deadline() is None
+
+
+def test_a_message_flood_past_the_rate_ends_the_connection() -> None:
+    from streamer.protocol.connection import Limits
+
+    machine = ConnectionMachine(WEBSOCKET, Limits(max_messages_per_second=10), 0.0)
+    machine.receive(decode(START), now=0.0)
+    for i in range(9):  # a second's worth at once: the burst
+        assert machine.receive(decode(KEEPALIVE), now=0.001 * i) == []
+    actions = machine.receive(decode(KEEPALIVE), now=0.01)
+    assert actions == [
+        AbortStream("error"),
+        EmitError(ErrorCode.RATE_LIMITED, "more than 10 messages a second"),
+        Close(ErrorCode.RATE_LIMITED, "more than 10 messages a second"),
+    ]
+    assert machine.state is State.CLOSED
+
+
+def test_messages_at_the_rate_go_on_and_long_audio_messages_are_not_counted() -> None:
+    from streamer.protocol.connection import Limits
+
+    machine = ConnectionMachine(GRPC, Limits(max_messages_per_second=8), 0.0)
+    machine.receive(decode(START), now=0.0)
+    for i in range(80):  # eight a second for ten seconds
+        assert machine.receive(decode(KEEPALIVE), now=0.125 * (i + 1)) == []
+    for _ in range(1000):  # 1/8 s of audio each, all at once: paced by backpressure instead
+        assert machine.receive(Audio(bytes(4000)), now=10.0) == [Feed(bytes(4000))]
+    for _ in range(7):  # shorter audio counts like any message: the burst's rest
+        assert machine.receive(Audio(bytes(3998)), now=10.0) == [Feed(bytes(3998))]
+    actions = machine.receive(Audio(bytes(2)), now=10.0)
+    assert actions == [
+        AbortStream("error"),
+        Close(ErrorCode.RATE_LIMITED, "more than 8 messages a second", tell=True),
+    ]
+
+
 # Sessions that reconfigure their one stream (OpenAI Realtime).
 
 
@@ -397,3 +477,14 @@ def test_a_refused_restart_leaves_the_session_idle_and_an_overload_closes_it() -
     m.receive(_restart())
     actions = m.receive(StreamRefused(Overloaded("full")))
     assert actions[-1] == Close(ErrorCode.OVERLOADED, "full")
+
+
+def test_committed_audio_counts_against_max_audio_seconds() -> None:
+    from streamer.protocol.connection import Limits
+
+    machine = ConnectionMachine(WEBSOCKET, Limits(max_audio_seconds=1.0))
+    machine.receive(_restart())
+    assert machine.receive(Commit(bytes(30_000))) == [Feed(bytes(30_000)), Finalize()]
+    actions = machine.receive(Commit(bytes(4_000)))
+    assert [type(a) for a in actions] == [Feed, FinishStream, EmitError, Close]
+    assert actions[0] == Feed(bytes(2_000)) and machine.state is State.CLOSED

@@ -7,11 +7,13 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from streamer.client import load_audio
 from streamer.codecs import v1_proto
 from streamer.config import Settings
 from streamer.errors import ErrorCode
@@ -269,3 +271,72 @@ async def test_keepalives_and_audio_keep_a_connection_from_idling(impatient: Ser
     outcome = await run_connection(impatient, Route.SIMPLE, [*inbound, STOP_CLOSE])
     assert_good(events(outcome))
     assert outcome.close == Close()
+
+
+# Clients that read slower than their results come.
+
+SPEECH = load_audio(Path(__file__).resolve().parents[2] / "fixtures" / "audio" / "jfk.wav")
+
+
+async def test_a_slow_reader_loses_interim_results_first_and_keeps_every_final() -> None:
+    speech = SPEECH
+    start = json.dumps(
+        {
+            "request": "start",
+            "format": speech.format,
+            "interim_results": True,
+            "interim_interval": 0.1,
+        }
+    )
+    paced: list[Any] = [start]
+    for chunk in chunks(speech.data, speech.bytes_per_second // 10):
+        paced += [chunk, Pause(0.004)]  # 25 times real time: interims keep coming
+    paced.append(STOP_CLOSE)
+    tight = settings(max_pending_events=10)
+
+    async def slow(item: Any, written: list[Any]) -> None:
+        await asyncio.sleep(0.03)  # a reader far slower than the events
+        written.append(item)
+
+    async with running_services(tight, TestModel.speedy()) as services:
+        reference = await run_connection(services, Route.SEGMENTED, paced)
+        written: list[Any] = []
+        outcome = await run_connection(
+            services, Route.SEGMENTED, paced, write=lambda item: slow(item, written)
+        )
+        dropped = services.metrics.interims_dropped.labels("segmented")._value.get()
+
+    def finals(sent: list[Any]) -> list[Any]:
+        return [e for e in map(json.loads, sent) if e["type"] == "segment" and e["is_final"]]
+
+    assert outcome.close == Close()
+    assert [json.loads(e)["type"] for e in written][-1] == "done"
+    assert finals(written) == finals(reference.sent) and finals(written)
+    assert dropped > 0
+    assert len(written) == len(reference.sent) - dropped
+
+
+async def test_a_peer_gone_while_its_feed_waits_frees_the_stream_at_once() -> None:
+    """The driver waits on a busy stream (backpressure) with audio still unread; the
+    transport says the peer is gone: the queued work is withdrawn without reading on."""
+    async with running_services(settings(), TestModel.speedy(delay=0.5)) as services:
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future[None] = loop.create_future()
+        inbound = [START, *chunks(noise(8.0), RATE * 2), Pause(30.0)]  # 8 inferences of 0.5 s
+
+        async def lose_the_peer() -> float:
+            for _ in range(500):  # until the work is queued
+                if services.scheduler.queued:
+                    break
+                await asyncio.sleep(0.01)
+            gone.set_result(None)
+            return loop.time()
+
+        lost = asyncio.create_task(lose_the_peer())
+        outcome = await run_connection(services, Route.SIMPLE, inbound, gone=gone)
+        freed = loop.time() - await lost
+        assert outcome.close == Close(send=False)
+        assert services.scheduler.queued == 0 and services.live_streams == 0
+        assert freed < 0.25
+        ended = services.metrics.streams_ended.labels("simple", "disconnected")._value.get()
+        assert ended == 1

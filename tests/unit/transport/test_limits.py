@@ -16,6 +16,23 @@ def test_the_documented_defaults() -> None:
     assert server.max_connections == 1000
     assert server.max_text_bytes == 65536
     assert server.max_message_bytes == 1 << 20
+    assert server.max_messages_per_second == 200
+    stream = Settings().stream
+    assert (stream.idle_seconds, stream.max_audio_seconds, stream.max_wall_seconds) == (10, 0, 0)
+
+
+def test_the_driver_hands_the_settings_to_the_machine() -> None:
+    from streamer.app import build_services
+    from streamer.protocol.connection import Limits
+    from streamer.transport.driver import limits_of
+
+    settings = Settings.model_validate(
+        {
+            "server": {"grpc_enabled": False, "max_messages_per_second": 50},
+            "stream": {"idle_seconds": 3, "max_audio_seconds": 60, "max_wall_seconds": 90},
+        }
+    )
+    assert limits_of(build_services(settings)) == Limits(3, 60, 90, 50)
 
 
 def test_grpc_options_carry_keepalive_handshake_and_cap() -> None:

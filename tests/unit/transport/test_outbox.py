@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from streamer.codecs.v1_json import encode_event
-from streamer.events import Event, SpeechStarted
+from streamer.events import Event, SegmentResult, SpeechStarted
 from streamer.transport.outbox import Outbox
 
 
@@ -57,3 +57,48 @@ async def test_close_without_start_is_harmless() -> None:
     outbox: Outbox[str] = Outbox(1, encode_event, lambda event: None, "test")
     await outbox.close()
     outbox.cancel()
+
+
+def _result(i: int, *, final: bool) -> SegmentResult:
+    return SegmentResult(channel=0, start=i, end=i + 1, final=final)
+
+
+async def test_a_full_outbox_drops_queued_interims_first_and_counts_them() -> None:
+    dropped: list[Event] = []
+    blocked = asyncio.Event()
+    written: list[Event] = []
+
+    async def write(event: Event) -> None:
+        await blocked.wait()
+        written.append(event)
+
+    outbox: Outbox[Event] = Outbox(3, lambda e: e, lambda e: None, "test", dropped=dropped.append)
+    outbox.start(write)
+    interim_a, interim_b = _result(0, final=False), _result(1, final=False)
+    finals = [_result(i, final=True) for i in range(2, 6)]
+    for event in (interim_a, finals[0], interim_b):
+        outbox.put(event)
+    outbox.put(finals[1])  # full: the oldest interim makes room
+    outbox.put(finals[2])  # and then the next
+    assert dropped == [interim_a, interim_b] and not outbox.slow
+    outbox.put(_result(9, final=False))  # full of finals: a new interim is itself dropped
+    assert len(dropped) == 3 and outbox.interims_dropped == 3 and not outbox.slow
+    outbox.put(finals[3])  # a final would be lost: only now is the client slow
+    assert outbox.slow
+    blocked.set()
+    await outbox.close()
+    assert written == finals[:3]
+
+
+async def test_interims_dropped_for_a_slow_reader_leave_every_final() -> None:
+    async def write(text: str) -> None:
+        await asyncio.sleep(0.002)  # a reader slower than the results come
+
+    outbox: Outbox[str] = Outbox(5, encode_event, lambda e: None, "test")
+    outbox.start(write)
+    for i in range(200):
+        outbox.put(_result(i, final=i % 10 == 0))
+        if i % 10 == 9:
+            await asyncio.sleep(0.002)
+    await outbox.close()
+    assert not outbox.slow and outbox.interims_dropped > 0
