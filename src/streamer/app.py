@@ -32,6 +32,7 @@ from streamer.pipeline import Route
 from streamer.policy import ConnectionPolicy, allow_all
 from streamer.segmentation.vad import VadEngine
 from streamer.services import Services
+from streamer.transport.deepgram import serve_listen
 from streamer.transport.grpc import GrpcServer, start_grpc_server
 from streamer.transport.websocket import serve_websocket
 
@@ -214,12 +215,17 @@ def create_app(
 
         return endpoint
 
+    async def listen(ws: WebSocket) -> None:
+        await serve_listen(ws, ws.app.state.services)
+
     return Starlette(
         routes=[
             HttpRoute("/api/v1/health", health, methods=["GET"]),
             HttpRoute("/metrics", metrics_endpoint, methods=["GET"]),
             WebSocketRoute("/api/v1/simple", ws_route(Route.SIMPLE)),
             WebSocketRoute("/api/v1/segmented", ws_route(Route.SEGMENTED)),
+            # Deepgram's live API, so that its clients need only a base URL.
+            WebSocketRoute("/v1/listen", listen),
         ],
         lifespan=lifespan,
     )

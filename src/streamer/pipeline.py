@@ -23,7 +23,15 @@ from streamer.audio.formats import AudioFormat
 from streamer.audio.framing import Framer
 from streamer.audio.resample import ChannelResamplers
 from streamer.errors import ErrorCode, InferenceError
-from streamer.events import Done, Event, SegmentResult, SpeechEnded, SpeechStarted, StreamError
+from streamer.events import (
+    Done,
+    Event,
+    Finalized,
+    SegmentResult,
+    SpeechEnded,
+    SpeechStarted,
+    StreamError,
+)
 from streamer.inference.output import OutputError, json_safe
 from streamer.inference.scheduler import Job, JobState, Scheduler
 from streamer.observability.stream import StreamObserver
@@ -58,6 +66,9 @@ class StreamOptions:
     max_in_flight: int = 4
     interim: bool = False
     vad_params: VadParams | None = None
+    mark_finalize: bool = False
+    """Mark the finals a ``finalize`` forces (``SegmentResult.forced``) and follow each
+    channel's with ``Finalized``, for front-ends that tell their clients so."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,7 @@ class _Pending:
     start: int
     end: int
     final: bool
+    forced: bool = False
 
 
 class StreamPipeline:
@@ -109,6 +121,8 @@ class StreamPipeline:
             chunk = max(1, round(options.chunk_seconds * work_rate))
             self._channels = [_SimpleChannel(self, c, chunk) for c in range(fmt.channels)]
         self._emitter: asyncio.Task[None] | None = None
+        self._forcing = False  # a finalize is cutting the finals now queued
+        self._forced = 0
         self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         """Done when the stream broke on a server fault (logged): it must be aborted."""
 
@@ -141,8 +155,15 @@ class StreamPipeline:
     async def finalize(self) -> None:
         """Force final results for the audio so far; the stream goes on."""
         self.observer.flushed(self.audio_seconds)
-        for channel in self._channels:
-            await channel.finalize()
+        for index, channel in enumerate(self._channels):
+            self._forcing = self.options.mark_finalize
+            self._forced = 0
+            try:
+                await channel.finalize()
+            finally:
+                self._forcing = False
+            if self.options.mark_finalize:
+                self.post(Finalized(index, round(self.audio_seconds, 6), self._forced))
 
     async def finish(self) -> None:
         """End of audio: process what is left, wait for every result, then send ``done``."""
@@ -206,13 +227,15 @@ class StreamPipeline:
         self, channel: int, start: int, audio: NDArray[np.float32], *, final: bool
     ) -> _Pending:
         end = start + len(audio)
+        forced = final and self._forcing
+        self._forced += forced
         if self._work_rate != self.options.model_rate:
             audio = soxr.resample(audio, self._work_rate, self.options.model_rate).astype(
                 np.float32, copy=False
             )
         job = self._scheduler.submit(self.stream_id, audio, final=final)
         self.observer.inference(job, channel, self.seconds(start), self.seconds(end), final)
-        return _Pending(job, channel, start, end, final)
+        return _Pending(job, channel, start, end, final, forced)
 
     def cancel(self, job: Job) -> bool:
         return self._scheduler.cancel(job)
@@ -271,7 +294,7 @@ class StreamPipeline:
                 end=end,
                 retryable=False,
             )
-        return SegmentResult(item.channel, start, end, item.final, output)
+        return SegmentResult(item.channel, start, end, item.final, output, item.forced)
 
 
 class _SimpleChannel:

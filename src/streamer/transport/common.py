@@ -8,6 +8,7 @@ refused it.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 from streamer.events import Ready
 from streamer.observability.tracing import TRACE_ID_IGNORED, ConnectionTrace
@@ -25,8 +26,12 @@ def open_stream(
     connection: ConnectionTrace | None = None,
     *,
     principal: Principal = ANONYMOUS,
+    mark_finalize: bool = False,
 ) -> StreamPipeline:
     """Admit a stream, start its pipeline and emit ``ready``.
+
+    ``mark_finalize``: the front-end tells its clients which finals a finalize forced
+    (``StreamOptions.mark_finalize``).
 
     Raises ``Overloaded`` or ``ShuttingDown`` (from ``Services.admit``) when it is refused;
     a stream that is returned is counted until :func:`end_stream`.
@@ -35,6 +40,8 @@ def open_stream(
     try:
         stream_id = uuid.uuid4().hex
         options = services.stream_options(route, request)
+        if mark_finalize:
+            options = replace(options, mark_finalize=True)
         pipeline = StreamPipeline(
             stream_id,
             options,

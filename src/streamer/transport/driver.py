@@ -68,6 +68,7 @@ class ConnectionDriver:
         *,
         principal: Principal = ANONYMOUS,
         trace: ConnectionTrace | None = None,
+        mark_finalize: bool = False,
     ) -> None:
         self.services = services
         self.route = route
@@ -76,6 +77,7 @@ class ConnectionDriver:
         self._receive = receive
         self._outbox = outbox
         self._trace = trace
+        self._mark_finalize = mark_finalize
         self.stream: StreamPipeline | None = None
 
     def emit(self, event: Event) -> None:
@@ -173,6 +175,7 @@ class ConnectionDriver:
                         self.emit,
                         self._trace,
                         principal=self.principal,
+                        mark_finalize=self._mark_finalize,
                     )
                 except ClientError as error:
                     return await self._step(StreamRefused(error))

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from streamer.codecs import v1_json
-from streamer.errors import ENDINGS, ClientError, ConnectionDenied
+from streamer.errors import ENDINGS, BadHandshake, ClientError, ConnectionDenied, ErrorCode
 from streamer.events import Event
 from streamer.pipeline import Route
 from streamer.policy import ConnectionRequest
@@ -27,14 +28,32 @@ from streamer.transport.outbox import Outbox
 
 @dataclass(frozen=True, slots=True)
 class WsCodec:
-    """A front-end's WebSocket wire format: text and binary frames in, text frames out."""
+    """A front-end's WebSocket wire format: text and binary frames in, text frames out.
+
+    ``encode`` may give one frame, several, or none (an event the front-end does not
+    show). ``opening``: inputs the connection starts with before any frame (a start
+    request a front-end read from the query). ``close_code``: the front-end's own close
+    codes, by the reason the connection ends (default ``errors.ENDINGS``).
+    ``mark_finalize``: its streams tell which finals a finalize forced.
+    """
 
     decode_text: Callable[[str], Input]
     decode_bytes: Callable[[bytes], Input]
-    encode: Callable[[Event], str]
+    encode: Callable[[Event], str | Sequence[str]]
+    opening: tuple[Input, ...] = ()
+    close_code: Callable[[ErrorCode | None], int] | None = None
+    mark_finalize: bool = False
 
+
+CodecFactory: TypeAlias = Callable[[ConnectionRequest], WsCodec]
+"""A per-connection codec made from the upgrade request; raises ``BadHandshake`` (HTTP
+400) when the request is malformed."""
 
 V1_JSON = WsCodec(v1_json.decode_text, v1_json.decode_bytes, v1_json.encode_event)
+
+
+def _frames(encoded: str | Sequence[str]) -> tuple[str, ...]:
+    return (encoded,) if isinstance(encoded, str) else tuple(encoded)
 
 
 def connection_request(ws: WebSocket, route: str) -> ConnectionRequest:
@@ -44,48 +63,69 @@ def connection_request(ws: WebSocket, route: str) -> ConnectionRequest:
         transport="websocket",
         headers={k.lower(): v for k, v in ws.headers.items()},
         query=dict(ws.query_params),
+        query_items=tuple(ws.query_params.multi_items()),
         subprotocols=tuple(ws.scope.get("subprotocols") or ()),
         client=ws.client.host if ws.client else None,
     )
 
 
-async def deny(ws: WebSocket, denied: ConnectionDenied) -> None:
-    """Refuse the upgrade with HTTP 401/403 and a JSON body naming the code."""
-    body = {"type": "error", "code": str(denied.code), "message": denied.message}
+async def deny(ws: WebSocket, denied: ConnectionDenied | BadHandshake) -> None:
+    """Refuse the upgrade with HTTP 400/401/403 and a JSON body naming the code (or the
+    front-end's own body)."""
+    body: Mapping[str, Any] = {
+        "type": "error",
+        "code": str(denied.code),
+        "message": denied.message,
+    }
+    if isinstance(denied, BadHandshake):
+        body = denied.body or {**body, "parameter": denied.parameter}
     try:
-        await ws.send_denial_response(JSONResponse(body, status_code=denied.status))
+        await ws.send_denial_response(JSONResponse(dict(body), status_code=denied.status))
     except RuntimeError:  # a server without the denial extension answers 403 itself
         await ws.close()
 
 
 async def serve_websocket(
-    ws: WebSocket, route: Route, services: Services, codec: WsCodec = V1_JSON
+    ws: WebSocket, route: Route, services: Services, codec: WsCodec | CodecFactory = V1_JSON
 ) -> None:
-    """Serve one WebSocket connection on ``route``."""
+    """Serve one WebSocket connection on ``route``, with a codec or a codec per connection."""
+    request = connection_request(ws, route.value)
     try:
-        principal = services.authorize(connection_request(ws, route.value))
-    except ConnectionDenied as denied:
+        principal = services.authorize(request)
+        if not isinstance(codec, WsCodec):
+            codec = codec(request)
+    except (ConnectionDenied, BadHandshake) as denied:
         await deny(ws, denied)
         return
     await ws.accept(subprotocol=principal.subprotocol)
     trace = services.open_connection(route, ws.headers)
-    outbox: Outbox[str] = Outbox(
+    encode = codec.encode
+    outbox: Outbox[tuple[str, ...]] = Outbox(
         services.settings.server.max_pending_events,
-        codec.encode,
+        lambda event: _frames(encode(event)),
         functools.partial(services.event_sent, route),
         "ws",
     )
-    outbox.start(ws.send_text)
+
+    async def write(frames: tuple[str, ...]) -> None:
+        for frame in frames:
+            await ws.send_text(frame)
+
+    outbox.start(write)
+    opening = list(codec.opening)
+    decode_text, decode_bytes = codec.decode_text, codec.decode_bytes
 
     async def receive() -> Input | None:
+        if opening:
+            return opening.pop(0)
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
             return Disconnected()
         try:
             if (data := message.get("bytes")) is not None:
-                return codec.decode_bytes(data)
+                return decode_bytes(data)
             if (text := message.get("text")) is not None:
-                return codec.decode_text(text)
+                return decode_text(text)
         except ClientError as error:
             return Invalid(error)
         return None
@@ -98,9 +138,13 @@ async def serve_websocket(
         outbox,
         principal=principal,
         trace=trace,
+        mark_finalize=codec.mark_finalize,
     )
     close = await driver.run()
-    code = int(ENDINGS[close.code].close_code)
+    if codec.close_code is not None:
+        code = codec.close_code(close.code)
+    else:
+        code = int(ENDINGS[close.code].close_code)
     trace.end(code if close.send else 0)
     await outbox.close()
     if close.send:
