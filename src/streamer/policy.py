@@ -29,11 +29,11 @@ class ConnectionRequest:
     """``websocket`` or ``grpc``."""
     headers: Mapping[str, str] = field(default_factory=dict)
     query: Mapping[str, str] = field(default_factory=dict)
-    query_items: Sequence[tuple[str, str]] = ()
-    """Every query parameter in order, repeated ones included (``query`` keeps one each)."""
     subprotocols: Sequence[str] = ()
     client: str | None = None
     """The peer's address, where the transport knows it."""
+    query_items: Sequence[tuple[str, str]] = ()
+    """Every query parameter in order, repeated ones included (``query`` keeps one each)."""
 
 
 @dataclass(frozen=True, slots=True)
