@@ -2,8 +2,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The real Deepgram clients the /v1/listen tests drive (see below).
+CLIENTS := .venv-clients
+CLIENT_STAMPS := $(CLIENTS)/deepgram/.installed $(CLIENTS)/pipecat/.installed \
+	$(CLIENTS)/livekit/.installed tests/e2e/js/node_modules/.installed
 
-.PHONY: run test lint typecheck unit schema proto system-deps clean
+.PHONY: run test lint typecheck unit schema proto system-deps clean clients
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,7 +26,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(CLIENT_STAMPS)
 	$(PY) -m pytest -q
 
 test: $(STAMP) system-deps lint typecheck unit
@@ -37,4 +41,18 @@ proto: $(STAMP)
 	PYTHON=$(PY) sh scripts/gen-proto.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS) tests/e2e/js/node_modules .pytest_cache .mypy_cache .ruff_cache
+
+# The real Deepgram clients the /v1/listen tests drive, each in an environment of its own
+# (their pins clash with the project's and with each other's: protobuf, numpy).
+
+$(CLIENTS)/%/.installed: tests/e2e/clients/requirements-%.txt
+	test -x $(CLIENTS)/$*/bin/python || python3 -m venv $(CLIENTS)/$*
+	$(CLIENTS)/$*/bin/python -m pip install -q -r $<
+	touch $@
+
+tests/e2e/js/node_modules/.installed: tests/e2e/js/package.json tests/e2e/js/package-lock.json
+	cd tests/e2e/js && npm ci --no-audit --no-fund
+	touch $@
+
+clients: $(CLIENT_STAMPS)
