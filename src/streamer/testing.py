@@ -94,13 +94,15 @@ async def run_connection(
     end: Input | None = None,
     principal: Principal = ANONYMOUS,
     write: Callable[[Any], Any] | None = None,
+    mark_finalize: bool = False,
 ) -> Outcome[Any]:
     """Run one connection over ``inbound`` (native messages, each decoded by ``decode``,
     and ``Pause``s).
 
     Once the messages run out, the connection gets ``end`` (by default the peer going
     away). ``write`` may stand in for the socket (an async callable, to block or fail it);
-    by default what is written is recorded.
+    by default what is written is recorded. ``mark_finalize``: as a front-end that tells
+    which finals a finalize forced (``WsCodec.mark_finalize``).
     """
     outcome: Outcome[Any] = Outcome()
     messages = iter(inbound)
@@ -128,7 +130,9 @@ async def run_connection(
         "test",
     )
     outbox.start(write or record)
-    driver = ConnectionDriver(services, route, mode, receive, outbox, principal=principal)
+    driver = ConnectionDriver(
+        services, route, mode, receive, outbox, principal=principal, mark_finalize=mark_finalize
+    )
     try:
         outcome.close = await driver.run()
         await outbox.close()
