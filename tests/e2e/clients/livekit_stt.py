@@ -16,7 +16,6 @@ from typing import Any
 
 import aiohttp
 from livekit import rtc
-from livekit.agents import stt as agents_stt
 from livekit.plugins import deepgram
 
 
@@ -50,8 +49,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     for w in (alt.words or [])
                 ]
             events.append(body)
-            if event.type == agents_stt.SpeechEventType.FINAL_TRANSCRIPT and pusher.done():
-                pass
         await pusher
         await stream.aclose()
     return {"events": events}
