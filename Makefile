@@ -2,12 +2,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The official vendor clients the end-to-end tests drive (the openai SDK wants another
-# websockets than the server's), in an environment of their own.
-CLIENTS ?= .venv-clients
-CLIENTS_STAMP := $(CLIENTS)/.installed
+# The official vendor clients the end-to-end tests drive (see below).
+CLIENTS := .venv-clients
+CLIENT_STAMPS := $(CLIENTS)/deepgram/.installed $(CLIENTS)/pipecat/.installed \
+	$(CLIENTS)/livekit/.installed $(CLIENTS)/openai/.installed \
+	tests/e2e/js/node_modules/.installed
 
-.PHONY: run test lint typecheck unit clients schema proto system-deps clean
+.PHONY: run test lint typecheck unit schema proto system-deps clean clients
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,13 +16,6 @@ $(STAMP): pyproject.toml
 	# The whisper and bench extras too: their tests run with the rest.
 	$(PY) -m pip install -q -e ".[dev,whisper,bench]"
 	touch $(STAMP)
-
-$(CLIENTS_STAMP): tests/clients/requirements.txt
-	test -x $(CLIENTS)/bin/python || python3 -m venv $(CLIENTS)
-	$(CLIENTS)/bin/python -m pip install -q -r tests/clients/requirements.txt
-	touch $(CLIENTS_STAMP)
-
-clients: $(CLIENTS_STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/streamer serve --port 8080
@@ -33,7 +27,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP) $(CLIENTS_STAMP)
+unit: $(STAMP) $(CLIENT_STAMPS)
 	$(PY) -m pytest -q
 
 test: $(STAMP) system-deps lint typecheck unit
@@ -48,4 +42,19 @@ proto: $(STAMP)
 	PYTHON=$(PY) sh scripts/gen-proto.sh
 
 clean:
-	rm -rf $(VENV) $(CLIENTS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS) tests/e2e/js/node_modules .pytest_cache .mypy_cache .ruff_cache
+
+# The vendor clients the tests drive (Deepgram's SDKs, Pipecat, LiveKit, openai, twilio),
+# each in an environment of its own: their pins clash with the project's and with each
+# other's (protobuf, numpy, websockets).
+
+$(CLIENTS)/%/.installed: tests/e2e/clients/requirements-%.txt
+	test -x $(CLIENTS)/$*/bin/python || python3 -m venv $(CLIENTS)/$*
+	$(CLIENTS)/$*/bin/python -m pip install -q -r $<
+	touch $@
+
+tests/e2e/js/node_modules/.installed: tests/e2e/js/package.json tests/e2e/js/package-lock.json
+	cd tests/e2e/js && npm ci --no-audit --no-fund
+	touch $@
+
+clients: $(CLIENT_STAMPS)

@@ -67,3 +67,47 @@ class OddOutputs:
 
 def odd_outputs() -> OddOutputs:
     return OddOutputs()
+
+
+class WhisperWords:
+    """The bundled Whisper tiny.en with word timestamps: ``{"text", "words"}``, each word
+    ``{word, start, end, confidence}`` in seconds of the segment (the ``whisper`` extra)."""
+
+    name = "whisper-words"
+    sample_rate = 16000
+    max_batch_size = 1
+
+    def __init__(self) -> None:
+        from faster_whisper import WhisperModel
+
+        from streamer.inference.whisper import WhisperParams, model_directory
+
+        path = model_directory(WhisperParams())
+        self._model = WhisperModel(
+            str(path), device="cpu", compute_type="int8", cpu_threads=1, local_files_only=True
+        )
+
+    def infer(self, audio: NDArray[np.float32]) -> Output:
+        segments, _ = self._model.transcribe(
+            np.ascontiguousarray(audio, dtype=np.float32),
+            language="en",
+            beam_size=1,
+            temperature=0.0,
+            vad_filter=False,
+            condition_on_previous_text=False,
+            word_timestamps=True,
+        )
+        parts = list(segments)
+        words = [
+            {"word": w.word.strip(), "start": w.start, "end": w.end, "confidence": w.probability}
+            for part in parts
+            for w in part.words or ()
+        ]
+        return {"text": "".join(part.text for part in parts).strip(), "words": words}
+
+    def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
+        return [self.infer(audio) for audio in batch]
+
+
+def whisper_words() -> WhisperWords:
+    return WhisperWords()

@@ -33,9 +33,10 @@ from streamer.observability.metrics import Metrics, new_registry
 from streamer.observability.tracing import Tracing
 from streamer.origins import OriginPolicy
 from streamer.pipeline import Route
-from streamer.policy import ConnectionPolicy, allow_all
+from streamer.policy import ConnectionPolicy, ConnectionRequest, allow_all
 from streamer.segmentation.vad import VadEngine
 from streamer.services import Services
+from streamer.transport.deepgram import serve_listen
 from streamer.transport.grant import grant_endpoint
 from streamer.transport.grpc import GrpcServer, start_grpc_server
 from streamer.transport.websocket import WsCodec, serve_websocket
@@ -244,7 +245,7 @@ def create_app(
 
         return endpoint
 
-    def realtime_codec() -> WsCodec:
+    def realtime_codec(request: ConnectionRequest) -> WsCodec:
         # An append past the limit is an error event; a text frame past max_text_bytes
         # is the transport's 1009.
         codec = RealtimeCodec(max_append_bytes=settings.server.max_text_bytes // 2)
@@ -252,7 +253,7 @@ def create_app(
             codec.decode_text,
             codec.decode_bytes,
             codec.encode,
-            opening=codec.opening,
+            opening=(codec.opening(),),
             subprotocol=REALTIME_SUBPROTOCOL,
         )
 
@@ -261,6 +262,9 @@ def create_app(
         # one (manual commits); the connection counts under segmented.
         services = ws.app.state.services
         await serve_websocket(ws, Route.SEGMENTED, services, realtime_codec, name="realtime")
+
+    async def listen(ws: WebSocket) -> None:
+        await serve_listen(ws, ws.app.state.services)
 
     return Starlette(
         routes=[
@@ -277,6 +281,8 @@ def create_app(
             WebSocketRoute("/v1/realtime", realtime),
             HttpRoute("/", page, methods=["GET"]),
             Mount("/demo", StaticFiles(directory=WEB), name="demo"),
+            # Deepgram's live API, so that its clients need only a base URL.
+            WebSocketRoute("/v1/listen", listen),
         ],
         lifespan=lifespan,
     )

@@ -11,7 +11,8 @@
     │   ├── InvalidFormat      invalid_format
     │   ├── Overloaded         overloaded (close 1013)
     │   ├── ShuttingDown       shutting_down (close 1001)
-    │   └── ConnectionDenied   unauthorized / forbidden (HTTP 401 / 403 before the upgrade)
+    │   ├── ConnectionDenied   unauthorized / forbidden (HTTP 401 / 403 before the upgrade)
+    │   └── BadHandshake       invalid_message (HTTP 400 before the upgrade)
     └── InferenceError         the model failed on one request; the stream goes on
         ├── ModelFailed        model_error
         ├── ModelCrashed       model_crashed (generic message, logged)
@@ -24,8 +25,10 @@ generic message and close code 1011.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from typing import Any
 
 
 class ErrorCode(StrEnum):
@@ -125,6 +128,20 @@ class ConnectionDenied(ClientError):
             raise ValueError(f"a denial is HTTP 401 or 403, not {status}")
         self.status = status
         self.code = ErrorCode.UNAUTHORIZED if status == 401 else ErrorCode.FORBIDDEN
+
+
+class BadHandshake(ClientError):
+    """The upgrade request is malformed (a query parameter a front-end reads, say): HTTP
+    400 before the upgrade. ``parameter`` names what is at fault; ``body``, if given, is
+    the JSON body in the front-end's own shape."""
+
+    code = ErrorCode.INVALID_MESSAGE
+    status = 400
+
+    def __init__(self, message: str, parameter: str, body: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.body = body
 
 
 class InferenceError(StreamerError):

@@ -41,6 +41,8 @@ class SegmentResult:
     end: float
     final: bool = True
     output: Mapping[str, Any] = field(default_factory=dict)
+    forced: bool = False
+    """A final that a ``finalize`` cut where the audio stopped (not a pause, not the end)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,18 @@ class SpeechEnded:
     kind: ClassVar[str] = "inactive"
     channel: int
     time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finalized:
+    """A ``finalize`` is complete on ``channel``: its ``forced`` finals (perhaps none) were
+    emitted before this. Only streams that ask for it (``StreamOptions.mark_finalize``)
+    emit it; ``time`` is where the channel's audio stood."""
+
+    kind: ClassVar[str] = "finalized"
+    channel: int
+    time: float
+    forced: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,5 +98,5 @@ class Done:
     audio_seconds: float
 
 
-Event = Ready | SegmentResult | SpeechStarted | SpeechEnded | StreamError | Done
+Event = Ready | SegmentResult | SpeechStarted | SpeechEnded | Finalized | StreamError | Done
 """Everything a stream emits, in the order its audio produced it."""

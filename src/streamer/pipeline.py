@@ -23,7 +23,15 @@ from streamer.audio.formats import AudioFormat
 from streamer.audio.framing import Framer
 from streamer.audio.resample import ChannelResamplers
 from streamer.errors import ErrorCode, InferenceError
-from streamer.events import Done, Event, SegmentResult, SpeechEnded, SpeechStarted, StreamError
+from streamer.events import (
+    Done,
+    Event,
+    Finalized,
+    SegmentResult,
+    SpeechEnded,
+    SpeechStarted,
+    StreamError,
+)
 from streamer.inference.model import shift_words
 from streamer.inference.output import OutputError, json_safe
 from streamer.inference.scheduler import Job, JobState, Scheduler
@@ -61,6 +69,9 @@ class StreamOptions:
     vad_params: VadParams | None = None
     words: bool = False
     """Finals carry word times (for a model that gives them)."""
+    mark_finalize: bool = False
+    """Mark the finals a ``finalize`` forces (``SegmentResult.forced``) and follow each
+    channel's with ``Finalized``, for front-ends that tell their clients so."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +83,7 @@ class _Pending:
     start: int
     end: int
     final: bool
+    forced: bool = False
 
 
 class StreamPipeline:
@@ -112,6 +124,8 @@ class StreamPipeline:
             chunk = max(1, round(options.chunk_seconds * work_rate))
             self._channels = [_SimpleChannel(self, c, chunk) for c in range(fmt.channels)]
         self._emitter: asyncio.Task[None] | None = None
+        self._forcing = False  # a finalize is cutting the finals now queued
+        self._forced = 0
         self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         """Done when the stream broke on a server fault (logged): it must be aborted."""
 
@@ -144,8 +158,15 @@ class StreamPipeline:
     async def finalize(self) -> None:
         """Force final results for the audio so far; the stream goes on."""
         self.observer.flushed(self.audio_seconds)
-        for channel in self._channels:
-            await channel.finalize()
+        for index, channel in enumerate(self._channels):
+            self._forcing = self.options.mark_finalize
+            self._forced = 0
+            try:
+                await channel.finalize()
+            finally:
+                self._forcing = False
+            if self.options.mark_finalize:
+                self.post(Finalized(index, round(self.audio_seconds, 6), self._forced))
 
     async def finish(self) -> None:
         """End of audio: process what is left, wait for every result, then send ``done``."""
@@ -209,6 +230,8 @@ class StreamPipeline:
         self, channel: int, start: int, audio: NDArray[np.float32], *, final: bool
     ) -> _Pending:
         end = start + len(audio)
+        forced = final and self._forcing
+        self._forced += forced
         if self._work_rate != self.options.model_rate:
             audio = soxr.resample(audio, self._work_rate, self.options.model_rate).astype(
                 np.float32, copy=False
@@ -217,7 +240,7 @@ class StreamPipeline:
             self.stream_id, audio, final=final, words=final and self.options.words
         )
         self.observer.inference(job, channel, self.seconds(start), self.seconds(end), final)
-        return _Pending(job, channel, start, end, final)
+        return _Pending(job, channel, start, end, final, forced)
 
     def cancel(self, job: Job) -> bool:
         return self._scheduler.cancel(job)
@@ -276,7 +299,7 @@ class StreamPipeline:
                 end=end,
                 retryable=False,
             )
-        return SegmentResult(item.channel, start, end, item.final, output)
+        return SegmentResult(item.channel, start, end, item.final, output, item.forced)
 
 
 class _SimpleChannel:

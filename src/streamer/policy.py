@@ -32,6 +32,8 @@ class ConnectionRequest:
     subprotocols: Sequence[str] = ()
     client: str | None = None
     """The peer's address, where the transport knows it."""
+    query_items: Sequence[tuple[str, str]] = ()
+    """Every query parameter in order, repeated ones included (``query`` keeps one each)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,7 @@ async def run_connection(
     principal: Principal = ANONYMOUS,
     write: Callable[[Any], Any] | None = None,
     gone: asyncio.Future[None] | None = None,
+    mark_finalize: bool = False,
 ) -> Outcome[Any]:
     """Run one connection over ``inbound`` (native messages, each decoded by ``decode``,
     and ``Pause``s).
@@ -103,6 +104,8 @@ async def run_connection(
     away). ``write`` may stand in for the socket (an async callable, to block or fail it);
     by default what is written is recorded. ``gone`` is the transport's notice that the
     peer went away, done while messages may still be unread (``ConnectionDriver``).
+    ``mark_finalize``: as a front-end that tells which finals a finalize forced
+    (``WsCodec.mark_finalize``).
     """
     outcome: Outcome[Any] = Outcome()
     messages = iter(inbound)
@@ -132,7 +135,14 @@ async def run_connection(
     )
     outbox.start(write or record)
     driver = ConnectionDriver(
-        services, route, mode, receive, outbox, principal=principal, gone=gone
+        services,
+        route,
+        mode,
+        receive,
+        outbox,
+        principal=principal,
+        gone=gone,
+        mark_finalize=mark_finalize,
     )
     try:
         outcome.close = await driver.run()

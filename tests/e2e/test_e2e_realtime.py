@@ -25,8 +25,8 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 AUDIO = ROOT / "tests" / "fixtures" / "audio"
-CLIENTS_PYTHON = ROOT / ".venv-clients" / "bin" / "python"
-SESSION = ROOT / "tests" / "clients" / "realtime_session.py"
+CLIENTS_PYTHON = ROOT / ".venv-clients" / "openai" / "bin" / "python"
+SESSION = ROOT / "tests" / "e2e" / "clients" / "realtime_session.py"
 KEY = "realtime-test-key-0001"
 
 VAD = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}

@@ -27,8 +27,12 @@ def open_stream(
     *,
     principal: Principal = ANONYMOUS,
     chunk_seconds: float | None = None,
+    mark_finalize: bool = False,
 ) -> StreamPipeline:
     """Admit a stream, start its pipeline and emit ``ready``.
+
+    ``mark_finalize``: the front-end tells its clients which finals a finalize forced
+    (``StreamOptions.mark_finalize``).
 
     Raises ``Overloaded`` or ``ShuttingDown`` (from ``Services.admit``) when it is refused;
     a stream that is returned is counted until :func:`end_stream`. ``chunk_seconds``
@@ -40,6 +44,8 @@ def open_stream(
         options = services.stream_options(route, request)
         if chunk_seconds is not None:
             options = dataclasses.replace(options, chunk_seconds=chunk_seconds)
+        if mark_finalize:
+            options = dataclasses.replace(options, mark_finalize=True)
         pipeline = StreamPipeline(
             stream_id,
             options,

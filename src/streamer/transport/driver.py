@@ -81,6 +81,7 @@ class ConnectionDriver:
         principal: Principal = ANONYMOUS,
         trace: ConnectionTrace | None = None,
         gone: asyncio.Future[None] | None = None,
+        mark_finalize: bool = False,
     ) -> None:
         """``gone``, where the transport can tell: done as soon as the peer is gone, even
         while its earlier messages are still unread (a WebSocket's lost connection); the
@@ -94,6 +95,7 @@ class ConnectionDriver:
         self._outbox = outbox
         self._trace = trace
         self._gone = gone
+        self._mark_finalize = mark_finalize
         self.stream: StreamPipeline | None = None
         self.stream_route = route
         """The open stream's route (a session may open its streams on another)."""
@@ -201,6 +203,7 @@ class ConnectionDriver:
                         self._trace,
                         principal=self.principal,
                         chunk_seconds=action.chunk_seconds,
+                        mark_finalize=self._mark_finalize,
                     )
                     self.stream_route = route
                 except ClientError as error:

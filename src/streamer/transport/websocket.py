@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from streamer.codecs import v1_json
-from streamer.errors import ENDINGS, ClientError, ConnectionDenied
+from streamer.errors import ENDINGS, BadHandshake, ClientError, ConnectionDenied, ErrorCode
 from streamer.events import Event
 from streamer.pipeline import Route
 from streamer.policy import ConnectionRequest
@@ -26,26 +27,37 @@ from streamer.transport.limits import PEER_GONE
 from streamer.transport.outbox import Outbox
 
 
-def _no_opening() -> Input | None:
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class WsCodec:
-    """A front-end's WebSocket wire format: text and binary frames in, text frames out
-    (``encode`` may give several frames, or none, for one event)."""
+    """A front-end's WebSocket wire format: text and binary frames in, text frames out.
+
+    ``encode`` may give one frame, several, or none (an event the front-end does not
+    show). ``opening``: inputs the connection starts with before any frame (a start
+    request a front-end read from the query, a session that opens its stream at once).
+    ``subprotocol``: the subprotocol this front-end speaks, accepted when the client offers
+    it. ``close_code``: the front-end's own close codes, by the reason the connection ends
+    (default ``errors.ENDINGS``). ``mark_finalize``: its streams tell which finals a
+    finalize forced.
+    """
 
     decode_text: Callable[[str], Input]
     decode_bytes: Callable[[bytes], Input]
-    encode: Callable[[Event], str | list[str]]
-    opening: Callable[[], Input | None] = _no_opening
-    """The input a connection begins with, before the client says anything (a session
-    that opens its stream at once)."""
+    encode: Callable[[Event], str | Sequence[str]]
+    opening: tuple[Input, ...] = ()
     subprotocol: str | None = None
-    """The subprotocol this front-end speaks, accepted when the client offers it."""
+    close_code: Callable[[ErrorCode | None], int] | None = None
+    mark_finalize: bool = False
 
+
+CodecFactory: TypeAlias = Callable[[ConnectionRequest], WsCodec]
+"""A per-connection codec made from the upgrade request; raises ``BadHandshake`` (HTTP
+400) when the request is malformed."""
 
 V1_JSON = WsCodec(v1_json.decode_text, v1_json.decode_bytes, v1_json.encode_event)
+
+
+def _frames(encoded: str | Sequence[str]) -> tuple[str, ...]:
+    return (encoded,) if isinstance(encoded, str) else tuple(encoded)
 
 
 def connection_request(ws: WebSocket, route: str) -> ConnectionRequest:
@@ -55,16 +67,24 @@ def connection_request(ws: WebSocket, route: str) -> ConnectionRequest:
         transport="websocket",
         headers={k.lower(): v for k, v in ws.headers.items()},
         query=dict(ws.query_params),
+        query_items=tuple(ws.query_params.multi_items()),
         subprotocols=tuple(ws.scope.get("subprotocols") or ()),
         client=ws.client.host if ws.client else None,
     )
 
 
-async def deny(ws: WebSocket, denied: ConnectionDenied) -> None:
-    """Refuse the upgrade with HTTP 401/403 and a JSON body naming the code."""
-    body = {"type": "error", "code": str(denied.code), "message": denied.message}
+async def deny(ws: WebSocket, denied: ConnectionDenied | BadHandshake) -> None:
+    """Refuse the upgrade with HTTP 400/401/403 and a JSON body naming the code (or the
+    front-end's own body)."""
+    body: Mapping[str, Any] = {
+        "type": "error",
+        "code": str(denied.code),
+        "message": denied.message,
+    }
+    if isinstance(denied, BadHandshake):
+        body = denied.body or {**body, "parameter": denied.parameter}
     try:
-        await ws.send_denial_response(JSONResponse(body, status_code=denied.status))
+        await ws.send_denial_response(JSONResponse(dict(body), status_code=denied.status))
     except RuntimeError:  # a server without the denial extension answers 403 itself
         await ws.close()
 
@@ -73,54 +93,54 @@ async def serve_websocket(
     ws: WebSocket,
     route: Route,
     services: Services,
-    codec: WsCodec | Callable[[], WsCodec] = V1_JSON,
+    codec: WsCodec | CodecFactory = V1_JSON,
     *,
     name: str | None = None,
 ) -> None:
-    """Serve one WebSocket connection on ``route``; ``codec`` may be a factory of one
-    codec a connection (a protocol with per-connection state). ``name`` is the route the
-    policy sees, where it is not ``route``'s."""
+    """Serve one WebSocket connection on ``route``, with a codec or a codec per connection
+    (made from the upgrade request). ``name`` is the route the policy sees, where it is not
+    ``route``'s."""
     request = connection_request(ws, name or route.value)
     try:
         principal = services.authorize(request)
-    except ConnectionDenied as denied:
+        if not isinstance(codec, WsCodec):
+            codec = codec(request)
+    except (ConnectionDenied, BadHandshake) as denied:
         await deny(ws, denied)
         return
-    if not isinstance(codec, WsCodec):
-        codec = codec()
     subprotocol = principal.subprotocol
     if subprotocol is None and codec.subprotocol in request.subprotocols:
         subprotocol = codec.subprotocol
     await ws.accept(subprotocol=subprotocol)
     trace = services.open_connection(route, ws.headers)
-    outbox: Outbox[str | list[str]] = Outbox(
+    encode = codec.encode
+    outbox: Outbox[tuple[str, ...]] = Outbox(
         services.settings.server.max_pending_events,
-        codec.encode,
+        lambda event: _frames(encode(event)),
         functools.partial(services.event_sent, route),
         "ws",
         dropped=functools.partial(services.interim_dropped, route),
     )
 
-    async def write(frames: str | list[str]) -> None:
-        for frame in [frames] if isinstance(frames, str) else frames:
+    async def write(frames: tuple[str, ...]) -> None:
+        for frame in frames:
             await ws.send_text(frame)
 
     outbox.start(write)
-    first = codec.opening()
+    opening = list(codec.opening)
+    decode_text, decode_bytes = codec.decode_text, codec.decode_bytes
 
     async def receive() -> Input | None:
-        nonlocal first
-        if first is not None:
-            opening, first = first, None
-            return opening
+        if opening:
+            return opening.pop(0)
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
             return Disconnected()
         try:
             if (data := message.get("bytes")) is not None:
-                return codec.decode_bytes(data)
+                return decode_bytes(data)
             if (text := message.get("text")) is not None:
-                return codec.decode_text(text)
+                return decode_text(text)
         except ClientError as error:
             return Invalid(error)
         return None
@@ -135,9 +155,13 @@ async def serve_websocket(
         principal=principal,
         trace=trace,
         gone=gone,
+        mark_finalize=codec.mark_finalize,
     )
     close = await driver.run()
-    code = int(ENDINGS[close.code].close_code)
+    if codec.close_code is not None:
+        code = codec.close_code(close.code)
+    else:
+        code = int(ENDINGS[close.code].close_code)
     trace.end(code if close.send else 0)
     await outbox.close()
     if close.send:
