@@ -273,29 +273,15 @@ def test_pipecat_pipeline_with_its_vad_sending_finalize_at_pauses(
     assert word_error_rate(SAID["harvard_16k.wav"], said) <= 0.35, said
 
 
-@pytest.fixture(scope="module")
-def whisper_words(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Whisper with word timestamps (tests/model_factories.py), so that words[] is filled."""
-    running = start_server(
-        tmp_path_factory.mktemp("dg-words"),
-        env={
-            "STREAMER_INFERENCE__MODEL": "model_factories:whisper_words",
-            "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])
-            ),
-        },
-    )
-    yield running
-    running.stop()
-
-
-def test_livekit_stt_with_its_defaults(whisper_words: ServerProcess, raws: dict[str, Path]) -> None:
+def test_livekit_stt_with_its_defaults(whisper: ServerProcess, raws: dict[str, Path]) -> None:
     result = run_client(
         [
             str(python_of("livekit")),
             str(CLIENTS / "livekit_stt.py"),
             "--url",
-            f"http://127.0.0.1:{whisper_words.port}/v1/listen",
+            f"http://127.0.0.1:{whisper.port}/v1/listen",
+            "--key",
+            KEY,
             "--audio",
             str(raws["jfk"]),
         ]

@@ -180,6 +180,8 @@ class ListenParams:
                 "encoding": fmt.encoding,
             },
             "interim_results": self.interim_results,
+            # Deepgram's results carry words: ask the model for their times.
+            "word_times": True,
         }
         if self.endpointing is not None:
             body["vad"] = {"min_silence_ms": self.endpointing}
@@ -391,7 +393,7 @@ class ListenCodec:
     def _results(self, event: SegmentResult) -> list[dict[str, Any]]:
         output = dict(event.output)
         text = output.get("text")
-        words = _words(output.get("words"), event.start)
+        words = _words(output.get("words"))
         confidence = _confidence(output, words)
         ends_utterance = event.final and event.channel in self._utterance_open
         speech_final = ends_utterance and not event.forced and not self.params.endpointing_off
@@ -465,8 +467,8 @@ class ListenCodec:
         }
 
 
-def _words(raw: object, offset: float) -> list[dict[str, Any]]:
-    """The model's words (times within its segment) as Deepgram's, in stream time."""
+def _words(raw: object) -> list[dict[str, Any]]:
+    """The model's words (already in stream time: the pipeline moves them) as Deepgram's."""
     if not isinstance(raw, list):
         return []
     words: list[dict[str, Any]] = []
@@ -474,8 +476,8 @@ def _words(raw: object, offset: float) -> list[dict[str, Any]]:
         if not isinstance(item, Mapping) or not isinstance(item.get("word"), str):
             continue
         try:
-            start = round(offset + float(item.get("start", 0.0)), 6)
-            end = round(offset + float(item.get("end", 0.0)), 6)
+            start = round(float(item.get("start", 0.0)), 6)
+            end = round(float(item.get("end", 0.0)), 6)
             confidence = float(item.get("confidence", item.get("probability", 1.0)))
         except (TypeError, ValueError):
             continue

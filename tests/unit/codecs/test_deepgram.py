@@ -186,8 +186,9 @@ def test_a_result_with_words_in_deepgrams_shape() -> None:
     output = {
         "text": " Ask not.",
         "words": [
-            {"word": " Ask", "start": 0.0, "end": 0.4, "confidence": 0.9},
-            {"word": " not.", "start": 0.4, "end": 0.9, "confidence": 0.7},
+            # In stream time: the pipeline moved them from the segment's.
+            {"word": " Ask", "start": 2.0, "end": 2.4, "confidence": 0.9},
+            {"word": " not.", "start": 2.4, "end": 2.9, "confidence": 0.7},
         ],
     }
     (started,) = c.messages(SpeechStarted(0, 2.0))
