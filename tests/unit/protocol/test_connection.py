@@ -25,6 +25,7 @@ from streamer.protocol.connection import (
     EndOfInput,
     Feed,
     Finalize,
+    Finish,
     FinishStream,
     Input,
     Invalid,
@@ -198,7 +199,11 @@ NOTICES: dict[str, Input] = {
     "gone": Disconnected(),
     "crash": Crashed(),
 }
-INPUTS: dict[str, Input] = {**{k: decode(v) for k, v in MESSAGES.items()}, **NOTICES}
+INPUTS: dict[str, Input] = {
+    **{k: decode(v) for k, v in MESSAGES.items()},
+    **NOTICES,
+    "finish": Finish(AUDIO),
+}
 
 
 def test_every_sequence_of_messages_and_notices_keeps_the_invariants() -> None:
@@ -397,3 +402,17 @@ def test_a_refused_restart_leaves_the_session_idle_and_an_overload_closes_it() -
     m.receive(_restart())
     actions = m.receive(StreamRefused(Overloaded("full")))
     assert actions[-1] == Close(ErrorCode.OVERLOADED, "full")
+
+
+def test_a_finish_feeds_the_last_audio_then_ends_the_stream_and_the_connection() -> None:
+    m = started()
+    assert m.receive(Finish(AUDIO)) == [Feed(AUDIO), FinishStream(), Close()]
+    assert m.state is State.CLOSED
+    m = started()
+    assert m.receive(Finish()) == [FinishStream(), Close()]
+
+
+def test_a_finish_with_no_stream_just_closes() -> None:
+    m = ConnectionMachine(WEBSOCKET)
+    assert m.receive(Finish(AUDIO)) == [Close()]
+    assert m.state is State.CLOSED
