@@ -21,6 +21,7 @@ from pydantic_settings import (
 from streamer.auth import AuthSettings
 from streamer.inference.model import TestModelParams
 from streamer.inference.whisper import WhisperParams
+from streamer.twilio.settings import TwilioSettings
 
 
 class ServerSettings(BaseModel):
@@ -156,6 +157,7 @@ class Settings(BaseSettings):
     model: TestModelParams = TestModelParams()
     whisper: WhisperParams = WhisperParams()
     auth: AuthSettings = AuthSettings()
+    twilio: TwilioSettings = TwilioSettings()
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     log_json: bool = False
 

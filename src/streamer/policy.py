@@ -32,6 +32,8 @@ class ConnectionRequest:
     subprotocols: Sequence[str] = ()
     client: str | None = None
     """The peer's address, where the transport knows it."""
+    url: str | None = None
+    """The URL the client requested, as the server saw it (a WebSocket's ``ws://...``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ def connection_request(ws: WebSocket, route: str) -> ConnectionRequest:
         query=dict(ws.query_params),
         subprotocols=tuple(ws.scope.get("subprotocols") or ()),
         client=ws.client.host if ws.client else None,
+        url=str(ws.url),
     )
 
 
