@@ -162,7 +162,8 @@ async def test_a_call_s_finals_reach_early_and_late_subscribers_and_the_callback
             break
         await asyncio.sleep(0.1)
     assert receiver.bodies == got, "each final POSTed once, in order"
-    metrics = httpx.get(f"{whisper_server.http}/metrics", timeout=5).text
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"{whisper_server.http}/metrics", timeout=5)).text
     assert f'streamer_twilio_callbacks_total{{outcome="sent"}} {len(got)}.0' in metrics
 
 
