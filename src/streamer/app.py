@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket
 
 from streamer.auth import REALTIME_SUBPROTOCOL, issuer_from_settings, policy_from_settings
 from streamer.codecs.openai_realtime import RealtimeCodec
+from streamer.codecs.twilio_media import MediaStreamCodec
 from streamer.config import Settings
 from streamer.inference.model import Model, TestModel, UnsupportedModel
 from streamer.inference.pool import ThreadPool, WorkerPool
@@ -39,7 +40,11 @@ from streamer.services import Services
 from streamer.transport.deepgram import serve_listen
 from streamer.transport.grant import grant_endpoint
 from streamer.transport.grpc import GrpcServer, start_grpc_server
+from streamer.transport.subscribe import serve_subscriber
 from streamer.transport.websocket import WsCodec, serve_websocket
+from streamer.twilio.callbacks import CallbackPoster
+from streamer.twilio.hub import CallHub, CallPublisher
+from streamer.twilio.signature import SignaturePolicy, by_route
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +198,22 @@ def create_app(
         server_settings.allowed_origins,
         allow_missing=server_settings.allow_missing_origin,
     )
+    twilio_settings = settings.twilio
+    if twilio_settings.auth_token is not None:
+        # Twilio cannot send an API key: on its route, its signature is the credential.
+        signed = SignaturePolicy(
+            twilio_settings.auth_token.get_secret_value(), twilio_settings.public_url
+        )
+        policy = by_route({"twilio": signed}, policy)
     registry = registry if registry is not None else new_registry()
     metrics = Metrics(registry)
+    hub = CallHub(
+        replay=twilio_settings.replay_finals,
+        retain=twilio_settings.retain_calls,
+        max_calls=twilio_settings.max_calls,
+        queue=settings.server.max_pending_events,
+    )
+    callbacks: list[CallbackPoster] = []
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -207,6 +226,15 @@ def create_app(
         app.state.services = services
         monitor = LoopMonitor(metrics.observe_loop_lag)
         monitor.start()
+        if twilio_settings.callback_hosts:
+            poster = CallbackPoster(
+                twilio_settings.callback_hosts,
+                timeout=twilio_settings.callback_timeout_seconds,
+                queue=twilio_settings.callback_queue,
+                on_outcome=lambda outcome: metrics.twilio_callbacks.labels(outcome).inc(),
+            )
+            poster.start()
+            callbacks.append(poster)
         metrics.sources.tasks = monitor.task_counts
         grpc_server: GrpcServer | None = None
         try:
@@ -221,6 +249,9 @@ def create_app(
             share = settings.server.shutdown_timeout_seconds / 8
             if grpc_server is not None:
                 await grpc_server.stop(grace=share)
+            for poster in callbacks:
+                await poster.close(grace=share)
+            callbacks.clear()
             await services.scheduler.close(grace=share)
             services.vad.close()
             await monitor.close()
@@ -266,6 +297,39 @@ def create_app(
     async def listen(ws: WebSocket) -> None:
         await serve_listen(ws, ws.app.state.services)
 
+    def call_sink() -> CallPublisher:
+        poster = callbacks[0] if callbacks else None
+        return CallPublisher(
+            hub,
+            allowed=poster.allowed if poster else lambda url: False,
+            post=poster.post if poster else None,
+            on_callback=lambda outcome: metrics.twilio_callbacks.labels(outcome).inc(),
+        )
+
+    async def twilio(ws: WebSocket) -> None:
+        # The call's tracks are the channels of one segmented stream; its events go to
+        # the call's subscribers (and callback), not back to Twilio.
+        codec = MediaStreamCodec(
+            call_sink(),
+            on_rejected=lambda reason: metrics.twilio_rejected.labels(reason).inc(),
+            max_skew_seconds=twilio_settings.max_skew_seconds,
+        )
+        wire = WsCodec(codec.decode_text, codec.decode_bytes, codec.encode)
+        try:
+            await serve_websocket(
+                ws, Route.SEGMENTED, ws.app.state.services, lambda request: wire, name="twilio"
+            )
+        finally:
+            codec.close()
+
+    async def call_events(ws: WebSocket) -> None:
+        key = f"call:{ws.path_params['sid']}"
+        await serve_subscriber(ws, ws.app.state.services, hub, key, name="twilio_events")
+
+    async def stream_events(ws: WebSocket) -> None:
+        key = f"stream:{ws.path_params['sid']}"
+        await serve_subscriber(ws, ws.app.state.services, hub, key, name="twilio_events")
+
     return Starlette(
         routes=[
             HttpRoute("/api/v1/health", health, methods=["GET"]),
@@ -283,6 +347,9 @@ def create_app(
             Mount("/demo", StaticFiles(directory=WEB), name="demo"),
             # Deepgram's live API, so that its clients need only a base URL.
             WebSocketRoute("/v1/listen", listen),
+            WebSocketRoute("/v1/twilio", twilio),
+            WebSocketRoute("/v1/twilio/calls/{sid}/events", call_events),
+            WebSocketRoute("/v1/twilio/streams/{sid}/events", stream_events),
         ],
         lifespan=lifespan,
     )

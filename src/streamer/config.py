@@ -22,6 +22,7 @@ from streamer.auth import AuthSettings
 from streamer.inference.model import TestModelParams
 from streamer.inference.whisper import WhisperParams
 from streamer.origins import ANY, parse_origin
+from streamer.twilio.settings import TwilioSettings
 
 
 class ServerSettings(BaseModel):
@@ -213,6 +214,7 @@ class Settings(BaseSettings):
     model: TestModelParams = TestModelParams()
     whisper: WhisperParams = WhisperParams()
     auth: AuthSettings = AuthSettings()
+    twilio: TwilioSettings = TwilioSettings()
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     log_json: bool = False
 

@@ -34,6 +34,8 @@ class ConnectionRequest:
     """The peer's address, where the transport knows it."""
     query_items: Sequence[tuple[str, str]] = ()
     """Every query parameter in order, repeated ones included (``query`` keeps one each)."""
+    url: str | None = None
+    """The URL the client requested, as the server saw it (a WebSocket's ``ws://...``)."""
 
 
 @dataclass(frozen=True, slots=True)

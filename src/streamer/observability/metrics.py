@@ -259,6 +259,19 @@ class Metrics:
             ["code"],
             registry=registry,
         )
+        self.twilio_rejected = Counter(
+            "streamer_twilio_frames_rejected",
+            "Twilio Media Streams frames refused (each also an error event), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.twilio_callbacks = Counter(
+            "streamer_twilio_callbacks",
+            "POSTs of a call's finals to its callback, by outcome (sent, failed, dropped, "
+            "refused: a host not allowed).",
+            ["outcome"],
+            registry=registry,
+        )
         self.model_failures = Counter(
             "streamer_model_failures",
             "Inferences the model failed on (model_error).",

@@ -149,6 +149,14 @@ class Reply:
     payload: object
 
 
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The client's last audio (what a codec still held), then the end of its stream and
+    of the connection: a phone call that hung up (Twilio's ``stop``)."""
+
+    data: bytes = b""
+
+
 ClientInput: TypeAlias = (
     StartRequest
     | StopRequest
@@ -158,6 +166,7 @@ ClientInput: TypeAlias = (
     | Restart
     | Commit
     | Reply
+    | Finish
 )
 Notice: TypeAlias = (
     StreamRefused
@@ -419,6 +428,13 @@ def _reply(m: ConnectionMachine, reply: Reply) -> list[Action]:
     return [Send(reply.payload)]
 
 
+def _finish(m: ConnectionMachine, finish: Finish) -> list[Action]:
+    fed: list[Action] = [Feed(finish.data)] if finish.data and m.state is State.STREAMING else []
+    ended: list[Action] = [FinishStream()] if m.state is State.STREAMING else []
+    m.state = State.CLOSED
+    return [*fed, *ended, Close()]
+
+
 def _tick(m: ConnectionMachine, _: Tick) -> list[Action]:
     wall = m.limits.max_wall_seconds
     if wall and m.state is State.STREAMING and m.now >= m.stream_opened + wall:
@@ -486,6 +502,9 @@ RULES: dict[tuple[State, type], tuple[State | None, _Step]] = {
     (_S, Commit): (None, _commit),
     (_I, Reply): (_I, _reply),
     (_S, Reply): (_S, _reply),
+    # A client that ends its stream and its connection in one message.
+    (_I, Finish): (None, _finish),
+    (_S, Finish): (None, _finish),
 }
 """(state, input kind) -> (next state, step). Every notice is handled in every open state;
 in ``CLOSED`` every input but a crash is ignored."""

@@ -70,6 +70,7 @@ def connection_request(ws: WebSocket, route: str) -> ConnectionRequest:
         query_items=tuple(ws.query_params.multi_items()),
         subprotocols=tuple(ws.scope.get("subprotocols") or ()),
         client=ws.client.host if ws.client else None,
+        url=str(ws.url),
     )
 
 

@@ -26,6 +26,7 @@ from streamer.protocol.connection import (
     EndOfInput,
     Feed,
     Finalize,
+    Finish,
     FinishStream,
     Input,
     Invalid,
@@ -199,7 +200,11 @@ NOTICES: dict[str, Input] = {
     "gone": Disconnected(),
     "crash": Crashed(),
 }
-INPUTS: dict[str, Input] = {**{k: decode(v) for k, v in MESSAGES.items()}, **NOTICES}
+INPUTS: dict[str, Input] = {
+    **{k: decode(v) for k, v in MESSAGES.items()},
+    **NOTICES,
+    "finish": Finish(AUDIO),
+}
 
 
 def test_every_sequence_of_messages_and_notices_keeps_the_invariants() -> None:
@@ -488,3 +493,17 @@ def test_committed_audio_counts_against_max_audio_seconds() -> None:
     actions = machine.receive(Commit(bytes(4_000)))
     assert [type(a) for a in actions] == [Feed, FinishStream, EmitError, Close]
     assert actions[0] == Feed(bytes(2_000)) and machine.state is State.CLOSED
+
+
+def test_a_finish_feeds_the_last_audio_then_ends_the_stream_and_the_connection() -> None:
+    m = started()
+    assert m.receive(Finish(AUDIO)) == [Feed(AUDIO), FinishStream(), Close()]
+    assert m.state is State.CLOSED
+    m = started()
+    assert m.receive(Finish()) == [FinishStream(), Close()]
+
+
+def test_a_finish_with_no_stream_just_closes() -> None:
+    m = ConnectionMachine(WEBSOCKET)
+    assert m.receive(Finish(AUDIO)) == [Close()]
+    assert m.state is State.CLOSED
