@@ -20,13 +20,14 @@ from starlette.websockets import WebSocket
 
 from streamer.auth import policy_from_settings
 from streamer.config import Settings
+from streamer.fleet import FleetSlot
 from streamer.inference.model import Model, TestModel, UnsupportedModel
 from streamer.inference.pool import ThreadPool, WorkerPool
 from streamer.inference.process_pool import ModelFactory, ProcessPool
 from streamer.inference.scheduler import Scheduler
 from streamer.inference.whisper import WhisperRecognizer, model_directory
 from streamer.observability.loop import LoopMonitor
-from streamer.observability.metrics import Metrics, new_registry
+from streamer.observability.metrics import Metrics, collect_all, multiprocess_dir, new_registry
 from streamer.observability.tracing import Tracing
 from streamer.pipeline import Route
 from streamer.policy import ConnectionPolicy, allow_all
@@ -83,6 +84,7 @@ def build_services(
     metrics: Metrics | None = None,
     tracing: Tracing | None = None,
     policy: ConnectionPolicy = allow_all,
+    fleet: FleetSlot | None = None,
 ) -> Services:
     """Create the shared parts; call inside a running event loop.
 
@@ -122,6 +124,7 @@ def build_services(
         metrics=metrics,
         tracing=tracing or Tracing(),
         policy=policy,
+        fleet=fleet,
     )
 
 
@@ -143,6 +146,16 @@ async def drain(services: Services) -> None:
         await asyncio.sleep(0.05)
 
 
+PUBLISH_SECONDS = 1.0
+"""How often each front-end process copies its live gauges into the shared metrics."""
+
+
+async def _publish(metrics: Metrics) -> None:
+    while True:
+        metrics.publish()
+        await asyncio.sleep(PUBLISH_SECONDS)
+
+
 def create_app(
     settings: Settings | None = None,
     model: Model | None = None,
@@ -150,6 +163,7 @@ def create_app(
     registry: CollectorRegistry | None = None,
     tracing: Tracing | None = None,
     policy: ConnectionPolicy | None = None,
+    fleet: FleetSlot | None = None,
 ) -> Starlette:
     """The ASGI application; ``app.state.services`` exists while the lifespan runs.
 
@@ -159,20 +173,26 @@ def create_app(
     the ``OTEL_*`` variables say, flushed when the lifespan ends). ``policy`` is asked
     once per connection, on every route and transport, before any stream opens; by
     default it is the API-key policy of ``[auth]`` (everyone, when no keys are set).
+    ``fleet``: this process's row when it is one of several front-end processes
+    (``streamer serve --workers``); admission and health then count the whole server, and
+    with prometheus-client's multiprocess mode on, ``/metrics`` serves every process's.
     """
     settings = settings or Settings()
     if policy is None:
         policy = policy_from_settings(settings.auth)
         if policy is allow_all:
             log.warning("no API keys are configured ([auth] api_keys): every client may connect")
+    shared = fleet is not None and multiprocess_dir() is not None
+    if shared:
+        registry = CollectorRegistry()  # names only: the values live in the shared files
     registry = registry if registry is not None else new_registry()
-    metrics = Metrics(registry)
+    metrics = Metrics(registry, shared=shared)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_tracing = tracing or Tracing.from_env()
         services = build_services(
-            settings, model, metrics=metrics, tracing=own_tracing, policy=policy
+            settings, model, metrics=metrics, tracing=own_tracing, policy=policy, fleet=fleet
         )
         services.scheduler.start()
         services.vad.start()
@@ -181,6 +201,9 @@ def create_app(
         monitor.start()
         metrics.sources.tasks = monitor.task_counts
         grpc_server: GrpcServer | None = None
+        publisher = (
+            asyncio.create_task(_publish(metrics), name="observability-publish") if shared else None
+        )
         try:
             if settings.server.grpc_enabled:
                 server = settings.server
@@ -191,6 +214,8 @@ def create_app(
             # After the drain, each step of stopping gets a share of the shutdown bound;
             # a model thread that hangs is not waited for.
             share = settings.server.shutdown_timeout_seconds / 8
+            if publisher is not None:
+                publisher.cancel()
             if grpc_server is not None:
                 await grpc_server.stop(grace=share)
             await services.scheduler.close(grace=share)
@@ -206,6 +231,9 @@ def create_app(
 
     async def metrics_endpoint(request: Request) -> Response:
         # On the loop's thread: the task counts read asyncio's task set.
+        if shared:
+            metrics.publish()
+            return Response(collect_all(), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     def ws_route(route: Route) -> Any:

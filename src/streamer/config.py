@@ -30,7 +30,18 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535)
     grpc_enabled: bool = Field(default=True, description="Serve gRPC beside the WebSocket.")
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port, same host.")
-    max_streams: int = Field(default=500, ge=1, description="Live streams before refusing.")
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Front-end processes on the same ports (`--workers`); none: one per "
+        "usable core; 1: a single process.",
+    )
+    max_streams: int = Field(
+        default=500,
+        ge=1,
+        description="Live streams before refusing, for the whole server (all its processes).",
+    )
     max_backlog: int = Field(
         default=1000, ge=1, description="Queued inferences above which new streams are refused."
     )

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from streamer.config import Settings
 from streamer.errors import ConnectionDenied, InvalidFormat, Overloaded, ShuttingDown
 from streamer.events import Event, StreamError
+from streamer.fleet import FleetSlot
 from streamer.inference.model import Model
 from streamer.inference.scheduler import Scheduler
 from streamer.observability.metrics import Metrics
@@ -44,6 +45,9 @@ class Services:
     tracing: Tracing = field(default_factory=Tracing)
     policy: ConnectionPolicy = allow_all
     """Who may connect (asked once per connection, before any stream)."""
+    fleet: FleetSlot | None = None
+    """This process's row in the table shared by all front-end processes (``--workers``);
+    None for a single process."""
 
     def __post_init__(self) -> None:
         sources = self.metrics.sources
@@ -64,6 +68,12 @@ class Services:
     def live_streams(self) -> int:
         return sum(self.streams.values())
 
+    @property
+    def server_streams(self) -> int:
+        """Live streams of the whole server: every front-end process's, when there are
+        several."""
+        return self.fleet.total_streams() if self.fleet is not None else self.live_streams
+
     def authorize(self, request: ConnectionRequest) -> Principal:
         """Ask the connection policy; a denial is counted and raised as ``ConnectionDenied``."""
         try:
@@ -79,6 +89,8 @@ class Services:
         if (why := self.overload()) is not None:
             raise Overloaded(f"{why}; try again later")
         self.streams[route] += 1
+        if self.fleet is not None:
+            self.fleet.set_streams(self.live_streams)
         self.metrics.stream_started(route)
 
     def overload(self) -> str | None:
@@ -88,7 +100,7 @@ class Services:
         behind, new streams are refused so that admitted ones keep their latency.
         """
         server = self.settings.server
-        if self.live_streams >= server.max_streams:
+        if self.server_streams >= server.max_streams:
             return f"the server is at its limit of {server.max_streams} streams"
         if self.scheduler.queued > server.max_backlog:
             return f"the server has more than {server.max_backlog} inferences queued"
@@ -97,6 +109,8 @@ class Services:
     def stream_ended(self, route: Route, outcome: str = "completed") -> None:
         """Count a stream out; ``outcome`` is one of ``metrics.OUTCOMES``."""
         self.streams[route] -= 1
+        if self.fleet is not None:
+            self.fleet.set_streams(self.live_streams)
         self.metrics.stream_ended(route, outcome)
 
     def bytes_in(self, route: Route, n: int) -> None:
@@ -199,11 +213,23 @@ class Services:
             "streams": {route.value: self.streams[route] for route in Route},
             "connections": len(self.connections),
             "max_streams": limit,
-            "load": round(self.live_streams / limit, 4) if limit else 0.0,
+            "load": round(self.server_streams / limit, 4) if limit else 0.0,
             "queued_inferences": self.scheduler.queued,
             "max_backlog": self.settings.server.max_backlog,
             "busy_workers": self.scheduler.busy,
             "workers": pool.workers,
             "available_workers": available,
             "stuck_workers": pool.stuck_workers,
+            **self._fleet_health(),
+        }
+
+    def _fleet_health(self) -> dict[str, Any]:
+        """With several front-end processes: the server's streams and each process's row
+        (``streams`` above, and the pool's figures, are this process's)."""
+        if self.fleet is None:
+            return {}
+        return {
+            "server_streams": self.fleet.total_streams(),
+            "process": self.fleet.index,
+            "processes": self.fleet.fleet.processes(),
         }
