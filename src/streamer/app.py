@@ -24,10 +24,11 @@ from streamer.fleet import FleetSlot
 from streamer.inference.model import Model, TestModel, UnsupportedModel
 from streamer.inference.pool import ThreadPool, WorkerPool
 from streamer.inference.process_pool import ModelFactory, ProcessPool
-from streamer.inference.scheduler import Scheduler
+from streamer.inference.scheduler import BatchStats, Scheduler
 from streamer.inference.whisper import WhisperRecognizer, model_directory
 from streamer.observability.loop import LoopMonitor
 from streamer.observability.metrics import Metrics, collect_all, multiprocess_dir, new_registry
+from streamer.observability.pressure import Ceilings, Pressure
 from streamer.observability.tracing import Tracing
 from streamer.pipeline import Route
 from streamer.policy import ConnectionPolicy, allow_all
@@ -96,6 +97,19 @@ def build_services(
     if inference.pool == "process" and model is not None:
         raise ValueError("a process pool builds its model from the settings; pass none")
     model = model or build_model(settings)
+    server = settings.server
+    pressure = Pressure(
+        Ceilings(
+            loop_lag=server.max_loop_lag_ms / 1000,
+            vad_delay=server.max_vad_delay_ms / 1000,
+            queue_wait=server.max_queue_wait_ms / 1000,
+        )
+    )
+
+    def observe_batch(stats: BatchStats) -> None:
+        metrics.observe_batch(stats)
+        pressure.observe_batch(stats)
+
     pool: WorkerPool
     if inference.pool == "process":
         pool = ProcessPool(model_factory(settings), inference.workers)
@@ -110,20 +124,22 @@ def build_services(
         max_wait=inference.max_wait_ms / 1000,
         deadline=inference.deadline_seconds,
         max_queued=inference.max_queued,
-        observer=metrics.observe_batch,
+        observer=observe_batch,
         on_expired=metrics.inference_timeouts.inc,
     )
+    vad = VadEngine(
+        on_batch=metrics.observe_vad_batch, min_interval=settings.stream.vad_step_ms / 1000
+    )
+    vad.on_delay = pressure.observe_vad_delay
     return Services(
         settings=settings,
         model=model,
         scheduler=scheduler,
-        vad=VadEngine(
-            on_batch=metrics.observe_vad_batch,
-            min_interval=settings.stream.vad_step_ms / 1000,
-        ),
+        vad=vad,
         metrics=metrics,
         tracing=tracing or Tracing(),
         policy=policy,
+        pressure=pressure,
         fleet=fleet,
     )
 
@@ -150,10 +166,14 @@ PUBLISH_SECONDS = 1.0
 """How often each front-end process copies its live gauges into the shared metrics."""
 
 
-async def _publish(metrics: Metrics) -> None:
+async def _sample(services: Services, shared: bool) -> None:
+    """Every second: the CPU cost per stream, and (``shared``) the published gauges."""
     while True:
-        metrics.publish()
+        if shared:
+            services.metrics.publish()
         await asyncio.sleep(PUBLISH_SECONDS)
+        if services.pressure is not None:
+            services.pressure.sample_cpu(services.live_streams)
 
 
 def create_app(
@@ -197,13 +217,18 @@ def create_app(
         services.scheduler.start()
         services.vad.start()
         app.state.services = services
-        monitor = LoopMonitor(metrics.observe_loop_lag)
+        pressure = services.pressure
+
+        def observe_lag(seconds: float, slow: bool) -> None:
+            metrics.observe_loop_lag(seconds, slow)
+            if pressure is not None:
+                pressure.observe_loop_lag(seconds)
+
+        monitor = LoopMonitor(observe_lag)
         monitor.start()
         metrics.sources.tasks = monitor.task_counts
         grpc_server: GrpcServer | None = None
-        publisher = (
-            asyncio.create_task(_publish(metrics), name="observability-publish") if shared else None
-        )
+        publisher = asyncio.create_task(_sample(services, shared), name="pressure-sampler")
         try:
             if settings.server.grpc_enabled:
                 server = settings.server
@@ -214,8 +239,7 @@ def create_app(
             # After the drain, each step of stopping gets a share of the shutdown bound;
             # a model thread that hangs is not waited for.
             share = settings.server.shutdown_timeout_seconds / 8
-            if publisher is not None:
-                publisher.cancel()
+            publisher.cancel()
             if grpc_server is not None:
                 await grpc_server.stop(grace=share)
             await services.scheduler.close(grace=share)

@@ -45,6 +45,30 @@ class ServerSettings(BaseModel):
     max_backlog: int = Field(
         default=1000, ge=1, description="Queued inferences above which new streams are refused."
     )
+    max_loop_lag_ms: float = Field(
+        default=250.0,
+        ge=0,
+        description="Event-loop lag past which new streams are refused (overloaded); 0: none.",
+    )
+    max_vad_delay_ms: float = Field(
+        default=500.0,
+        ge=0,
+        description="VAD step delay (frames handed in to probabilities back) past which new "
+        "streams are refused; 0: none.",
+    )
+    max_queue_wait_ms: float = Field(
+        default=2000.0,
+        ge=0,
+        description="Inference queue wait past which new streams are refused; 0: none.",
+    )
+    max_stream_lag_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="A stream sent in real time whose results come this much later than "
+        "its audio was sent (time spent waiting to be read counts) is told so: a "
+        "falling_behind error event with the lag, at most once per this many seconds; "
+        "0: never.",
+    )
     drain_seconds: float = Field(default=10.0, ge=0, description="Grace for open streams.")
     shutdown_timeout_seconds: float = Field(
         default=5.0,

@@ -49,6 +49,7 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     IDLE_TIMEOUT = "idle_timeout"
+    FALLING_BEHIND = "falling_behind"
 
 
 class CloseCode(IntEnum):

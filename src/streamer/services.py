@@ -20,6 +20,7 @@ from streamer.fleet import FleetSlot
 from streamer.inference.model import Model
 from streamer.inference.scheduler import Scheduler
 from streamer.observability.metrics import Metrics
+from streamer.observability.pressure import Pressure
 from streamer.observability.stream import StreamTelemetry
 from streamer.observability.tracing import ConnectionTrace, Tracing, parse_traceparent
 from streamer.pipeline import Route, StreamOptions
@@ -45,6 +46,9 @@ class Services:
     tracing: Tracing = field(default_factory=Tracing)
     policy: ConnectionPolicy = allow_all
     """Who may connect (asked once per connection, before any stream)."""
+    pressure: Pressure | None = None
+    """This process's measured delays against their ceilings: admission refuses while
+    any is past (None: streams and backlog alone decide)."""
     fleet: FleetSlot | None = None
     """This process's row in the table shared by all front-end processes (``--workers``);
     None for a single process."""
@@ -60,6 +64,7 @@ class Services:
         sources.workers_stuck = lambda: self.scheduler.pool.stuck_workers
         sources.workers_written_off = lambda: getattr(self.scheduler.pool, "written_off", 0)
         sources.interims_dropped = lambda: getattr(self.scheduler, "interims_dropped", 0)
+        sources.capacity = self.capacity
 
     def _connections_by_route(self) -> Counter[str]:
         return Counter(str(getattr(c, "route", "unknown")) for c in self.connections)
@@ -104,7 +109,25 @@ class Services:
             return f"the server is at its limit of {server.max_streams} streams"
         if self.scheduler.queued > server.max_backlog:
             return f"the server has more than {server.max_backlog} inferences queued"
+        if self.pressure is not None:
+            behind = self.pressure.behind()
+            if self.fleet is not None:
+                self.fleet.set_shedding(behind is not None)
+            return behind
         return None
+
+    def _pressed(self) -> bool:
+        return self.pressure is not None and self.pressure.behind() is not None
+
+    def capacity(self) -> int:
+        """Streams this process can still take at its current cost per stream (0 while
+        behind), within the room left under ``server.max_streams``."""
+        room = self.settings.server.max_streams - self.server_streams
+        if self.fleet is not None:  # a share of it, so that the processes' sum is the room
+            room = -(-room // max(1, self.fleet.alive()))
+        if self.pressure is None:
+            return max(0, room)
+        return self.pressure.capacity(room)
 
     def stream_ended(self, route: Route, outcome: str = "completed") -> None:
         """Count a stream out; ``outcome`` is one of ``metrics.OUTCOMES``."""
@@ -153,6 +176,8 @@ class Services:
             links=links,
             client_traceparent=valid,
             trace_ignored=ignored,
+            max_lag=self.settings.server.max_stream_lag_seconds,
+            pressed=self._pressed if self.pressure is not None else None,
         )
 
     def stream_options(self, route: Route, request: StartRequest) -> StreamOptions:
@@ -198,7 +223,8 @@ class Services:
         capacity lost to stuck ones.
         """
         limit = self.settings.server.max_streams
-        full = self.overload() is not None
+        why = self.overload()
+        full = why is not None
         pool = self.scheduler.pool
         available = pool.available_workers
         status = "ok"
@@ -220,6 +246,9 @@ class Services:
             "workers": pool.workers,
             "available_workers": available,
             "stuck_workers": pool.stuck_workers,
+            "capacity": self.capacity(),
+            **({"reason": why} if why is not None else {}),
+            **({"pressure": self.pressure.readings()} if self.pressure is not None else {}),
             **self._fleet_health(),
         }
 

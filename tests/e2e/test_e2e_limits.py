@@ -105,6 +105,7 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         log = directory / "server.log"
         command = [sys.executable, "-m", "streamer.cli.main", "serve", "--host", HOST]
         command += ["--port", str(port), "--grpc-port", str(grpc_port), "--config", str(config)]
+        command += ["--workers", "1"]  # per-process behaviour (limits are per process)
         with log.open("wb") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         running = Server(process, port, grpc_port, log)

@@ -178,7 +178,10 @@ class _Supervisor:
         bound = server.drain_seconds + server.shutdown_timeout_seconds
         codes = [p.exitcode for p in self.processes if p is not None]
         log.info("all front-end processes stopped (%s); bound was %.1f s", codes, bound)
-        return 1 if gave_up or any(code != 0 for code in codes) else 0
+        # A process told to stop while still starting ends by the signal itself (its
+        # server had not yet taken over the signal): it had no streams, so that is clean.
+        clean = (0, -signal.SIGTERM)
+        return 1 if gave_up or any(code not in clean for code in codes) else 0
 
 
 def run_fleet(settings: Settings, workers: int) -> int:

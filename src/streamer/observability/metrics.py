@@ -102,6 +102,8 @@ class RuntimeSources:
     workers_stuck: Callable[[], int] = _zero
     workers_written_off: Callable[[], int] = _zero
     interims_dropped: Callable[[], int] = _zero
+    capacity: Callable[[], int] = _zero
+    """Streams the process can still take at its current cost per stream."""
     tasks: Callable[[], Mapping[str, int]] = _nothing
     """Live asyncio tasks by subsystem."""
     extra: dict[str, Callable[[], float]] = field(default_factory=dict)
@@ -176,6 +178,12 @@ class _RuntimeCollector(Collector):
             "Interim inferences refused because the queue was full.",
             value=sources.interims_dropped(),
         )
+        yield GaugeMetricFamily(
+            "streamer_estimated_stream_capacity",
+            "Streams this server can still take at its current cost per stream (0 while it "
+            "is not keeping up).",
+            value=sources.capacity(),
+        )
         yield self._by(
             GaugeMetricFamily(
                 "streamer_tasks",
@@ -213,6 +221,11 @@ class _SharedRuntime:
         self.stuck = gauge(
             "streamer_workers_stuck",
             "Worker threads written off past a deadline and still inside the model.",
+        )
+        self.capacity = gauge(
+            "streamer_estimated_stream_capacity",
+            "Streams this server can still take at its current cost per stream (0 while it "
+            "is not keeping up).",
         )
         self.tasks = gauge(
             "streamer_tasks",
@@ -256,6 +269,7 @@ class _SharedRuntime:
         self.workers.set(sources.workers())
         self.available.set(sources.workers_available())
         self.stuck.set(sources.workers_stuck())
+        self.capacity.set(sources.capacity())
         tasks = {str(k): v for k, v in sources.tasks().items()}
         for gone in self._tasks_seen - tasks.keys():
             self.tasks.labels(gone).set(0)
