@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The whisper and bench extras too: their tests run with the rest.
-	$(PY) -m pip install -q -e ".[dev,whisper,bench]"
+	# The whisper, bench and ray extras too: their tests run with the rest.
+	$(PY) -m pip install -q -e ".[dev,whisper,bench,ray]"
 	touch $(STAMP)
 
 run: $(STAMP)

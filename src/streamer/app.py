@@ -96,6 +96,12 @@ def build_services(
     inference = settings.inference
     if inference.pool == "process" and model is not None:
         raise ValueError("a process pool builds its model from the settings; pass none")
+    handle: Any = None
+    if inference.backend == "ray":
+        from streamer.inference.ray_backend import deploy, remote_model
+
+        handle = deploy(settings)  # the model runs on Ray Serve; only its metadata here
+        model = model or remote_model(handle)
     model = model or build_model(settings)
     server = settings.server
     pressure = Pressure(
@@ -111,7 +117,11 @@ def build_services(
         pressure.observe_batch(stats)
 
     pool: WorkerPool
-    if inference.pool == "process":
+    if handle is not None:
+        from streamer.inference.ray_backend import RayPool
+
+        pool = RayPool(handle, inference.workers)
+    elif inference.pool == "process":
         pool = ProcessPool(model_factory(settings), inference.workers)
     else:
         pool = ThreadPool(

@@ -152,6 +152,11 @@ class InferenceSettings(BaseModel):
         "[whisper]), or `package.module:factory`: a callable of no arguments that returns "
         "a model.",
     )
+    backend: Literal["local", "ray"] = Field(
+        default="local",
+        description="`local`: the model runs in this process's pool; `ray`: on Ray Serve "
+        "([ray] settings; the ray extra).",
+    )
     pool: Literal["thread", "process"] = Field(
         default="thread",
         description="Threads for models that release the GIL; processes for GIL-bound or "
@@ -178,6 +183,28 @@ class InferenceSettings(BaseModel):
     )
 
 
+class RaySettings(BaseModel):
+    """The model tier on Ray Serve (``inference.backend = "ray"``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(
+        default=None,
+        description="A running cluster (`auto`, `ray://head:10001`); none: start a local one.",
+    )
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local cluster.")
+    replica_cpus: float = Field(default=1.0, gt=0, description="CPUs per model replica.")
+    replicas: int = Field(default=1, ge=1, description="Replicas, without autoscaling.")
+    autoscaling: dict[str, Any] | None = Field(
+        default=None,
+        description="Ray Serve's autoscaling_config, passed through (min_replicas, "
+        "max_replicas, target_ongoing_requests, ...).",
+    )
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_batch_size: int = Field(default=8, ge=1, description="@serve.batch max_batch_size.")
+    batch_wait_ms: float = Field(default=5.0, ge=0, description="@serve.batch wait.")
+
+
 class Settings(BaseSettings):
     """All settings of one server process."""
 
@@ -190,6 +217,7 @@ class Settings(BaseSettings):
     inference: InferenceSettings = InferenceSettings()
     model: TestModelParams = TestModelParams()
     whisper: WhisperParams = WhisperParams()
+    ray: RaySettings = RaySettings()
     auth: AuthSettings = AuthSettings()
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     log_json: bool = False
