@@ -9,8 +9,9 @@ scheduler (per-stream order, deadlines, interim replacement) and swaps its worke
 - a model failure comes back as a value and becomes ``model_error``; a replica that dies
   (or cannot be reached) gives ``worker_crashed`` for its requests, and Serve starts
   another; the scheduler's deadline gives ``inference_timeout`` as for local pools;
-- cancelling a batch (a stream that ended, a deadline) cancels its Ray requests, queued or
-  running, so nothing is left queued for a stream that is gone;
+- a stream that ends has its queued inferences withdrawn by the scheduler before any is
+  sent (only ``inference.workers`` batches per process are ever in Ray at once); a batch
+  given up at its deadline has its Ray requests cancelled, queued or running;
 - the model's metadata (name, sample rate, batch size) is asked of the deployment: the
   front-end loads no model.
 
