@@ -24,13 +24,15 @@ from streamer.auth import REALTIME_SUBPROTOCOL, issuer_from_settings, policy_fro
 from streamer.codecs.openai_realtime import RealtimeCodec
 from streamer.codecs.twilio_media import MediaStreamCodec
 from streamer.config import Settings
+from streamer.fleet import FleetSlot
 from streamer.inference.model import Model, TestModel, UnsupportedModel
 from streamer.inference.pool import ThreadPool, WorkerPool
 from streamer.inference.process_pool import ModelFactory, ProcessPool
-from streamer.inference.scheduler import Scheduler
+from streamer.inference.scheduler import BatchStats, Scheduler
 from streamer.inference.whisper import WhisperRecognizer, model_directory
 from streamer.observability.loop import LoopMonitor
-from streamer.observability.metrics import Metrics, new_registry
+from streamer.observability.metrics import Metrics, collect_all, multiprocess_dir, new_registry
+from streamer.observability.pressure import Ceilings, Pressure
 from streamer.observability.tracing import Tracing
 from streamer.origins import OriginPolicy
 from streamer.pipeline import Route
@@ -106,6 +108,7 @@ def build_services(
     metrics: Metrics | None = None,
     tracing: Tracing | None = None,
     policy: ConnectionPolicy = allow_all,
+    fleet: FleetSlot | None = None,
 ) -> Services:
     """Create the shared parts; call inside a running event loop.
 
@@ -116,9 +119,32 @@ def build_services(
     inference = settings.inference
     if inference.pool == "process" and model is not None:
         raise ValueError("a process pool builds its model from the settings; pass none")
+    handle: Any = None
+    if inference.backend == "ray":
+        from streamer.inference.ray_backend import deploy, remote_model
+
+        handle = deploy(settings)  # the model runs on Ray Serve; only its metadata here
+        model = model or remote_model(handle)
     model = model or build_model(settings)
+    server = settings.server
+    pressure = Pressure(
+        Ceilings(
+            loop_lag=server.max_loop_lag_ms / 1000,
+            vad_delay=server.max_vad_delay_ms / 1000,
+            queue_wait=server.max_queue_wait_ms / 1000,
+        )
+    )
+
+    def observe_batch(stats: BatchStats) -> None:
+        metrics.observe_batch(stats)
+        pressure.observe_batch(stats)
+
     pool: WorkerPool
-    if inference.pool == "process":
+    if handle is not None:
+        from streamer.inference.ray_backend import RayPool
+
+        pool = RayPool(handle, inference.workers)
+    elif inference.pool == "process":
         pool = ProcessPool(model_factory(settings), inference.workers)
     else:
         pool = ThreadPool(
@@ -133,20 +159,23 @@ def build_services(
         max_queued=inference.max_queued,
         interim_max_wait=inference.interim_max_wait_ms / 1000 or None,
         interim_workers=inference.interim_workers or None,
-        observer=metrics.observe_batch,
+        observer=observe_batch,
         on_expired=metrics.inference_timeouts.inc,
     )
+    vad = VadEngine(
+        on_batch=metrics.observe_vad_batch, min_interval=settings.stream.vad_step_ms / 1000
+    )
+    vad.on_delay = pressure.observe_vad_delay
     return Services(
         settings=settings,
         model=model,
         scheduler=scheduler,
-        vad=VadEngine(
-            on_batch=metrics.observe_vad_batch,
-            min_interval=settings.stream.vad_step_ms / 1000,
-        ),
+        vad=vad,
         metrics=metrics,
         tracing=tracing or Tracing(),
         policy=policy,
+        pressure=pressure,
+        fleet=fleet,
     )
 
 
@@ -168,6 +197,20 @@ async def drain(services: Services) -> None:
         await asyncio.sleep(0.05)
 
 
+PUBLISH_SECONDS = 1.0
+"""How often each front-end process copies its live gauges into the shared metrics."""
+
+
+async def _sample(services: Services, shared: bool) -> None:
+    """Every second: the CPU cost per stream, and (``shared``) the published gauges."""
+    while True:
+        if shared:
+            services.metrics.publish()
+        await asyncio.sleep(PUBLISH_SECONDS)
+        if services.pressure is not None:
+            services.pressure.sample_cpu(services.live_streams)
+
+
 def create_app(
     settings: Settings | None = None,
     model: Model | None = None,
@@ -175,6 +218,7 @@ def create_app(
     registry: CollectorRegistry | None = None,
     tracing: Tracing | None = None,
     policy: ConnectionPolicy | None = None,
+    fleet: FleetSlot | None = None,
 ) -> Starlette:
     """The ASGI application; ``app.state.services`` exists while the lifespan runs.
 
@@ -184,6 +228,9 @@ def create_app(
     the ``OTEL_*`` variables say, flushed when the lifespan ends). ``policy`` is asked
     once per connection, on every route and transport, before any stream opens; by
     default it is the API-key policy of ``[auth]`` (everyone, when no keys are set).
+    ``fleet``: this process's row when it is one of several front-end processes
+    (``streamer serve --workers``); admission and health then count the whole server, and
+    with prometheus-client's multiprocess mode on, ``/metrics`` serves every process's.
     """
     settings = settings or Settings()
     tokens = issuer_from_settings(settings.auth)
@@ -205,8 +252,11 @@ def create_app(
             twilio_settings.auth_token.get_secret_value(), twilio_settings.public_url
         )
         policy = by_route({"twilio": signed}, policy)
+    shared = fleet is not None and multiprocess_dir() is not None
+    if shared:
+        registry = CollectorRegistry()  # names only: the values live in the shared files
     registry = registry if registry is not None else new_registry()
-    metrics = Metrics(registry)
+    metrics = Metrics(registry, shared=shared)
     hub = CallHub(
         replay=twilio_settings.replay_finals,
         retain=twilio_settings.retain_calls,
@@ -219,12 +269,19 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_tracing = tracing or Tracing.from_env()
         services = build_services(
-            settings, model, metrics=metrics, tracing=own_tracing, policy=policy
+            settings, model, metrics=metrics, tracing=own_tracing, policy=policy, fleet=fleet
         )
         services.scheduler.start()
         services.vad.start()
         app.state.services = services
-        monitor = LoopMonitor(metrics.observe_loop_lag)
+        pressure = services.pressure
+
+        def observe_lag(seconds: float, slow: bool) -> None:
+            metrics.observe_loop_lag(seconds, slow)
+            if pressure is not None:
+                pressure.observe_loop_lag(seconds)
+
+        monitor = LoopMonitor(observe_lag)
         monitor.start()
         if twilio_settings.callback_hosts:
             poster = CallbackPoster(
@@ -237,6 +294,7 @@ def create_app(
             callbacks.append(poster)
         metrics.sources.tasks = monitor.task_counts
         grpc_server: GrpcServer | None = None
+        publisher = asyncio.create_task(_sample(services, shared), name="pressure-sampler")
         try:
             if settings.server.grpc_enabled:
                 server = settings.server
@@ -247,6 +305,7 @@ def create_app(
             # After the drain, each step of stopping gets a share of the shutdown bound;
             # a model thread that hangs is not waited for.
             share = settings.server.shutdown_timeout_seconds / 8
+            publisher.cancel()
             if grpc_server is not None:
                 await grpc_server.stop(grace=share)
             for poster in callbacks:
@@ -265,6 +324,9 @@ def create_app(
 
     async def metrics_endpoint(request: Request) -> Response:
         # On the loop's thread: the task counts read asyncio's task set.
+        if shared:
+            metrics.publish()
+            return Response(collect_all(), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def page(request: Request) -> Response:

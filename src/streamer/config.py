@@ -32,9 +32,44 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535)
     grpc_enabled: bool = Field(default=True, description="Serve gRPC beside the WebSocket.")
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port, same host.")
-    max_streams: int = Field(default=500, ge=1, description="Live streams before refusing.")
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Front-end processes on the same ports (`--workers`); none: one per "
+        "usable core; 1: a single process.",
+    )
+    max_streams: int = Field(
+        default=500,
+        ge=1,
+        description="Live streams before refusing, for the whole server (all its processes).",
+    )
     max_backlog: int = Field(
         default=1000, ge=1, description="Queued inferences above which new streams are refused."
+    )
+    max_loop_lag_ms: float = Field(
+        default=250.0,
+        ge=0,
+        description="Event-loop lag past which new streams are refused (overloaded); 0: none.",
+    )
+    max_vad_delay_ms: float = Field(
+        default=500.0,
+        ge=0,
+        description="VAD step delay (frames handed in to probabilities back) past which new "
+        "streams are refused; 0: none.",
+    )
+    max_queue_wait_ms: float = Field(
+        default=2000.0,
+        ge=0,
+        description="Inference queue wait past which new streams are refused; 0: none.",
+    )
+    max_stream_lag_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="A stream sent in real time whose results come this much later than "
+        "its audio was sent (time spent waiting to be read counts) is told so: a "
+        "falling_behind error event with the lag, at most once per this many seconds; "
+        "0: never.",
     )
     drain_seconds: float = Field(default=10.0, ge=0, description="Grace for open streams.")
     shutdown_timeout_seconds: float = Field(
@@ -155,6 +190,11 @@ class InferenceSettings(BaseModel):
         "[whisper]), or `package.module:factory`: a callable of no arguments that returns "
         "a model.",
     )
+    backend: Literal["local", "ray"] = Field(
+        default="local",
+        description="`local`: the model runs in this process's pool; `ray`: on Ray Serve "
+        "([ray] settings; the ray extra).",
+    )
     pool: Literal["thread", "process"] = Field(
         default="thread",
         description="Threads for models that release the GIL; processes for GIL-bound or "
@@ -201,6 +241,28 @@ class InferenceSettings(BaseModel):
     )
 
 
+class RaySettings(BaseModel):
+    """The model tier on Ray Serve (``inference.backend = "ray"``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(
+        default=None,
+        description="A running cluster (`auto`, `ray://head:10001`); none: start a local one.",
+    )
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local cluster.")
+    replica_cpus: float = Field(default=1.0, gt=0, description="CPUs per model replica.")
+    replicas: int = Field(default=1, ge=1, description="Replicas, without autoscaling.")
+    autoscaling: dict[str, Any] | None = Field(
+        default=None,
+        description="Ray Serve's autoscaling_config, passed through (min_replicas, "
+        "max_replicas, target_ongoing_requests, ...).",
+    )
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_batch_size: int = Field(default=8, ge=1, description="@serve.batch max_batch_size.")
+    batch_wait_ms: float = Field(default=5.0, ge=0, description="@serve.batch wait.")
+
+
 class Settings(BaseSettings):
     """All settings of one server process."""
 
@@ -213,6 +275,7 @@ class Settings(BaseSettings):
     inference: InferenceSettings = InferenceSettings()
     model: TestModelParams = TestModelParams()
     whisper: WhisperParams = WhisperParams()
+    ray: RaySettings = RaySettings()
     auth: AuthSettings = AuthSettings()
     twilio: TwilioSettings = TwilioSettings()
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"

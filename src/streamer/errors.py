@@ -54,6 +54,7 @@ class ErrorCode(StrEnum):
     IDLE_TIMEOUT = "idle_timeout"
     SESSION_EXPIRED = "session_expired"
     RATE_LIMITED = "rate_limited"
+    FALLING_BEHIND = "falling_behind"
 
 
 class CloseCode(IntEnum):

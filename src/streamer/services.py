@@ -16,9 +16,11 @@ from prometheus_client import CollectorRegistry
 from streamer.config import Settings
 from streamer.errors import ConnectionDenied, InvalidFormat, Overloaded, ShuttingDown
 from streamer.events import Event, StreamError
+from streamer.fleet import FleetSlot
 from streamer.inference.model import Model
 from streamer.inference.scheduler import Scheduler
 from streamer.observability.metrics import Metrics
+from streamer.observability.pressure import Pressure
 from streamer.observability.stream import StreamTelemetry
 from streamer.observability.tracing import ConnectionTrace, Tracing, parse_traceparent
 from streamer.pipeline import Route, StreamOptions
@@ -48,6 +50,12 @@ class Services:
     """Live streams per quota account (``Principal.accounts``)."""
     held: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """The quota accounts each live stream (by id) counts against."""
+    pressure: Pressure | None = None
+    """This process's measured delays against their ceilings: admission refuses while
+    any is past (None: streams and backlog alone decide)."""
+    fleet: FleetSlot | None = None
+    """This process's row in the table shared by all front-end processes (``--workers``);
+    None for a single process."""
 
     def __post_init__(self) -> None:
         sources = self.metrics.sources
@@ -61,6 +69,7 @@ class Services:
         sources.workers_written_off = lambda: getattr(self.scheduler.pool, "written_off", 0)
         sources.interims_dropped = lambda: getattr(self.scheduler, "interims_dropped", 0)
         sources.interims_skipped = lambda: getattr(self.scheduler, "interims_skipped", 0)
+        sources.capacity = self.capacity
 
     def _connections_by_route(self) -> Counter[str]:
         return Counter(str(getattr(c, "route", "unknown")) for c in self.connections)
@@ -68,6 +77,12 @@ class Services:
     @property
     def live_streams(self) -> int:
         return sum(self.streams.values())
+
+    @property
+    def server_streams(self) -> int:
+        """Live streams of the whole server: every front-end process's, when there are
+        several."""
+        return self.fleet.total_streams() if self.fleet is not None else self.live_streams
 
     def authorize(self, request: ConnectionRequest) -> Principal:
         """Ask the connection policy; a denial is counted and raised as ``ConnectionDenied``."""
@@ -101,6 +116,8 @@ class Services:
         if stream_id is not None and accounts:
             self.held[stream_id] = tuple(account for account, _ in accounts)
             self.quota_use.update(self.held[stream_id])
+        if self.fleet is not None:
+            self.fleet.set_streams(self.live_streams)
         self.metrics.stream_started(route)
 
     def overload(self) -> str | None:
@@ -110,11 +127,29 @@ class Services:
         behind, new streams are refused so that admitted ones keep their latency.
         """
         server = self.settings.server
-        if self.live_streams >= server.max_streams:
+        if self.server_streams >= server.max_streams:
             return f"the server is at its limit of {server.max_streams} streams"
         if self.scheduler.queued > server.max_backlog:
             return f"the server has more than {server.max_backlog} inferences queued"
+        if self.pressure is not None:
+            behind = self.pressure.behind()
+            if self.fleet is not None:
+                self.fleet.set_shedding(behind is not None)
+            return behind
         return None
+
+    def _pressed(self) -> bool:
+        return self.pressure is not None and self.pressure.behind() is not None
+
+    def capacity(self) -> int:
+        """Streams this process can still take at its current cost per stream (0 while
+        behind), within the room left under ``server.max_streams``."""
+        room = self.settings.server.max_streams - self.server_streams
+        if self.fleet is not None:  # a share of it, so that the processes' sum is the room
+            room = -(-room // max(1, self.fleet.alive()))
+        if self.pressure is None:
+            return max(0, room)
+        return self.pressure.capacity(room)
 
     def stream_ended(
         self, route: Route, outcome: str = "completed", stream_id: str | None = None
@@ -126,6 +161,8 @@ class Services:
             self.quota_use[account] -= 1
             if self.quota_use[account] <= 0:
                 del self.quota_use[account]
+        if self.fleet is not None:
+            self.fleet.set_streams(self.live_streams)
         self.metrics.stream_ended(route, outcome)
 
     def bytes_in(self, route: Route, n: int) -> None:
@@ -172,6 +209,8 @@ class Services:
             links=links,
             client_traceparent=valid,
             trace_ignored=ignored,
+            max_lag=self.settings.server.max_stream_lag_seconds,
+            pressed=self._pressed if self.pressure is not None else None,
         )
 
     def stream_options(self, route: Route, request: StartRequest) -> StreamOptions:
@@ -218,7 +257,8 @@ class Services:
         capacity lost to stuck ones.
         """
         limit = self.settings.server.max_streams
-        full = self.overload() is not None
+        why = self.overload()
+        full = why is not None
         pool = self.scheduler.pool
         available = pool.available_workers
         status = "ok"
@@ -233,11 +273,26 @@ class Services:
             "streams": {route.value: self.streams[route] for route in Route},
             "connections": len(self.connections),
             "max_streams": limit,
-            "load": round(self.live_streams / limit, 4) if limit else 0.0,
+            "load": round(self.server_streams / limit, 4) if limit else 0.0,
             "queued_inferences": self.scheduler.queued,
             "max_backlog": self.settings.server.max_backlog,
             "busy_workers": self.scheduler.busy,
             "workers": pool.workers,
             "available_workers": available,
             "stuck_workers": pool.stuck_workers,
+            "capacity": self.capacity(),
+            **({"reason": why} if why is not None else {}),
+            **({"pressure": self.pressure.readings()} if self.pressure is not None else {}),
+            **self._fleet_health(),
+        }
+
+    def _fleet_health(self) -> dict[str, Any]:
+        """With several front-end processes: the server's streams and each process's row
+        (``streams`` above, and the pool's figures, are this process's)."""
+        if self.fleet is None:
+            return {}
+        return {
+            "server_streams": self.fleet.total_streams(),
+            "process": self.fleet.index,
+            "processes": self.fleet.fleet.processes(),
         }

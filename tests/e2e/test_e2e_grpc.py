@@ -91,6 +91,7 @@ def start(directory: Path, env: dict[str, str] | None = None, drain: float = 1.0
     log = directory / "server.log"
     command = [sys.executable, "-m", "streamer.cli.main", "serve", "--host", HOST]
     command += ["--port", str(port), "--grpc-port", str(grpc_port), "--config", str(config)]
+    command += ["--workers", "1"]  # per-process behaviour (limits are per process)
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=child_env)
     server = Server(process, port, grpc_port, log)

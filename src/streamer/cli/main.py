@@ -23,6 +23,12 @@ def _parser() -> argparse.ArgumentParser:
         help="test (default), whisper (Whisper tiny.en; the whisper extra), or "
         "package.module:factory for a model of one's own",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="front-end processes on the same ports (default: one per usable core; 1: a "
+        "single process)",
+    )
     serve.add_argument("--config", type=Path, help="TOML settings file")
 
     from streamer.cli import client, grpc_client
@@ -49,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             grpc_port=args.grpc_port,
             grpc=args.grpc,
             model=args.model,
+            workers=args.workers,
         )
         return 0
     if args.command == "client":

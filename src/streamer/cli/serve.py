@@ -82,12 +82,15 @@ class _DrainingServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(begin)
 
 
-def run_server(settings: Settings) -> None:
-    """Serve HTTP and WebSocket on the configured address until told to stop."""
+def run_server(
+    settings: Settings, *, app: Any = None, sockets: list[socket.socket] | None = None
+) -> None:
+    """Serve HTTP and WebSocket on the configured address (or on ``sockets``, already
+    bound) until told to stop."""
     # The event loop and the VAD engine's thread share the GIL; at Python's default 5 ms
     # a thread that wants it back waits that long, which under load slows every stream.
     sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
-    app = create_app(settings)
+    app = app if app is not None else create_app(settings)
     server = settings.server
     http, ws = uvicorn_protocols(server)
     config = uvicorn.Config(
@@ -107,7 +110,7 @@ def run_server(settings: Settings) -> None:
         # Connections still open after the drain get a moment to close, not more.
         timeout_graceful_shutdown=max(1, int(server.shutdown_timeout_seconds / 4)),
     )
-    _DrainingServer(config, app, settings).run()
+    _DrainingServer(config, app, settings).run(sockets=sockets)
 
 
 def serve(
@@ -118,8 +121,11 @@ def serve(
     grpc_port: int | None = None,
     grpc: bool | None = None,
     model: str | None = None,
+    workers: int | None = None,
 ) -> None:
     flags: dict[str, Any] = {}
+    if workers is not None:
+        flags["workers"] = workers
     if host is not None:
         flags["host"] = host
     if port is not None:
@@ -153,7 +159,20 @@ def serve(
                 "cannot serve: the %s port %s:%d (%s) %s", name, server.host, number, setting, why
             )
             raise SystemExit(2)
+    count = server.workers if server.workers is not None else usable_cores()
+    if count > 1:
+        from streamer.cli.workers import run_fleet
+
+        raise SystemExit(run_fleet(settings, count))
     run_server(settings)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least one."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def port_unavailable(host: str, port: int) -> str | None:

@@ -34,6 +34,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
+from streamer.errors import ErrorCode
 from streamer.events import SegmentResult, SpeechStarted, StreamError
 from streamer.inference.scheduler import JobState
 from streamer.observability.logging import bind_stream, unbind_stream
@@ -62,6 +63,11 @@ ARRIVAL_HORIZON: Final = 120.0
 _EPSILON: Final = 1e-6  # event times are rounded to microseconds
 
 
+AHEAD_MARGIN: Final = 0.5
+"""Seconds of audio ahead of the wall clock (since its first audio) past which a stream
+is taken to be sent faster than real time, and is not told it is behind."""
+
+
 class ArrivalClock:
     """When the audio up to each point of a stream arrived."""
 
@@ -82,6 +88,18 @@ class ArrivalClock:
         while len(totals) > 1 and totals[0] < floor:
             self._pruned = totals.popleft()
             self._times.popleft()
+
+    def sent_by(self, seconds: float) -> float | None:
+        """The latest time a client sending in real time (with pauses, never ahead) can
+        have sent the audio at ``seconds``, from when later audio arrived: for any later
+        point ``y`` that arrived at ``t``, ``t - (y - seconds)``. None when unseen."""
+        totals, times = self._totals, self._times
+        if not totals or seconds <= self._pruned + _EPSILON:
+            return None
+        index = bisect_left(totals, seconds - _EPSILON)
+        if index >= len(totals):
+            return None
+        return min(times[i] - totals[i] for i in range(index, len(totals))) + seconds
 
     def arrival(self, seconds: float) -> float | None:
         """When the audio at ``seconds`` arrived; ``None`` if unseen or forgotten.
@@ -195,6 +213,8 @@ class StreamTelemetry(StreamObserver):
         client_traceparent: str | None = None,
         trace_ignored: bool = False,
         clock: Callable[[], float] = time.perf_counter,
+        max_lag: float = 0.0,
+        pressed: Callable[[], bool] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.route = route
@@ -235,6 +255,14 @@ class StreamTelemetry(StreamObserver):
         self._first = False
         self._audio = 0.0
         self._errors = 0
+        self.max_lag = max_lag
+        """Seconds of lag behind the audio past which the stream is told (0: never)."""
+        self._behind: float | None = None
+        self._offset: float | None = None
+        self._pressed = pressed
+        self._ahead = False
+        """Audio came faster than real time (a file, say): real-time lag means nothing."""
+        self._next_warning = 0.0
         self._window_media = 0.0
         self._window_decode = 0.0
         self._window_resample = 0.0
@@ -246,6 +274,16 @@ class StreamTelemetry(StreamObserver):
         def watched(event: E) -> None:
             self._sent(event)
             emit(event)
+            if self._behind is not None:
+                lag, self._behind = self._behind, None
+                notice = StreamError(
+                    ErrorCode.FALLING_BEHIND.value,
+                    f"this stream's results are {lag:.1f} s behind its audio (the server's "
+                    f"bound: {self.max_lag:g} s); the server is overloaded",
+                    retryable=True,
+                )
+                self._sent(notice)
+                emit(notice)  # type: ignore[arg-type]
 
         return watched
 
@@ -254,7 +292,14 @@ class StreamTelemetry(StreamObserver):
         log.info("stream started", extra={"route": self.route})
 
     def fed(self, media: float, total: float, decode: float, resample: float) -> None:
-        self._arrivals.record(total, self._now())
+        now = self._now()
+        self._arrivals.record(total, now)
+        if self.max_lag and not self._ahead:
+            offset = now - total
+            if self._offset is None:
+                self._offset = offset
+            elif offset < self._offset - AHEAD_MARGIN:
+                self._ahead = True
         self._audio = total
         metrics = self._metrics
         if metrics is not None:
@@ -346,10 +391,25 @@ class StreamTelemetry(StreamObserver):
     def _result(self, event: SegmentResult) -> None:
         now = self._now()
         self._first_result(now)
-        if self._metrics is None:
+        if self._metrics is None and not self.max_lag:
             return
         arrived = self._arrivals.arrival(event.end)
         if arrived is None:
+            return
+        if self.max_lag and not self._ahead and now >= self._next_warning:
+            # Behind real time: from when a real-time client sent the audio (audio that
+            # waited in the socket while the server was starved counts) to its result.
+            sent = self._arrivals.sent_by(event.end)
+            if self._offset is not None and self._pressed is not None and self._pressed():
+                # While the server measures it is not keeping up, audio that has not
+                # arrived yet is taken to be waiting to be read: a live source's audio was
+                # sent at its pace from the first (pauses in sending count as lag here).
+                paced = self._offset + event.end
+                sent = paced if sent is None else min(sent, paced)
+            if sent is not None and now - sent > self.max_lag:
+                self._behind = now - sent
+                self._next_warning = now + self.max_lag
+        if self._metrics is None:
             return
         if (
             event.final

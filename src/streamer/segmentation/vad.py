@@ -272,6 +272,8 @@ class VadEngine:
         self.min_interval = min_interval
         self.thread_name = thread_name
         self.on_batch = on_batch
+        self.on_delay: Callable[[float], None] | None = None
+        """Called on the loop with each wait for probabilities (the VAD step delay)."""
         self.steps_run = 0
         self.batches_run = 0
         self.frames_run = 0
@@ -353,8 +355,12 @@ class VadEngine:
             return np.empty(0, dtype=np.float32)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Float32Array] = loop.create_future()
+        began = time.perf_counter()
         self._submit(_Request(stream, batch, future, loop))
-        return await future
+        result = await future
+        if self.on_delay is not None:
+            self.on_delay(time.perf_counter() - began)
+        return result
 
     def probabilities_sync(
         self, stream: VadStream, frames: Float32Array, timeout: float | None = None

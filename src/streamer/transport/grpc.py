@@ -126,8 +126,9 @@ class GrpcServer:
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", max_message),
-                # A port in use is an error at start, not a port shared with another process.
-                ("grpc.so_reuseport", 0),
+                # A port in use is an error at start, not a port shared with another
+                # process; only the front-end processes of one server share it.
+                ("grpc.so_reuseport", 1 if services.fleet is not None else 0),
                 *grpc_server_options(services.settings.server),
             ]
         )

@@ -1,0 +1,210 @@
+"""The model tier on Ray Serve (``inference.backend = "ray"``; the ``ray`` extra).
+
+The model runs as a Ray Serve deployment (``StreamerModel``): each replica builds the model
+the settings name and serves single inputs through ``@serve.batch``, so that inputs from
+every front-end process, on every machine, share its batches. The front-end keeps its
+scheduler (per-stream order, deadlines, interim replacement) and swaps its worker pool for
+``RayPool``, which sends each input of a batch as one request through a deployment handle:
+
+- a model failure comes back as a value and becomes ``model_error``; a replica that dies
+  (or cannot be reached) gives ``worker_crashed`` for its requests, and Serve starts
+  another; the scheduler's deadline gives ``inference_timeout`` as for local pools;
+- a stream that ends has its queued inferences withdrawn by the scheduler before any is
+  sent (only ``inference.workers`` batches per process are ever in Ray at once); a batch
+  given up at its deadline has its Ray requests cancelled, queued or running;
+- the model's metadata (name, sample rate, batch size) is asked of the deployment: the
+  front-end loads no model.
+
+``ray.address`` names a running cluster (``ray://head:10001`` or ``auto``); without one a
+local cluster is started in the process (for one front-end process; with ``--workers``
+give an address). ``app`` is the application for ``serve run`` / a KubeRay RayService.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+import numpy as np
+from numpy.typing import NDArray
+
+from streamer.errors import WorkerCrashed
+from streamer.inference.model import ModelFailure, ModelPanic, Output, UnsupportedModel
+
+try:
+    import ray
+    from ray import serve
+    from ray.exceptions import RayError, RayTaskError
+except ImportError as missing:  # pragma: no cover - the extra is missing
+    raise UnsupportedModel(
+        "inference.backend = 'ray' needs the ray extra: pip install 'streamer[ray]'"
+    ) from missing
+
+log = logging.getLogger(__name__)
+
+APP_NAME: Final = "streamer-model"
+DEPLOYMENT: Final = "StreamerModel"
+_FAILED: Final = "__streamer_model_failure__"
+
+
+@dataclass(slots=True)
+class RemoteModel:
+    """A model's metadata, for a front-end whose model runs elsewhere. It cannot infer."""
+
+    name: str
+    sample_rate: int
+    max_batch_size: int
+
+    def infer(self, audio: NDArray[np.float32]) -> Output:
+        raise RuntimeError("this model runs on Ray Serve; the pool sends it inputs")
+
+    def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
+        raise RuntimeError("this model runs on Ray Serve; the pool sends it inputs")
+
+
+@serve.deployment(name=DEPLOYMENT)
+class StreamerModel:
+    """One replica: the model the settings name, behind ``@serve.batch``."""
+
+    def __init__(self, settings_json: str | None = None) -> None:
+        from streamer.app import build_model
+        from streamer.config import Settings
+
+        settings = Settings.model_validate_json(settings_json) if settings_json else Settings()
+        self.settings = settings
+        self.model = build_model(settings)
+        ray_settings = settings.ray
+        batched = cast(Any, self.infer)
+        batched.set_max_batch_size(
+            max(1, min(ray_settings.max_batch_size, self.model.max_batch_size))
+        )
+        batched.set_batch_wait_timeout_s(ray_settings.batch_wait_ms / 1000)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.model.name,
+            "sample_rate": self.model.sample_rate,
+            "max_batch_size": self.model.max_batch_size,
+        }
+
+    def _run(self, batch: list[tuple[NDArray[np.float32], bool]]) -> list[Any]:
+        from streamer.inference.pool import call_model
+
+        audio = [item for item, _ in batch]
+        words = [wants for _, wants in batch]
+        results: list[Any] = []
+        for item in call_model(self.model, audio, words if any(words) else None):
+            if isinstance(item, ModelPanic) and self.settings.model.panic_kills_process:
+                log.error("the model crashed its replica")
+                os._exit(70)  # as a native crash would: the replica is gone
+            if isinstance(item, ModelFailure):
+                results.append({_FAILED: str(item) or "the model failed on this input"})
+            elif isinstance(item, Exception):
+                raise item  # a crash of the model's code: the caller sees it
+            else:
+                results.append(item)
+        return results
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def infer(self, batch: list[tuple[NDArray[np.float32], bool]]) -> list[Any]:
+        """Each request is one input and whether it wants word times."""
+        # Off the replica's loop, so that requests keep arriving while the model runs.
+        return await asyncio.to_thread(self._run, batch)
+
+
+app: Any = cast(Any, StreamerModel).bind()
+"""The application with the settings of the environment (``STREAMER_*``)."""
+
+
+def deploy(settings: Any) -> Any:
+    """Connect to (or start) Ray, run the deployment, and return its handle."""
+    config = settings.ray
+    if not ray.is_initialized():
+        if config.address:
+            ray.init(address=config.address, log_to_driver=False)
+        else:
+            ray.init(
+                num_cpus=config.num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": config.replica_cpus},
+        "max_ongoing_requests": config.max_ongoing_requests,
+    }
+    if config.autoscaling is not None:
+        options["autoscaling_config"] = config.autoscaling
+    else:
+        options["num_replicas"] = config.replicas
+    application = cast(Any, StreamerModel).options(**options).bind(settings.model_dump_json())
+    return serve.run(application, name=APP_NAME, route_prefix=None)
+
+
+def remote_model(handle: Any) -> RemoteModel:
+    # Asked from a thread of its own: a handle does not block inside a running event loop
+    # (the server builds its parts at start-up, before it serves).
+    with concurrent.futures.ThreadPoolExecutor(1) as ask:
+        meta = ask.submit(lambda: handle.metadata.remote().result()).result()
+    return RemoteModel(meta["name"], int(meta["sample_rate"]), int(meta["max_batch_size"]))
+
+
+class RayPool:
+    """The worker pool seam on Ray Serve: each input one request through the handle."""
+
+    preemptible = True
+
+    def __init__(self, handle: Any, workers: int) -> None:
+        self.handle = handle
+        self.workers = workers
+        self.in_flight: set[Any] = set()
+        """Requests sent and not yet answered (tests look: nothing stays behind)."""
+
+    @property
+    def available_workers(self) -> int:
+        return self.workers
+
+    @property
+    def stuck_workers(self) -> int:
+        return 0
+
+    async def run(
+        self, batch: Sequence[NDArray[np.float32]], words: Sequence[bool] | None = None
+    ) -> list[Output | Exception]:
+        wants = list(words) if words is not None else [False] * len(batch)
+        responses = [
+            self.handle.infer.remote((np.asarray(item), want))
+            for item, want in zip(batch, wants, strict=True)
+        ]
+        self.in_flight.update(responses)
+        try:
+            answers = await asyncio.gather(*responses, return_exceptions=True)
+        except asyncio.CancelledError:
+            for response in responses:
+                response.cancel()
+            raise
+        finally:
+            self.in_flight.difference_update(responses)
+        return [_result(answer) for answer in answers]
+
+    async def close(self) -> None:
+        return None
+
+
+def _result(answer: Any) -> Output | Exception:
+    if isinstance(answer, dict) and _FAILED in answer:
+        return ModelFailure(str(answer[_FAILED]))
+    if isinstance(answer, RayTaskError):
+        # The model's own code raised inside the replica: a crash of the model (model_crashed).
+        return RuntimeError(f"the model raised in its replica: {answer.cause!r}")
+    if isinstance(answer, RayError):
+        # The replica died or could not be reached: the request is lost with it.
+        return WorkerCrashed(f"the model replica failed: {type(answer).__name__}")
+    if isinstance(answer, BaseException):
+        return answer if isinstance(answer, Exception) else RuntimeError(str(answer))
+    return dict(answer)

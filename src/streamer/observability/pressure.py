@@ -1,0 +1,170 @@
+"""Whether this process is keeping up, measured, and how many more streams it could take.
+
+Counting streams and queued inferences does not tell a server that it is falling behind:
+another process taking a core, or streams costlier than usual, slow every stream at the
+same count. ``Pressure`` watches three delays against ceilings (``[server]`` settings):
+
+- event-loop lag (the loop monitor's late timers): time everything on the loop waits;
+- VAD step delay: from a stream's frames being handed to the VAD engine to their
+  probabilities coming back;
+- inference queue wait: from an inference being queued to a worker taking it.
+
+Each is kept as the largest value seen in the current and the previous window (one second
+each), so a spike is remembered for one to two seconds and then forgotten: admission
+refuses while any is past its ceiling and admits again once the server has caught up.
+
+``capacity`` estimates the streams this process could still take at its current CPU cost
+per stream (one process runs Python on one core: its budget is ``CPU_BUDGET`` of one),
+zero while behind, never more than the room left under ``server.max_streams``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from streamer.inference.scheduler import BatchStats
+
+__all__ = ["CPU_BUDGET", "Ceilings", "Pressure", "WindowMax"]
+
+WINDOW: Final = 1.0
+CPU_BUDGET: Final = 0.85
+"""The share of one core a front-end process is planned to use at most."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ceilings:
+    """Seconds past which each delay means the server is behind; 0 turns one off."""
+
+    loop_lag: float = 0.25
+    vad_delay: float = 0.5
+    queue_wait: float = 2.0
+
+
+class WindowMax:
+    """The largest value of the current and the previous window."""
+
+    __slots__ = ("_clock", "_current", "_previous", "_started", "_window")
+
+    def __init__(self, window: float, clock: Callable[[], float]) -> None:
+        self._window = window
+        self._clock = clock
+        self._started = clock()
+        self._current = 0.0
+        self._previous = 0.0
+
+    def _roll(self, now: float) -> None:
+        elapsed = now - self._started
+        if elapsed >= self._window:
+            # One window gone: the current becomes the previous; two or more: both gone.
+            self._previous = self._current if elapsed < 2 * self._window else 0.0
+            self._current = 0.0
+            self._started = now
+
+    def observe(self, value: float) -> None:
+        self._roll(self._clock())
+        if value > self._current:
+            self._current = value
+
+    def value(self) -> float:
+        self._roll(self._clock())
+        return max(self._current, self._previous)
+
+
+class Pressure:
+    """This process's delays against their ceilings, and its spare capacity."""
+
+    def __init__(
+        self,
+        ceilings: Ceilings,
+        *,
+        window: float = WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+        cpu: Callable[[], float] | None = None,
+    ) -> None:
+        self.ceilings = ceilings
+        self._clock = clock
+        self._cpu = cpu or _process_cpu
+        self.loop_lag = WindowMax(window, clock)
+        self.vad_delay = WindowMax(window, clock)
+        self.queue_wait = WindowMax(window, clock)
+        self._sampled = (clock(), self._cpu())
+        self.cpu_rate = 0.0
+        """Cores this process used over the last sample (``sample_cpu``)."""
+        self.cost_per_stream: float | None = None
+        """Cores per live stream at the last sample; None before one with streams."""
+
+    # -- feeds ----------------------------------------------------------------------------
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        self.loop_lag.observe(seconds)
+
+    def observe_vad_delay(self, seconds: float) -> None:
+        self.vad_delay.observe(seconds)
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        if stats.queue_wait:
+            self.queue_wait.observe(max(stats.queue_wait))
+
+    def sample_cpu(self, live_streams: int) -> None:
+        """Take a CPU sample (the app does every second): the cost per stream."""
+        now, cpu = self._clock(), self._cpu()
+        then, before = self._sampled
+        if now - then <= 0:
+            return
+        self.cpu_rate = max(0.0, (cpu - before) / (now - then))
+        self._sampled = (now, cpu)
+        if live_streams > 0:
+            self.cost_per_stream = self.cpu_rate / live_streams
+
+    # -- readings -------------------------------------------------------------------------
+
+    def behind(self) -> str | None:
+        """Why the server is not keeping up now (a delay past its ceiling), or None."""
+        for name, gauge, ceiling, setting in (
+            ("event-loop lag", self.loop_lag, self.ceilings.loop_lag, "max_loop_lag_ms"),
+            ("VAD step delay", self.vad_delay, self.ceilings.vad_delay, "max_vad_delay_ms"),
+            (
+                "inference queue wait",
+                self.queue_wait,
+                self.ceilings.queue_wait,
+                "max_queue_wait_ms",
+            ),
+        ):
+            value = gauge.value()
+            if ceiling and value > ceiling:
+                return (
+                    f"the server is not keeping up: {name} {value * 1000:.0f} ms is past its "
+                    f"ceiling of {ceiling * 1000:.0f} ms (server.{setting})"
+                )
+        return None
+
+    def capacity(self, room: int) -> int:
+        """Streams this process could still take: 0 while behind; at most ``room``."""
+        room = max(0, room)
+        if self.behind() is not None:
+            return 0
+        cost = self.cost_per_stream
+        if not cost:
+            return room
+        spare = max(0.0, CPU_BUDGET - self.cpu_rate)
+        return min(room, math.floor(spare / cost))
+
+    def readings(self) -> dict[str, float]:
+        """The delays now (seconds), for the health report."""
+        return {
+            "loop_lag": round(self.loop_lag.value(), 4),
+            "vad_delay": round(self.vad_delay.value(), 4),
+            "queue_wait": round(self.queue_wait.value(), 4),
+            "cpu_cores": round(self.cpu_rate, 3),
+        }
+
+
+def _process_cpu() -> float:
+    times = os.times()
+    return times.user + times.system

@@ -1,0 +1,88 @@
+"""The model tier on Ray Serve: a real server whose model runs as a Ray Serve deployment on
+a local Ray cluster (2 CPUs, half a CPU per replica), against the local backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from streamer.client import load_audio, stream_file
+
+pytestmark = pytest.mark.e2e
+
+AUDIO = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
+RAY = {
+    "STREAMER_INFERENCE__BACKEND": "ray",
+    "STREAMER_RAY__NUM_CPUS": "2",
+    "STREAMER_RAY__REPLICA_CPUS": "0.5",
+    "STREAMER_RAY__REPLICAS": "2",
+}
+
+
+def health(srv: Any) -> dict[str, Any]:
+    return dict(httpx.get(f"{srv.http}/api/v1/health", timeout=5).json())
+
+
+async def test_ray_gives_the_local_backends_results(
+    launch: Callable[..., Any], server: Any
+) -> None:
+    remote = launch(env=RAY)
+    audio = load_audio(AUDIO / "jfk.wav")
+    for route in ("segmented", "simple"):
+        local = await stream_file(server.ws(route), audio)
+        on_ray = await stream_file(remote.ws(route), audio)
+        assert local.ok and on_ray.ok, on_ray.events
+        assert on_ray.segments == local.segments and on_ray.segments
+        assert on_ray.ready["model"] == local.ready["model"]
+
+
+async def test_a_replica_that_dies_gives_worker_crashed_and_the_stream_goes_on(
+    launch: Callable[..., Any],
+) -> None:
+    remote = launch(
+        env={
+            **RAY,
+            "STREAMER_MODEL__PANIC_RATE": "0.3",
+            "STREAMER_MODEL__PANIC_KILLS_PROCESS": "true",
+        }
+    )
+    audio = load_audio(AUDIO / "jfk.wav")
+    result = await stream_file(remote.ws("simple"), audio, results_timeout=90)
+    assert result.done is not None, result.events
+    codes = [e["code"] for e in result.errors]
+    assert codes and set(codes) == {"worker_crashed"}
+    assert all(e["retryable"] for e in result.errors)
+    # Every one-second chunk has one outcome: a result, or the crash of its replica.
+    assert len(result.segments) + len(codes) == 11
+
+
+async def test_a_stream_that_goes_leaves_nothing_queued(launch: Callable[..., Any]) -> None:
+    # A slow model (0.5 s a call, one batch in flight): a stream sent at once queues its
+    # chunks; when it disconnects the queued ones are withdrawn before any is sent to Ray.
+    remote = launch(env={**RAY, "STREAMER_MODEL__DELAY": "0.5", "STREAMER_INFERENCE__WORKERS": "1"})
+    audio = load_audio(AUDIO / "jfk.wav")
+    gone = await connect(remote.ws("simple"))
+    await gone.send(json.dumps({"request": "start", "format": audio.format}))
+    assert json.loads(await gone.recv())["type"] == "ready"
+    await gone.send(audio.data)
+    await asyncio.sleep(0.3)
+    assert health(remote)["queued_inferences"] >= 2  # up to stream.max_in_flight
+    await gone.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        body = health(remote)
+        if body["queued_inferences"] == 0 and body["busy_workers"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (body["queued_inferences"], body["busy_workers"]) == (0, 0)
+    # The next stream is not behind the one that went: its results are all its own.
+    later = await stream_file(remote.ws("simple"), load_audio(AUDIO / "big_dog_8k.wav"))
+    assert later.ok and len(later.segments) == 3

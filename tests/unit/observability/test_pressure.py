@@ -1,0 +1,54 @@
+"""Pressure: delays against ceilings, remembered for one to two windows; spare capacity."""
+
+from __future__ import annotations
+
+from streamer.observability.pressure import CPU_BUDGET, Ceilings, Pressure, WindowMax
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_spike_is_remembered_for_one_to_two_windows() -> None:
+    clock = Clock()
+    peak = WindowMax(1.0, clock)
+    peak.observe(0.3)
+    clock.now = 0.5
+    peak.observe(0.1)
+    assert peak.value() == 0.3
+    clock.now = 1.2  # the next window: the previous one's peak still counts
+    assert peak.value() == 0.3
+    clock.now = 2.3  # two windows on: forgotten
+    assert peak.value() == 0.0
+
+
+def test_behind_names_the_delay_past_its_ceiling_then_recovers() -> None:
+    clock = Clock()
+    cpu = Clock()
+    pressure = Pressure(Ceilings(loop_lag=0.2, vad_delay=0.5, queue_wait=0), clock=clock, cpu=cpu)
+    pressure.observe_loop_lag(0.05)
+    pressure.observe_vad_delay(0.4)
+    assert pressure.behind() is None
+    pressure.observe_vad_delay(0.7)
+    why = pressure.behind()
+    assert why is not None and "VAD step delay 700 ms" in why and "max_vad_delay_ms" in why
+    assert pressure.capacity(100) == 0
+    clock.now = 2.5
+    assert pressure.behind() is None
+    assert pressure.capacity(100) == 100  # no cost measured yet: the room left
+
+
+def test_capacity_is_the_spare_cpu_at_the_cost_per_stream() -> None:
+    clock = Clock()
+    cpu = Clock()
+    pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
+    clock.now, cpu.now = 1.0, 0.25  # a quarter of a core for 50 streams
+    pressure.sample_cpu(50)
+    assert pressure.cost_per_stream == 0.005
+    assert pressure.capacity(1000) == int((CPU_BUDGET - 0.25) / 0.005)
+    assert pressure.capacity(10) == 10
+    assert pressure.capacity(-3) == 0
