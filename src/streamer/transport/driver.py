@@ -129,13 +129,35 @@ class ConnectionDriver:
 
     async def _serve(self) -> Close:
         services = self.services
-        # Watched for the whole connection: one future each, not one per message.
+        loop = asyncio.get_running_loop()
+        # Every notice wakes one future; the per-message wait is on two futures only, and
+        # the deadline's timer is re-armed when it fires, not for every message.
+        attention: asyncio.Future[None] = loop.create_future()
+        timer: asyncio.TimerHandle | None = None
+        timer_at = 0.0
+
+        def wake(_: object = None) -> None:
+            if not attention.done():
+                attention.set_result(None)
+
+        def fire() -> None:  # the deadline's timer: armed again once it has fired
+            nonlocal timer
+            timer = None
+            wake()
+
         draining = asyncio.ensure_future(services.draining.wait())
         expired = asyncio.ensure_future(services.drain_expired.wait())
+        draining.add_done_callback(wake)
+        expired.add_done_callback(wake)
+        if self._gone is not None:
+            self._gone.add_done_callback(wake)
+        watched: StreamPipeline | None = None
         receive: asyncio.Future[Input | None] | None = None
         told_draining = False
         try:
             while True:
+                if attention.done():
+                    attention = loop.create_future()
                 if self._gone is not None and self._gone.done():
                     raise _PeerGone
                 if self._outbox.slow and (close := await self._step(OutboxFull())):
@@ -153,29 +175,32 @@ class ConnectionDriver:
                     if close := await self._step(DrainExpired()):
                         return close
                     continue
+                deadline = self.machine.deadline()
+                if deadline is not None and self._clock() >= deadline:
+                    if close := await self._step(Tick()):
+                        return close
+                    continue
+                if stream is not watched:
+                    watched = stream
+                    if stream is not None:
+                        stream.failed.add_done_callback(wake)
+                if deadline is not None and (timer is None or deadline < timer_at):
+                    if timer is not None:
+                        timer.cancel()
+                    timer, timer_at = loop.call_at(deadline, fire), deadline
                 if receive is None:
                     receive = asyncio.ensure_future(self._receive())
-                waits: set[asyncio.Future[Any]] = {receive}
-                if not told_draining:
-                    waits.add(draining)
-                if stream is not None:
-                    waits.add(expired)
-                    waits.add(stream.failed)
-                if self._gone is not None:
-                    waits.add(self._gone)
-                timeout = None
-                if (deadline := self.machine.deadline()) is not None:
-                    timeout = max(0.0, deadline - self._clock())
-                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                waits: set[asyncio.Future[Any]] = {receive, attention}
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 if not receive.done():
-                    if timeout is not None and (close := await self._step(Tick())):
-                        return close
                     continue
                 message = receive.result()
                 receive = None
                 if message is not None and (close := await self._step(message)):
                     return close
         finally:
+            if timer is not None:
+                timer.cancel()
             for future in (receive, draining, expired):
                 if future is not None:
                     future.cancel()
