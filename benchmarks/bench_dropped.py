@@ -44,7 +44,7 @@ def start_server(port: int, delay: float) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "streamer.cli.main", "serve"),
-            *("--host", "127.0.0.1", "--port", str(port), "--no-grpc"),
+            *("--host", "127.0.0.1", "--port", str(port), "--no-grpc", "--workers", "1"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
