@@ -56,7 +56,7 @@ def fds(pid: int) -> int:
 def start_server(port: int, config: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "streamer.cli.main", "serve", "--no-grpc"),
+            *(sys.executable, "-m", "streamer.cli.main", "serve", "--no-grpc", "--workers", "1"),
             *("--host", HOST, "--port", str(port), "--config", str(config)),
         ],
         stdout=subprocess.DEVNULL,
