@@ -13,51 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import httpx
 from websockets.asyncio.client import connect
 
+from streamer.bench.runner import spawn_server
 from streamer.client import load_audio
 
 AUDIO = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "audio" / "jfk.wav"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(port: int, delay: float) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-    env["STREAMER_MODEL__DELAY"] = str(delay)
-    env["STREAMER_INFERENCE__WORKERS"] = "2"
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "streamer.cli.main", "serve"),
-            *("--host", "127.0.0.1", "--port", str(port), "--no-grpc", "--workers", "1"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("server did not start")
 
 
 async def once(port: int, seconds: int) -> float:
@@ -93,13 +60,13 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.5)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    port = free_port()
-    server = start_server(port, args.delay)
-    try:
-        times = [asyncio.run(once(port, args.seconds)) for _ in range(args.runs)]
-    finally:
-        server.terminate()
-        server.wait(15)
+    env = {
+        "STREAMER_MODEL__DELAY": str(args.delay),
+        "STREAMER_INFERENCE__WORKERS": "2",
+        "STREAMER_SERVER__WORKERS": "1",
+    }
+    with spawn_server(env=env) as server:
+        times = [asyncio.run(once(server.port, args.seconds)) for _ in range(args.runs)]
     print(
         f"{args.seconds} s of audio queued, {args.delay} s a call: freed after "
         f"median {statistics.median(times):.3f} s "

@@ -14,55 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from streamer.bench.runner import CpuMeter, spawn_server
+
 KEEPALIVE = '{"request": "keepalive"}'
 BATCH = 100
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(port: int, limit: str | None) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-    if limit is not None:
-        env["STREAMER_SERVER__MAX_MESSAGES_PER_SECOND"] = limit
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "streamer.cli.main", "serve"),
-            *("--host", "127.0.0.1", "--port", str(port), "--no-grpc", "--workers", "1"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, in seconds."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def flood(url: str, seconds: float, rate: float, reconnect: bool) -> tuple[int, Counter[str]]:
@@ -99,24 +60,18 @@ def main() -> None:
     parser.add_argument("--no-reconnect", action="store_true", help="one connection only")
     args = parser.parse_args()
     for label, limit in (("max_messages_per_second=200 (default)", None), ("no limit (0)", "0")):
-        port = free_port()
-        server = start_server(port, limit)
-        try:
-            before = cpu_seconds(server.pid)
+        env = {"STREAMER_SERVER__WORKERS": "1"}
+        if limit is not None:
+            env["STREAMER_SERVER__MAX_MESSAGES_PER_SECOND"] = limit
+        with spawn_server(env=env) as server:
+            meter = CpuMeter(server.pid)
+            before = meter.seconds() or 0.0
             began = time.monotonic()
             sent, closes = asyncio.run(
-                flood(
-                    f"ws://127.0.0.1:{port}/api/v1/simple",
-                    args.seconds,
-                    args.rate,
-                    not args.no_reconnect,
-                )
+                flood(server.url("simple"), args.seconds, args.rate, not args.no_reconnect)
             )
             wall = time.monotonic() - began
-            cpu = cpu_seconds(server.pid) - before
-        finally:
-            server.terminate()
-            server.wait(15)
+            cpu = (meter.seconds() or 0.0) - before
         print(
             f"{label}: server CPU {cpu:.2f} s in {wall:.1f} s ({100 * cpu / wall:.0f}% of a "
             f"core); client sent {sent} keepalives ({sent / wall:.0f}/s) over "
