@@ -73,3 +73,41 @@ async def test_an_idle_grpc_call_ends_deadline_exceeded(impatient: ServerProcess
                     events.append(event_to_dict(message))
         assert await call.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert [e["type"] for e in events if e] == ["ready", "error", "done"]
+
+
+@pytest.fixture(scope="module")
+def impatient_and_slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    # A second a call, one call at a time, two in flight a stream: a client that sends six
+    # seconds at once waits on backpressure, then on its last results, far past 0.5 s.
+    env = {
+        "STREAMER_STREAM__IDLE_SECONDS": "0.5",
+        "STREAMER_MODEL__DELAY": "1.0",
+        "STREAMER_INFERENCE__WORKERS": "1",
+        "STREAMER_STREAM__MAX_IN_FLIGHT": "2",
+    }
+    server = start_server(tmp_path_factory.mktemp("slow"), env=env)
+    yield server
+    server.stop()
+
+
+async def test_a_client_waiting_on_the_server_is_not_idle(
+    impatient_and_slow: ServerProcess,
+) -> None:
+    async with connect(impatient_and_slow.ws("simple")) as ws:
+        await ws.send(json.dumps({"request": "start", "format": AUDIO.format}))
+        for second in range(6):
+            chunk = AUDIO.data[second * AUDIO.bytes_per_second :][: AUDIO.bytes_per_second]
+            await ws.send(chunk)
+        await ws.send(json.dumps({"request": "stop"}))
+        events = []
+        async with asyncio.timeout(30):
+            while not events or events[-1]["type"] != "done":
+                events.append(json.loads(await ws.recv()))
+        # Done, the client idles: now the idle limit holds.
+        async with asyncio.timeout(10):
+            after = json.loads(await ws.recv())
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+    assert [e for e in events if e["type"] == "error"] == []
+    assert [e["start_time"] for e in events if e["type"] == "segment"] == [0, 1, 2, 3, 4, 5]
+    assert after["code"] == "idle_timeout" and ws.close_code == 1000

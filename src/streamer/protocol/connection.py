@@ -279,7 +279,9 @@ class Limits:
 
     idle_seconds: float = 0.0
     """No client message for this long (no ``start`` after connecting, no audio or
-    keepalive while streaming) ends the connection with ``idle_timeout``."""
+    keepalive while streaming) ends the connection with ``idle_timeout``. Time the server
+    spends on the client's stream before it reads again (backpressure, a stopped stream's
+    last results) is not the client's idle time."""
     max_audio_seconds: float = 0.0
     """A stream's audio past this many seconds is not taken: the stream is finished (its
     finals, then ``done``), then ``session_expired`` and the close."""
@@ -611,6 +613,12 @@ class ConnectionMachine:
         if isinstance(event, StartRequest):
             self.streams_started += 1
         return actions
+
+    def busy_until(self, now: float) -> None:
+        """The driver read nothing until ``now``: it was carrying out the machine's actions
+        (feeding a stream that applies backpressure, flushing a stopped stream's results).
+        The client could not be heard meanwhile, so its idle time counts from ``now``."""
+        self.last_heard = max(self.last_heard, now)
 
     def _take_token(self, event: ClientInput | Invalid) -> bool:
         """Count a client message against the rate; False: over it."""

@@ -243,13 +243,16 @@ class ConnectionDriver:
             assert stream is not None
             self.services.bytes_in(self.stream_route, len(action.data))
             await self._unless_gone(stream.feed(action.data))
+            self.machine.busy_until(self._clock())
         elif isinstance(action, Finalize):
             assert stream is not None
             await self._unless_gone(stream.finalize())
+            self.machine.busy_until(self._clock())
         elif isinstance(action, FinishStream):
             if stream is not None:
                 self.stream = None
                 await end_stream(self.services, self.stream_route, stream, flush=True)
+                self.machine.busy_until(self._clock())
         elif isinstance(action, AbortStream):
             await self._abort(action.outcome)
         elif isinstance(action, EmitError):

@@ -348,6 +348,22 @@ def test_a_tick_past_the_idle_deadline_ends_the_connection() -> None:
     assert ConnectionMachine().deadline() is None  # no limit, no deadline
 
 
+def test_time_the_server_spends_on_the_stream_is_not_the_clients_idle_time() -> None:
+    from streamer.protocol.connection import Limits, Tick
+
+    machine = ConnectionMachine(WEBSOCKET, Limits(idle_seconds=10), now=100.0)
+    machine.receive(decode(START), now=100.0)
+    machine.receive(Audio(AUDIO), now=101.0)
+    machine.busy_until(130.0)  # the feed waited on a busy stream (backpressure)
+    assert machine.deadline() == 140.0
+    assert machine.receive(Tick(), now=131.0) == []
+    assert machine.receive(decode(STOP), now=132.0) == [FinishStream()]
+    machine.busy_until(150.0)  # the stopped stream's last results took this long
+    assert machine.state is State.IDLE and machine.deadline() == 160.0
+    machine.busy_until(120.0)  # never back in time
+    assert machine.deadline() == 160.0
+
+
 # Limits of a stream's length and of the message rate.
 
 
