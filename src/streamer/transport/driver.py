@@ -151,6 +151,7 @@ class ConnectionDriver:
         expired.add_done_callback(wake)
         if self._gone is not None:
             self._gone.add_done_callback(wake)
+        self._outbox.on_slow = wake
         watched: StreamPipeline | None = None
         receive: asyncio.Future[Input | None] | None = None
         told_draining = False
@@ -199,6 +200,7 @@ class ConnectionDriver:
                 if message is not None and (close := await self._step(message)):
                     return close
         finally:
+            self._outbox.on_slow = None
             if timer is not None:
                 timer.cancel()
             for future in (receive, draining, expired):

@@ -91,7 +91,8 @@ async def serve_call(context: Any, route: Route, services: Services) -> None:
     try:
         driver = ConnectionDriver(services, route, GRPC, receive, outbox, principal=principal)
         close = await driver.run()
-        await outbox.close()
+        if close.code is not ErrorCode.SLOW_CONSUMER:  # it reads nothing: no grace
+            await outbox.close()
     finally:
         outbox.cancel()
     if close.code is not None:

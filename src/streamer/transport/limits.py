@@ -23,8 +23,11 @@ here:
   it waits on a busy stream. While reading is paused (the application is behind on the
   peer's data, where the answer to a ping waits too) the keepalive timeout does not fire:
   a peer that is sending is never timed out for the server's own backlog. A peer that
-  goes on sending more than ``AFTER_CLOSE_BYTES`` after the server's close frame is cut
-  off rather than read for the close timeout.
+  goes on sending more than ``AFTER_CLOSE_BYTES`` after the server's close frame is no
+  longer read (the close timeout ends it) rather than parsed until then. A peer that
+  reads nothing cannot be sent a close frame: when one cannot be written and the peer has
+  read nothing for ``CLOSE_WRITE_SECONDS``, or it is still unsent when the close timeout
+  ends, the connection is aborted rather than left open on its unsent bytes.
 - ``grpc_server_options``: keepalive pings (a peer that stops answering is dropped), the
   handshake timeout (a socket that never sends the HTTP/2 preface is closed) and the
   connection cap of the gRPC port.
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from typing import Any, ClassVar, Final, Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -64,6 +68,8 @@ MESSAGE_COST: Final = 256
 """Bytes a queued message counts for beyond its payload (its event's own size)."""
 AFTER_CLOSE_BYTES: Final = 1 << 16
 """Bytes a peer may send after the server's close frame before the socket is closed."""
+CLOSE_WRITE_SECONDS: Final = 5.0
+"""Seconds the server waits, for its close frame, on a peer that reads nothing."""
 PEER_GONE: Final = "streamer.peer_gone"
 """The scope extension: a future resolved when the connection is lost."""
 
@@ -140,6 +146,7 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     max_text_bytes: ClassVar[int] = 65536
     max_binary_bytes: ClassVar[int] = 1 << 20
+    close_write_seconds: ClassVar[float] = CLOSE_WRITE_SECONDS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -166,7 +173,9 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_sent:
             self._after_close += len(data)
             if self._after_close > AFTER_CLOSE_BYTES:
-                self.transport.close()
+                # Not read on: the close timeout ends it. Not closed now: unread data would
+                # reset the connection, and the peer would lose the close frame.
+                self.transport.pause_reading()
                 return
         for start in range(0, len(data), _SLICE):
             if self._refused or self.transport.is_closing():
@@ -236,6 +245,30 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
             self.read_paused = False
             self.transport.resume_reading()
         return message
+
+    async def send(self, message: Any) -> None:
+        if message["type"] != "websocket.close" or not self.handshake_complete:
+            await super().send(message)
+            return
+        while not self.writable.is_set():  # the peer's buffers are full: is it reading?
+            unsent = self.transport.get_write_buffer_size()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.writable.wait(), self.close_write_seconds)
+            if not self.writable.is_set() and self.transport.get_write_buffer_size() >= unsent:
+                self.logger.info("the peer reads nothing: aborting instead of closing")
+                self.transport.abort()
+                return
+        await super().send(message)
+        if self.close_timer is not None:  # the close timeout: abort what cannot be flushed
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(self.close_timeout, self._close_or_abort)
+
+    def _close_or_abort(self) -> None:
+        self.close_timer = None
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def keepalive_timeout(self) -> None:
         if self.read_paused and not self.transport.is_closing() and self.ping_timeout:

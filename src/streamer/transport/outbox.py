@@ -54,6 +54,8 @@ class Outbox(Generic[T]):
         self._writer: asyncio.Task[None] | None = None
         self.slow = False
         """The client stopped reading and a result would be lost: the connection must end."""
+        self.on_slow: Callable[[], None] | None = None
+        """Called once, when the outbox turns ``slow`` (the driver's wake-up)."""
         self.interims_dropped = 0
 
     def put(self, event: Event) -> None:
@@ -82,6 +84,8 @@ class Outbox(Generic[T]):
             else:
                 self.slow = True
                 log.warning("%s client is not reading its events; ending it", self._transport)
+                if self.on_slow is not None:
+                    self.on_slow()
                 return False
         self._queue.append((event, item))
         self._wake.set()

@@ -164,7 +164,10 @@ async def serve_websocket(
     else:
         code = int(ENDINGS[close.code].close_code)
     trace.end(code if close.send else 0)
-    await outbox.close()
+    if close.code is ErrorCode.SLOW_CONSUMER:
+        outbox.cancel()  # it reads nothing: what is queued cannot be written
+    else:
+        await outbox.close()
     if close.send:
         with contextlib.suppress(Exception):
             await ws.close(code, str(close.code or ""))

@@ -41,11 +41,14 @@ async def test_a_client_that_does_not_read_turns_the_outbox_slow() -> None:
         await blocked.wait()  # the client never reads
 
     outbox: Outbox[str] = Outbox(3, encode_event, sent.append, "test")
+    woken: list[bool] = []
+    outbox.on_slow = lambda: woken.append(outbox.slow)
     outbox.start(write)
     events = _events(10)
     for event in events:
         outbox.put(event)
     assert outbox.slow
+    assert woken == [True]  # the driver is woken once, however many events follow
     assert sent == events[:3]  # the limit; the rest were neither queued nor counted
     await asyncio.sleep(0.01)  # the writer takes one, which frees a place in the queue
     outbox.put(events[0])
