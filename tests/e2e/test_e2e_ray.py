@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from transcripts import SAID, word_error_rate
 from websockets.asyncio.client import connect
 
 from streamer.client import load_audio, stream_file
@@ -86,3 +87,26 @@ async def test_a_stream_that_goes_leaves_nothing_queued(launch: Callable[..., An
     # The next stream is not behind the one that went: its results are all its own.
     later = await stream_file(remote.ws("simple"), load_audio(AUDIO / "big_dog_8k.wav"))
     assert later.ok and len(later.segments) == 3
+
+
+async def test_whisper_on_ray_gives_the_local_backends_transcripts(
+    launch: Callable[..., Any],
+) -> None:
+    # One input a call on either backend: a batch of several may differ from one alone
+    # in a letter's case, say (docs/benchmarks.md), and batches form by timing.
+    whisper = {"STREAMER_INFERENCE__MODEL": "whisper", "STREAMER_WHISPER__MAX_BATCH_SIZE": "1"}
+    # Ray runs a replica of under one CPU with OMP_NUM_THREADS=1, which can change a
+    # letter's case in int8 decoding (docs/scaling.md): the local server runs so too.
+    local = launch(env={**whisper, "OMP_NUM_THREADS": "1"})
+    remote = launch(env={**RAY, **whisper})
+    audio = load_audio(AUDIO / "jfk.wav")
+    for route in ("simple", "segmented"):
+        here, there = await asyncio.gather(
+            stream_file(local.ws(route), audio, results_timeout=120),
+            stream_file(remote.ws(route), audio, results_timeout=120),
+        )
+        assert here.ok and there.ok, there.events
+        assert there.ready["model"] == here.ready["model"] == "whisper-tiny.en"
+        assert there.segments == here.segments and there.segments
+    said = " ".join(str(s["text"]) for s in there.segments)  # the segmented route's
+    assert word_error_rate(SAID["jfk.wav"], said) <= 0.05, said
