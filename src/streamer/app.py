@@ -143,7 +143,7 @@ def build_services(
     if handle is not None:
         from streamer.inference.ray_backend import RayPool
 
-        pool = RayPool(handle, inference.workers)
+        pool = RayPool(handle, inference.workers, batch_size=metrics.ray_batch_size.observe)
     elif inference.pool == "process":
         pool = ProcessPool(model_factory(settings), inference.workers)
     else:

@@ -37,12 +37,17 @@ async def test_ray_gives_the_local_backends_results(
 ) -> None:
     remote = launch(env=RAY)
     audio = load_audio(AUDIO / "jfk.wav")
+    answered = 0
     for route in ("segmented", "simple"):
         local = await stream_file(server.ws(route), audio)
         on_ray = await stream_file(remote.ws(route), audio)
         assert local.ok and on_ray.ok, on_ray.events
         assert on_ray.segments == local.segments and on_ray.segments
         assert on_ray.ready["model"] == local.ready["model"]
+        answered += len(on_ray.segments)  # one input each
+    # Every input answered is counted with the size of the replica batch it ran in.
+    assert remote.gauge("streamer_ray_batch_size_count") == answered
+    assert remote.gauge("streamer_ray_batch_size_sum") >= answered
 
 
 async def test_a_replica_that_dies_gives_worker_crashed_and_the_stream_goes_on(

@@ -26,7 +26,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -108,7 +108,7 @@ class StreamerModel:
                 raise item  # a crash of the model's code: the caller sees it
             else:
                 results.append(item)
-        return results
+        return [(len(batch), result) for result in results]  # with the batch's size
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def infer(self, batch: list[tuple[NDArray[np.float32], bool]]) -> list[Any]:
@@ -159,9 +159,13 @@ class RayPool:
 
     preemptible = True
 
-    def __init__(self, handle: Any, workers: int) -> None:
+    def __init__(
+        self, handle: Any, workers: int, *, batch_size: Callable[[int], None] | None = None
+    ) -> None:
         self.handle = handle
         self.workers = workers
+        self._batch_size = batch_size
+        """Told, for each answered input, the size of the replica's batch it ran in."""
         self.in_flight: set[Any] = set()
         """Requests sent and not yet answered (tests look: nothing stays behind)."""
 
@@ -190,7 +194,14 @@ class RayPool:
             raise
         finally:
             self.in_flight.difference_update(responses)
-        return [_result(answer) for answer in answers]
+        results = []
+        for answer in answers:
+            if isinstance(answer, tuple):
+                size, answer = answer
+                if self._batch_size is not None:
+                    self._batch_size(int(size))
+            results.append(_result(answer))
+        return results
 
     async def close(self) -> None:
         return None

@@ -431,6 +431,13 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+        self.ray_batch_size = Histogram(
+            "streamer_ray_batch_size",
+            "For each input answered by the Ray Serve model tier, the size of the batch it "
+            "ran in on its replica.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
         self.vad_batch_size = Histogram(
             "streamer_vad_batch_size",
             "Frames (one per stream) per batched VAD model call.",
