@@ -33,7 +33,10 @@ async def test_a_small_run_on_the_segmented_route_gets_every_result(
     assert s["results"]["received"] == s["results"]["expected"] > 0
     assert s["final_delay"]["count"] == s["results"]["received"]
     assert 0 < s["final_delay"]["p50"] < 5.0
-    assert s["server_cpu"]["cpu_seconds"] > 0
+    cpu = s["server_cpu"]
+    assert cpu["cpu_seconds"] > 0
+    per_stream = cpu["cpu_seconds"] * 1000 / s["audio_seconds"]
+    assert cpu["ms_per_stream_audio_second"] == pytest.approx(per_stream, rel=0.01)
     assert all(st.rtf is not None and st.rtf >= 0.9 for st in result.streams)  # real time
 
 

@@ -104,8 +104,10 @@ def table(result: RunResult) -> str:
         )
     cpu = s.get("server_cpu")
     if cpu:
+        per_stream = cpu.get("ms_per_stream_audio_second")
         lines.append(
             f"server cpu: {cpu['cores_mean']:.2f} cores mean, {cpu['cores_max_1s']} max (1 s)"
+            + (f"; {per_stream} ms per stream per audio-second" if per_stream else "")
         )
     client = s.get("client_cpu")
     if client:

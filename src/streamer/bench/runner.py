@@ -349,6 +349,12 @@ async def run_load(
             "cpu_seconds": round(server_cpu_1 - server_cpu_0, 3),
             "cores_mean": round((server_cpu_1 - server_cpu_0) / wall, 3),
             "cores_max_1s": round(max(cores), 3) if cores else None,
+            # Server CPU per second of one stream's audio, over the whole run.
+            "ms_per_stream_audio_second": (
+                round((server_cpu_1 - server_cpu_0) * 1000 / summary["audio_seconds"], 3)
+                if summary["audio_seconds"]
+                else None
+            ),
         }
     summary["client_cpu"] = {
         "cpu_seconds": round(client_cpu, 3),
