@@ -272,17 +272,29 @@ class ConnectionDriver:
         if gone.done():
             work.close()
             raise _PeerGone
-        task = asyncio.ensure_future(work)
-        try:
-            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped = not task.done()
-            if stopped:  # the peer went away, or the connection is being cancelled
+        # Awaited in this task (no task and no wait of its own per message): the peer's
+        # going cancels this task, and that cancellation alone becomes ``_PeerGone``.
+        task = asyncio.current_task()
+        assert task is not None
+        waiting = True
+        cut = False
+
+        def peer_gone(_: object) -> None:
+            nonlocal cut
+            if waiting:  # not once the work is done (the callback may run late)
+                cut = True
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        if stopped:
-            raise _PeerGone
-        task.result()
+
+        gone.add_done_callback(peer_gone)
+        try:
+            await work
+        except asyncio.CancelledError:
+            if cut and task.uncancel() == 0:  # only the peer's going cancelled it
+                raise _PeerGone from None
+            raise
+        finally:
+            waiting = False
+            gone.remove_done_callback(peer_gone)
 
     async def _abort(self, outcome: str) -> None:
         stream, self.stream = self.stream, None
