@@ -348,14 +348,16 @@ class _SegmentedChannel:
         self._interim: Job | None = None
 
     async def push(self, samples: NDArray[np.float32]) -> None:
-        frames = self._framer.push(samples)
-        if not frames:
+        frames = self._framer.push_block(samples)
+        if not len(frames):
             return
         began = time.perf_counter()
-        probs = await self._vad.probabilities(self._vad_stream, np.stack(frames))
+        probs = await self._vad.probabilities(self._vad_stream, frames)
         self._pipeline.observer.vad(len(frames), time.perf_counter() - began)
-        for frame, prob in zip(frames, probs, strict=True):
-            await self._handle(self._segmenter.push(frame, float(prob)))
+        push = self._segmenter.push
+        for frame, prob in zip(frames, probs.tolist(), strict=True):
+            if events := push(frame, prob):
+                await self._handle(events)
 
     async def finalize(self) -> None:
         # Everything received so far counts, the partial VAD frame included.

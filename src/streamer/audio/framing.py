@@ -54,6 +54,26 @@ class Framer:
         self.offset += len(frames) * self.size
         return frames
 
+    def push_block(self, samples: NDArray[np.float32]) -> NDArray[np.float32]:
+        """``push``, with the completed frames as one new ``(k, size)`` array (``k`` may
+        be 0): one copy for all of them, rather than one array each."""
+        size, fill, n = self.size, self._fill, len(samples)
+        whole = (fill + n) // size
+        if not whole:
+            self._buf[fill : fill + n] = samples
+            self._fill = fill + n
+            return np.empty((0, size), dtype=np.float32)
+        block = np.empty((whole, size), dtype=np.float32)
+        flat = block.reshape(-1)
+        used = whole * size - fill
+        flat[:fill] = self._buf[:fill]
+        flat[fill:] = samples[:used]
+        rest = n - used
+        self._buf[:rest] = samples[used:]
+        self._fill = rest
+        self.offset += whole * size
+        return block
+
     def take_tail(self) -> NDArray[np.float32]:
         """Return the buffered partial frame (possibly empty) and reset the buffer."""
         tail = self._buf[: self._fill].copy()

@@ -90,3 +90,24 @@ def test_frames_are_copies() -> None:
 def test_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         Framer(0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.integers(1, 700),
+    n=st.integers(0, 5000),
+    data=st.data(),
+)
+def test_push_block_gives_pushs_frames_as_one_array(size: int, n: int, data: st.DataObject) -> None:
+    x = signal(n)
+    cuts = sorted(data.draw(st.lists(st.integers(0, n), max_size=30), label="cuts"))
+    one, blocks = Framer(size), Framer(size)
+    for a, b in itertools.pairwise([0, *cuts, n]):
+        frames = one.push(x[a:b])
+        block = blocks.push_block(x[a:b])
+        assert block.shape == (len(frames), size) and block.dtype == np.float32
+        np.testing.assert_array_equal(block, np.array(frames).reshape(-1, size))
+        assert (blocks.offset, blocks.pending) == (one.offset, one.pending)
+    np.testing.assert_array_equal(blocks.take_tail(), one.take_tail())
+    block = blocks.push_block(x)
+    assert not np.shares_memory(block, x)  # a copy: the caller's buffer may be reused
