@@ -376,7 +376,11 @@ def create_app(
             on_rejected=lambda reason: metrics.twilio_rejected.labels(reason).inc(),
             max_skew_seconds=twilio_settings.max_skew_seconds,
         )
-        wire = WsCodec(codec.decode_text, codec.decode_bytes, codec.encode)
+        # A call that drops without its stop still has its last finals, for its
+        # subscribers and callback.
+        wire = WsCodec(
+            codec.decode_text, codec.decode_bytes, codec.encode, finish_on_disconnect=True
+        )
         try:
             await serve_websocket(
                 ws, Route.SEGMENTED, ws.app.state.services, lambda request: wire, name="twilio"

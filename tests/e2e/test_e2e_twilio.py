@@ -275,3 +275,43 @@ async def test_twilio_s_signature_is_the_credential_and_a_bad_one_is_403(
             await play(target, sequence[:2], additional_headers=headers)
         assert denied.value.response.status_code == 403
         assert json.loads(denied.value.response.body)["code"] == "forbidden"
+
+
+async def test_a_call_that_drops_without_stop_still_gives_its_last_finals(
+    server: ServerProcess,
+) -> None:
+    # The same call twice: ended with Twilio's stop, and cut off (the socket dropped, no
+    # stop, no close frame) right after its last media. Its subscribers get every final
+    # both times: the results of a call go to them, not back on the dropped socket.
+    inbound = mulaw(AUDIO / "jfk.wav", seconds=11.0)
+    got: dict[str, list[dict[str, Any]]] = {}
+    for ending in ("stop", "dropped"):
+        call = Call(
+            call_sid=f"CA{ending:0>32}",
+            stream_sid=f"MZ{ending:0>32}",
+        )
+        sequence = messages(call, {"inbound": inbound})
+        assert json.loads(sequence[-1][1])["event"] == "stop"
+        events: list[dict[str, Any]] = []
+        watcher = asyncio.create_task(
+            subscribe(url(server, f"/v1/twilio/calls/{call.call_sid}/events"), events)
+        )
+        await asyncio.sleep(0.3)
+        if ending == "stop":
+            assert await play(url(server), sequence, real_time=False) == 1000
+        else:
+            async with connect(url(server)) as ws:
+                for _, text in sequence[:-1]:
+                    await ws.send(text)
+                # As a live call's audio is: all of it sent and read by the server.
+                while ws.transport.get_write_buffer_size():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(1.0)
+                ws.transport.abort()  # a TCP reset: the call is gone
+        assert await asyncio.wait_for(watcher, 30) == 1000
+        assert events[-1]["type"] == "done", events[-3:]
+        assert events[-1]["audio_seconds"] == pytest.approx(11.0, abs=0.05), ending
+        got[ending] = [
+            {k: e[k] for k in ("start_time", "end_time", "count")} for e in finals(events)
+        ]
+    assert got["dropped"] == got["stop"] and len(got["stop"]) >= 2

@@ -261,6 +261,10 @@ class Mode:
     """A gRPC call: one stream, a stop ends the connection, a client error ends it too."""
     closing_codes: frozenset[ErrorCode] = frozenset((ErrorCode.OVERLOADED, ErrorCode.SHUTTING_DOWN))
     """Client errors that end a connection that otherwise survives them."""
+    finish_on_disconnect: bool = False
+    """A client that goes away without ending its stream still has the stream finished
+    (every final, then ``done``), not withdrawn: its results go elsewhere too (a phone
+    call's subscribers), not only back on the connection."""
 
     @property
     def tell_on_close(self) -> bool:
@@ -270,6 +274,7 @@ class Mode:
 
 
 WEBSOCKET = Mode(one_stream=False)
+WEBSOCKET_FINISHING = Mode(one_stream=False, finish_on_disconnect=True)
 GRPC = Mode(one_stream=True)
 
 
@@ -392,8 +397,11 @@ def _end_of_input(m: ConnectionMachine, _: EndOfInput) -> list[Action]:
 
 
 def _gone(m: ConnectionMachine, _: Disconnected) -> list[Action]:
+    end: list[Action] = [AbortStream("disconnected")]
+    if m.mode.finish_on_disconnect and m.state is State.STREAMING:
+        end = [FinishStream()]
     m.state = State.CLOSED
-    return [AbortStream("disconnected"), Close(send=False)]
+    return [*end, Close(send=False)]
 
 
 def _crashed(m: ConnectionMachine, _: Crashed) -> list[Action]:

@@ -332,6 +332,17 @@ def test_a_slow_consumer_or_a_lost_peer_aborts_the_stream() -> None:
     assert started().receive(Disconnected()) == [AbortStream("disconnected"), Close(send=False)]
 
 
+def test_where_results_have_other_readers_a_lost_peers_stream_is_finished() -> None:
+    from streamer.protocol.connection import WEBSOCKET_FINISHING
+
+    machine = ConnectionMachine(WEBSOCKET_FINISHING)
+    machine.receive(decode(START))
+    assert machine.receive(Disconnected()) == [FinishStream(), Close(send=False)]
+    assert machine.state is State.CLOSED
+    idle = ConnectionMachine(WEBSOCKET_FINISHING)  # no stream: nothing to finish
+    assert idle.receive(Disconnected()) == [AbortStream("disconnected"), Close(send=False)]
+
+
 def test_a_tick_past_the_idle_deadline_ends_the_connection() -> None:
     from streamer.protocol.connection import Limits, Tick
 
