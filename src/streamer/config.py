@@ -250,6 +250,12 @@ class RaySettings(BaseModel):
         default=None,
         description="A running cluster (`auto`, `ray://head:10001`); none: start a local one.",
     )
+    deploy: bool = Field(
+        default=True,
+        description="Deploy the model application from this server; false: use the "
+        "`streamer-model` application already running on the cluster (a KubeRay RayService, "
+        "say). With `--workers`, the supervisor deploys once and its processes share it.",
+    )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local cluster.")
     replica_cpus: float = Field(default=1.0, gt=0, description="CPUs per model replica.")
     replicas: int = Field(default=1, ge=1, description="Replicas, without autoscaling.")

@@ -4,6 +4,7 @@ a local Ray cluster (2 CPUs, half a CPU per replica), against the local backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -115,3 +116,46 @@ async def test_whisper_on_ray_gives_the_local_backends_transcripts(
         assert there.segments == here.segments and there.segments
     said = " ".join(str(s["text"]) for s in there.segments)  # the segmented route's
     assert word_error_rate(SAID["jfk.wav"], said) <= 0.05, said
+
+
+def descendants(pid: int) -> list[str]:
+    """The command lines of every process under ``pid``."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, of in parents.items():
+            if of == parent:
+                frontier.append(child)
+                with contextlib.suppress(OSError):
+                    found.append((Path("/proc") / str(child) / "cmdline").read_text())
+    return found
+
+
+async def test_front_end_processes_share_one_cluster_and_one_deployment(
+    launch: Callable[..., Any], server: Any
+) -> None:
+    logs = {"STREAMER_LOG_LEVEL": "info", "STREAMER_LOG_JSON": "true"}
+    remote = launch(env={**RAY, **logs}, workers=2)
+    audio = load_audio(AUDIO / "jfk.wav")
+    local = await stream_file(server.ws("segmented"), audio)
+    results = await asyncio.gather(*(stream_file(remote.ws("segmented"), audio) for _ in range(12)))
+    assert all(r.ok and r.segments == local.segments for r in results)
+    placed = {}
+    for line in remote.output().splitlines():
+        if line.startswith("{") and (entry := json.loads(line)).get("message") == "stream started":
+            placed[entry["stream_id"]] = entry["worker"]
+    assert {placed[r.ready["session_id"]] for r in results} == {0, 1}, "both processes"
+    # One local cluster, started by the supervisor, with the deployment's two replicas.
+    processes = descendants(remote.process.pid)
+    assert sum("gcs_server" in p for p in processes) == 1, processes
+    assert sum("ServeReplica" in p for p in processes) == 2, processes
+    answered = 12 * len(local.segments)
+    assert remote.gauge("streamer_ray_batch_size_count") == answered

@@ -12,6 +12,8 @@ kernel spreads new connections across them) and running the whole single-process
   counters stay);
 - forwards SIGTERM and SIGINT to every process, each of which drains its own streams,
   and exits once all have;
+- with the Ray Serve backend, deploys the model once (starting a local cluster when no
+  ``ray.address`` is set), and its processes join that cluster and share the deployment;
 - restarts a process that exits while the server is not stopping. That process's
   connections close with it (the kernel resets them: clients see the connection end,
   WebSocket 1006, gRPC UNAVAILABLE), the other processes' streams go on.
@@ -198,6 +200,17 @@ def run_fleet(settings: Settings, workers: int) -> int:
     settings = settings.model_copy(
         update={"server": server.model_copy(update={**resolved, "workers": workers})}
     )
+    if settings.inference.backend == "ray" and settings.ray.deploy:
+        # One deployment (and without ray.address one local cluster), started here: every
+        # front-end process sends its inputs to the same replicas, which batch across them.
+        from streamer.inference.model import UnsupportedModel
+
+        try:
+            from streamer.inference.ray_backend import deploy_for_fleet
+        except UnsupportedModel as error:
+            log.error("cannot serve: %s", error)
+            return 2
+        settings = deploy_for_fleet(settings)
     metrics_dir = tempfile.mkdtemp(prefix="streamer-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # the workers inherit it
     supervisor = _Supervisor(settings, workers, metrics_dir)

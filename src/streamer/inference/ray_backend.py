@@ -121,19 +121,27 @@ app: Any = cast(Any, StreamerModel).bind()
 """The application with the settings of the environment (``STREAMER_*``)."""
 
 
+def _connect(config: Any) -> None:
+    if ray.is_initialized():
+        return
+    if config.address:
+        ray.init(address=config.address, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=config.num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+
+
 def deploy(settings: Any) -> Any:
-    """Connect to (or start) Ray, run the deployment, and return its handle."""
+    """Connect to (or start) Ray, run the deployment (unless ``ray.deploy`` is off: then
+    the one already running), and return its handle."""
     config = settings.ray
-    if not ray.is_initialized():
-        if config.address:
-            ray.init(address=config.address, log_to_driver=False)
-        else:
-            ray.init(
-                num_cpus=config.num_cpus,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+    _connect(config)
+    if not config.deploy:
+        return serve.get_app_handle(APP_NAME)
     options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": config.replica_cpus},
         "max_ongoing_requests": config.max_ongoing_requests,
@@ -144,6 +152,16 @@ def deploy(settings: Any) -> Any:
         options["num_replicas"] = config.replicas
     application = cast(Any, StreamerModel).options(**options).bind(settings.model_dump_json())
     return serve.run(application, name=APP_NAME, route_prefix=None)
+
+
+def deploy_for_fleet(settings: Any) -> Any:
+    """For several front-end processes (``serve --workers``): connect to (or start) the
+    cluster and deploy the model once, from the calling process; return the settings of
+    the front-end processes, which join that cluster and use that deployment."""
+    deploy(settings)
+    address = settings.ray.address or ray.get_runtime_context().gcs_address
+    ray_settings = settings.ray.model_copy(update={"address": address, "deploy": False})
+    return settings.model_copy(update={"ray": ray_settings})
 
 
 def remote_model(handle: Any) -> RemoteModel:
