@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -155,6 +156,18 @@ def start_server(
         time.sleep(0.05)
     server.stop()
     pytest.fail(f"the server did not become healthy in {START_TIMEOUT} s:\n{server.output()}")
+
+
+def server_fixture(name: str, env: dict[str, str], *, grpc: bool = False) -> Any:
+    """A module's own server with ``env``, as a fixture: ``slow = server_fixture(...)``."""
+
+    @pytest.fixture(scope="module")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+        running = start_server(tmp_path_factory.mktemp(name), env=env, grpc=grpc)
+        yield running
+        running.stop()
+
+    return fixture
 
 
 @pytest.fixture(scope="session")

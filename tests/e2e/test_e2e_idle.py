@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import HOST, ServerProcess, start_server
+from conftest import HOST, ServerProcess, server_fixture
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -25,12 +24,7 @@ pytestmark = pytest.mark.e2e
 AUDIO = load_audio(Path(__file__).resolve().parents[1] / "fixtures" / "audio" / "jfk.wav")
 
 
-@pytest.fixture(scope="module")
-def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    env = {"STREAMER_STREAM__IDLE_SECONDS": "0.5"}
-    server = start_server(tmp_path_factory.mktemp("idle"), env=env, grpc=True)
-    yield server
-    server.stop()
+impatient = server_fixture("idle", {"STREAMER_STREAM__IDLE_SECONDS": "0.5"}, grpc=True)
 
 
 async def test_a_websocket_that_stops_sending_is_told_flushed_and_closed(
@@ -75,19 +69,17 @@ async def test_an_idle_grpc_call_ends_deadline_exceeded(impatient: ServerProcess
     assert [e["type"] for e in events if e] == ["ready", "error", "done"]
 
 
-@pytest.fixture(scope="module")
-def impatient_and_slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # A second a call, one call at a time, two in flight a stream: a client that sends six
-    # seconds at once waits on backpressure, then on its last results, far past 0.5 s.
-    env = {
+# A second a call, one call at a time, two in flight a stream: a client that sends six
+# seconds at once waits on backpressure, then on its last results, far past 0.5 s.
+impatient_and_slow = server_fixture(
+    "slow",
+    {
         "STREAMER_STREAM__IDLE_SECONDS": "0.5",
         "STREAMER_MODEL__DELAY": "1.0",
         "STREAMER_INFERENCE__WORKERS": "1",
         "STREAMER_STREAM__MAX_IN_FLIGHT": "2",
-    }
-    server = start_server(tmp_path_factory.mktemp("slow"), env=env)
-    yield server
-    server.stop()
+    },
+)
 
 
 async def test_a_client_waiting_on_the_server_is_not_idle(

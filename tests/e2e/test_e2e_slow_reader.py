@@ -10,12 +10,12 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import numpy as np
 import pytest
-from conftest import HOST, ServerProcess, start_server
+from conftest import HOST, ServerProcess, server_fixture
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -26,18 +26,16 @@ FORMAT = {"channels": 1, "sample_rate": RATE, "bit_depth": 16}
 SLOW = 'streamer_streams_ended_total{outcome="slow_consumer",route="simple"}'
 
 
-@pytest.fixture(scope="module")
-def small_outbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    env = {
+small_outbox = server_fixture(
+    "slow-reader",
+    {
         "STREAMER_SERVER__MAX_PENDING_EVENTS": "10",
         # A hundred finals a second of audio: far more events than the kernel's buffers hold.
         "STREAMER_STREAM__CHUNK_SECONDS": "0.01",
         "STREAMER_STREAM__IDLE_SECONDS": "0",
         "STREAMER_SERVER__MAX_MESSAGES_PER_SECOND": "0",
-    }
-    server = start_server(tmp_path_factory.mktemp("slow-reader"), env=env)
-    yield server
-    server.stop()
+    },
+)
 
 
 def metric(server: ServerProcess, sample: str) -> float:
