@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import AsyncIterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -88,8 +89,20 @@ async def pace(frames: list[bytes], send, clock: Clock) -> None:  # type: ignore
         await send(frame)
 
 
+async def final_delays(events: AsyncIterable[str | bytes], clock: Clock) -> list[float]:
+    """Each final's delay, from v1 events read until ``done``."""
+    delays: list[float] = []
+    async for text in events:
+        event = json.loads(text)
+        if event["type"] == "segment" and event["is_final"]:
+            delays.append(clock.delay(event["end_time"], time.monotonic()))
+        elif event["type"] == "done":
+            break
+    return delays
+
+
 async def segmented(port: int, frames: list[bytes]) -> list[float]:
-    clock, delays = Clock(), []
+    clock = Clock()
     fmt = {"channels": 1, "sample_rate": 8000, "bit_depth": 8, "encoding": "mulaw"}
     async with connect(f"ws://{HOST}:{port}/api/v1/segmented") as ws:
         await ws.send(json.dumps({"request": "start", "format": fmt}))
@@ -100,12 +113,7 @@ async def segmented(port: int, frames: list[bytes]) -> list[float]:
             await ws.send(json.dumps({"request": "stop"}))
 
         sender = asyncio.create_task(send())
-        async for text in ws:
-            event = json.loads(text)
-            if event["type"] == "segment" and event["is_final"]:
-                delays.append(clock.delay(event["end_time"], time.monotonic()))
-            elif event["type"] == "done":
-                break
+        delays = await final_delays(ws, clock)
         await sender
     return delays
 
@@ -142,7 +150,7 @@ async def realtime(port: int, frames: list[bytes]) -> list[float]:
 
 
 async def twilio(port: int, frames: list[bytes], n: int) -> list[float]:
-    clock, delays = Clock(), []
+    clock = Clock()
     sid = f"{n:06d}{random.getrandbits(64):016x}"  # new ids each run: no replay of another
     call = Call(call_sid=f"CAbench{sid}", stream_sid=f"MZbench{sid}")
     sequence = messages(call, {"inbound": b"".join(frames)})
@@ -161,12 +169,7 @@ async def twilio(port: int, frames: list[bytes], n: int) -> list[float]:
                 await ws.send(stop)
 
             sender = asyncio.create_task(send())
-            async for text in events:
-                event = json.loads(text)
-                if event["type"] == "segment" and event["is_final"]:
-                    delays.append(clock.delay(event["end_time"], time.monotonic()))
-                elif event["type"] == "done":
-                    break
+            delays = await final_delays(events, clock)
             await sender
     return delays
 
