@@ -37,6 +37,7 @@ from streamer.observability.tracing import Tracing
 from streamer.origins import OriginPolicy
 from streamer.pipeline import Route
 from streamer.policy import ConnectionPolicy, ConnectionRequest, allow_all
+from streamer.protocol.connection import WEBSOCKET_FINISHING
 from streamer.segmentation.vad import VadEngine
 from streamer.services import Services
 from streamer.transport.deepgram import serve_listen
@@ -379,7 +380,7 @@ def create_app(
         # A call that drops without its stop still has its last finals, for its
         # subscribers and callback.
         wire = WsCodec(
-            codec.decode_text, codec.decode_bytes, codec.encode, finish_on_disconnect=True
+            codec.decode_text, codec.decode_bytes, codec.encode, mode=WEBSOCKET_FINISHING
         )
         try:
             await serve_websocket(

@@ -67,7 +67,7 @@ READ_AHEAD_BYTES: Final = 1 << 19
 MESSAGE_COST: Final = 256
 """Bytes a queued message counts for beyond its payload (its event's own size)."""
 AFTER_CLOSE_BYTES: Final = 1 << 16
-"""Bytes a peer may send after the server's close frame before the socket is closed."""
+"""Bytes a peer may send after the server's close frame before it is no longer read."""
 CLOSE_WRITE_SECONDS: Final = 5.0
 """Seconds the server waits, for its close frame, on a peer that reads nothing."""
 PEER_GONE: Final = "streamer.peer_gone"

@@ -20,13 +20,7 @@ from streamer.errors import ENDINGS, BadHandshake, ClientError, ConnectionDenied
 from streamer.events import Event
 from streamer.pipeline import Route
 from streamer.policy import ConnectionRequest
-from streamer.protocol.connection import (
-    WEBSOCKET,
-    WEBSOCKET_FINISHING,
-    Disconnected,
-    Input,
-    Invalid,
-)
+from streamer.protocol.connection import WEBSOCKET, Disconnected, Input, Invalid, Mode
 from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver
 from streamer.transport.limits import PEER_GONE
@@ -43,8 +37,9 @@ class WsCodec:
     ``subprotocol``: the subprotocol this front-end speaks, accepted when the client offers
     it. ``close_code``: the front-end's own close codes, by the reason the connection ends
     (default ``errors.ENDINGS``). ``mark_finalize``: its streams tell which finals a
-    finalize forced. ``finish_on_disconnect``: a stream whose client goes away is finished,
-    not withdrawn (its results have other readers).
+    finalize forced. ``mode``: how its connections differ (``WEBSOCKET_FINISHING``: a
+    stream whose client goes away is finished, not withdrawn, for its results' other
+    readers).
     """
 
     decode_text: Callable[[str], Input]
@@ -54,7 +49,7 @@ class WsCodec:
     subprotocol: str | None = None
     close_code: Callable[[ErrorCode | None], int] | None = None
     mark_finalize: bool = False
-    finish_on_disconnect: bool = False
+    mode: Mode = WEBSOCKET
 
 
 CodecFactory: TypeAlias = Callable[[ConnectionRequest], WsCodec]
@@ -158,7 +153,7 @@ async def serve_websocket(
     driver = ConnectionDriver(
         services,
         route,
-        WEBSOCKET_FINISHING if codec.finish_on_disconnect else WEBSOCKET,
+        codec.mode,
         receive,
         outbox,
         principal=principal,
