@@ -284,6 +284,8 @@ def create_app(
 
         monitor = LoopMonitor(observe_lag)
         monitor.start()
+        if pressure is not None:
+            pressure.watch_loop(monitor.overdue)
         if twilio_settings.callback_hosts:
             poster = CallbackPoster(
                 twilio_settings.callback_hosts,

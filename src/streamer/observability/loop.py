@@ -56,6 +56,7 @@ class LoopMonitor:
         self.slow_threshold = slow_threshold
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._began: float | None = None
 
     def start(self) -> None:
         """Start the monitor's task on the running loop."""
@@ -72,10 +73,22 @@ class LoopMonitor:
     async def _run(self) -> None:
         interval = self.interval
         while True:
-            began = time.perf_counter()
+            self._began = began = time.perf_counter()
             await asyncio.sleep(interval)
+            self._began = None
             lag = max(0.0, time.perf_counter() - began - interval)
             self._observe(lag, lag > self.slow_threshold)
+
+    def overdue(self) -> float:
+        """How late the tick now due is, so far (0 when none is late).
+
+        A loop that runs one long stretch of callbacks after another observes its lag only
+        between them; called from one of those callbacks, this is the lag in progress.
+        """
+        began = self._began
+        if began is None:
+            return 0.0
+        return max(0.0, time.perf_counter() - began - self.interval)
 
     def task_counts(self) -> Mapping[str, int]:
         """Live tasks of the monitored loop, by subsystem (empty before ``start``).

@@ -12,6 +12,8 @@ same count. ``Pressure`` watches three delays against ceilings (``[server]`` set
 Each is kept as the largest value seen in the current and the previous window (one second
 each), so a spike is remembered for one to two seconds and then forgotten: admission
 refuses while any is past its ceiling and admits again once the server has caught up.
+The loop lag also counts the tick now overdue (``watch_loop``): a loop so starved that it
+observed nothing for two windows is not taken to have caught up.
 
 ``capacity`` estimates the streams this process could still take at its current CPU cost
 per stream (one process runs Python on one core: its budget is ``CPU_BUDGET`` of one),
@@ -98,11 +100,20 @@ class Pressure:
         """Cores this process used over the last sample (``sample_cpu``)."""
         self.cost_per_stream: float | None = None
         """Cores per live stream at the last sample; None before one with streams."""
+        self._overdue: Callable[[], float] = _never
 
     # -- feeds ----------------------------------------------------------------------------
 
     def observe_loop_lag(self, seconds: float) -> None:
         self.loop_lag.observe(seconds)
+
+    def watch_loop(self, overdue: Callable[[], float]) -> None:
+        """Also count the loop monitor's lag in progress (``LoopMonitor.overdue``): a loop
+        starved for longer than two windows has observed nothing in them, yet is behind."""
+        self._overdue = overdue
+
+    def _loop_lag(self) -> float:
+        return max(self.loop_lag.value(), self._overdue())
 
     def observe_vad_delay(self, seconds: float) -> None:
         self.vad_delay.observe(seconds)
@@ -126,17 +137,22 @@ class Pressure:
 
     def behind(self) -> str | None:
         """Why the server is not keeping up now (a delay past its ceiling), or None."""
-        for name, gauge, ceiling, setting in (
-            ("event-loop lag", self.loop_lag, self.ceilings.loop_lag, "max_loop_lag_ms"),
-            ("VAD step delay", self.vad_delay, self.ceilings.vad_delay, "max_vad_delay_ms"),
+        for name, reading, ceiling, setting in (
+            ("event-loop lag", self._loop_lag, self.ceilings.loop_lag, "max_loop_lag_ms"),
+            (
+                "VAD step delay",
+                self.vad_delay.value,
+                self.ceilings.vad_delay,
+                "max_vad_delay_ms",
+            ),
             (
                 "inference queue wait",
-                self.queue_wait,
+                self.queue_wait.value,
                 self.ceilings.queue_wait,
                 "max_queue_wait_ms",
             ),
         ):
-            value = gauge.value()
+            value = reading()
             if ceiling and value > ceiling:
                 return (
                     f"the server is not keeping up: {name} {value * 1000:.0f} ms is past its "
@@ -158,11 +174,15 @@ class Pressure:
     def readings(self) -> dict[str, float]:
         """The delays now (seconds), for the health report."""
         return {
-            "loop_lag": round(self.loop_lag.value(), 4),
+            "loop_lag": round(self._loop_lag(), 4),
             "vad_delay": round(self.vad_delay.value(), 4),
             "queue_wait": round(self.queue_wait.value(), 4),
             "cpu_cores": round(self.cpu_rate, 3),
         }
+
+
+def _never() -> float:
+    return 0.0
 
 
 def _process_cpu() -> float:

@@ -76,3 +76,18 @@ async def test_tasks_are_counted_by_subsystem() -> None:
 def test_the_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="interval"):
         LoopMonitor(Lags(), interval=0)
+
+
+async def test_a_tick_still_due_is_overdue_by_the_time_it_has_waited() -> None:
+    lags = Lags()
+    monitor = LoopMonitor(lags, interval=0.01, slow_threshold=0.05)
+    monitor.start()
+    await asyncio.sleep(0.03)
+    seen = len(lags.seen)
+    time.sleep(0.12)  # noqa: ASYNC251 (a long callback: the monitor cannot run meanwhile)
+    overdue = monitor.overdue()
+    assert len(lags.seen) == seen  # not observed yet: only overdue tells
+    assert overdue >= 0.1
+    await asyncio.sleep(0.03)
+    assert monitor.overdue() < 0.05
+    await monitor.close()

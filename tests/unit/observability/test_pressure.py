@@ -42,6 +42,21 @@ def test_behind_names_the_delay_past_its_ceiling_then_recovers() -> None:
     assert pressure.capacity(100) == 100  # no cost measured yet: the room left
 
 
+def test_a_loop_starved_past_the_windows_is_still_behind_while_its_tick_is_overdue() -> None:
+    clock = Clock()
+    overdue = Clock()
+    pressure = Pressure(Ceilings(loop_lag=0.2), clock=clock, cpu=Clock())
+    pressure.watch_loop(overdue)
+    pressure.observe_loop_lag(0.9)
+    clock.now = 2.5  # nothing observed for two windows: the peak is forgotten ...
+    overdue.now = 2.4  # ... but the monitor's tick has been due for 2.4 s
+    why = pressure.behind()
+    assert why is not None and "event-loop lag 2400 ms" in why
+    assert pressure.readings()["loop_lag"] == 2.4
+    overdue.now = 0.0  # the tick ran
+    assert pressure.behind() is None
+
+
 def test_capacity_is_the_spare_cpu_at_the_cost_per_stream() -> None:
     clock = Clock()
     cpu = Clock()
