@@ -30,6 +30,7 @@ from streamer.inference.model import Model
 from streamer.pipeline import Route
 from streamer.policy import ANONYMOUS, Principal
 from streamer.protocol.connection import (
+    GRPC,
     WEBSOCKET,
     Close,
     Disconnected,
@@ -83,6 +84,9 @@ async def running_services(
         services.vad.close()
 
 
+_END = object()
+
+
 async def run_connection(
     services: Services,
     route: Route,
@@ -96,6 +100,7 @@ async def run_connection(
     write: Callable[[Any], Any] | None = None,
     gone: asyncio.Future[None] | None = None,
     mark_finalize: bool = False,
+    interruptible: bool | None = None,
 ) -> Outcome[Any]:
     """Run one connection over ``inbound`` (native messages, each decoded by ``decode``,
     and ``Pause``s).
@@ -105,19 +110,28 @@ async def run_connection(
     by default what is written is recorded. ``gone`` is the transport's notice that the
     peer went away, done while messages may still be unread (``ConnectionDriver``).
     ``mark_finalize``: as a front-end that tells which finals a finalize forced
-    (``WsCodec.mark_finalize``).
+    (``WsCodec.mark_finalize``). ``interruptible``: as the driver's argument (by default,
+    as the shells do: every WebSocket mode, not gRPC's); a receive cancelled in a pause
+    leaves the rest of the pause for the next one, as a socket would.
     """
     outcome: Outcome[Any] = Outcome()
     messages = iter(inbound)
+    loop = asyncio.get_running_loop()
+    resume_at: float | None = None  # the pause under way ends then
 
     async def receive() -> Input | None:
+        nonlocal resume_at
         await asyncio.sleep(0)  # a real receive yields to the loop too
-        for message in messages:
+        while True:
+            if resume_at is not None:
+                await asyncio.sleep(max(0.0, resume_at - loop.time()))
+                resume_at = None
+            message = next(messages, _END)
+            if message is _END:
+                return end or Disconnected()
             if not isinstance(message, Pause):
                 break
-            await asyncio.sleep(message.seconds)
-        else:
-            return end or Disconnected()
+            resume_at = loop.time() + message.seconds
         try:
             return decode(message)
         except ClientError as error:
@@ -143,6 +157,7 @@ async def run_connection(
         principal=principal,
         gone=gone,
         mark_finalize=mark_finalize,
+        interruptible=mode is not GRPC if interruptible is None else interruptible,
     )
     try:
         outcome.close = await driver.run()

@@ -82,11 +82,17 @@ class ConnectionDriver:
         trace: ConnectionTrace | None = None,
         gone: asyncio.Future[None] | None = None,
         mark_finalize: bool = False,
+        interruptible: bool = False,
     ) -> None:
         """``gone``, where the transport can tell: done as soon as the peer is gone, even
         while its earlier messages are still unread (a WebSocket's lost connection); the
         driver then ends the connection at once, also while a feed waits on a busy
-        stream, and the stream's queued work is withdrawn."""
+        stream, and the stream's queued work is withdrawn.
+
+        ``interruptible``: ``receive`` may be cancelled and called again without losing a
+        message. The driver then awaits it in its own task and cancels it when a notice
+        comes, instead of running each receive as a task of its own and waiting on it
+        and the notices together (a task and a wait per message)."""
         self.services = services
         self.route = route
         self.machine = ConnectionMachine(mode, limits_of(services), self._clock())
@@ -96,6 +102,7 @@ class ConnectionDriver:
         self._trace = trace
         self._gone = gone
         self._mark_finalize = mark_finalize
+        self._interruptible = interruptible
         self.stream: StreamPipeline | None = None
         self.stream_route = route
         """The open stream's route (a session may open its streams on another)."""
@@ -135,10 +142,18 @@ class ConnectionDriver:
         attention: asyncio.Future[None] = loop.create_future()
         timer: asyncio.TimerHandle | None = None
         timer_at = 0.0
+        task = asyncio.current_task()
+        assert task is not None
+        receiving = False  # awaiting an interruptible receive in this task
+        interrupted = False
 
         def wake(_: object = None) -> None:
+            nonlocal interrupted
             if not attention.done():
                 attention.set_result(None)
+            if receiving and not interrupted:
+                interrupted = True
+                task.cancel()
 
         def fire() -> None:  # the deadline's timer: armed again once it has fired
             nonlocal timer
@@ -189,6 +204,21 @@ class ConnectionDriver:
                     if timer is not None:
                         timer.cancel()
                     timer, timer_at = loop.call_at(deadline, fire), deadline
+                if self._interruptible:
+                    if attention.done():
+                        continue
+                    receiving, interrupted = True, False
+                    try:
+                        message = await self._receive()
+                    except asyncio.CancelledError:
+                        if interrupted and task.uncancel() == 0:  # a notice, nothing else
+                            continue
+                        raise
+                    finally:
+                        receiving = False
+                    if message is not None and (close := await self._step(message)):
+                        return close
+                    continue
                 if receive is None:
                     receive = asyncio.ensure_future(self._receive())
                 waits: set[asyncio.Future[Any]] = {receive, attention}

@@ -160,6 +160,7 @@ async def serve_websocket(
         trace=trace,
         gone=gone,
         mark_finalize=codec.mark_finalize,
+        interruptible=True,  # a cancelled receive leaves the next message queued
     )
     close = await driver.run()
     if codec.close_code is not None:

@@ -340,3 +340,29 @@ async def test_a_peer_gone_while_its_feed_waits_frees_the_stream_at_once() -> No
         assert freed < 0.25
         ended = services.metrics.streams_ended.labels("simple", "disconnected")._value.get()
         assert ended == 1
+
+
+@pytest.mark.parametrize("interruptible", [True, False], ids=["interrupted", "waited"])
+async def test_a_notice_during_a_wait_loses_and_hurries_no_message(
+    services: Services, interruptible: bool
+) -> None:
+    loop = asyncio.get_running_loop()
+    audio = chunks(noise(2.5))
+    paused: list[float] = []
+
+    def inbound() -> Iterator[str | bytes | Pause]:
+        yield START
+        yield from audio[:10]
+        loop.call_later(0.1, services.draining.set)  # while the driver waits on the pause
+        paused.append(loop.time())
+        yield Pause(0.4)
+        paused.append(loop.time())  # taken when the pause is over
+        yield from audio[10:]
+        yield STOP_CLOSE
+
+    outcome = await run_connection(services, Route.SIMPLE, inbound(), interruptible=interruptible)
+    assert paused[1] - paused[0] >= 0.4
+    received = events(outcome)
+    assert [e["code"] for e in received if e["type"] == "error"] == []
+    assert_good([e for e in received if e["type"] != "error"])
+    assert outcome.close == Close()
