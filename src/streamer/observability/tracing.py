@@ -26,6 +26,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import DefaultGetter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -196,8 +197,11 @@ class Tracing:
         if _flag(env, "OTEL_SDK_DISABLED"):
             return cls()
         resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or SCOPE})
-        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         chosen = exporters_from_env(env) if exporters is None else list(exporters)
+        # With nowhere to send spans, none is recorded (a recorded span costs every stream
+        # CPU for nothing); spans still get ids, for the ``ready`` event and the logs.
+        sampler = None if chosen else ALWAYS_OFF
+        provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
         for exporter in chosen:
             provider.add_span_processor(BatchSpanProcessor(exporter))
         if chosen:

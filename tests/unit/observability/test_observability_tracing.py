@@ -91,11 +91,25 @@ def test_the_sdk_can_be_disabled() -> None:
     assert isinstance(tracing.tracer, trace.NoOpTracer)
 
 
-def test_unexported_spans_still_get_ids() -> None:
+def test_unexported_spans_still_get_ids_and_are_not_recorded() -> None:
     tracing = Tracing.from_env({})
     try:
         span = tracing.tracer.start_span("x")
-        assert span.get_span_context().is_valid
+        child = tracing.tracer.start_span("y", context=extract_parent(CLIENT))
+        assert span.get_span_context().is_valid and not span.is_recording()
+        assert child.get_span_context().trace_id == CLIENT_TRACE
+        assert not child.is_recording()
+        span.end()
+        child.end()
+    finally:
+        tracing.shutdown()
+
+
+def test_exported_spans_are_recorded() -> None:
+    tracing = Tracing.from_env({"OTEL_TRACES_EXPORTER": "console"})
+    try:
+        span = tracing.tracer.start_span("x")
+        assert span.get_span_context().is_valid and span.is_recording()
         span.end()
     finally:
         tracing.shutdown()
