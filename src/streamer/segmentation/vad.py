@@ -203,7 +203,7 @@ class VadStream:
     back to ``VadEngine.probabilities`` and ``reset``.
     """
 
-    __slots__ = ("_engine", "_pending", "_scheduled", "context", "state")
+    __slots__ = ("__weakref__", "_engine", "_pending", "_scheduled", "context", "state")
 
     def __init__(self, engine: VadEngine) -> None:
         self._engine = engine
@@ -444,13 +444,17 @@ class VadEngine:
 
     def _others_expected(self, now: float) -> bool:
         """Whether a stream that sent frames lately has none waiting now."""
+        self._forget(now)
+        return any(not stream._scheduled for stream in self._seen)
+
+    def _forget(self, now: float) -> None:
+        """Drop the streams that sent no frames for ``ACTIVE_WINDOW`` (oldest first)."""
         seen = self._seen
         while seen:
             stream, last = next(iter(seen.items()))
             if now - last <= ACTIVE_WINDOW:
                 break
             del seen[stream]
-        return any(not stream._scheduled for stream in seen)
 
     def _take_nowait(self) -> _Request | object | None:
         try:
@@ -460,9 +464,11 @@ class VadEngine:
 
     def _enqueue(self, request: _Request) -> None:
         stream = request.stream
-        if request.frames is not None:
-            self._seen[stream] = time.perf_counter()
+        if request.frames is not None and self.min_interval:  # only steps that wait ask
+            now = time.perf_counter()
+            self._seen[stream] = now
             self._seen.move_to_end(stream)
+            self._forget(now)
         stream._pending.append(request)
         if not stream._scheduled:
             stream._scheduled = True

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -397,3 +399,20 @@ async def test_a_failing_batch_callback_does_not_stop_the_engine(model: SileroVa
             frames = stream_frames("cross_8k.wav", 0, 4)
             assert (await eng.probabilities(stream, frames)).shape == (4,)
         assert eng.batches_run == 12
+
+
+async def test_the_engine_keeps_no_stream_that_is_gone() -> None:
+    # Streams that sent their frames and went away are not held by the engine (their
+    # state with them), whether its steps wait for other streams or not.
+    frames = stream_frames("jfk.wav", 0, 4)
+    for min_interval in (0.0, 0.004):
+        with VadEngine(SileroVad(), min_interval=min_interval) as eng:
+            streams = [eng.open_stream() for _ in range(20)]
+            await asyncio.gather(*(eng.probabilities(s, frames) for s in streams))
+            gone = [weakref.ref(s) for s in streams]
+            del streams
+            if min_interval:
+                await asyncio.sleep(vad.ACTIVE_WINDOW + 0.1)
+                await eng.probabilities(eng.open_stream(), frames)  # one more step
+            gc.collect()
+            assert [ref() for ref in gone] == [None] * len(gone)
