@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from streamer.errors import ClientError
 from streamer.events import Event, StreamError
@@ -48,12 +48,50 @@ from streamer.transport.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 Receive = Callable[[], Awaitable[Input | None]]
 """The next input from the peer (None: a message that means nothing, such as a ping)."""
 
 
 class _PeerGone(Exception):
     """The peer went away while the driver waited on the stream."""
+
+
+class _Interrupted(Exception):
+    """An ``_Interrupter``'s own cancellation ended the awaited work."""
+
+
+class _Interrupter:
+    """Lets a callback interrupt what the current task awaits, without a task or a wait
+    of its own: ``interrupt`` cancels the task while it is inside ``run`` (and not
+    otherwise, the callback may run late), and that cancellation alone becomes
+    ``_Interrupted``; any other still propagates."""
+
+    __slots__ = ("_fired", "_inside", "_task")
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._inside = False
+        self._fired = False
+
+    def interrupt(self, _: object = None) -> None:
+        if self._inside and not self._fired:
+            self._fired = True
+            self._task.cancel()
+
+    async def run(self, work: Awaitable[T]) -> T:
+        self._inside, self._fired = True, False
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if self._fired and self._task.uncancel() == 0:
+                raise _Interrupted from None
+            raise
+        finally:
+            self._inside = False
 
 
 def limits_of(services: Services) -> Limits:
@@ -142,18 +180,12 @@ class ConnectionDriver:
         attention: asyncio.Future[None] = loop.create_future()
         timer: asyncio.TimerHandle | None = None
         timer_at = 0.0
-        task = asyncio.current_task()
-        assert task is not None
-        receiving = False  # awaiting an interruptible receive in this task
-        interrupted = False
+        receiving = _Interrupter()  # a notice interrupts an interruptible receive
 
         def wake(_: object = None) -> None:
-            nonlocal interrupted
             if not attention.done():
                 attention.set_result(None)
-            if receiving and not interrupted:
-                interrupted = True
-                task.cancel()
+            receiving.interrupt()
 
         def fire() -> None:  # the deadline's timer: armed again once it has fired
             nonlocal timer
@@ -207,15 +239,10 @@ class ConnectionDriver:
                 if self._interruptible:
                     if attention.done():
                         continue
-                    receiving, interrupted = True, False
                     try:
-                        message = await self._receive()
-                    except asyncio.CancelledError:
-                        if interrupted and task.uncancel() == 0:  # a notice, nothing else
-                            continue
-                        raise
-                    finally:
-                        receiving = False
+                        message = await receiving.run(self._receive())
+                    except _Interrupted:  # a notice: see to it first
+                        continue
                     if message is not None and (close := await self._step(message)):
                         return close
                     continue
@@ -302,29 +329,15 @@ class ConnectionDriver:
         if gone.done():
             work.close()
             raise _PeerGone
-        # Awaited in this task (no task and no wait of its own per message): the peer's
-        # going cancels this task, and that cancellation alone becomes ``_PeerGone``.
-        task = asyncio.current_task()
-        assert task is not None
-        waiting = True
-        cut = False
-
-        def peer_gone(_: object) -> None:
-            nonlocal cut
-            if waiting:  # not once the work is done (the callback may run late)
-                cut = True
-                task.cancel()
-
-        gone.add_done_callback(peer_gone)
+        # Awaited in this task (no task and no wait of its own per message).
+        feeding = _Interrupter()
+        gone.add_done_callback(feeding.interrupt)
         try:
-            await work
-        except asyncio.CancelledError:
-            if cut and task.uncancel() == 0:  # only the peer's going cancelled it
-                raise _PeerGone from None
-            raise
+            await feeding.run(work)
+        except _Interrupted:
+            raise _PeerGone from None
         finally:
-            waiting = False
-            gone.remove_done_callback(peer_gone)
+            gone.remove_done_callback(feeding.interrupt)
 
     async def _abort(self, outcome: str) -> None:
         stream, self.stream = self.stream, None
