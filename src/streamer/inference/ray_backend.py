@@ -214,6 +214,8 @@ class RayPool:
             self.in_flight.difference_update(responses)
         results = []
         for answer in answers:
+            # (batch size, output); a failure, or the output alone from an application
+            # deployed before it told its batch sizes (``ray.deploy = false``), as it is.
             if isinstance(answer, tuple):
                 size, answer = answer
                 if self._batch_size is not None:
