@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 
 SECOND_SIGNAL_SECONDS = 2.0
+GC_YOUNG_OBJECTS = 20_000
+"""The collector's first threshold in a serving process (Python's default is 700)."""
 """After a second exit signal, the most stopping may take before the process exits anyway."""
 
 
@@ -68,6 +70,9 @@ class _DrainingServer(uvicorn.Server):
         # and a quarter less of the CPU spent collecting.
         gc.collect()
         gc.freeze()
+        # A young collection every GC_YOUNG_OBJECTS net allocations instead of every 700:
+        # streams allocate fast and almost nothing they make is cyclic garbage.
+        gc.set_threshold(GC_YOUNG_OBJECTS, *gc.get_threshold()[1:])
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._signals += 1
