@@ -38,7 +38,7 @@ from streamer.inference.scheduler import Job, JobState, Scheduler
 from streamer.observability.stream import StreamObserver
 from streamer.segmentation import segmenter
 from streamer.segmentation.segmenter import Segment, Segmenter, VadParams
-from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE, VadEngine
+from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE, VadEngine, VadReply
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,17 @@ class StreamPipeline:
         self._order: asyncio.Queue[Event | _Pending | None] = asyncio.Queue()
         self._in_flight = asyncio.Semaphore(options.max_in_flight)
         self._channels: list[_SimpleChannel | _SegmentedChannel]
+        self._segmented: list[_SegmentedChannel] = []
+        self._vad = vad
         if options.route is Route.SEGMENTED:
             if vad is None:
                 raise ValueError("the segmented route needs a VAD engine")
             params = options.vad_params or VadParams()
-            self._channels = [
+            self._segmented = [
                 _SegmentedChannel(self, c, vad, params, options.interim)
                 for c in range(fmt.channels)
             ]
+            self._channels = list(self._segmented)
         else:
             chunk = max(1, round(options.chunk_seconds * work_rate))
             self._channels = [_SimpleChannel(self, c, chunk) for c in range(fmt.channels)]
@@ -152,8 +155,26 @@ class StreamPipeline:
             decoded - began,
             time.perf_counter() - decoded,
         )
+        if len(self._segmented) > 1:
+            await self._push_segmented(resampled)
+            return
         for channel, samples in zip(self._channels, resampled, strict=True):
             await channel.push(samples)
+
+    async def _push_segmented(self, resampled: list[NDArray[np.float32]]) -> None:
+        """Every channel's VAD frames go in together, then each channel takes its own: one
+        VAD step serves the message, rather than a step per channel (each waiting for the
+        engine to stop expecting the next)."""
+        channels = self._segmented
+        frames = [c.frames(samples) for c, samples in zip(channels, resampled, strict=True)]
+        assert self._vad is not None
+        began = time.perf_counter()
+        replies = self._vad.submit_all(
+            [(c.vad_stream, f) for c, f in zip(channels, frames, strict=True)]
+        )
+        for channel, framed, reply in zip(channels, frames, replies, strict=True):
+            if len(framed):
+                await channel.segment(framed, reply, began)
 
     async def finalize(self) -> None:
         """Force final results for the audio so far; the stream goes on."""
@@ -342,17 +363,24 @@ class _SegmentedChannel:
         self._pipeline = pipeline
         self._index = index
         self._vad = vad
-        self._vad_stream = vad.open_stream()
+        self.vad_stream = vad.open_stream()
         self._framer = Framer(FRAME_SAMPLES)
         self._segmenter = Segmenter(params, interim=interim, sample_rate=VAD_SAMPLE_RATE)
         self._interim: Job | None = None
 
     async def push(self, samples: NDArray[np.float32]) -> None:
-        frames = self._framer.push_block(samples)
-        if not len(frames):
-            return
-        began = time.perf_counter()
-        probs = await self._vad.probabilities(self._vad_stream, frames)
+        frames = self.frames(samples)
+        if len(frames):
+            began = time.perf_counter()
+            await self.segment(frames, self._vad.submit(self.vad_stream, frames), began)
+
+    def frames(self, samples: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The whole VAD frames the samples complete, ``(k, 512)`` (``k`` may be 0)."""
+        return self._framer.push_block(samples)
+
+    async def segment(self, frames: NDArray[np.float32], reply: VadReply, began: float) -> None:
+        """Run frames handed to the VAD (``reply``, since ``began``) through the segmenter."""
+        probs = await reply.get()
         self._pipeline.observer.vad(len(frames), time.perf_counter() - began)
         push = self._segmenter.push
         for frame, prob in zip(frames, probs.tolist(), strict=True):

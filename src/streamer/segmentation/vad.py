@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -37,6 +37,7 @@ __all__ = [
     "VAD_SAMPLE_RATE",
     "SileroVad",
     "VadEngine",
+    "VadReply",
     "VadStream",
     "silero_model_path",
 ]
@@ -227,6 +228,27 @@ class VadStream:
         self.context = np.zeros(CONTEXT_SAMPLES, dtype=np.float32)
 
 
+class VadReply:
+    """The probabilities of frames handed in by ``VadEngine.submit``, once ``get`` has them."""
+
+    __slots__ = ("_began", "_engine", "_future")
+
+    def __init__(self, engine: VadEngine, future: asyncio.Future[Float32Array] | None) -> None:
+        self._engine = engine
+        self._future = future  # None: there were no frames
+        self._began = time.perf_counter()
+
+    async def get(self) -> Float32Array:
+        """Wait for the probabilities; the wait is reported to the engine's ``on_delay``."""
+        if self._future is None:
+            return np.empty(0, dtype=np.float32)
+        result = await self._future
+        on_delay = self._engine.on_delay
+        if on_delay is not None:
+            on_delay(time.perf_counter() - self._began)
+        return result
+
+
 _STOP: Final = object()
 
 
@@ -278,7 +300,8 @@ class VadEngine:
         self.batches_run = 0
         self.frames_run = 0
         self._model = model
-        self._inbox: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
+        # Requests, or lists of requests handed in together (``submit_all``), or _STOP.
+        self._inbox: queue.SimpleQueue[_Request | list[_Request] | object] = queue.SimpleQueue()
         # Guards the closed flag so that no request can be queued behind the stop marker.
         self._lock = threading.Lock()
         self._closed = False
@@ -350,17 +373,31 @@ class VadEngine:
         the frames: they still advance the stream's state, so it stays in step with the
         audio that was submitted.
         """
-        batch = self._check(stream, frames)
-        if not len(batch):
-            return np.empty(0, dtype=np.float32)
+        return await self.submit(stream, frames).get()
+
+    def submit(self, stream: VadStream, frames: Float32Array) -> VadReply:
+        """``probabilities`` in two halves: the frames are handed in now, and the reply's
+        ``get`` waits for their probabilities."""
+        return self.submit_all([(stream, frames)])[0]
+
+    def submit_all(self, requests: Sequence[tuple[VadStream, Float32Array]]) -> list[VadReply]:
+        """``submit`` for several streams (a stream's channels) at once: the engine takes
+        their frames together, so one step runs them all, and it does not wait for one of
+        them while it holds the others."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Float32Array] = loop.create_future()
-        began = time.perf_counter()
-        self._submit(_Request(stream, batch, future, loop))
-        result = await future
-        if self.on_delay is not None:
-            self.on_delay(time.perf_counter() - began)
-        return result
+        replies: list[VadReply] = []
+        handed: list[_Request] = []
+        for stream, frames in requests:
+            batch = self._check(stream, frames)
+            if not len(batch):
+                replies.append(VadReply(self, None))
+                continue
+            future: asyncio.Future[Float32Array] = loop.create_future()
+            replies.append(VadReply(self, future))
+            handed.append(_Request(stream, batch, future, loop))
+        if handed:
+            self._submit(handed[0] if len(handed) == 1 else handed)
+        return replies
 
     def probabilities_sync(
         self, stream: VadStream, frames: Float32Array, timeout: float | None = None
@@ -387,7 +424,7 @@ class VadEngine:
             raise ValueError(f"frames must be (k, {FRAME_SAMPLES}), got {batch.shape}")
         return batch
 
-    def _submit(self, request: _Request) -> None:
+    def _submit(self, request: _Request | list[_Request]) -> None:
         with self._lock:
             if self._closed:
                 raise ShuttingDown("the VAD engine is closed")
@@ -405,10 +442,8 @@ class VadEngine:
                 # Block only when there is nothing to run; otherwise take what arrived.
                 item = self._inbox.get() if not self._ready else self._take_nowait()
                 while item is not None:
-                    if item is _STOP:
+                    if not self._accept(item):
                         return
-                    assert isinstance(item, _Request)
-                    self._enqueue(item)
                     item = self._take_nowait()
                 if self._ready:
                     if self.min_interval and not self._gather(last_step + self.min_interval):
@@ -435,11 +470,21 @@ class VadEngine:
             time.sleep(left)
         item = self._take_nowait()
         while item is not None:
-            if item is _STOP:
+            if not self._accept(item):
                 return False
+            item = self._take_nowait()
+        return True
+
+    def _accept(self, item: object) -> bool:
+        """Queue what came out of the inbox; False if it is the stop marker."""
+        if item is _STOP:
+            return False
+        if isinstance(item, list):
+            for request in item:
+                self._enqueue(request)
+        else:
             assert isinstance(item, _Request)
             self._enqueue(item)
-            item = self._take_nowait()
         return True
 
     def _others_expected(self, now: float) -> bool:
@@ -456,7 +501,7 @@ class VadEngine:
                 break
             del seen[stream]
 
-    def _take_nowait(self) -> _Request | object | None:
+    def _take_nowait(self) -> object | None:
         try:
             return self._inbox.get_nowait()
         except queue.Empty:
@@ -593,6 +638,7 @@ class VadEngine:
             item = self._take_nowait()
             if item is None:
                 break
-            if isinstance(item, _Request):
-                replies.add(item, error)
+            for request in item if isinstance(item, list) else [item]:
+                if isinstance(request, _Request):
+                    replies.add(request, error)
         replies.send()

@@ -1,0 +1,63 @@
+"""The segmented pipeline with several channels: one message's channels share a VAD step."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from model_factories import Loudness
+
+from streamer.audio.formats import AudioFormat
+from streamer.events import Event, SegmentResult
+from streamer.inference.pool import ThreadPool
+from streamer.inference.scheduler import Scheduler
+from streamer.pipeline import Route, StreamOptions, StreamPipeline
+from streamer.segmentation.vad import SileroVad, VadEngine
+
+AUDIO = Path(__file__).resolve().parents[2] / "fixtures" / "audio"
+MESSAGE = 1600  # 100 ms a message at 16 kHz
+
+
+def stereo() -> bytes:
+    """harvard_16k.wav on the left, jfk.wav's first 10.8 s on the right, interleaved s16."""
+    left, _ = sf.read(AUDIO / "harvard_16k.wav", dtype="int16")
+    right, _ = sf.read(AUDIO / "jfk.wav", dtype="int16")
+    return np.stack((left, right[: len(left)]), axis=1).tobytes()
+
+
+async def run(vad: VadEngine, audio: bytes) -> list[Event]:
+    scheduler = Scheduler(ThreadPool(Loudness(), 1), sample_rate=16000, max_batch=4)
+    scheduler.start()
+    events: list[Event] = []
+    fmt = AudioFormat(channels=2, sample_rate=16000, bit_depth=16, is_float=False)
+    options = StreamOptions(Route.SEGMENTED, fmt, 16000)
+    pipeline = StreamPipeline("s", options, scheduler=scheduler, emit=events.append, vad=vad)
+    pipeline.start()
+    step = MESSAGE * 2 * 2  # both channels, two bytes a sample
+    for at in range(0, len(audio), step):
+        # A step interval of 20 s: a message whose channels were fed one by one would
+        # wait that long for the second (the first has just sent frames and has none
+        # waiting, so the engine would expect it).
+        await asyncio.wait_for(pipeline.feed(audio[at : at + step]), 5)
+    await pipeline.finish()
+    await scheduler.close()
+    return events
+
+
+def spans(events: list[Event]) -> list[tuple[int, float, float]]:
+    return [(e.channel, e.start, e.end) for e in events if isinstance(e, SegmentResult)]
+
+
+async def test_a_messages_channels_share_one_vad_step() -> None:
+    audio = stereo()
+    with VadEngine(SileroVad(), min_interval=20.0) as waiting:
+        got = await run(waiting, audio)
+        messages = -(-len(audio) // (MESSAGE * 4))
+        # One step a message (and none for the tail, which has no whole frame).
+        assert waiting.steps_run <= messages
+    with VadEngine(SileroVad()) as eager:
+        expected = await run(eager, audio)
+    assert spans(got) == spans(expected)
+    assert {channel for channel, _, _ in spans(got)} == {0, 1}  # both channels have speech
