@@ -57,6 +57,10 @@ STATE_SHAPE: Final = (2, 128)
 """One stream's recurrent state; a batch holds ``(2, batch, 128)``."""
 ACTIVE_WINDOW: Final = 0.5
 """Seconds after its last frames during which a stream is waited for (``min_interval``)."""
+EAGER_WINDOW: Final = 0.005
+"""Frames a stream hands in within this many seconds of getting its last probabilities
+back come from a sender that waits on the engine (faster than real time): the step interval
+does not hold them back."""
 
 Float32Array = NDArray[np.float32]
 
@@ -204,7 +208,15 @@ class VadStream:
     back to ``VadEngine.probabilities`` and ``reset``.
     """
 
-    __slots__ = ("__weakref__", "_engine", "_pending", "_scheduled", "context", "state")
+    __slots__ = (
+        "__weakref__",
+        "_answered",
+        "_engine",
+        "_pending",
+        "_scheduled",
+        "context",
+        "state",
+    )
 
     def __init__(self, engine: VadEngine) -> None:
         self._engine = engine
@@ -214,6 +226,8 @@ class VadStream:
         # the engine's ready queue or in the batch being run.
         self._pending: deque[_Request] = deque()
         self._scheduled = False
+        # Loop only: when its caller last got probabilities back (perf_counter seconds).
+        self._answered = -1.0
 
     def reset(self) -> None:
         """Forget the audio seen so far, after the frames already submitted are run.
@@ -231,10 +245,16 @@ class VadStream:
 class VadReply:
     """The probabilities of frames handed in by ``VadEngine.submit``, once ``get`` has them."""
 
-    __slots__ = ("_began", "_engine", "_future")
+    __slots__ = ("_began", "_engine", "_future", "_stream")
 
-    def __init__(self, engine: VadEngine, future: asyncio.Future[Float32Array] | None) -> None:
+    def __init__(
+        self,
+        engine: VadEngine,
+        stream: VadStream,
+        future: asyncio.Future[Float32Array] | None,
+    ) -> None:
         self._engine = engine
+        self._stream = stream
         self._future = future  # None: there were no frames
         self._began = time.perf_counter()
 
@@ -243,9 +263,11 @@ class VadReply:
         if self._future is None:
             return np.empty(0, dtype=np.float32)
         result = await self._future
+        now = time.perf_counter()
+        self._stream._answered = now
         on_delay = self._engine.on_delay
         if on_delay is not None:
-            on_delay(time.perf_counter() - self._began)
+            on_delay(now - self._began)
         return result
 
 
@@ -267,7 +289,9 @@ class VadEngine:
     expected: many small steps cost far more than a few large ones (a call's fixed cost is
     about two rows'), at the price of up to that much delay per frame. Another stream is
     expected when one that sent frames in the last ``ACTIVE_WINDOW`` seconds has none
-    waiting; a stream alone on the engine never waits.
+    waiting; a stream alone on the engine never waits, and neither does one that hands in
+    frames as soon as it is answered (within ``EAGER_WINDOW``): it cuts the wait short,
+    since it is waiting on the engine rather than on its audio.
 
     ``steps_run``, ``batches_run`` (model calls) and ``frames_run`` count work done;
     ``on_batch(rows, seconds)`` is called on the engine's thread after every model call.
@@ -307,6 +331,7 @@ class VadEngine:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._ready: deque[VadStream] = deque()
+        self._hurry = threading.Event()  # set when an eager stream's frames arrive
         self._running: list[_Request] = []  # the step in progress, for _fail_all
         # Engine-thread only: when each stream last sent frames, oldest first.
         self._seen: OrderedDict[VadStream, float] = OrderedDict()
@@ -387,16 +412,21 @@ class VadEngine:
         loop = asyncio.get_running_loop()
         replies: list[VadReply] = []
         handed: list[_Request] = []
+        now = time.perf_counter()
+        eager = False
         for stream, frames in requests:
             batch = self._check(stream, frames)
             if not len(batch):
-                replies.append(VadReply(self, None))
+                replies.append(VadReply(self, stream, None))
                 continue
             future: asyncio.Future[Float32Array] = loop.create_future()
-            replies.append(VadReply(self, future))
+            replies.append(VadReply(self, stream, future))
             handed.append(_Request(stream, batch, future, loop))
+            eager = eager or now - stream._answered < EAGER_WINDOW
         if handed:
             self._submit(handed[0] if len(handed) == 1 else handed)
+            if eager and self.min_interval:
+                self._hurry.set()
         return replies
 
     def probabilities_sync(
@@ -467,7 +497,8 @@ class VadEngine:
         now = time.perf_counter()
         left = until - now
         if left > 0 and len(self._ready) < self.max_batch and self._others_expected(now):
-            time.sleep(left)
+            self._hurry.wait(left)  # cut short by a stream sending as fast as it is answered
+        self._hurry.clear()
         item = self._take_nowait()
         while item is not None:
             if not self._accept(item):

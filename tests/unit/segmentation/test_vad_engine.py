@@ -416,3 +416,34 @@ async def test_the_engine_keeps_no_stream_that_is_gone() -> None:
                 await eng.probabilities(eng.open_stream(), frames)  # one more step
             gc.collect()
             assert [ref() for ref in gone] == [None] * len(gone)
+
+
+async def test_a_stream_sent_as_fast_as_answered_is_not_held_to_the_step_interval(
+    model: SileroVad, reference: SileroVad
+) -> None:
+    """Beside a live stream, a sender that waits on the engine cuts each step's wait short."""
+    frames = stream_frames("harvard_16k.wav", 0, 40)
+    with VadEngine(model, min_interval=2.0) as eng:
+        live, fast = eng.open_stream(), eng.open_stream()
+        sent: list[asyncio.Future[Frames]] = []
+        stop = asyncio.Event()
+
+        async def paced() -> None:
+            # A frame every 0.1 s, answered or not, as a live client sends: every step has
+            # some of its frames, and after each the engine expects more.
+            while not stop.is_set():
+                sent.append(asyncio.ensure_future(eng.probabilities(live, frames[:1])))
+                await asyncio.sleep(0.1)
+
+        beside = asyncio.create_task(paced())
+        await asyncio.sleep(0.3)
+        parts = []
+        # Held to the interval, ten calls take about 20 s; only the first, which does not
+        # follow an answer, waits for it.
+        async with asyncio.timeout(12):
+            for chunk in np.array_split(frames, 10):
+                parts.append(await eng.probabilities(fast, chunk))
+        stop.set()
+        await beside
+        await asyncio.gather(*sent)
+    np.testing.assert_allclose(np.concatenate(parts), alone(reference, frames), atol=1e-5)
