@@ -173,10 +173,12 @@ class StreamSettings(BaseModel):
         "refused with invalid_format.",
     )
     vad_step_ms: float = Field(
-        default=4.0,
+        default=32.0,
         ge=0,
         le=50,
-        description="Least time between VAD steps, so that frames of many streams share a call.",
+        description="Least time between VAD steps (a Silero frame is 32 ms), so that frames "
+        "of many streams share a call; a lone stream, or one sent as fast as it is answered, "
+        "does not wait.",
     )
 
 
