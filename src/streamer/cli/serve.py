@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 
 
 SECOND_SIGNAL_SECONDS = 2.0
+"""After a second exit signal, the most stopping may take before the process exits anyway."""
 GC_YOUNG_OBJECTS = 20_000
 """The collector's first threshold in a serving process (Python's default is 700)."""
-"""After a second exit signal, the most stopping may take before the process exits anyway."""
 
 
 def _exit_by(seconds: float, why: str) -> None:
