@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -111,8 +111,8 @@ class StreamPipeline:
         self._resamplers = ChannelResamplers(fmt.channels, fmt.sample_rate, work_rate)
         self._order: asyncio.Queue[Event | _Pending | None] = asyncio.Queue()
         self._in_flight = asyncio.Semaphore(options.max_in_flight)
-        self._channels: list[_SimpleChannel | _SegmentedChannel]
-        self._segmented: list[_SegmentedChannel] = []
+        self._channels: Sequence[_SimpleChannel | _SegmentedChannel]
+        self._segmented: list[_SegmentedChannel] = []  # the same channels, if segmented
         self._vad = vad
         if options.route is Route.SEGMENTED:
             if vad is None:
@@ -122,7 +122,7 @@ class StreamPipeline:
                 _SegmentedChannel(self, c, vad, params, options.interim)
                 for c in range(fmt.channels)
             ]
-            self._channels = list(self._segmented)
+            self._channels = self._segmented
         else:
             chunk = max(1, round(options.chunk_seconds * work_rate))
             self._channels = [_SimpleChannel(self, c, chunk) for c in range(fmt.channels)]
