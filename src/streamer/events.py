@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar
+
+
+class Route(StrEnum):
+    """How a stream's audio reaches the model: every chunk (simple), or speech segments
+    found by the VAD (segmented). Codecs name it; the pipeline follows it."""
+
+    SIMPLE = "simple"
+    SEGMENTED = "segmented"
 
 
 @dataclass(frozen=True, slots=True)

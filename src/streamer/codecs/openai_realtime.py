@@ -27,12 +27,12 @@ from streamer.events import (
     Done,
     Event,
     Ready,
+    Route,
     SegmentResult,
     SpeechEnded,
     SpeechStarted,
     StreamError,
 )
-from streamer.pipeline import Route
 from streamer.protocol.connection import (
     Audio,
     Commit,

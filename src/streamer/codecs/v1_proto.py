@@ -31,7 +31,7 @@ from streamer.protocol.messages import (
     StopRequest,
     parse_start,
 )
-from streamer.transport.proto import streamer_v1_pb2 as pb
+from streamer.protocol.proto import streamer_v1_pb2 as pb
 
 _ENCODINGS: dict[pb.Encoding, str] = {
     pb.ENCODING_PCM: "pcm",

@@ -21,9 +21,9 @@ from streamer.events import Event, SegmentResult
 from streamer.inference.model import TestModel
 from streamer.pipeline import Route
 from streamer.protocol.connection import GRPC, Close, EndOfInput
+from streamer.protocol.proto import streamer_v1_pb2 as pb
 from streamer.services import Services
 from streamer.testing import Outcome, Pause, run_connection, running_services
-from streamer.transport.proto import streamer_v1_pb2 as pb
 
 RATE = 16000
 FORMAT = {"channels": 1, "sample_rate": RATE, "bit_depth": 16, "is_float": False}
