@@ -54,6 +54,11 @@ class SegmentResult:
     """A final that a ``finalize`` cut where the audio stopped (not a pause, not the end)."""
 
 
+SEGMENT_FIELDS = frozenset(("type", "channel", "start_time", "end_time", "is_final"))
+"""The fields of the v1 ``segment`` event; model output may not use these keys, so that
+every codec can lay the output beside them."""
+
+
 @dataclass(frozen=True, slots=True)
 class SpeechStarted:
     """Speech began at ``time`` seconds of the channel's audio."""

@@ -13,9 +13,9 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from streamer.codecs.v1_json import SEGMENT_FIELDS
 from streamer.errors import InvalidMessage
 from streamer.events import (
+    SEGMENT_FIELDS,
     Done,
     Event,
     Ready,
