@@ -30,8 +30,9 @@ from streamer.inference.pool import ThreadPool, WorkerPool
 from streamer.inference.process_pool import ModelFactory, ProcessPool
 from streamer.inference.scheduler import BatchStats, Scheduler
 from streamer.inference.whisper import WhisperRecognizer, model_directory
+from streamer.observability.gauges import collect_all, multiprocess_dir
 from streamer.observability.loop import LoopMonitor
-from streamer.observability.metrics import Metrics, collect_all, multiprocess_dir, new_registry
+from streamer.observability.metrics import Metrics, new_registry
 from streamer.observability.pressure import Ceilings, Pressure
 from streamer.observability.tracing import Tracing
 from streamer.origins import OriginPolicy
