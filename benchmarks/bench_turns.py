@@ -3,7 +3,8 @@
 A labelled set is cut from the recordings in ``tests/fixtures/audio``:
 
 - complete: each sentence, with all the recording's speech before it, cut where its speech
-  ends and followed by silence (noise at the recording's own floor);
+  ends and followed by silence (noise at the recording's own floor, or zeros with
+  ``--digital-silence``);
 - cut-off: the same recordings cut at every word boundary inside a sentence (mid-phrase),
   followed by a pause of ``--pauses`` milliseconds, after which the rest would come.
 
@@ -119,13 +120,13 @@ def speech_end(rms: NDArray[np.float64], at: float, floor: float) -> int:
     return i * 160
 
 
-def cases() -> list[Case]:
+def cases(digital_silence: bool = False) -> list[Case]:
     out: list[Case] = []
     for name, sentences in WORDS.items():
         audio = load(name)
         rms = frame_rms(audio)
         floor = float(np.percentile(rms, 2))
-        noise = max(floor, 1e-4)
+        noise = 0.0 if digital_silence else max(floor, 1e-4)
         for s, ends in enumerate(sentences):
             for w, at in enumerate(ends):
                 last = w == len(ends) - 1
@@ -209,10 +210,15 @@ def main() -> None:
         type=float,
         help="each answer arrives this long after it is asked (default: as measured here)",
     )
+    parser.add_argument(
+        "--digital-silence",
+        action="store_true",
+        help="pauses of zeros (as a client's keep-alive sends) instead of the recording's floor",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    labelled = cases()
+    labelled = cases(args.digital_silence)
     complete = [c for c in labelled if c.complete]
     cut = [c for c in labelled if not c.complete]
     print(f"{len(complete)} complete sentences, {len(cut)} mid-phrase cuts")
@@ -290,6 +296,7 @@ def main() -> None:
             "cut": len(cut),
             "complete": len(complete),
             "model_ms": args.model_ms,
+            "digital_silence": args.digital_silence,
             "median_call_ms": 1000 * statistics.median(calls),
             "cpu_per_window_ms": 1000 * engine.cost_per_window,
             "results": results,

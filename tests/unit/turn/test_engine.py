@@ -18,6 +18,16 @@ from streamer.errors import ShuttingDown
 from streamer.turn.engine import TurnAnswer, TurnEngine
 from streamer.turn.features import turn_features
 from streamer.turn.model import SmartTurn
+from streamer.turn.stage import (
+    EndTrigger,
+    Pause,
+    Probability,
+    ScoreTurn,
+    SpeechStarted,
+    TurnEvent,
+    TurnEventKind,
+    TurnStage,
+)
 
 AUDIO = Path(__file__).parents[2] / "fixtures" / "audio"
 Audio = NDArray[np.float32]
@@ -231,3 +241,43 @@ def test_the_real_model_on_real_speech() -> None:
         assert ended is not None and unfinished is not None
         assert ended.probability > 0.7 > 0.5 > unfinished.probability
         assert engine.cost_per_window > 0
+
+
+def run_pause(stage: TurnStage, engine: TurnEngine, audio: Audio, pause: float) -> list[TurnEvent]:
+    """Speech, then ``pause`` seconds of silence observed a VAD frame at a time, with the
+    stage's requests run on the engine and their answers fed back as they come. The
+    silence is noise at the recording's floor (about -56 dBFS), as a live line has."""
+    stream = engine.open_stream()
+    quiet = np.random.default_rng(1).normal(0, 0.0016, int(pause * 16000) + 1600)
+    events = [e for e in stage.handle(SpeechStarted(0.0)) if isinstance(e, TurnEvent)]
+    end = len(audio) / 16000
+    silence = 0.0
+    while silence < pause:
+        silence = round(silence + 0.032, 3)
+        outputs = stage.handle(Pause(speech_end=end, now=end + silence))
+        while outputs:
+            output = outputs.pop(0)
+            if isinstance(output, TurnEvent):
+                events.append(output)
+            elif isinstance(output, ScoreTurn):
+                heard = quiet[: int((output.audio_end - end) * 16000)].astype(np.float32)
+                answer = engine.submit(stream, np.concatenate((audio, heard))).result(WAIT)
+                assert answer is not None
+                outputs += stage.handle(Probability(output.request, answer.probability))
+    return events
+
+
+def test_the_stage_and_the_engine_on_a_complete_and_a_cut_sentence() -> None:
+    # "The birch canoe slid on the smooth planks." then silence ends its turn by the
+    # model; "The birch canoe slid on the" then a pause of a second does not.
+    harvard = speech("harvard_16k.wav")
+    with TurnEngine(SmartTurn()) as engine:
+        complete = run_pause(TurnStage(), engine, harvard[: int(2.6 * 16000)], 1.0)
+        assert [e.kind for e in complete] == [
+            TurnEventKind.START_OF_TURN,
+            TurnEventKind.END_OF_TURN,
+        ]
+        assert complete[-1].trigger is EndTrigger.MODEL
+        assert complete[-1].end_of_turn_confidence >= 0.7
+        cut = run_pause(TurnStage(), engine, harvard[: int(1.58 * 16000)], 1.0)
+        assert [e.kind for e in cut] == [TurnEventKind.START_OF_TURN]
