@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +87,18 @@ def test_bad_shapes_and_threads_are_refused() -> None:
         SmartTurn(threads=0)
     with pytest.raises(ValueError, match="80, 800"):
         loaded().run(np.zeros((1, 80, 799), dtype=np.float32))
+
+
+def test_scoring_needs_neither_torch_nor_transformers() -> None:
+    # `pip install streamer` alone must serve turn-taking: a fresh interpreter scores a
+    # window and has loaded neither.
+    script = (
+        "import sys, numpy as np\n"
+        "from streamer.turn.engine import TurnEngine\n"
+        "with TurnEngine() as engine:\n"
+        "    answer = engine.submit(engine.open_stream(), np.zeros(16000, np.float32)).result(60)\n"
+        "assert answer is not None and 0 <= answer.probability <= 1\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
