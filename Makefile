@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 CLIENTS := .venv-clients
 CLIENT_STAMPS := $(CLIENTS)/deepgram/.installed $(CLIENTS)/pipecat/.installed \
 	$(CLIENTS)/livekit/.installed $(CLIENTS)/openai/.installed \
+	$(CLIENTS)/assemblyai/.installed \
 	tests/e2e/js/node_modules/.installed
 
 .PHONY: run test lint typecheck unit schema proto system-deps clean clients
@@ -46,8 +47,8 @@ proto: $(STAMP)
 clean:
 	rm -rf $(VENV) $(CLIENTS) tests/e2e/js/node_modules .pytest_cache .mypy_cache .ruff_cache
 
-# The vendor clients the tests drive (Deepgram's SDKs, Pipecat, LiveKit, openai, twilio),
-# each in an environment of its own: their pins clash with the project's and with each
+# The vendor clients the tests drive (Deepgram's and AssemblyAI's SDKs, Pipecat, LiveKit,
+# openai, twilio), each in an environment of its own: their pins clash with the project's and with each
 # other's (protobuf, numpy, websockets).
 
 $(CLIENTS)/%/.installed: tests/e2e/clients/requirements-%.txt
