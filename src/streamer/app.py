@@ -41,6 +41,7 @@ from streamer.policy import ConnectionPolicy, ConnectionRequest, allow_all
 from streamer.protocol.connection import WEBSOCKET_FINISHING
 from streamer.segmentation.vad import VadEngine
 from streamer.services import Services
+from streamer.transport.assemblyai import serve_streaming, token_endpoint
 from streamer.transport.deepgram import serve_listen
 from streamer.transport.grant import grant_endpoint
 from streamer.transport.grpc import GrpcServer, start_grpc_server
@@ -371,6 +372,9 @@ def create_app(
     async def listen(ws: WebSocket) -> None:
         await serve_listen(ws, ws.app.state.services)
 
+    async def assemblyai_streaming(ws: WebSocket) -> None:
+        await serve_streaming(ws, ws.app.state.services)
+
     def call_sink() -> CallPublisher:
         poster = callbacks[0] if callbacks else None
         return CallPublisher(
@@ -425,6 +429,9 @@ def create_app(
             Mount("/demo", StaticFiles(directory=WEB), name="demo"),
             # Deepgram's live API, so that its clients need only a base URL.
             WebSocketRoute("/v1/listen", listen),
+            # AssemblyAI's Universal-Streaming v3 and its temporary tokens, likewise.
+            WebSocketRoute("/v3/ws", assemblyai_streaming),
+            HttpRoute("/v3/token", token_endpoint(tokens), methods=["GET"]),
             WebSocketRoute("/v1/twilio", twilio),
             WebSocketRoute("/v1/twilio/calls/{sid}/events", call_events),
             WebSocketRoute("/v1/twilio/streams/{sid}/events", stream_events),

@@ -271,6 +271,19 @@ class RaySettings(BaseModel):
     batch_wait_ms: float = Field(default=5.0, ge=0, description="@serve.batch wait.")
 
 
+class AssemblyAISettings(BaseModel):
+    """AssemblyAI's Universal-Streaming v3 route (``/v3/ws``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_chunk_ms: float = Field(
+        default=50.0, gt=0, description="Shortest binary audio message; shorter is error 3007."
+    )
+    max_chunk_ms: float = Field(
+        default=1000.0, gt=0, description="Longest binary audio message; longer is error 3007."
+    )
+
+
 class Settings(BaseSettings):
     """All settings of one server process."""
 
@@ -286,6 +299,7 @@ class Settings(BaseSettings):
     ray: RaySettings = RaySettings()
     auth: AuthSettings = AuthSettings()
     twilio: TwilioSettings = TwilioSettings()
+    assemblyai: AssemblyAISettings = AssemblyAISettings()
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     log_json: bool = False
 
