@@ -351,6 +351,7 @@ def create_app(
             codec.encode,
             opening=(codec.opening(),),
             subprotocol=REALTIME_SUBPROTOCOL,
+            encode_reply=codec.encode,
         )
 
     async def realtime(ws: WebSocket) -> None:
@@ -382,7 +383,11 @@ def create_app(
         # A call that drops without its stop still has its last finals, for its
         # subscribers and callback.
         wire = WsCodec(
-            codec.decode_text, codec.decode_bytes, codec.encode, mode=WEBSOCKET_FINISHING
+            codec.decode_text,
+            codec.decode_bytes,
+            codec.encode,
+            mode=WEBSOCKET_FINISHING,
+            encode_reply=codec.encode,
         )
         try:
             await serve_websocket(

@@ -19,25 +19,25 @@ from streamer.events import Event, StreamError
 from streamer.observability.tracing import ConnectionTrace
 from streamer.pipeline import Route, StreamPipeline
 from streamer.policy import ANONYMOUS, Principal
-from streamer.protocol.connection import (
+from streamer.protocol.actions import (
     AbortStream,
     Action,
     Close,
-    ConnectionMachine,
-    Crashed,
-    Disconnected,
-    DrainExpired,
-    DrainStarted,
     EmitError,
     Feed,
     Finalize,
     FinishStream,
-    Input,
-    Limits,
-    Mode,
     OpenStream,
-    OutboxFull,
     Send,
+)
+from streamer.protocol.connection import ConnectionMachine, Limits, Mode
+from streamer.protocol.inputs import (
+    Crashed,
+    Disconnected,
+    DrainExpired,
+    DrainStarted,
+    Input,
+    OutboxFull,
     StreamFailed,
     StreamRefused,
     Tick,

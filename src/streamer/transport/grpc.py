@@ -23,7 +23,8 @@ from streamer.codecs.v1_proto import decode_request, event_to_proto
 from streamer.errors import ENDINGS, ClientError, ConnectionDenied, ErrorCode
 from streamer.pipeline import Route
 from streamer.policy import ConnectionRequest
-from streamer.protocol.connection import GRPC, EndOfInput, Input, Invalid
+from streamer.protocol.connection import GRPC
+from streamer.protocol.inputs import EndOfInput, Input, Invalid
 from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver
 from streamer.transport.limits import grpc_server_options

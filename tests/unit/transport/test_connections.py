@@ -20,7 +20,9 @@ from streamer.errors import ErrorCode
 from streamer.events import Event, SegmentResult
 from streamer.inference.model import TestModel
 from streamer.pipeline import Route
-from streamer.protocol.connection import GRPC, Close, EndOfInput
+from streamer.protocol.actions import Close
+from streamer.protocol.connection import GRPC
+from streamer.protocol.inputs import EndOfInput
 from streamer.services import Services
 from streamer.testing import Outcome, Pause, run_connection, running_services
 from streamer.transport.proto import streamer_v1_pb2 as pb
