@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from streamer.client import LoadedAudio, load_audio, stream_file
+from streamer.client import FileOptions, LoadedAudio, load_audio, stream_file
 from streamer.client import grpc as grpc_client
 from streamer.codecs.v1_proto import event_to_dict, start_to_config
 from streamer.transport.proto import streamer_v1_pb2 as pb
@@ -303,7 +303,7 @@ async def test_invalid_config_and_early_audio_have_their_statuses(server: Server
             await good_stream(channel, audio)
         # The client reports a refusal as the WebSocket does: an error event.
         bad = await grpc_client.run_stream(
-            channel, audio, extra_start={"format": {**audio.format, "bit_depth": 12}}
+            channel, audio, FileOptions(extra_start={"format": {**audio.format, "bit_depth": 12}})
         )
         assert [e["code"] for e in bad.errors] == ["invalid_format"]
         assert bad.close_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
