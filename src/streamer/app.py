@@ -20,9 +20,7 @@ from starlette.routing import Route as HttpRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from streamer.auth import REALTIME_SUBPROTOCOL, issuer_from_settings, policy_from_settings
-from streamer.codecs.openai_realtime import RealtimeCodec
-from streamer.codecs.twilio_media import MediaStreamCodec
+from streamer.auth import issuer_from_settings, policy_from_settings
 from streamer.config import Settings
 from streamer.fleet import FleetSlot
 from streamer.inference.model import Model, TestModel, UnsupportedModel
@@ -36,15 +34,16 @@ from streamer.observability.pressure import Ceilings, Pressure
 from streamer.observability.tracing import Tracing
 from streamer.origins import OriginPolicy
 from streamer.pipeline import Route
-from streamer.policy import ConnectionPolicy, ConnectionRequest, allow_all
-from streamer.protocol.connection import WEBSOCKET_FINISHING
+from streamer.policy import ConnectionPolicy, allow_all
 from streamer.segmentation.vad import VadEngine
 from streamer.services import Services
 from streamer.transport.deepgram import serve_listen
 from streamer.transport.grant import grant_endpoint
 from streamer.transport.grpc import GrpcServer, start_grpc_server
+from streamer.transport.realtime import serve_realtime
 from streamer.transport.subscribe import serve_subscriber
-from streamer.transport.websocket import WsCodec, serve_websocket
+from streamer.transport.twilio import serve_media_stream
+from streamer.transport.websocket import serve_websocket
 from streamer.twilio.callbacks import CallbackPoster
 from streamer.twilio.hub import CallHub, CallPublisher
 from streamer.twilio.signature import SignaturePolicy, by_route
@@ -341,24 +340,11 @@ def create_app(
 
         return endpoint
 
-    def realtime_codec(request: ConnectionRequest) -> WsCodec:
+    async def realtime(ws: WebSocket) -> None:
         # An append past the limit is an error event; a text frame past max_text_bytes
         # is the transport's 1009.
-        codec = RealtimeCodec(max_append_bytes=settings.server.max_text_bytes // 2)
-        return WsCodec(
-            codec.decode_text,
-            codec.decode_bytes,
-            codec.encode,
-            opening=(codec.opening(),),
-            subprotocol=REALTIME_SUBPROTOCOL,
-            encode_reply=codec.encode,
-        )
-
-    async def realtime(ws: WebSocket) -> None:
-        # The session opens its streams on the segmented route (server VAD) or the simple
-        # one (manual commits); the connection counts under segmented.
-        services = ws.app.state.services
-        await serve_websocket(ws, Route.SEGMENTED, services, realtime_codec, name="realtime")
+        max_append = settings.server.max_text_bytes // 2
+        await serve_realtime(ws, ws.app.state.services, max_append_bytes=max_append)
 
     async def listen(ws: WebSocket) -> None:
         await serve_listen(ws, ws.app.state.services)
@@ -373,28 +359,13 @@ def create_app(
         )
 
     async def twilio(ws: WebSocket) -> None:
-        # The call's tracks are the channels of one segmented stream; its events go to
-        # the call's subscribers (and callback), not back to Twilio.
-        codec = MediaStreamCodec(
+        await serve_media_stream(
+            ws,
+            ws.app.state.services,
             call_sink(),
             on_rejected=lambda reason: metrics.twilio_rejected.labels(reason).inc(),
             max_skew_seconds=twilio_settings.max_skew_seconds,
         )
-        # A call that drops without its stop still has its last finals, for its
-        # subscribers and callback.
-        wire = WsCodec(
-            codec.decode_text,
-            codec.decode_bytes,
-            codec.encode,
-            mode=WEBSOCKET_FINISHING,
-            encode_reply=codec.encode,
-        )
-        try:
-            await serve_websocket(
-                ws, Route.SEGMENTED, ws.app.state.services, lambda request: wire, name="twilio"
-            )
-        finally:
-            codec.close()
 
     async def call_events(ws: WebSocket) -> None:
         key = f"call:{ws.path_params['sid']}"
