@@ -23,13 +23,14 @@ from starlette.websockets import WebSocket
 from streamer.auth import issuer_from_settings, policy_from_settings
 from streamer.config import Settings
 from streamer.fleet import FleetSlot
-from streamer.inference.model import Model, TestModel, UnsupportedModel
+from streamer.inference.model import Model, TestModel, UnsupportedModel, make_model
 from streamer.inference.pool import ThreadPool, WorkerPool
 from streamer.inference.process_pool import ModelFactory, ProcessPool
 from streamer.inference.scheduler import BatchStats, Scheduler
 from streamer.inference.whisper import WhisperRecognizer, model_directory
+from streamer.observability.gauges import collect_all, multiprocess_dir
 from streamer.observability.loop import LoopMonitor
-from streamer.observability.metrics import Metrics, collect_all, multiprocess_dir, new_registry
+from streamer.observability.metrics import Metrics, new_registry
 from streamer.observability.pressure import Ceilings, Pressure
 from streamer.observability.tracing import Tracing
 from streamer.origins import OriginPolicy
@@ -92,13 +93,21 @@ def import_factory(reference: str) -> ModelFactory:
 def build_model(settings: Settings) -> Model:
     """The model the settings name: the test model, Whisper (the whisper extra), or a
     factory of one's own."""
-    model = model_factory(settings)()
-    if not isinstance(model, Model):
-        raise UnsupportedModel(
-            f"{settings.inference.model} made a {type(model).__name__}, which is not a model: "
-            "it needs name, sample_rate, max_batch_size, infer and infer_batch"
-        )
-    return model
+    return make_model(model_factory(settings), settings.inference.model)
+
+
+def deploy_on_ray(settings: Settings) -> Any:
+    """Deploy the model the settings name on Ray Serve (the ``ray`` extra), or with
+    ``ray.deploy`` off find the deployment already running; its handle. The replicas build
+    the model from ``model_factory``'s picklable recipe."""
+    from streamer.inference.ray_backend import deploy
+
+    return deploy(
+        settings.ray,
+        functools.partial(model_factory, settings),
+        settings.inference.model,
+        panic_kills_process=settings.model.panic_kills_process,
+    )
 
 
 def build_services(
@@ -121,9 +130,9 @@ def build_services(
         raise ValueError("a process pool builds its model from the settings; pass none")
     handle: Any = None
     if inference.backend == "ray":
-        from streamer.inference.ray_backend import deploy, remote_model
+        from streamer.inference.ray_backend import remote_model
 
-        handle = deploy(settings)  # the model runs on Ray Serve; only its metadata here
+        handle = deploy_on_ray(settings)  # the model runs on Ray Serve; only its metadata here
         model = model or remote_model(handle)
     model = model or build_model(settings)
     server = settings.server

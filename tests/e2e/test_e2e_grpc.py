@@ -30,8 +30,8 @@ import soundfile as sf
 from streamer.client import FileOptions, LoadedAudio, load_audio, stream_file
 from streamer.client import grpc as grpc_client
 from streamer.codecs.v1_proto import event_to_dict, start_to_config
-from streamer.transport.proto import streamer_v1_pb2 as pb
-from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
+from streamer.protocol.proto import streamer_v1_pb2 as pb
+from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

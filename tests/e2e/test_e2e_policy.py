@@ -23,9 +23,9 @@ from streamer.client import load_audio, stream_file
 from streamer.client.grpc import stream_file as grpc_stream_file
 from streamer.config import Settings
 from streamer.policy import ConnectionDenied, ConnectionRequest, Principal
+from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 from streamer.services import Services
 from streamer.transport.grpc import ERROR_CODE_KEY
-from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ from streamer.client.files import DEFAULTS, FileOptions, StreamResult, play
 from streamer.client.stream import Request, Stream
 from streamer.client.websocket import MAX_MESSAGE_BYTES
 from streamer.codecs.v1_proto import event_to_dict, start_to_config
-from streamer.transport.proto import streamer_v1_pb2 as pb
-from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
+from streamer.protocol.proto import streamer_v1_pb2 as pb
+from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 
 ROUTES = ("simple", "segmented")
 ERROR_CODE_KEY = "streamer-error-code"

@@ -103,7 +103,7 @@ class Restart:
 
     request: StartRequest
     route: str | None = None
-    """The route of the new stream (a ``Route`` value; None: the connection's)."""
+    """The route of the new stream (an ``events.Route`` value; None: the connection's)."""
     chunk_seconds: float | None = None
     """The simple route's chunk for this stream (None: the server's)."""
     reply: CodecReply | None = None

@@ -25,12 +25,12 @@ from streamer.pipeline import Route
 from streamer.policy import ConnectionRequest
 from streamer.protocol.connection import GRPC
 from streamer.protocol.inputs import EndOfInput, Input, Invalid
+from streamer.protocol.proto import streamer_v1_pb2 as pb
+from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver
 from streamer.transport.limits import grpc_server_options
 from streamer.transport.outbox import Outbox
-from streamer.transport.proto import streamer_v1_pb2 as pb
-from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

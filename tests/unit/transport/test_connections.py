@@ -23,9 +23,9 @@ from streamer.pipeline import Route
 from streamer.protocol.actions import Close
 from streamer.protocol.connection import GRPC
 from streamer.protocol.inputs import EndOfInput
+from streamer.protocol.proto import streamer_v1_pb2 as pb
 from streamer.services import Services
 from streamer.testing import Outcome, Pause, run_connection, running_services
-from streamer.transport.proto import streamer_v1_pb2 as pb
 
 RATE = 16000
 FORMAT = {"channels": 1, "sample_rate": RATE, "bit_depth": 16, "is_float": False}

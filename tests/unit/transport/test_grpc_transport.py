@@ -22,10 +22,10 @@ from streamer.app import create_app, drain
 from streamer.client import load_audio
 from streamer.codecs.v1_proto import event_to_dict
 from streamer.config import Settings
+from streamer.protocol.proto import streamer_v1_pb2 as pb
+from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 from streamer.services import Services
 from streamer.transport.grpc import ERROR_CODE_KEY, SERVICE_NAME
-from streamer.transport.proto import streamer_v1_pb2 as pb
-from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
 
 AUDIO = Path(__file__).resolve().parents[2] / "fixtures" / "audio"
 RATE = 16000
