@@ -69,13 +69,13 @@ async def running_services(
 ) -> AsyncIterator[Services]:
     """Real services (scheduler and VAD running), stopped on exit."""
     services = build_services(settings or Settings(), model)
-    services.scheduler.start()
-    services.vad.start()
+    services.streams.scheduler.start()
+    services.streams.vad.start()
     try:
         yield services
     finally:
-        await services.scheduler.close()
-        services.vad.close()
+        await services.streams.scheduler.close()
+        services.streams.vad.close()
 
 
 _END = object()
@@ -136,7 +136,7 @@ async def run_connection(
         outcome.sent.append(item)
 
     outbox: Outbox[Any] = Outbox(
-        services.settings.server.max_pending_events,
+        services.max_pending_events,
         encode,
         functools.partial(services.event_sent, route),
         "test",
@@ -150,6 +150,7 @@ async def run_connection(
         mode,
         receive,
         outbox,
+        limits=services.limits,
         principal=principal,
         gone=gone,
         mark_finalize=mark_finalize,

@@ -132,6 +132,10 @@ class Limits:
     them (the driver reads no more while the stream is busy)."""
 
 
+UNLIMITED = Limits()
+"""No limit on a connection's time, a stream's length or the message rate."""
+
+
 Step: TypeAlias = Callable[["ConnectionMachine", Any], list[Action]]
 """What a rule does: the actions for the input (it may update the machine's counters, never
 its state)."""

@@ -123,7 +123,7 @@ async def serve_websocket(
     trace = services.open_connection(route, ws.headers)
     encode, encode_reply = codec.encode, codec.encode_reply
     outbox: Outbox[tuple[str, ...]] = Outbox(
-        services.settings.server.max_pending_events,
+        services.max_pending_events,
         lambda event: _frames(encode(event)),
         functools.partial(services.event_sent, route),
         "ws",
@@ -164,6 +164,7 @@ async def serve_websocket(
         principal=principal,
         trace=trace,
         gone=gone,
+        limits=services.limits,
         mark_finalize=codec.mark_finalize,
         interruptible=True,  # a cancelled receive leaves the next message queued
     )
