@@ -40,7 +40,8 @@ from streamer.events import (
     SpeechStarted,
     StreamError,
 )
-from streamer.protocol.connection import Audio, Finish, Input, Invalid, Mode
+from streamer.protocol.connection import Mode
+from streamer.protocol.inputs import Audio, Finish, Input, Invalid
 from streamer.protocol.messages import (
     MAX_OPTION_MS,
     FinalizeRequest,

@@ -10,6 +10,7 @@ clients send it) for a single-use token that opens ``/v3/ws`` once, within
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,16 +34,25 @@ MAX_EXPIRES_IN_SECONDS = 600
 """AssemblyAI's longest ``expires_in_seconds``."""
 
 
-def streaming_codec(services: Services) -> CodecFactory:
+@dataclass(frozen=True, slots=True)
+class ChunkBounds:
+    """The server's bounds on a ``/v3/ws`` session: one audio message's length (shorter or
+    longer is 3007), and the session's life (``Begin.expires_at``; 0: three hours)."""
+
+    min_chunk_ms: float = assemblyai.MIN_CHUNK_MS
+    max_chunk_ms: float = assemblyai.MAX_CHUNK_MS
+    max_session_seconds: float = 0.0
+
+
+def streaming_codec(bounds: ChunkBounds = ChunkBounds()) -> CodecFactory:
     """The codec factory of ``/v3/ws``: one codec per connection, from its query."""
-    settings = services.settings
 
     def make(request: ConnectionRequest) -> WsCodec:
         codec = assemblyai.codec_for(
             request.query_items or tuple(request.query.items()),
-            max_session_seconds=settings.stream.max_wall_seconds,
-            min_chunk_ms=settings.assemblyai.min_chunk_ms,
-            max_chunk_ms=settings.assemblyai.max_chunk_ms,
+            max_session_seconds=bounds.max_session_seconds,
+            min_chunk_ms=bounds.min_chunk_ms,
+            max_chunk_ms=bounds.max_chunk_ms,
         )
         return WsCodec(
             codec.decode_text,
@@ -57,9 +67,11 @@ def streaming_codec(services: Services) -> CodecFactory:
     return make
 
 
-async def serve_streaming(ws: WebSocket, services: Services) -> None:
+async def serve_streaming(
+    ws: WebSocket, services: Services, bounds: ChunkBounds = ChunkBounds()
+) -> None:
     """Serve one ``GET /v3/ws`` WebSocket connection."""
-    await serve_websocket(ws, ROUTE, services, streaming_codec(services), name=NAME)
+    await serve_websocket(ws, ROUTE, services, streaming_codec(bounds), name=NAME)
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -34,7 +34,7 @@ from streamer.events import (
 )
 from streamer.inference.model import TestModel
 from streamer.pipeline import Route
-from streamer.protocol.connection import Audio, Finish, Input, Invalid
+from streamer.protocol.inputs import Audio, Finish, Input, Invalid
 from streamer.protocol.messages import (
     FinalizeRequest,
     KeepaliveRequest,
