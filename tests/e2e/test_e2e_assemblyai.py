@@ -13,8 +13,12 @@ drives the route.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
+import ssl
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,6 +230,90 @@ def test_livekit_stt_with_its_defaults(whisper: ServerProcess, raws: dict[str, P
     assert finals and all(e["words"] for e in finals), finals
     said = " ".join(e["text"] for e in finals)
     assert word_error_rate(SAID["jfk.wav"], said) <= 0.3, said
+
+
+class TlsProxy:
+    """TLS in front of the server, as a deployment terminates it (the JS SDK speaks
+    ``wss://`` only): a self-signed certificate for 127.0.0.1, bytes relayed both ways."""
+
+    def __init__(self, directory: Path, target: int) -> None:
+        self.cert = directory / "cert.pem"
+        key = directory / "key.pem"
+        subprocess.run(
+            [
+                *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+                *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+                *("-keyout", str(key), "-out", str(self.cert)),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._context.load_cert_chain(self.cert, key)
+        self._target = target
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", 0, ssl=self._context)
+        )
+        self.port = server.sockets[0].getsockname()[1]
+        ready.set()
+        self._loop.run_forever()
+        server.close()
+        tasks = asyncio.all_tasks(self._loop)
+        for task in tasks:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self._loop.run_until_complete(server.wait_closed())
+        self._loop.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            with contextlib.suppress(Exception):
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def test_js_sdk_through_tls(whisper: ServerProcess, raws: dict[str, Path], tmp_path: Path) -> None:
+    node = shutil.which("node")
+    if node is None or not (JS / "node_modules" / "assemblyai").exists():
+        pytest.fail("node and tests/e2e/js/node_modules are needed: `make clients` installs them")
+    proxy = TlsProxy(tmp_path, whisper.port)
+    try:
+        command = [node, str(JS / "streaming.mjs"), f"wss://127.0.0.1:{proxy.port}/v3/ws"]
+        done = subprocess.run(
+            [*command, KEY, str(raws["jfk.wav"])],
+            capture_output=True,
+            text=True,
+            timeout=CLIENT_TIMEOUT,
+            env={"PATH": "/usr/bin:/bin", "NODE_EXTRA_CA_CERTS": str(proxy.cert)},
+        )
+    finally:
+        proxy.stop()
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout)
+    assert result["errors"] == [] and result["messages"][0]["type"] == "Begin", result
+    turns = [m for m in result["messages"] if m.get("end_of_turn") and m["turn_is_formatted"]]
+    said = " ".join(t["transcript"] for t in turns)
+    assert word_error_rate(SAID["jfk.wav"], said) <= 0.15, said
+    assert result["close_code"] in (None, 1000, 1005), result
 
 
 # Bad input: a plain WebSocket.
