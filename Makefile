@@ -48,8 +48,8 @@ clean:
 	rm -rf $(VENV) $(CLIENTS) tests/e2e/js/node_modules .pytest_cache .mypy_cache .ruff_cache
 
 # The vendor clients the tests drive (Deepgram's and AssemblyAI's SDKs, Pipecat, LiveKit,
-# openai, twilio), each in an environment of its own: their pins clash with the project's and with each
-# other's (protobuf, numpy, websockets).
+# openai, twilio), each in an environment of its own: their pins clash with the project's
+# and with each other's (protobuf, numpy, websockets).
 
 $(CLIENTS)/%/.installed: tests/e2e/clients/requirements-%.txt
 	test -x $(CLIENTS)/$*/bin/python || python3 -m venv $(CLIENTS)/$*

@@ -435,7 +435,15 @@ class StreamingCodec:
         if isinstance(event, Ready):
             self.session_id = event.session_id
             expires = int(self._wall_clock() + self._session_seconds)
-            return [{"type": "Begin", "id": _uuid(event.session_id), "expires_at": expires}]
+            begin: dict[str, Any] = {
+                "type": "Begin",
+                "id": _uuid(event.session_id),
+                "expires_at": expires,
+            }
+            if self.params.speech_model is not None:
+                # Reported back as asked; the server's own model runs whatever it is.
+                begin["configuration"] = {"model": self.params.speech_model}
+            return [begin]
         if isinstance(event, SpeechStarted):
             return [{"type": "SpeechStarted", "timestamp": _ms(event.time)}]
         if isinstance(event, SegmentResult):

@@ -211,6 +211,8 @@ def test_begin_speech_started_and_nothing_for_the_rest() -> None:
     assert c.messages(SpeechEnded(0, 2.0)) == []
     assert c.messages(Finalized(0, 2.0, 1)) == []
     assert codec(max_session_seconds=60).messages(ready())[0]["expires_at"] == 1060
+    (asked,) = codec(("speech_model", "u3-rt-pro")).messages(ready())
+    assert asked["configuration"] == {"model": "u3-rt-pro"}
 
 
 def test_partials_then_the_end_of_turn_unformatted_then_formatted() -> None:
@@ -305,7 +307,7 @@ def test_unformatted_text() -> None:
 
 
 def _sample_messages() -> list[dict[str, Any]]:
-    c = codec(("format_turns", "true"))
+    c = codec(("format_turns", "true"), ("speech_model", "universal-streaming-english"))
     sent = c.messages(ready()) + c.messages(SpeechStarted(0, 0.4))
     sent += c.messages(SegmentResult(0, 0.4, 1.0, False, {"text": "Hello", "words": WORDS[:1]}))
     sent += c.messages(SAID)
