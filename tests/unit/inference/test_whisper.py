@@ -8,6 +8,7 @@ from typing import cast
 
 import numpy as np
 import pytest
+from faster_whisper.audio import pad_or_trim
 from transcripts import SAID, word_error_rate
 
 from streamer.app import build_model
@@ -15,7 +16,14 @@ from streamer.bench.expected import decode_channels
 from streamer.client import load_audio
 from streamer.config import Settings
 from streamer.inference.model import Output, UnsupportedModel, WordTimedModel
-from streamer.inference.whisper import WhisperParams, WhisperRecognizer, has_words, is_no_speech
+from streamer.inference.whisper import (
+    WhisperParams,
+    WhisperRecognizer,
+    has_words,
+    is_no_speech,
+    token_budget,
+    without_repeats,
+)
 
 AUDIO = Path(__file__).resolve().parents[2] / "fixtures" / "audio"
 
@@ -145,3 +153,77 @@ def test_it_is_a_model_the_settings_can_name() -> None:
 def test_a_directory_without_a_model_is_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedModel, match=r"model\.bin is missing"):
         WhisperRecognizer(WhisperParams(model_path=tmp_path))
+
+
+def looping_clip() -> np.ndarray:
+    """2.2 s of harvard_16k.wav cut mid-word, then 2.4 s of silence: a segment as a VAD
+    may cut it. Greedy tiny.en decodes it as "it on the smooth planks. Gloobish." and then
+    "Gloobish." until Whisper's 224-token limit. (A cut a few samples off may not loop:
+    where a loop starts is that fragile.)"""
+    audio = speech("harvard_16k.wav")[18317:53076]
+    return np.concatenate([audio, np.zeros(37684, dtype=np.float32)])
+
+
+def test_the_clip_loops_when_nothing_bounds_the_decode(whisper: WhisperRecognizer) -> None:
+    features = whisper._model.feature_extractor(looping_clip())
+    frames = features.shape[-1] - 1
+    window = whisper._window(frames)
+    encoded = whisper._model.encode(np.stack([pad_or_trim(features[:, :frames], window)]))
+    [decoded] = whisper._generate(encoded, [list(whisper._prompt)], [224], 1, 0.0)
+    text = whisper._tokenizer.decode(decoded.tokens)
+    assert not decoded.ended and len(decoded.tokens) == 224
+    assert text.count("Gloobish") > 20, text
+
+
+def test_a_looping_decode_is_cut_to_its_budget_and_decoded_again_without_repeats(
+    whisper: WhisperRecognizer,
+) -> None:
+    out = whisper.infer(looping_clip())
+    assert out == {"text": "it on the smooth planks."}
+
+
+def test_without_a_fallback_the_repeats_are_cut_after_their_first_occurrence() -> None:
+    plain = WhisperRecognizer(WhisperParams(fallback_beam_size=1))
+    text = plain.infer(looping_clip())["text"]
+    assert text.startswith("it on the smooth planks.") and text.count("Gloob") <= 1, text
+
+
+def test_a_looping_decode_in_a_batch_leaves_the_others_alone(whisper: WhisperRecognizer) -> None:
+    names = ["cross_8k.wav", "front_center_48k.wav"]
+    outputs = whisper.infer_batch([looping_clip(), *map(speech, names)], [True] * 3)
+    assert isinstance(outputs[0], dict) and outputs[0]["text"] == "it on the smooth planks."
+    assert [w["word"] for w in outputs[0]["words"]] == ["it", "on", "the", "smooth", "planks."]
+    texts = [out["text"] for out in outputs[1:] if isinstance(out, dict)]
+    assert [word_error_rate(SAID[n], t) for n, t in zip(names, texts, strict=True)] == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "budget"), [(0.0, 8), (1.6, 24), (10.0, 108), (30.0, 224), (300.0, 224)]
+)
+def test_the_token_budget_grows_with_the_audio_up_to_whispers_limit(
+    seconds: float, budget: int
+) -> None:
+    assert token_budget(WhisperParams(), seconds) == budget
+
+
+def test_every_fixture_ends_well_within_its_budget(alone: dict[str, Output]) -> None:
+    # The budget is a bound on loops, not on speech: fast read speech takes half of it.
+    whisper = WhisperRecognizer()
+    for name in NAMES:
+        tokens = whisper._tokenizer.encode(" " + alone[name]["text"])
+        assert len(tokens) <= token_budget(WhisperParams(), len(speech(name)) / 16000) / 2
+
+
+@pytest.mark.parametrize(
+    ("tokens", "kept"),
+    [
+        ([1, 2, 3, 4], [1, 2, 3, 4]),
+        ([1, 2, 2, 3], [1, 2, 2, 3]),  # twice is speech ("very very")
+        ([1, 2, 2, 2, 2], [1, 2]),
+        ([5, 1, 2, 1, 2, 1, 2, 1], [5, 1, 2]),
+        ([7, 8, 9, 7, 8, 9, 7, 8, 9], [7, 8, 9]),
+        ([], []),
+    ],
+)
+def test_repeats_are_cut_after_their_first_occurrence(tokens: list[int], kept: list[int]) -> None:
+    assert without_repeats(tokens) == kept
