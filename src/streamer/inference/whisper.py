@@ -205,11 +205,17 @@ class WhisperRecognizer:
     (``words`` in ``infer_batch``) ``"words": [{"word", "start", "end", "confidence"}]``,
     times in seconds from the start of the input.
 
-    A batch is decoded together: one encoder call on the stacked 30 s windows, one greedy
-    (or beam) generation over all of them, one alignment for those that want word times.
-    Each input is padded to its own window, exactly as faster-whisper's ``transcribe`` pads
-    it alone, so a batch gives each input the text it would get alone. Inputs longer than
-    one window go through ``transcribe`` on their own.
+    A batch is decoded together: one encoder call on the stacked windows, one greedy
+    generation over all of them, one alignment for those that want word times. A stream's
+    text does not depend on its batch: each input is padded to a window set by its own
+    length, its token budget is its own, a beam is shared only by inputs of one budget
+    (see ``_generate``), and with the default int8 weights CTranslate2 computes each row
+    of a batch bit for bit as it computes it alone (integer products; the rest is per
+    row). With ``compute_type = "float32"`` the decoder's float products are summed in an
+    order that depends on the batch's size, so scores differ in the seventh digit and a
+    token could flip where two are tied that closely; ``temperature`` above 0 samples, and
+    is reproducible neither alone nor in a batch. Inputs longer than one window go
+    through ``transcribe`` on their own.
     """
 
     sample_rate = SAMPLE_RATE
@@ -378,13 +384,45 @@ class WhisperRecognizer:
         beam_size: int,
         temperature: float,
     ) -> list[Decoded]:
-        """One generation over a batch, each input cut to its own token budget.
+        """Each input's generation, cut to its own token budget, as it would be alone.
 
-        The call runs to the largest budget of the batch; cutting each input to its own
-        gives it the tokens it would get alone with its budget (greedy and beam search
-        extend each input on its own). CTranslate2's Whisper generates at most half of
-        ``max_length`` (the other half is room for a prompt), hence the doubling; one
-        token more than the budget tells an input that ended from one that ran out.
+        Greedy decoding extends each input on its own, so one call for the batch, run to
+        its largest budget and each input cut to its own, gives each the tokens it gets
+        alone. A beam instead keeps the best hypotheses at the end of the call, which
+        depends on where the call ends: inputs share a call only with inputs of the same
+        budget.
+        """
+        if beam_size == 1 and temperature == 0:
+            return self._generate_call(encoded, prompts, budgets, 1, 0.0)
+        groups: dict[int, list[int]] = {}
+        for i, budget in enumerate(budgets):
+            groups.setdefault(budget, []).append(i)
+        decoded: list[Decoded | None] = [None] * len(budgets)
+        for members in groups.values():
+            out = self._generate_call(
+                self._rows(encoded, members, len(budgets)),
+                [prompts[i] for i in members],
+                [budgets[i] for i in members],
+                beam_size,
+                temperature,
+            )
+            for i, one in zip(members, out, strict=True):
+                decoded[i] = one
+        return [one for one in decoded if one is not None]
+
+    def _generate_call(
+        self,
+        encoded: Any,
+        prompts: list[list[int]],
+        budgets: list[int],
+        beam_size: int,
+        temperature: float,
+    ) -> list[Decoded]:
+        """One generation call over a batch, run to its largest budget.
+
+        CTranslate2's Whisper generates at most half of ``max_length`` (the other half is
+        room for a prompt), hence the doubling; one token more than the budget tells an
+        input that ended from one that ran out.
         """
         sampling: dict[str, Any] = (
             {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature}

@@ -227,3 +227,74 @@ def test_every_fixture_ends_well_within_its_budget(alone: dict[str, Output]) -> 
 )
 def test_repeats_are_cut_after_their_first_occurrence(tokens: list[int], kept: list[int]) -> None:
     assert without_repeats(tokens) == kept
+
+
+def real_cuts() -> list[np.ndarray]:
+    """Sixteen cuts of the speech fixtures, 0.6 to 9 s, some with silence after them, and
+    the cut that loops (its decode goes through the budget and the beam)."""
+    rng = np.random.default_rng(20)
+    cuts = [looping_clip()]
+    for _ in range(15):
+        audio = speech(NAMES[int(rng.integers(len(NAMES)))])
+        length = int(rng.uniform(0.6, 9.0) * 16000)
+        start = int(rng.integers(0, max(1, len(audio) - length)))
+        silence = np.zeros(int(rng.uniform(0, 1.5) * 16000), dtype=np.float32)
+        cuts.append(np.concatenate([audio[start : start + length], silence]))
+    return cuts
+
+
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_a_cut_has_the_same_text_alone_and_in_batches_of_any_size_and_company(
+    beam_size: int,
+) -> None:
+    whisper = WhisperRecognizer(WhisperParams(beam_size=beam_size, max_batch_size=16))
+    cuts = real_cuts()
+    alone = [whisper.infer(cut)["text"] for cut in cuts]
+    assert alone[0] == "it on the smooth planks." and sum(map(bool, alone)) >= 14
+    rng = np.random.default_rng(beam_size)
+    for size in (2, 3, 5, 16):
+        order = [int(i) for i in rng.permutation(len(cuts))]
+        for at in range(0, len(order), size):
+            members = order[at : at + size]
+            outputs = whisper.infer_batch([cuts[i] for i in members])
+            texts = [out["text"] if isinstance(out, dict) else out for out in outputs]
+            assert texts == [alone[i] for i in members], (size, members)
+
+
+def test_with_float32_weights_a_batch_moves_scores_in_the_seventh_digit_only() -> None:
+    # Float products summed in another order in a batch: not bit for bit, but bounded.
+    whisper = WhisperRecognizer(WhisperParams(compute_type="float32"))
+    cuts = [speech(name) for name in NAMES]
+    window = 1000  # 10 s of feature frames: every fixture but jfk.wav fits
+    features = [
+        pad_or_trim(whisper._model.feature_extractor(cut[: 9 * 16000])[:, :-1], window)
+        for cut in cuts
+    ]
+    prompts = [list(whisper._prompt) for _ in cuts]
+    together = whisper._generate(
+        whisper._model.encode(np.stack(features)), prompts, [100] * len(cuts), 1, 0.0
+    )
+    for feature, batched in zip(features, together, strict=True):
+        [alone] = whisper._generate(
+            whisper._model.encode(np.stack([feature])), prompts[:1], [100], 1, 0.0
+        )
+        assert alone.tokens == batched.tokens
+        assert abs(alone.avg_logprob - batched.avg_logprob) < 1e-5
+        assert abs(alone.no_speech_prob - batched.no_speech_prob) < 1e-5
+
+
+def test_a_beam_cut_short_by_its_budget_is_shared_only_with_inputs_of_that_budget(
+    whisper: WhisperRecognizer,
+) -> None:
+    features = pad_or_trim(whisper._model.feature_extractor(speech("jfk.wav")[: 9 * 16000]), 1000)
+    one = whisper._model.encode(np.stack([features]))
+    two = whisper._model.encode(np.stack([features, features]))
+    prompts = [list(whisper._prompt)] * 2
+    [alone] = whisper._generate(one, prompts[:1], [15], 5, 0.0)
+    assert not alone.ended
+    # Where one call runs on past an input's budget, its beam keeps other hypotheses...
+    [shared, _] = whisper._generate_call(two, prompts, [15, 200], 5, 0.0)
+    assert shared.tokens != alone.tokens
+    # ...so a beam is shared only by inputs of the same budget.
+    [batched, longer] = whisper._generate(two, prompts, [15, 200], 5, 0.0)
+    assert batched == alone and longer.ended
