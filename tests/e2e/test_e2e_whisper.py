@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import numpy as np
 import pytest
 import websockets
@@ -153,3 +154,12 @@ async def test_turns_finalized_on_one_socket_come_back_once_each_without_repeats
     assert all(texts) and not any(map(_repeats, texts)), texts
     said = " ".join(texts)
     assert word_error_rate(" ".join(text for _, text in turns), said) <= 0.25, said
+    # Each of those finals is timed from its Finalize (/v1/listen counts as segmented).
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{whisper_server.http}/metrics")).text
+    counted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('streamer_finalize_seconds_count{route="segmented"}')
+    ]
+    assert counted and float(counted[0].split()[-1]) >= len(turns), counted
