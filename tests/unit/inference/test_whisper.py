@@ -249,16 +249,17 @@ def test_a_cut_has_the_same_text_alone_and_in_batches_of_any_size_and_company(
 ) -> None:
     whisper = WhisperRecognizer(WhisperParams(beam_size=beam_size, max_batch_size=16))
     cuts = real_cuts()
-    alone = [whisper.infer(cut)["text"] for cut in cuts]
-    assert alone[0] == "it on the smooth planks." and sum(map(bool, alone)) >= 14
+    # Text and word times: everything an output holds.
+    alone = [whisper.infer_batch([cut], [True])[0] for cut in cuts]
+    texts = [out["text"] for out in alone if isinstance(out, dict)]
+    assert texts[0] == "it on the smooth planks." and sum(map(bool, texts)) >= 14
     rng = np.random.default_rng(beam_size)
     for size in (2, 3, 5, 16):
         order = [int(i) for i in rng.permutation(len(cuts))]
         for at in range(0, len(order), size):
             members = order[at : at + size]
-            outputs = whisper.infer_batch([cuts[i] for i in members])
-            texts = [out["text"] if isinstance(out, dict) else out for out in outputs]
-            assert texts == [alone[i] for i in members], (size, members)
+            outputs = whisper.infer_batch([cuts[i] for i in members], [True] * len(members))
+            assert outputs == [alone[i] for i in members], (size, members)
 
 
 def test_with_float32_weights_a_batch_moves_scores_in_the_seventh_digit_only() -> None:
