@@ -100,7 +100,8 @@ class WhisperParams(BaseModel):
         le=10,
         description="A decode that loops (reaches its budget, or its text compresses past "
         "``compression_ratio_threshold``) is decoded once more with this beam, within the "
-        "same budget; whatever still repeats is cut after its first occurrence.",
+        "same budget; whatever still repeats (three times in a row, or twice to the end of "
+        "the budget) is cut after its first occurrence.",
     )
 
 
@@ -152,6 +153,21 @@ def without_repeats(tokens: Sequence[int], repeats: int = 3) -> list[int]:
                 tokens[start + k * period : start + (k + 1) * period] == block
                 for k in range(1, repeats)
             ):
+                return list(tokens[: start + period])
+    return list(tokens)
+
+
+def without_looping_tail(tokens: Sequence[int]) -> list[int]:
+    """The tokens of a decode that ran out of its budget, up to the loop it ran into.
+
+    A loop runs to the budget, so the decode ends in a block repeated at least twice in
+    full (and perhaps part of a third): everything after the block's first copy goes. A
+    short budget leaves fewer than the three copies ``without_repeats`` looks for.
+    """
+    n = len(tokens)
+    for start in range(n):
+        for period in range(1, (n - start) // 2 + 1):
+            if tokens[start : n - period] == tokens[start + period : n]:
                 return list(tokens[: start + period])
     return list(tokens)
 
@@ -321,11 +337,11 @@ class WhisperRecognizer:
                 prompt[at] = self._tokenizer.tokenizer.token_to_id(found[0][0])
         p = self.params
         budgets = [token_budget(p, s) for s in seconds]
-        first = self._generate(encoded, prompts, budgets, p.beam_size, p.temperature)
+        decodes = self._generate(encoded, prompts, budgets, p.beam_size, p.temperature)
         results: list[Output | Exception] = []
         kept: list[list[int]] = []
         again: list[int] = []
-        for i, decode in enumerate(first):
+        for i, decode in enumerate(decodes):
             text = self._tokenizer.decode(decode.tokens).strip()
             ratio = get_compression_ratio(text)
             if not has_words(text) or is_no_speech(
@@ -345,9 +361,11 @@ class WhisperRecognizer:
                 0.0,
             )
             for i, decode in zip(again, retried, strict=True):
+                decodes[i] = decode
                 kept[i] = decode.tokens
         for i in again:
-            kept[i] = without_repeats(kept[i])
+            tokens = kept[i] if decodes[i].ended else without_looping_tail(kept[i])
+            kept[i] = without_repeats(tokens)
         for i, tokens in enumerate(kept):
             text = self._tokenizer.decode(tokens).strip() if tokens else ""
             if not has_words(text):

@@ -22,6 +22,7 @@ from streamer.inference.whisper import (
     has_words,
     is_no_speech,
     token_budget,
+    without_looping_tail,
     without_repeats,
 )
 
@@ -195,6 +196,30 @@ def test_a_looping_decode_in_a_batch_leaves_the_others_alone(whisper: WhisperRec
     assert [w["word"] for w in outputs[0]["words"]] == ["it", "on", "the", "smooth", "planks."]
     texts = [out["text"] for out in outputs[1:] if isinstance(out, dict)]
     assert [word_error_rate(SAID[n], t) for n, t in zip(names, texts, strict=True)] == [0, 0]
+
+
+def test_a_short_budget_cuts_a_loop_after_its_first_copy_too() -> None:
+    # 17 tokens: "it on the smooth planks." (7), then the loop's block (4) twice and a bit.
+    short = WhisperRecognizer(
+        WhisperParams(base_tokens=1, tokens_per_second=3.4, fallback_beam_size=1)
+    )
+    assert token_budget(short.params, len(looping_clip()) / 16000) == 17
+    assert short.infer(looping_clip()) == {"text": "it on the smooth planks. Gloobish"}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "kept"),
+    [
+        ([1, 2, 3, 4], [1, 2, 3, 4]),
+        ([1, 2, 3, 1, 2], [1, 2, 3, 1, 2]),  # a block and a part of it: no loop yet
+        ([1, 2, 3, 1, 2, 3, 1], [1, 2, 3]),
+        ([5, 6, 7, 8, 6, 7, 8, 6], [5, 6, 7, 8]),
+        ([1, 2, 2], [1, 2]),
+        ([], []),
+    ],
+)
+def test_a_decode_that_ran_out_loses_its_looping_tail(tokens: list[int], kept: list[int]) -> None:
+    assert without_looping_tail(tokens) == kept
 
 
 @pytest.mark.parametrize(
