@@ -46,7 +46,7 @@ def test_the_command_writes_json_a_table_and_a_chart(
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
     files = [arg for path in SHORT[:2] for arg in ("-f", str(path))]
     url = server.http.replace("http", "ws")
-    options = ["-n", "3", "--speed", "4", "--server-pid", str(server.process.pid)]
+    options = ["-n", "3", "--speed", "4", "--server-pid", str(server.process.pid), "--no-floor"]
     outputs = ["--json", str(out), "--png", str(chart), "--per-stream"]
     status = main(["bench", "--url", url, "--route", "simple", *files, *options, *outputs])
     captured = capsys.readouterr()
@@ -57,6 +57,40 @@ def test_the_command_writes_json_a_table_and_a_chart(
     assert doc["run"]["summary"]["results"]["clean"] is True
     assert len(doc["run"]["streams"]) == 3 and doc["machine"]["cpus"]
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "floor" not in doc and "against_floor" not in doc["run"]["summary"]
+
+
+def test_the_report_carries_the_floor_and_the_ratios_to_it(
+    server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    url = server.http.replace("http", "ws")
+    options = ["-n", "2", "--speed", "4", "--server-pid", str(server.process.pid)]
+    floor_options = ["--floor-batch", "16", "--floor-streams", "4"]
+    command = ["bench", "--url", url, "-f", str(SHORT[0]), *options, *floor_options]
+    status = main([*command, "--json", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.out + captured.err
+    doc = json.loads(out.read_text())
+    floor = doc["floor"]
+    assert floor["vad_batch"] == 16 and floor["ingest_streams"] == 4
+    assert floor["vad_us_per_frame"] > 0 and floor["ingest_us_per_message"] > 0
+    assert floor["ingest_messages_measured"] > 0
+    per_second = floor["vad_us_per_frame"] * 31.25 + floor["ingest_us_per_message"] * 10
+    assert floor["ms_per_stream_second"] == pytest.approx(per_second / 1000, rel=1e-3)
+    summary = doc["run"]["summary"]
+    against = summary["against_floor"]
+    cost = summary["server_cpu"]["ms_per_stream_audio_second"]
+    assert against["server_ms_per_stream_second"] == cost
+    assert against["server_cost_ratio"] == pytest.approx(
+        cost / floor["ms_per_stream_second"], rel=1e-2
+    )
+    cores = floor["cpus"] - summary["client_cpu"]["cores_mean"]
+    capacity = cores * 1000 / floor["ms_per_stream_second"]
+    assert against["floor_capacity_streams"] == pytest.approx(capacity, rel=1e-2)
+    assert against["share_of_floor_capacity"] == pytest.approx(2 / capacity, rel=1e-2)
+    assert "floor: " in captured.out and "x the floor" in captured.out
+    assert "of the floor's capacity" in captured.out
 
 
 # -- fake servers that get it wrong --------------------------------------------------------
