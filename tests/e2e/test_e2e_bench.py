@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
@@ -197,3 +198,27 @@ async def test_the_check_catches_a_dropped_segment_on_the_segmented_route(
     url = await fake(FakeStreamer(segments, lambda spans: spans.pop()))
     result = await run_against(url, "segmented")
     assert result.summary["results"]["lost"] == 2 and not result.clean
+
+
+async def test_with_several_front_end_processes_each_gets_its_cpu_and_streams(
+    launch: Callable[..., Any],
+) -> None:
+    srv = launch(workers=2)
+    spec = LoadSpec(url=srv.ws("segmented"), files=SHORT[:1], streams=4, min_audio_seconds=3.0)
+    result = await run_load(spec, server_pid=srv.process.pid)
+    async with httpx.AsyncClient() as client:
+        health = (await client.get(f"{srv.http}/api/v1/health", timeout=5.0)).json()
+    fronts = {row["pid"] for row in health["processes"]}
+    assert len(fronts) == 2
+    assert result.clean, result.summary["problems"]
+    processes = {row["pid"]: row for row in result.summary["server_processes"]}
+    assert {pid for pid, row in processes.items() if row["role"] == "front-end"} == fronts
+    assert processes[srv.process.pid]["role"] == "server"  # the supervisor
+    total = result.summary["server_cpu"]["cpu_seconds"]
+    assert sum(row["cpu_seconds"] for row in processes.values()) == pytest.approx(total, abs=0.02)
+    # Every sample saw the fleet table; the streams it counted were the bench's own.
+    sampled = [p for p in result.timeline if "processes" in p]
+    assert sampled
+    for p in sampled:
+        streams = [row["streams"] for row in p["processes"] if row["streams"] is not None]
+        assert sum(streams) <= 4

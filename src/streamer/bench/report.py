@@ -116,6 +116,21 @@ def table(result: RunResult, floor: Floor | None = None) -> str:
             f"server cpu: {cpu['cores_mean']:.2f} cores mean, {cpu['cores_max_1s']} max (1 s)"
             + (f"; {per_stream} ms per stream per audio-second" if per_stream else "")
         )
+    for row in s.get("server_processes") or ():
+        if len(s["server_processes"]) < 2:
+            break
+        role = row["role"]
+        plateau = ""
+        if row["plateau_cores_mean"] is not None:
+            plateau = f"; at the plateau {row['plateau_cores_mean']:.2f} cores"
+            if row["plateau_streams_mean"] is not None:
+                plateau += f", {row['plateau_streams_mean']:.0f} streams"
+        lines.append(
+            f"  pid {row['pid']} ({role}): {row['cores_mean']:.2f} cores mean, "
+            f"{row['cores_max_1s']} max (1 s)"
+            + ("" if row["streams_max"] is None else f", {row['streams_max']} streams max")
+            + plateau
+        )
     client = s.get("client_cpu")
     if client:
         lines.append(
