@@ -135,6 +135,8 @@ class Services:
             behind = self.pressure.behind()
             if self.fleet is not None:
                 self.fleet.set_shedding(behind is not None)
+            if behind is None and server.admit_within_estimate and self.capacity() == 0:
+                return "the server is at its estimated capacity (server.admit_within_estimate)"
             return behind
         return None
 
@@ -149,7 +151,7 @@ class Services:
             room = -(-room // max(1, self.fleet.alive()))
         if self.pressure is None:
             return max(0, room)
-        return self.pressure.capacity(room)
+        return self.pressure.capacity(room, self.live_streams)
 
     def stream_ended(
         self, route: Route, outcome: str = "completed", stream_id: str | None = None

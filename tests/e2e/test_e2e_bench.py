@@ -4,6 +4,7 @@ that drop or repeat a result, which its check must catch.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from streamer.bench.expected import ExpectedResults
-from streamer.bench.runner import LoadSpec, RunResult, run_load
+from streamer.bench.runner import LoadSpec, RunResult, estimated_capacity, run_load
 from streamer.cli.main import main
 
 pytestmark = pytest.mark.e2e
@@ -222,3 +223,12 @@ async def test_with_several_front_end_processes_each_gets_its_cpu_and_streams(
     for p in sampled:
         streams = [row["streams"] for row in p["processes"] if row["streams"] is not None]
         assert sum(streams) <= 4
+
+
+async def test_the_servers_own_capacity_estimate_is_read_from_its_metrics(server: Any) -> None:
+    async with httpx.AsyncClient() as client:
+        health = (await client.get(f"{server.http}/api/v1/health", timeout=5.0)).json()
+    estimate = await asyncio.to_thread(estimated_capacity, server.ws("segmented"))
+    # The gauge is the health report's capacity: never past the room under max_streams.
+    assert estimate is not None and 0 <= estimate <= health["max_streams"]
+    assert estimated_capacity("ws://127.0.0.1:9/api/v1/segmented", timeout=1.0) is None

@@ -131,6 +131,13 @@ def table(result: RunResult, floor: Floor | None = None) -> str:
             + ("" if row["streams_max"] is None else f", {row['streams_max']} streams max")
             + plateau
         )
+    estimate = s.get("server_estimate") or {}
+    if estimate.get("plateau_capacity") is not None:
+        lines.append(
+            f"server's own estimate at the plateau: {estimate['plateau_live_mean']:.0f} live "
+            f"+ {estimate['plateau_spare_mean']:.0f} it could still take = "
+            f"{estimate['plateau_capacity']:.0f} streams"
+        )
     client = s.get("client_cpu")
     if client:
         lines.append(
@@ -166,7 +173,7 @@ def search_table(found: SearchResult, floor: Floor | None = None) -> str:
     )
     lines.append(
         f"{'streams':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'rtf':>7}{'cpu':>7}{'other':>7}"
-        f"{'x floor':>9}{'share':>7}  result"
+        f"{'x floor':>9}{'share':>7}{'est.':>7}  result"
     )
     for n, result, ok in found.trials:
         s = result.summary
@@ -176,13 +183,15 @@ def search_table(found: SearchResult, floor: Floor | None = None) -> str:
         rtf = s["rtf"]["p50"]
         against = s.get("against_floor") or {}
         ratio, share = against.get("server_cost_ratio"), against.get("share_of_floor_capacity")
+        estimate = (s.get("server_estimate") or {}).get("plateau_capacity")
         lines.append(
             f"{n:>8}{_ms(d['p50']):>9}{_ms(d['p95']):>9}{_ms(d['p99']):>9}"
             f"{'-' if rtf is None else f'{rtf:.3f}':>7}"
             f"{'-' if cpu is None else f'{cpu:.2f}':>7}"
             f"{'-' if other is None else f'{other:.2f}':>7}"
             f"{'-' if ratio is None else f'{ratio:.2f}':>9}"
-            f"{'-' if share is None else f'{share:.0%}':>7}  "
+            f"{'-' if share is None else f'{share:.0%}':>7}"
+            f"{'-' if estimate is None else f'{estimate:.0f}':>7}  "
             f"{'meets' if ok else 'misses'}{'' if result.clean else ' (not clean)'}"
         )
     lines.append(f"largest count meeting the objective: {found.best}")

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from streamer.bench.analysis import Check, StreamStats, analyse, distribution
 from streamer.bench.expected import ExpectedResults
@@ -145,6 +145,52 @@ def fleet_streams(url: str, timeout: float = 1.0) -> dict[int, int] | None:
     if not isinstance(rows, list):
         return None
     return {int(r["pid"]): int(r["streams"]) for r in rows if r.get("pid")}
+
+
+ESTIMATE_EVERY: Final = 5
+"""Samples (seconds) between readings of the server's own capacity estimate: a scrape of
+``/metrics`` costs the server some CPU, which the run's figures would count."""
+
+
+def estimated_capacity(url: str, timeout: float = 2.0) -> float | None:
+    """The server's ``streamer_estimated_stream_capacity`` (the streams it reckons it can
+    still take, all its processes together) from ``/metrics``, or None."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = "https" if parts.scheme in ("wss", "https") else "http"
+    try:
+        with urllib.request.urlopen(
+            f"{scheme}://{parts.netloc}/metrics", timeout=timeout
+        ) as response:
+            text = response.read().decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "streamer_estimated_stream_capacity":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+def server_estimate(timeline: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The server's own capacity estimate over the plateau (at least 90% of the most
+    live streams live): the streams live plus those it reckoned it could still take."""
+    peak = max((p["live"] for p in timeline), default=0)
+    read = [p for p in timeline if p.get("estimated_spare") is not None]
+    plateau = [p for p in read if peak and p["live"] >= 0.9 * peak]
+    if not plateau:
+        return {"readings": len(read), "plateau_readings": 0, "plateau_capacity": None}
+    live = sum(p["live"] for p in plateau) / len(plateau)
+    spare = sum(p["estimated_spare"] for p in plateau) / len(plateau)
+    return {
+        "readings": len(read),
+        "plateau_readings": len(plateau),
+        "plateau_live_mean": round(live, 1),
+        "plateau_spare_mean": round(spare, 1),
+        "plateau_capacity": round(live + spare, 1),
+    }
 
 
 def per_process(
@@ -383,6 +429,7 @@ async def run_load(
         last_t, last_client = loop.time(), _own_cpu()
         last_parts = await asyncio.to_thread(meter.by_process) if meter is not None else None
         next_print = last_t + progress_every
+        ticks = 0
         while not stop.is_set():
             tick = loop.time()
             with contextlib.suppress(TimeoutError):
@@ -391,6 +438,10 @@ async def run_load(
             lags.append(max(0.0, now - tick - 1.0) if not stop.is_set() else 0.0)
             parts = await asyncio.to_thread(meter.by_process) if meter is not None else None
             rows = await asyncio.to_thread(fleet_streams, spec.url) if meter is not None else None
+            ticks += 1
+            spare = None
+            if meter is not None and ticks % ESTIMATE_EVERY == 0:
+                spare = await asyncio.to_thread(estimated_capacity, spec.url)
             client = _own_cpu()
             dt = max(now - last_t, 1e-6)
             point: dict[str, Any] = {
@@ -411,6 +462,8 @@ async def run_load(
                     for pid, used in parts.items()
                     if pid in last_parts  # a process started since: no interval yet
                 ]
+            if spare is not None:
+                point["estimated_spare"] = spare
             timeline.append(point)
             last_t, last_parts, last_client = now, parts, client
             if progress is not None and now >= next_print:
@@ -470,6 +523,7 @@ async def run_load(
                 else None
             ),
         }
+        summary["server_estimate"] = server_estimate(timeline)
         summary["server_processes"] = per_process(
             timeline, server_parts_0, server_parts_1, wall, server_pid or 0
         )

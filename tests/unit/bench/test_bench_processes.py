@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from streamer.bench.runner import CpuMeter, per_process
+from streamer.bench.runner import CpuMeter, per_process, server_estimate
 
 ROOT, FRONT_A, FRONT_B, HELPER = 100, 101, 102, 103
 
@@ -131,3 +131,29 @@ def test_the_meter_of_a_process_that_is_gone_reads_nothing() -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     assert CpuMeter(gone.pid).by_process() is None
+
+
+def test_the_servers_estimate_is_read_over_the_plateau() -> None:
+    timeline = [
+        {"live": 10, "estimated_spare": 500.0},
+        {"live": 100},
+        {"live": 100, "estimated_spare": 80.0},
+        {"live": 95, "estimated_spare": 100.0},
+        {"live": 30, "estimated_spare": 300.0},
+    ]
+    assert server_estimate(timeline) == {
+        "readings": 4,
+        "plateau_readings": 2,
+        "plateau_live_mean": 97.5,
+        "plateau_spare_mean": 90.0,
+        "plateau_capacity": 187.5,
+    }
+
+
+def test_without_readings_on_the_plateau_there_is_no_estimate() -> None:
+    timeline = [{"live": 10, "estimated_spare": 500.0}, {"live": 100}]
+    assert server_estimate(timeline) == {
+        "readings": 1,
+        "plateau_readings": 0,
+        "plateau_capacity": None,
+    }
