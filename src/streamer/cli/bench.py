@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.bench.expected import ExpectedResults, decode_channels
-from streamer.bench.floor import Floor, against_floor, measure_floor
+from streamer.bench.floor import FLOOR_STREAMS, Floor, against_floor, measure_floor
 from streamer.bench.report import (
     CHARTS_HINT,
     charts_available,
@@ -150,8 +150,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     base.add_argument(
         "--floor-streams",
         type=_positive_int,
-        default=100,
-        help="connections sending at real time while the floor's ingest is measured",
+        default=FLOOR_STREAMS,
+        help="connections sending at real time while the floor's ingest is measured "
+        f"(default {FLOOR_STREAMS}: a message costs less the more arrive together)",
     )
 
     out = parser.add_argument_group("output")
