@@ -284,13 +284,6 @@ def plot_search(found: SearchResult, path: Path, floor: Floor | None = None) -> 
     ax.axhline(found.objective.p95_seconds * 1000, color="red", linestyle="--", label="objective")
     ax.set(xlabel="concurrent streams", ylabel="final delay, ms (log scale)")
     ax.set_yscale("log")
-    ax.legend(loc="upper left")
-    cpu = [r.summary.get("server_cpu", {}).get("cores_mean") for _, r, _ in trials]
-    if any(c is not None for c in cpu):
-        ax2 = ax.twinx()
-        ax2.plot(n, [c if c is not None else float("nan") for c in cpu], "k:", label="server cpu")
-        ax2.set_ylabel("server cores")
-        ax2.legend(loc="lower right")
     title = f"largest count meeting the objective: {found.best}"
     if floor is not None:
         capacity = [
@@ -301,7 +294,16 @@ def plot_search(found: SearchResult, path: Path, floor: Floor | None = None) -> 
         if capacity:
             mean = sum(capacity) / len(capacity)
             ax.axvline(mean, color="grey", linestyle=":", label="floor's capacity")
-            title += f" ({found.best / mean:.0%} of the floor's capacity, {mean:.0f})"
+            share = search_document(found, floor)["best_share_of_floor_capacity"]
+            if share is not None:
+                title += f" ({share:.0%} of the floor's capacity)"
+    ax.legend(loc="upper left")
+    cpu = [r.summary.get("server_cpu", {}).get("cores_mean") for _, r, _ in trials]
+    if any(c is not None for c in cpu):
+        ax2 = ax.twinx()
+        ax2.plot(n, [c if c is not None else float("nan") for c in cpu], "k:", label="server cpu")
+        ax2.set_ylabel("server cores")
+        ax2.legend(loc="lower right")
     ax.set_title(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
