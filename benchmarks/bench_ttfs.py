@@ -45,7 +45,6 @@ import numpy as np
 import websockets
 
 from streamer.bench.expected import decode_channels
-from streamer.bench.runner import spawn_server
 from streamer.cli.client import load_audio
 from streamer.segmentation.vad import (
     CONTEXT_SAMPLES,
@@ -53,6 +52,7 @@ from streamer.segmentation.vad import (
     STATE_SHAPE,
     SileroVad,
 )
+from streamer.spawn import spawn_server
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT / "tests" / "fixtures" / "audio"
