@@ -374,3 +374,24 @@ def test_a_reused_token_and_a_wrong_key_are_401_before_the_upgrade(
     assert asyncio.run(status(f"{url}&token={token}")) == 401
     assert asyncio.run(status(url, additional_headers={"Authorization": "aai-wrong"})) == 401
     assert asyncio.run(status(url)) == 401
+
+
+def test_the_chunk_limits_are_settings(tmp_path: Path) -> None:
+    server = start_server(
+        tmp_path, env={"STREAMER_ASSEMBLYAI__MAX_CHUNK_MS": "3000"}
+    )  # the test model, no keys
+    try:
+        url = f"ws://127.0.0.1:{server.port}/v3/ws?sample_rate=16000"
+
+        async def go() -> tuple[list[dict[str, Any]], int | None]:
+            async with websockets.connect(url) as ws:
+                await ws.send(bytes(64000))  # 2 s: within this server's 3000 ms
+                await ws.send('{"type": "Terminate"}')
+                got = [json.loads(m) async for m in ws]
+                return got, ws.close_code
+
+        got, close = asyncio.run(go())
+    finally:
+        server.stop()
+    assert [m["type"] for m in got] == ["Begin", "Termination"] and close == 1000
+    assert got[-1]["audio_duration_seconds"] == 2
