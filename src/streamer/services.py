@@ -179,6 +179,11 @@ class Services:
         """An interim result was dropped for a client that is not reading."""
         self.metrics.interim_dropped(route)
 
+    def results_unread(self, route: Route) -> None:
+        """A connection ended with ``slow_consumer`` after its stream: its client did not
+        read the results left queued within the close grace."""
+        self.metrics.results_unread(route)
+
     def open_connection(self, route: Route, headers: Mapping[str, str]) -> ConnectionTrace:
         """Start a connection's span (its parent: a ``traceparent`` in ``headers``)."""
         return self.tracing.connection(route.value, headers)

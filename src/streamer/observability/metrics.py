@@ -383,6 +383,13 @@ class Metrics:
             ["route"],
             registry=registry,
         )
+        self.unread_closes = Counter(
+            "streamer_unread_results_closes",
+            "Connections ended with slow_consumer after their stream ended, because the "
+            "client had not read the results still queued within the close grace, by route.",
+            ["route"],
+            registry=registry,
+        )
         self.error_events = Counter(
             "streamer_error_events",
             "Error events sent to clients, by code.",
@@ -516,6 +523,7 @@ class Metrics:
             self.final_latency.labels(route)
             self.interim_latency.labels(route)
             self.first_result.labels(route)
+            self.unread_closes.labels(route)
             for kind in EVENT_TYPES:
                 self.events_sent.labels(route, kind)
         for code in ErrorCode:
@@ -598,6 +606,10 @@ class Metrics:
     def interim_dropped(self, route: str) -> None:
         """One interim result dropped for a client that is behind."""
         self.interims_dropped.labels(route).inc()
+
+    def results_unread(self, route: str) -> None:
+        """One connection ended with ``slow_consumer`` on the results left at its end."""
+        self.unread_closes.labels(route).inc()
 
     def event_sent(self, route: str, kind: str, code: str | None = None) -> None:
         """One event handed to a client; ``code`` for error events."""

@@ -14,12 +14,13 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from streamer.errors import ClientError
+from streamer.errors import ClientError, ErrorCode
 from streamer.events import Event, StreamError
 from streamer.observability.tracing import ConnectionTrace
 from streamer.pipeline import Route, StreamPipeline
 from streamer.policy import ANONYMOUS, Principal
 from streamer.protocol.connection import (
+    SLOW_CONSUMER_MESSAGE,
     AbortStream,
     Action,
     Close,
@@ -103,6 +104,13 @@ def limits_of(services: Services) -> Limits:
         max_wall_seconds=settings.stream.max_wall_seconds,
         max_messages_per_second=settings.server.max_messages_per_second,
     )
+
+
+def unread_close(services: Services, route: Route) -> Close:
+    """The close of a connection whose client did not read the results left at its
+    stream's end within the outbox's close grace: ``slow_consumer``, counted."""
+    services.results_unread(route)
+    return Close(ErrorCode.SLOW_CONSUMER, SLOW_CONSUMER_MESSAGE)
 
 
 class ConnectionDriver:

@@ -25,7 +25,7 @@ from streamer.pipeline import Route
 from streamer.policy import ConnectionRequest
 from streamer.protocol.connection import GRPC, EndOfInput, Input, Invalid
 from streamer.services import Services
-from streamer.transport.driver import ConnectionDriver
+from streamer.transport.driver import ConnectionDriver, unread_close
 from streamer.transport.limits import grpc_server_options
 from streamer.transport.outbox import Outbox
 from streamer.transport.proto import streamer_v1_pb2 as pb
@@ -91,8 +91,10 @@ async def serve_call(context: Any, route: Route, services: Services) -> None:
     try:
         driver = ConnectionDriver(services, route, GRPC, receive, outbox, principal=principal)
         close = await driver.run()
-        if close.code is not ErrorCode.SLOW_CONSUMER:  # it reads nothing: no grace
-            await outbox.close()
+        # A client that reads nothing gets no grace; one that did not read what was left
+        # within it ends with slow_consumer, not OK.
+        if close.code is not ErrorCode.SLOW_CONSUMER and await outbox.close():
+            close = unread_close(services, route)
     finally:
         outbox.cancel()
     if close.code is not None:

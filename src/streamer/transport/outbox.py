@@ -6,13 +6,20 @@ that arrives with none queued to drop is itself dropped); each dropped interim i
 with ``dropped``. Only when an event that must not be lost (a final result, an error,
 ``done``...) finds the queue full of such events does the outbox turn ``slow``: it drops
 what follows, and the transport ends the connection with ``slow_consumer``.
+
+Once the stream is over, ``close`` gives the writer time to write what is still queued:
+``CLOSE_GRACE`` plus ``CLOSE_GRACE_PER_EVENT`` for each queued event, at most
+``CLOSE_GRACE_MAX``, so a client that reads late still gets every result. The memory this
+holds per connection is bounded by the queue's ``limit`` (``server.max_pending_events``
+encoded events; a final's frame is a few hundred bytes). A client that has not read them
+by then ends with ``slow_consumer`` too (``close`` says so): a normal close never hides
+results that were not written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -23,8 +30,17 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-CLOSE_GRACE = 5.0
-"""Seconds the writer may take, once closed, to write what is still queued."""
+CLOSE_GRACE = 10.0
+"""Seconds the writer may take, once closed, to write what is still queued, at least."""
+CLOSE_GRACE_PER_EVENT = 0.02
+"""Seconds more for each event still queued at the close (a long backlog, more time)."""
+CLOSE_GRACE_MAX = 60.0
+"""The most time the close gives the writer, whatever is queued."""
+
+
+def close_grace(queued: int) -> float:
+    """Seconds a closing outbox waits for its writer with ``queued`` events unwritten."""
+    return min(CLOSE_GRACE_MAX, CLOSE_GRACE + queued * CLOSE_GRACE_PER_EVENT)
 
 
 def droppable(event: object) -> bool:
@@ -111,16 +127,31 @@ class Outbox(Generic[T]):
 
         self._writer = asyncio.create_task(pump(), name=f"{self._transport}-writer")
 
-    async def close(self, grace: float = CLOSE_GRACE) -> None:
-        """Let the writer finish what is queued (within ``grace``), then stop it."""
+    async def close(self, grace: float | None = None) -> bool:
+        """Let the writer finish what is queued (within ``grace``, by default
+        ``close_grace`` of what is queued), then stop it. True: the grace ran out with
+        events unwritten, because the client did not read them (not because the
+        connection failed): the connection must end with ``slow_consumer``."""
         writer = self._writer
         if writer is None:
-            return
+            return False
         self._closed = True
         self._wake.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer, grace)
+        if grace is None:
+            grace = close_grace(len(self._queue))
+        await asyncio.wait({writer}, timeout=grace)
+        expired = not writer.done()
+        if not expired and not writer.cancelled():
+            writer.exception()  # a failed write (the peer went away) is no client's fault
         self.cancel()
+        if expired:
+            log.warning(
+                "%s client did not read its last %d events in %.0f s; ending it",
+                self._transport,
+                len(self._queue),
+                grace,
+            )
+        return expired
 
     def cancel(self) -> None:
         """Stop the writer now; what is still queued is not written."""

@@ -22,7 +22,7 @@ from streamer.pipeline import Route
 from streamer.policy import ConnectionRequest
 from streamer.protocol.connection import WEBSOCKET, Disconnected, Input, Invalid, Mode
 from streamer.services import Services
-from streamer.transport.driver import ConnectionDriver
+from streamer.transport.driver import ConnectionDriver, unread_close
 from streamer.transport.limits import PEER_GONE
 from streamer.transport.outbox import Outbox
 
@@ -163,15 +163,15 @@ async def serve_websocket(
         interruptible=True,  # a cancelled receive leaves the next message queued
     )
     close = await driver.run()
+    if close.code is ErrorCode.SLOW_CONSUMER:
+        outbox.cancel()  # it reads nothing: what is queued cannot be written
+    elif await outbox.close() and close.send:
+        close = unread_close(services, route)
     if codec.close_code is not None:
         code = codec.close_code(close.code)
     else:
         code = int(ENDINGS[close.code].close_code)
     trace.end(code if close.send else 0)
-    if close.code is ErrorCode.SLOW_CONSUMER:
-        outbox.cancel()  # it reads nothing: what is queued cannot be written
-    else:
-        await outbox.close()
     if close.send:
         with contextlib.suppress(Exception):
             await ws.close(code, str(close.code or ""))
