@@ -524,6 +524,7 @@ class Metrics:
             self.interim_latency.labels(route)
             self.first_result.labels(route)
             self.unread_closes.labels(route)
+            self.interims_dropped.labels(route)
             for kind in EVENT_TYPES:
                 self.events_sent.labels(route, kind)
         for code in ErrorCode:
