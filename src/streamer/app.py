@@ -45,6 +45,7 @@ from streamer.transport.grant import grant_endpoint
 from streamer.transport.grpc import GrpcServer, start_grpc_server
 from streamer.transport.subscribe import serve_subscriber
 from streamer.transport.websocket import WsCodec, serve_websocket
+from streamer.twilio.bus import make_bus
 from streamer.twilio.callbacks import CallbackPoster
 from streamer.twilio.hub import CallHub, CallPublisher
 from streamer.twilio.signature import SignaturePolicy, by_route
@@ -264,6 +265,12 @@ def create_app(
         max_calls=twilio_settings.max_calls,
         queue=settings.server.max_pending_events,
     )
+    bus = make_bus(
+        settings.bus,
+        hub,
+        fleet.fleet.bus if fleet is not None else None,
+        on_state=metrics.bus_state,
+    )
     callbacks: list[CallbackPoster] = []
 
     @contextlib.asynccontextmanager
@@ -274,6 +281,7 @@ def create_app(
         )
         services.scheduler.start()
         services.vad.start()
+        await bus.start()
         app.state.services = services
         pressure = services.pressure
 
@@ -315,6 +323,7 @@ def create_app(
                 await poster.close(grace=share)
             callbacks.clear()
             await services.scheduler.close(grace=share)
+            await bus.close()
             services.vad.close()
             await monitor.close()
             if tracing is None:
@@ -322,7 +331,7 @@ def create_app(
 
     async def health(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
-        body = services.health()
+        body = {**services.health(), "bus": bus.status()}
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -365,7 +374,7 @@ def create_app(
     def call_sink() -> CallPublisher:
         poster = callbacks[0] if callbacks else None
         return CallPublisher(
-            hub,
+            bus,
             allowed=poster.allowed if poster else lambda url: False,
             post=poster.post if poster else None,
             on_callback=lambda outcome: metrics.twilio_callbacks.labels(outcome).inc(),
@@ -393,11 +402,11 @@ def create_app(
 
     async def call_events(ws: WebSocket) -> None:
         key = f"call:{ws.path_params['sid']}"
-        await serve_subscriber(ws, ws.app.state.services, hub, key, name="twilio_events")
+        await serve_subscriber(ws, ws.app.state.services, bus, key, name="twilio_events")
 
     async def stream_events(ws: WebSocket) -> None:
         key = f"stream:{ws.path_params['sid']}"
-        await serve_subscriber(ws, ws.app.state.services, hub, key, name="twilio_events")
+        await serve_subscriber(ws, ws.app.state.services, bus, key, name="twilio_events")
 
     return Starlette(
         routes=[

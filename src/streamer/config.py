@@ -22,7 +22,7 @@ from streamer.auth import AuthSettings
 from streamer.inference.model import TestModelParams
 from streamer.inference.whisper import WhisperParams
 from streamer.origins import ANY, parse_origin
-from streamer.twilio.settings import TwilioSettings
+from streamer.twilio.settings import BusSettings, TwilioSettings
 
 
 class ServerSettings(BaseModel):
@@ -286,6 +286,7 @@ class Settings(BaseSettings):
     ray: RaySettings = RaySettings()
     auth: AuthSettings = AuthSettings()
     twilio: TwilioSettings = TwilioSettings()
+    bus: BusSettings = BusSettings()
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     log_json: bool = False
 

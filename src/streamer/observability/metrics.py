@@ -383,6 +383,19 @@ class Metrics:
             ["route"],
             registry=registry,
         )
+        self.bus_up = Gauge(
+            "streamer_bus_up",
+            "1 while the call bus (twilio.bus) carries call events, 0 while it is lost "
+            "(the least over the server's processes).",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.bus_up.set(1)
+        self.bus_losses = Counter(
+            "streamer_bus_losses",
+            "Times the call bus was lost (each ended its subscriptions with bus_unavailable).",
+            registry=registry,
+        )
         self.unread_closes = Counter(
             "streamer_unread_results_closes",
             "Connections ended with slow_consumer after their stream ended, because the "
@@ -607,6 +620,12 @@ class Metrics:
     def interim_dropped(self, route: str) -> None:
         """One interim result dropped for a client that is behind."""
         self.interims_dropped.labels(route).inc()
+
+    def bus_state(self, up: bool) -> None:
+        """The call bus was lost (``up`` False) or is up again."""
+        self.bus_up.set(int(up))
+        if not up:
+            self.bus_losses.inc()
 
     def results_unread(self, route: str) -> None:
         """One connection ended with ``slow_consumer`` on the results left at its end."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -115,7 +116,10 @@ async def serve_websocket(
     subprotocol = principal.subprotocol
     if subprotocol is None and codec.subprotocol in request.subprotocols:
         subprotocol = codec.subprotocol
-    await ws.accept(subprotocol=subprotocol)
+    # The process that serves it, for an operator with several (x-streamer-pid).
+    await ws.accept(
+        subprotocol=subprotocol, headers=[(b"x-streamer-pid", str(os.getpid()).encode())]
+    )
     trace = services.open_connection(route, ws.headers)
     encode = codec.encode
     outbox: Outbox[tuple[str, ...]] = Outbox(
