@@ -21,6 +21,7 @@ from streamer.app import create_app, drain, model_factory
 from streamer.config import Settings, SettingsError, load_settings
 from streamer.inference.model import UnsupportedModel
 from streamer.observability.logging import configure_logging
+from streamer.observability.memory import snapshots_from_env
 from streamer.transport.limits import uvicorn_protocols, uvicorn_ws_max_size
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def run_server(
 ) -> None:
     """Serve HTTP and WebSocket on the configured address (or on ``sockets``, already
     bound) until told to stop."""
+    snapshots_from_env()  # heap snapshots, when a leak hunt asks for them
     # The event loop and the VAD engine's thread share the GIL; at Python's default 5 ms
     # a thread that wants it back waits that long, which under load slows every stream.
     sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
