@@ -114,6 +114,14 @@ class ServerSettings(BaseModel):
     max_pending_events: int = Field(
         default=1000, ge=10, description="Events queued for a client that is not reading."
     )
+    close_grace_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds the events still queued when a connection ends are kept for a "
+        "client that reads late, plus 20 ms per queued event, at most six times this; a "
+        "client that has not read them by then is closed with slow_consumer.",
+    )
     allowed_origins: list[str] = Field(
         default_factory=list,
         description="Web page origins (scheme://host[:port], exact) whose browsers may "

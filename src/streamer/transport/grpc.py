@@ -76,6 +76,7 @@ async def serve_call(context: Any, route: Route, services: Services) -> None:
         functools.partial(services.event_sent, route),
         "grpc",
         dropped=functools.partial(services.interim_dropped, route),
+        grace=services.settings.server.close_grace_seconds,
     )
 
     async def receive() -> Input | None:

@@ -8,8 +8,9 @@ with ``dropped``. Only when an event that must not be lost (a final result, an e
 what follows, and the transport ends the connection with ``slow_consumer``.
 
 Once the stream is over, ``close`` gives the writer time to write what is still queued:
-``CLOSE_GRACE`` plus ``CLOSE_GRACE_PER_EVENT`` for each queued event, at most
-``CLOSE_GRACE_MAX``, so a client that reads late still gets every result. The memory this
+the outbox's ``grace`` (``server.close_grace_seconds``, ``CLOSE_GRACE`` by default) plus
+``CLOSE_GRACE_PER_EVENT`` for each queued event, at most ``CLOSE_GRACE_FACTOR`` times the
+grace, so a client that reads late still gets every result. The memory this
 holds per connection is bounded by the queue's ``limit`` (``server.max_pending_events``
 encoded events; a final's frame is a few hundred bytes). A client that has not read them
 by then ends with ``slow_consumer`` too (``close`` says so): a normal close never hides
@@ -34,13 +35,13 @@ CLOSE_GRACE = 10.0
 """Seconds the writer may take, once closed, to write what is still queued, at least."""
 CLOSE_GRACE_PER_EVENT = 0.02
 """Seconds more for each event still queued at the close (a long backlog, more time)."""
-CLOSE_GRACE_MAX = 60.0
-"""The most time the close gives the writer, whatever is queued."""
+CLOSE_GRACE_FACTOR = 6.0
+"""The most time the close gives the writer, in multiples of its grace, whatever is queued."""
 
 
-def close_grace(queued: int) -> float:
+def close_grace(queued: int, grace: float = CLOSE_GRACE) -> float:
     """Seconds a closing outbox waits for its writer with ``queued`` events unwritten."""
-    return min(CLOSE_GRACE_MAX, CLOSE_GRACE + queued * CLOSE_GRACE_PER_EVENT)
+    return min(CLOSE_GRACE_FACTOR * grace, grace + queued * CLOSE_GRACE_PER_EVENT)
 
 
 def droppable(event: object) -> bool:
@@ -58,8 +59,10 @@ class Outbox(Generic[T]):
         transport: str,
         *,
         dropped: Callable[[Event], None] | None = None,
+        grace: float = CLOSE_GRACE,
     ) -> None:
         self._limit = limit
+        self._grace = grace
         self._queue: collections.deque[tuple[object, T]] = collections.deque()
         self._wake = asyncio.Event()
         self._closed = False
@@ -138,7 +141,7 @@ class Outbox(Generic[T]):
         self._closed = True
         self._wake.set()
         if grace is None:
-            grace = close_grace(len(self._queue))
+            grace = close_grace(len(self._queue), self._grace)
         await asyncio.wait({writer}, timeout=grace)
         expired = not writer.done()
         if not expired and not writer.cancelled():

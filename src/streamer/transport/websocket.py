@@ -128,6 +128,7 @@ async def serve_websocket(
         functools.partial(services.event_sent, route),
         "ws",
         dropped=functools.partial(services.interim_dropped, route),
+        grace=services.settings.server.close_grace_seconds,
     )
 
     async def write(frames: tuple[str, ...]) -> None:

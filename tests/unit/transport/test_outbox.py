@@ -6,7 +6,7 @@ import asyncio
 
 from streamer.codecs.v1_json import encode_event
 from streamer.events import Event, SegmentResult, SpeechStarted
-from streamer.transport.outbox import CLOSE_GRACE, CLOSE_GRACE_MAX, Outbox, close_grace
+from streamer.transport.outbox import CLOSE_GRACE, CLOSE_GRACE_FACTOR, Outbox, close_grace
 
 
 def _events(count: int) -> list[Event]:
@@ -148,4 +148,5 @@ async def test_a_writer_that_fails_is_not_a_slow_reader() -> None:
 def test_the_close_grace_grows_with_what_is_queued_within_its_bound() -> None:
     assert close_grace(0) == CLOSE_GRACE
     assert close_grace(100) > close_grace(10) > CLOSE_GRACE
-    assert close_grace(10**9) == CLOSE_GRACE_MAX
+    assert close_grace(10**9) == CLOSE_GRACE_FACTOR * CLOSE_GRACE
+    assert close_grace(10**9, 0.5) == CLOSE_GRACE_FACTOR * 0.5
