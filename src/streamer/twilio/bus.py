@@ -64,10 +64,17 @@ class CallBus:
         """This process's name on the bus: its own events, coming back, are skipped."""
         self.up = True
         self.on_state = on_state or (lambda up: None)
+        self._local: dict[str, int] = {}
+        """Streams of each key that this process streams now."""
+        self._unsent_ends: set[str] = set()
+        """Keys whose calls ended here while the bus was lost: told once it is back."""
 
     # -- the process that has the call ----------------------------------------------------
 
     def opened(self, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            self._local[key] = self._local.get(key, 0) + 1
+            self._unsent_ends.discard(key)
         self.hub.opened(keys)
         self._send({"op": "opened", "keys": list(keys)})
 
@@ -76,6 +83,13 @@ class CallBus:
         self._send({"op": "publish", "keys": list(keys), "text": text, "final": final})
 
     def closed(self, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            if (left := self._local.get(key, 0) - 1) > 0:
+                self._local[key] = left
+            else:
+                self._local.pop(key, None)
+                if not self.up:
+                    self._unsent_ends.add(key)
         self.hub.closed(keys)
         self._send({"op": "closed", "keys": list(keys)})
 
@@ -126,9 +140,15 @@ class CallBus:
         self.up = up
         if up:
             log.info("the %s call bus is up", self.kind)
+            # The calls that ended here meanwhile: their ends, so that no subscriber
+            # elsewhere waits on them (their events of that time are not replayed).
+            ends, self._unsent_ends = sorted(self._unsent_ends), set()
+            if ends:
+                self._send({"op": "closed", "keys": ends})
         else:
             log.error("the %s call bus is lost (%s): ending its subscriptions", self.kind, why)
             self.hub.fail()
+            self.hub.forget(keep=set(self._local))
         self.on_state(up)
 
 

@@ -129,6 +129,13 @@ class CallHub:
                 subscription.fail()
             topic.subscribers.clear()
 
+    def forget(self, keep: set[str]) -> None:
+        """Drop the live topics but those in ``keep``: after the bus was lost, what this
+        hub knew of the calls streamed elsewhere may be stale (an end it never heard of),
+        and a later subscriber must not wait on it for ever."""
+        for key in [key for key in self._live if key not in keep]:
+            del self._live[key]
+
     def subscribe(self, key: str) -> Subscription:
         """A subscription to ``key``: the finals so far are in it already."""
         if key not in self._live and key not in self._ended and len(self._live) >= self.max_calls:

@@ -68,3 +68,35 @@ async def test_one_process_alone_is_its_own_bus() -> None:
     assert await subscription.next() == "final"
     assert await subscription.next() is None and not subscription.failed
     assert bus.status() == {"kind": "local", "up": True}
+
+
+class RecordingBus(CallBus):
+    """A bus whose link to the other processes is a list (and a switch to lose it)."""
+
+    kind = "recording"
+
+    def __init__(self) -> None:
+        super().__init__(CallHub())
+        self.sent: list[dict[str, object]] = []
+
+    def _send(self, message: dict[str, object]) -> None:
+        if self.up:
+            self.sent.append(message)
+
+
+async def test_after_a_loss_no_subscriber_waits_on_a_stale_call() -> None:
+    bus = RecordingBus()
+    remote = ("call:CA9", "stream:MZ9")
+    bus._receive({"origin": "elsewhere", "op": "opened", "keys": list(remote)})
+    waiting = await bus.subscribe("call:CA9")
+    bus.opened(KEYS)  # a call streamed here
+    bus._set_up(False, "gone")
+    assert waiting.failed and await waiting.next() is None
+    assert not bus.hub.knows("call:CA9")  # its end may come while the bus is away
+    assert bus.hub.knows("call:CA1")  # this process's own call is still known
+    bus.closed(KEYS)  # ends while the bus is lost: nobody elsewhere hears it now
+    bus._set_up(True)
+    assert bus.sent[-1] == {"op": "closed", "keys": sorted(KEYS)}  # told once it is back
+    again = await bus.subscribe("call:CA9")  # waits for the call afresh
+    bus._receive({"origin": "elsewhere", "op": "closed", "keys": list(remote)})
+    assert await again.next() is None and not again.failed
