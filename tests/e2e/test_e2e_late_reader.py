@@ -19,8 +19,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from streamer.codecs.v1_proto import start_to_config
-from streamer.transport.proto import streamer_v1_pb2 as pb
-from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
+from streamer.protocol.proto import streamer_v1_pb2 as pb
+from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 
