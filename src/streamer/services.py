@@ -138,7 +138,8 @@ class Services:
             return behind
         return None
 
-    def _pressed(self) -> bool:
+    def pressed(self) -> bool:
+        """Whether this process measures that it is not keeping up now."""
         return self.pressure is not None and self.pressure.behind() is not None
 
     def capacity(self) -> int:
@@ -209,8 +210,6 @@ class Services:
             links=links,
             client_traceparent=valid,
             trace_ignored=ignored,
-            max_lag=self.settings.server.max_stream_lag_seconds,
-            pressed=self._pressed if self.pressure is not None else None,
         )
 
     def stream_options(self, route: Route, request: StartRequest) -> StreamOptions:
@@ -247,6 +246,7 @@ class Services:
             interim=request.interim_results,
             vad_params=params,
             words=request.word_times,
+            max_lag=self.settings.server.max_stream_lag_seconds,
         )
 
     def health(self) -> dict[str, Any]:

@@ -49,10 +49,11 @@ def open_stream(
         pipeline = StreamPipeline(
             stream_id,
             options,
-            scheduler=services.scheduler,
+            backend=services.scheduler,
             emit=emit,
             vad=services.vad,
             observer=services.stream_telemetry(route, stream_id, request.trace_id, connection),
+            pressed=services.pressed if services.pressure is not None else None,
         )
     except BaseException:
         services.stream_ended(route, "error", stream_id)

@@ -33,7 +33,7 @@ async def run(vad: VadEngine, audio: bytes) -> list[Event]:
     events: list[Event] = []
     fmt = AudioFormat(channels=2, sample_rate=16000, bit_depth=16, is_float=False)
     options = StreamOptions(Route.SEGMENTED, fmt, 16000)
-    pipeline = StreamPipeline("s", options, scheduler=scheduler, emit=events.append, vad=vad)
+    pipeline = StreamPipeline("s", options, backend=scheduler, emit=events.append, vad=vad)
     pipeline.start()
     step = MESSAGE * 2 * 2  # both channels, two bytes a sample
     for at in range(0, len(audio), step):
