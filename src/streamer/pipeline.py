@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -296,7 +296,7 @@ class StreamPipeline:
             await asyncio.gather(self._emitter, return_exceptions=True)
         self.observer.ended("aborted")
 
-    async def _carry(self, work: list[Work]) -> None:
+    async def _carry(self, work: Sequence[Work]) -> None:
         """Carry out the route's work, in order; a final waits while the stream has
         ``max_in_flight`` of them running."""
         order = self._order

@@ -9,6 +9,8 @@ the final) withdrawing the older one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import soxr
 from numpy.typing import NDArray
@@ -87,14 +89,20 @@ class SegmentedRoute:
             for channel, tail in zip(self._channels, self._resamplers.flush(), strict=True)
         ]
 
-    def segment(self, channel: int, frames: Frames, probs: NDArray[np.float32]) -> list[Work]:
-        """A channel's frames (as handed out, in order) and their speech probabilities."""
-        work: list[Work] = []
+    def segment(self, channel: int, frames: Frames, probs: NDArray[np.float32]) -> Sequence[Work]:
+        """A channel's frames (as handed out, in order) and their speech probabilities.
+
+        The hot path (every 32 ms frame of every stream): most frames cause nothing, and a
+        message without events allocates no list for its work.
+        """
+        work: list[Work] | None = None
         push = self._channels[channel].segmenter.push
         for frame, prob in zip(frames, probs.tolist(), strict=True):
             if events := push(frame, prob):
+                if work is None:
+                    work = []
                 self._handle(channel, events, work)
-        return work
+        return () if work is None else work
 
     def finalize(self) -> list[Work]:
         """Close every channel's open segment now (``finalize``); the stream goes on."""
