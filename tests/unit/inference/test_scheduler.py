@@ -11,6 +11,7 @@ import pytest
 from numpy.typing import NDArray
 
 from streamer.errors import InferenceTimeout, ModelCrashed, ModelFailed
+from streamer.inference.backend import Ticket
 from streamer.inference.model import ModelFailure, Output, TestModel
 from streamer.inference.pool import ThreadPool
 from streamer.inference.scheduler import BatchStats, Scheduler
@@ -375,3 +376,23 @@ async def test_an_interim_that_waited_too_long_is_skipped_and_finals_never_are()
     assert sched.interims_skipped == 1
     assert [c[0] for c in model.calls] == [1, 3]
     await sched.close()
+
+
+async def test_cancelling_a_task_that_awaits_a_ticket_withdraws_nothing() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    sched = await make(model)
+    running = sched.submit("s", audio(1))
+    queued = sched.submit("s", audio(2))
+    waiter = asyncio.ensure_future(_wait(queued))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert not queued.cancelled() and sched.queued_for("s") == 1
+    model.gate.set()
+    assert (await running) == {"count": 1} and (await queued) == {"count": 2}
+    await sched.close()
+
+
+async def _wait(ticket: Ticket) -> Output:
+    return await ticket
