@@ -67,7 +67,8 @@ class ServerSettings(BaseModel):
         default=5.0,
         ge=0,
         description="A stream sent in real time whose results come this much later than "
-        "its audio was sent (time spent waiting to be read counts) is told so: a "
+        "its audio arrived (while the server is not keeping up, time spent waiting to be "
+        "read counts) is told so: a "
         "falling_behind error event with the lag, at most once per this many seconds; "
         "0: never.",
     )
