@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
 
 from streamer.audio.decode import Decoder
 from streamer.audio.formats import AudioFormat
@@ -25,7 +24,8 @@ from streamer.events import Done, Event, SegmentResult, StreamError
 from streamer.inference.backend import InferenceBackend, Ticket
 from streamer.inference.model import shift_words
 from streamer.inference.output import OutputError, json_safe
-from streamer.observability.stream import ArrivalClock, StreamObserver
+from streamer.observability.stream import StreamObserver
+from streamer.route.lag import LagWatch
 from streamer.route.segmented import Frames, SegmentedRoute
 from streamer.route.simple import SimpleRoute
 from streamer.route.work import Infer, Post, Work
@@ -77,74 +77,6 @@ class _Pending:
     infer: Infer
 
 
-AHEAD_MARGIN: Final = 0.5
-"""Seconds of audio ahead of the wall clock (since its first audio) past which a stream
-is taken to be sent faster than real time, and is not told it is behind."""
-
-
-class _Lag:
-    """Whether a stream's results lag its audio's arrival by more than ``max_lag``.
-
-    Measured from when the message that carried a result's audio arrived, so that one
-    message carrying seconds of audio is not taken to be late. While the server measures
-    that it is not keeping up (``pressed``), audio that has not been read yet is taken to
-    be waiting in the socket: a live source's audio was sent at its pace from its first
-    sample. A stream sent faster than real time (a file) is never told.
-    """
-
-    __slots__ = (
-        "_ahead",
-        "_arrivals",
-        "_clock",
-        "_first",
-        "_next",
-        "_offset",
-        "_pressed",
-        "max_lag",
-    )
-
-    def __init__(
-        self, max_lag: float, clock: Callable[[], float], pressed: Callable[[], bool] | None
-    ) -> None:
-        self.max_lag = max_lag
-        self._clock = clock
-        self._pressed = pressed
-        self._arrivals = ArrivalClock()
-        self._offset: float | None = None  # arrival time minus audio seconds, first message
-        self._first: float | None = None  # when the stream's first sample was sent, at best
-        self._ahead = False
-        self._next = 0.0
-
-    def fed(self, media: float, total: float) -> None:
-        now = self._clock()
-        self._arrivals.record(total, now)
-        if self._ahead:
-            return
-        offset = now - total
-        if self._offset is None:
-            self._offset = offset
-            self._first = now - (total - media)
-        elif offset < self._offset - AHEAD_MARGIN:
-            self._ahead = True
-
-    def behind(self, end: float) -> float | None:
-        """The lag of a result for audio up to ``end`` seconds, if the stream must be told."""
-        if self._ahead:
-            return None
-        now = self._clock()
-        if now < self._next:
-            return None
-        sent = self._arrivals.arrival(end)
-        if sent is None:
-            return None
-        if self._first is not None and self._pressed is not None and self._pressed():
-            sent = min(sent, self._first + end)
-        if now - sent <= self.max_lag:
-            return None
-        self._next = now + self.max_lag
-        return now - sent
-
-
 class StreamPipeline:
     """Turns one stream's audio into ordered events."""
 
@@ -172,7 +104,7 @@ class StreamPipeline:
         self._order: asyncio.Queue[Event | _Pending | None] = asyncio.Queue()
         self._in_flight = asyncio.Semaphore(options.max_in_flight)
         self._interims: dict[int, Ticket] = {}  # by key: what the route may withdraw
-        self._lag = _Lag(options.max_lag, clock, pressed) if options.max_lag > 0 else None
+        self._lag = LagWatch(options.max_lag, clock, pressed) if options.max_lag > 0 else None
         self._vad = vad
         self._route: SimpleRoute | SegmentedRoute
         if options.route is Route.SEGMENTED:
