@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pytest
+import soxr
 from hypothesis import given
 from hypothesis import strategies as st
 from numpy.typing import NDArray
@@ -121,7 +122,7 @@ def reference(samples: NDArray[np.float32], interim: bool = True) -> list[segmen
     return [*events, *machine.flush(samples[whole * FRAME :])]
 
 
-def check(work: Sequence[Work]) -> None:
+def check(work: Sequence[Work], rate: int = RATE) -> None:
     """What holds of any route's work, whatever the audio."""
     issued: dict[int, Infer] = {}
     open_interims: dict[int, int] = {}  # channel -> key of its live interim
@@ -132,9 +133,8 @@ def check(work: Sequence[Work]) -> None:
             assert open_interims.get(item.channel) is None  # the older one was withdrawn
             if not item.final:
                 open_interims[item.channel] = item.key
-            assert item.end > item.start and len(item.audio) == round(
-                (item.end - item.start) * RATE
-            )
+            assert item.end > item.start
+            assert len(item.audio) == round(item.end * rate) - round(item.start * rate)
         elif isinstance(item, Withdraw):
             withdrawn = issued[item.key]
             assert not withdrawn.final  # a final is never withdrawn
@@ -261,12 +261,62 @@ def test_a_finalize_anywhere_closes_the_open_segment_and_the_stream_goes_on(at: 
     assert not any(isinstance(w, Infer) and w.forced for w in work[after:])
 
 
-def test_audio_at_another_rate_is_resampled_once_per_channel_and_reaches_the_model_rate() -> None:
+def run_at(rate: int, samples: NDArray[np.float32], cuts: Sequence[int]) -> list[Work]:
+    r = SegmentedRoute(1, RATE, rate, PARAMS, interim=True)
+    work: list[Work] = []
+    for a, b in itertools.pairwise([0, *cuts, len(samples)]):
+        (frames,) = r.push(samples[None, a:b])
+        work += r.segment(0, frames, vad(frames))
+    (frames,) = r.drain()
+    work += r.segment(0, frames, vad(frames))
+    return work + r.end_channel(0)
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 24000, 48000])
+def test_segments_for_a_model_at_another_rate_are_cut_from_one_streaming_resampler(
+    rate: int,
+) -> None:
+    # Speech up to the very end: the last segments are only whole once the filter is
+    # flushed.
+    samples = stream([*PROBS, *([0.9] * 6)])
+    whole = soxr.resample(samples, RATE, rate).astype(np.float32)  # the same filter, at once
+    work = run_at(rate, samples, [])
+    check_at(work, rate)
+    infers = [w for w in work if isinstance(w, Infer)]
+    assert sum(w.final for w in infers) >= 2 and any(not w.final for w in infers)
+    for item in infers:
+        a, b = round(item.start * rate), round(item.end * rate)
+        assert np.allclose(item.audio, whole[a:b], atol=1e-5)
+    # Held or not, the work and its order are the same however the audio is split, and
+    # the same as at 16 kHz but for the audio.
+    for cuts in ([1600], [700, 5000], list(range(512, len(samples), 1024))):
+        assert described(run_at(rate, samples, cuts)) == described(work)
+    at_16k = run(samples, [])
+    assert [d[:-1] for d in described(work)] == [d[:-1] for d in described(at_16k)]
+
+
+def check_at(work: Sequence[Work], rate: int) -> None:
+    issued: set[int] = set()
+    for item in work:
+        if isinstance(item, Infer):
+            issued.add(item.key)
+            assert len(item.audio) == round(item.end * rate) - round(item.start * rate)
+        elif isinstance(item, Withdraw):
+            assert item.key in issued  # never ahead of what it withdraws
+
+
+def test_a_finalize_at_another_rate_releases_everything_held_and_the_stream_goes_on() -> None:
     samples = stream()
-    at_8k = SegmentedRoute(1, RATE, 8000, PARAMS, interim=False)
-    (frames,) = at_8k.push(samples[None, :])
-    work = at_8k.segment(0, frames, vad(frames))
-    finals = [w for w in work if isinstance(w, Infer)]
-    assert finals
-    for final in finals:
-        assert abs(len(final.audio) - (final.end - final.start) * 8000) <= 1
+    r = SegmentedRoute(1, RATE, 48000, PARAMS, interim=True, mark_finalize=True)
+    (frames,) = r.push(samples[None, :5000])
+    work = list(r.segment(0, frames, vad(frames)))
+    forced = r.finalize()
+    check(work + forced, 48000)
+    assert isinstance(forced[-1], Post) and isinstance(forced[-1].event, Finalized)
+    (frames,) = r.push(samples[None, 5000:])
+    rest = list(r.segment(0, frames, vad(frames)))
+    (frames,) = r.drain()
+    rest += r.segment(0, frames, vad(frames))
+    rest += r.end_channel(0)
+    check(work + forced + rest, 48000)
+    assert any(isinstance(w, Infer) and w.final for w in rest)
