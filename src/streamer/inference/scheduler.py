@@ -1,9 +1,11 @@
 """The inference scheduler shared by every stream.
 
-Streams submit jobs; one dispatcher task forms batches and hands them to the worker pool.
-Finals go before interims, streams are served round-robin (no stream starves behind a busy
-one), and a queued interim can be cancelled when a newer one supersedes it. Each job's
-result arrives on its own future; streams restore audio order themselves.
+Streams submit jobs and hold tickets (``backend.Ticket``: awaitable, ``cancel()``); the
+scheduler is the local ``InferenceBackend``, over any worker pool (threads, processes, Ray
+Serve). One dispatcher task forms batches (``plan_batch`` picks them: finals before
+interims, streams round-robin, so no stream starves behind a busy one) and hands them to
+the pool. A queued interim can be withdrawn when a newer one supersedes it. Streams restore
+audio order themselves. A job's state is the scheduler's own.
 
 The queue is bounded: past ``max_queued`` jobs, new interims are dropped at once (they are
 only previews; the final of the same audio follows). Finals are always queued: each stream
