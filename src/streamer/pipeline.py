@@ -153,7 +153,7 @@ class StreamPipeline:
         total = self.audio_seconds
         self.observer.fed(media, total, decoded - began, time.perf_counter() - decoded)
         if self._lag is not None:
-            self._lag.fed(media, total)
+            self._lag.fed(total)
         if isinstance(route, SimpleRoute):
             await self._carry(out)  # type: ignore[arg-type]
         else:

@@ -82,6 +82,27 @@ class ArrivalClock:
             self._pruned = totals.popleft()
             self._times.popleft()
 
+    def carried_to(self, seconds: float) -> float | None:
+        """Where the message that carried the audio at ``seconds`` ended; None if unseen."""
+        totals = self._totals
+        if not totals or seconds <= self._pruned + _EPSILON:
+            return None
+        index = bisect_left(totals, seconds - _EPSILON)
+        return totals[index] if index < len(totals) else None
+
+    def sent_by(self, seconds: float) -> float | None:
+        """The latest time a client sending in real time (with pauses, never ahead) can
+        have sent the message that carried the audio at ``seconds``, whose audio ends at
+        ``x``: a message goes once its audio is whole, so for it and any later one, whose
+        audio ends at ``y`` and which arrived at ``t``, ``t - (y - x)``. None when unseen."""
+        totals, times = self._totals, self._times
+        if not totals or seconds <= self._pruned + _EPSILON:
+            return None
+        index = bisect_left(totals, seconds - _EPSILON)
+        if index >= len(totals):
+            return None
+        return min(times[i] - totals[i] for i in range(index, len(totals))) + totals[index]
+
     def arrival(self, seconds: float) -> float | None:
         """When the audio at ``seconds`` arrived; ``None`` if unseen or forgotten.
 

@@ -15,25 +15,19 @@ is taken to be sent faster than real time, and is not told it is behind."""
 
 
 class LagWatch:
-    """Whether a stream's results lag its audio's arrival by more than ``max_lag``.
+    """Whether a stream's results lag the sending of their audio by more than ``max_lag``.
 
-    Measured from when the message that carried a result's audio arrived, so that one
-    message carrying seconds of audio is not taken to be late. While the server measures
-    that it is not keeping up (``pressed``), audio that has not been read yet is taken to
-    be waiting in the socket: a live source's audio was sent at its pace from its first
-    sample. A stream sent faster than real time (a file) is never told.
+    A client sends a message once its audio is whole, so a result is timed from when the
+    message that carried its audio was sent, at the latest: when it arrived, or earlier
+    when later messages arrived sooner after it than a real-time client could have sent
+    them (audio that waited in the socket while the server was starved counts). So one
+    message carrying seconds of audio, answered at once, is not behind. While the server
+    measures that it is not keeping up (``pressed``), messages not read yet are taken to
+    be waiting too: a live source sends at its pace from its first message. A stream sent
+    faster than real time (a file) is never told.
     """
 
-    __slots__ = (
-        "_ahead",
-        "_arrivals",
-        "_clock",
-        "_first",
-        "_next",
-        "_offset",
-        "_pressed",
-        "max_lag",
-    )
+    __slots__ = ("_ahead", "_arrivals", "_clock", "_next", "_offset", "_pressed", "max_lag")
 
     def __init__(
         self, max_lag: float, clock: Callable[[], float], pressed: Callable[[], bool] | None
@@ -42,12 +36,12 @@ class LagWatch:
         self._clock = clock
         self._pressed = pressed
         self._arrivals = ArrivalClock()
-        self._offset: float | None = None  # arrival time minus audio seconds, first message
-        self._first: float | None = None  # when the stream's first sample was sent, at best
+        self._offset: float | None = None  # the first message's arrival minus its audio end
         self._ahead = False
         self._next = 0.0
 
-    def fed(self, media: float, total: float) -> None:
+    def fed(self, total: float) -> None:
+        """A message carrying the audio up to ``total`` seconds arrived now."""
         now = self._clock()
         self._arrivals.record(total, now)
         if self._ahead:
@@ -55,7 +49,6 @@ class LagWatch:
         offset = now - total
         if self._offset is None:
             self._offset = offset
-            self._first = now - (total - media)
         elif offset < self._offset - AHEAD_MARGIN:
             self._ahead = True
 
@@ -66,11 +59,14 @@ class LagWatch:
         now = self._clock()
         if now < self._next:
             return None
-        sent = self._arrivals.arrival(end)
+        arrivals = self._arrivals
+        sent = arrivals.sent_by(end)
         if sent is None:
             return None
-        if self._first is not None and self._pressed is not None and self._pressed():
-            sent = min(sent, self._first + end)
+        if self._offset is not None and self._pressed is not None and self._pressed():
+            carried = arrivals.carried_to(end)
+            if carried is not None:
+                sent = min(sent, self._offset + carried)
         if now - sent <= self.max_lag:
             return None
         self._next = now + self.max_lag

@@ -49,6 +49,19 @@ def test_arrival_is_the_message_that_carried_the_point() -> None:
     assert clock.arrival(9.0) == 5.0  # past the end: the last message
 
 
+def test_a_message_was_sent_once_whole_and_no_later_than_later_ones_allow() -> None:
+    clock = ArrivalClock()
+    clock.record(5.0, 100.0)  # five seconds in one message
+    assert clock.carried_to(1.0) == 5.0
+    assert clock.sent_by(1.0) == 100.0  # not 96: the message went once its audio was whole
+    for i in range(1, 5):  # then half a second a message, all read at 110
+        clock.record(5.0 + i * 0.5, 110.0)
+    assert clock.carried_to(5.2) == 5.5
+    assert clock.sent_by(5.2) == 108.5  # the last (to 7 s) arrived 1.5 s of audio later
+    assert clock.sent_by(1.0) == 100.0
+    assert clock.sent_by(7.5) is None and clock.carried_to(7.5) is None
+
+
 def test_arrivals_older_than_the_horizon_are_forgotten() -> None:
     clock = ArrivalClock(horizon=1.0)
     for i in range(1, 31):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 
 from streamer.audio.formats import AudioFormat
@@ -85,21 +86,30 @@ def audio(seconds: float) -> bytes:
     return np.zeros(round(seconds * RATE), dtype="<i2").tobytes()
 
 
-def pipeline(backend: HeldBackend, clock: Clock, events: list[Event]) -> StreamPipeline:
+def pipeline(
+    backend: HeldBackend, clock: Clock, events: list[Event], *, pressed: bool = False
+) -> StreamPipeline:
     options = StreamOptions(
         Route.SIMPLE, FMT, RATE, chunk_seconds=1.0, max_in_flight=64, max_lag=2.0
     )
-    return StreamPipeline("s", options, backend=backend, emit=events.append, clock=clock)
+    return StreamPipeline(
+        "s", options, backend=backend, emit=events.append, clock=clock, pressed=lambda: pressed
+    )
 
 
 def behind(events: list[Event]) -> list[StreamError]:
     return [e for e in events if isinstance(e, StreamError) and e.code == "falling_behind"]
 
 
-async def test_one_message_of_many_seconds_answered_at_once_is_not_behind() -> None:
+@pytest.mark.parametrize("pressed", [False, True])
+async def test_one_message_of_many_seconds_answered_at_once_is_not_behind(
+    pressed: bool,
+) -> None:
     clock = Clock()
     events: list[Event] = []
-    stream = pipeline(HeldBackend(answer=True), clock, events)
+    # Even while the server is not keeping up: the message's audio was whole only when it
+    # was sent.
+    stream = pipeline(HeldBackend(answer=True), clock, events, pressed=pressed)
     stream.start()
     await stream.feed(audio(8.0))  # seconds of audio in one message, all arrived now
     await stream.finish()
@@ -138,3 +148,19 @@ async def test_a_stream_sent_faster_than_real_time_is_never_told() -> None:
     await stream.finish()
     assert len([e for e in events if isinstance(e, SegmentResult)]) == 6
     assert behind(events) == []
+
+
+async def test_a_real_time_stream_read_late_in_a_burst_is_told() -> None:
+    clock, backend = Clock(), HeldBackend(answer=True)
+    events: list[Event] = []
+    stream = pipeline(backend, clock, events)
+    stream.start()
+    await stream.feed(audio(0.5))
+    clock.now += 6.0  # the server reads nothing for six seconds; the client goes on
+    for _ in range(10):  # then reads what waited in the socket, all at once
+        await stream.feed(audio(0.5))
+    await stream.finish()
+    # The second message (audio to 1 s) cannot have been sent later than 4.5 s before the
+    # eleventh (to 5.5 s) arrived: its result, answered at once, is 4.5 s late.
+    (told,) = behind(events)
+    assert "4.5 s behind" in told.message
