@@ -339,7 +339,10 @@ class Scheduler:
         finals, waiting = self._finals, self._interims
         picks = plan_batch(
             {stream: len(queue) for stream, queue in finals.items()},
-            {stream: len(queue) for stream, queue in waiting.items()} if interims else {},
+            # Counted only when they may go: no final waits and interims are allowed.
+            {stream: len(queue) for stream, queue in waiting.items()}
+            if interims and not finals
+            else {},
             limit,
             interims_allowed=interims,
         )
