@@ -30,7 +30,7 @@ from streamer.route.segmented import Frames, SegmentedRoute
 from streamer.route.simple import SimpleRoute
 from streamer.route.work import Infer, Post, Work
 from streamer.segmentation.segmenter import VadParams
-from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE, VadEngine
+from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE, VadEngine, VadReply
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +148,23 @@ class StreamPipeline:
             return
         decoded = time.perf_counter()
         route = self._route
-        out = route.push(block)  # resampled and framed or chunked
-        media = block.shape[1] / self.options.fmt.sample_rate
+        if isinstance(route, SimpleRoute):
+            work = route.push(block)  # resampled and chunked
+            self._fed(block.shape[1], began, decoded)
+            await self._carry(work)
+        else:
+            frames = route.push(block)  # resampled and framed
+            self._fed(block.shape[1], began, decoded)
+            await self._segment(route, frames)
+
+    def _fed(self, samples: int, began: float, decoded: float) -> None:
+        """A message of ``samples`` per channel was decoded by ``decoded`` and resampled
+        (and framed or chunked) by now."""
         total = self.audio_seconds
+        media = samples / self.options.fmt.sample_rate
         self.observer.fed(media, total, decoded - began, time.perf_counter() - decoded)
         if self._lag is not None:
             self._lag.fed(total)
-        if isinstance(route, SimpleRoute):
-            await self._carry(out)  # type: ignore[arg-type]
-        else:
-            await self._segment(route, out)  # type: ignore[arg-type]
 
     async def _segment(self, route: SegmentedRoute, frames: list[Frames]) -> None:
         """Every channel's VAD frames go in together, then each channel takes its own: one
@@ -168,11 +175,18 @@ class StreamPipeline:
         replies = self._vad.submit_all(list(zip(self._vad_streams, frames, strict=True)))
         for channel, (framed, reply) in enumerate(zip(frames, replies, strict=True)):
             if len(framed):
-                probs = await reply.get()
-                self.observer.vad(
-                    len(framed) * FRAME_SAMPLES / VAD_SAMPLE_RATE, time.perf_counter() - began
-                )
-                await self._carry(route.segment(channel, framed, probs))
+                await self._classified(route, channel, framed, reply, began)
+
+    async def _classified(
+        self, route: SegmentedRoute, channel: int, frames: Frames, reply: VadReply, began: float
+    ) -> None:
+        """A channel's frames handed to the VAD (since ``began``): their probabilities back
+        into the route, and its work carried out."""
+        probs = await reply.get()
+        self.observer.vad(
+            len(frames) * FRAME_SAMPLES / VAD_SAMPLE_RATE, time.perf_counter() - began
+        )
+        await self._carry(route.segment(channel, frames, probs))
 
     async def finalize(self) -> None:
         """Force final results for the audio so far; the stream goes on."""
@@ -208,12 +222,8 @@ class StreamPipeline:
             for channel, framed in enumerate(route.drain()):
                 if len(framed):
                     began = time.perf_counter()
-                    probs = await self._vad.submit(self._vad_streams[channel], framed).get()
-                    self.observer.vad(
-                        len(framed) * FRAME_SAMPLES / VAD_SAMPLE_RATE,
-                        time.perf_counter() - began,
-                    )
-                    await self._carry(route.segment(channel, framed, probs))
+                    reply = self._vad.submit(self._vad_streams[channel], framed)
+                    await self._classified(route, channel, framed, reply, began)
                 await self._carry(route.end_channel(channel))
         self._order.put_nowait(None)
         if self._emitter is not None:
