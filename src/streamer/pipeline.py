@@ -15,12 +15,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 from streamer.audio.decode import Decoder
 from streamer.audio.formats import AudioFormat
 from streamer.errors import ErrorCode, InferenceError
-from streamer.events import Done, Event, SegmentResult, StreamError
+from streamer.events import Done, Event, Route, SegmentResult, StreamError
 from streamer.inference.backend import InferenceBackend, Ticket
 from streamer.inference.model import shift_words
 from streamer.inference.output import OutputError, json_safe
@@ -41,11 +40,6 @@ __all__ = ["Emit", "Event", "Route", "StreamBroken", "StreamOptions", "StreamPip
 
 class StreamBroken(RuntimeError):
     """The stream's emitter failed; the stream can take no more audio."""
-
-
-class Route(StrEnum):
-    SIMPLE = "simple"
-    SEGMENTED = "segmented"
 
 
 @dataclass(frozen=True, slots=True)

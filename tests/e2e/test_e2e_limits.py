@@ -411,8 +411,8 @@ asyncio.run(main())
 _GRPC_PEER = """
 import asyncio, sys
 import grpc
-from streamer.transport.proto import streamer_v1_pb2 as pb
-from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
+from streamer.protocol.proto import streamer_v1_pb2 as pb
+from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 async def main():
     async with grpc.aio.insecure_channel(sys.argv[1]) as channel:
         call = pb_grpc.StreamerStub(channel).Simple()

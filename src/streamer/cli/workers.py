@@ -90,8 +90,8 @@ def worker_main(settings: Settings, index: int, array: Any, parent: int) -> None
     os.setpgrp()
     _exit_with_parent(parent)
     from streamer.app import create_app
-    from streamer.cli.serve import run_server
     from streamer.observability.logging import configure_logging
+    from streamer.runtime import run_server
 
     handler = configure_logging(settings.log_level, json_lines=settings.log_json)
     handler.addFilter(_WorkerFilter(index))
@@ -203,14 +203,18 @@ def run_fleet(settings: Settings, workers: int) -> int:
     if settings.inference.backend == "ray" and settings.ray.deploy:
         # One deployment (and without ray.address one local cluster), started here: every
         # front-end process sends its inputs to the same replicas, which batch across them.
+        from streamer.app import deploy_on_ray
         from streamer.inference.model import UnsupportedModel
 
         try:
-            from streamer.inference.ray_backend import deploy_for_fleet
+            from streamer.inference.ray_backend import cluster_address
         except UnsupportedModel as error:
             log.error("cannot serve: %s", error)
             return 2
-        settings = deploy_for_fleet(settings)
+        deploy_on_ray(settings)
+        # The processes join that cluster and use that deployment.
+        joined = {"address": cluster_address(settings.ray), "deploy": False}
+        settings = settings.model_copy(update={"ray": settings.ray.model_copy(update=joined)})
     metrics_dir = tempfile.mkdtemp(prefix="streamer-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # the workers inherit it
     supervisor = _Supervisor(settings, workers, metrics_dir)

@@ -377,6 +377,8 @@ class StreamTelemetry(StreamObserver):
         arrived = self._arrivals.arrival(event.end)
         if arrived is None:
             return
+        if event.final and event.forced and self._flushed_at is not None:
+            self._metrics.observe_finalize(self.route, max(0.0, now - self._flushed_at))
         if (
             event.final
             and self._flushed_at is not None

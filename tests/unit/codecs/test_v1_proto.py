@@ -27,9 +27,10 @@ from streamer.events import (
     SpeechStarted,
     StreamError,
 )
-from streamer.protocol.connection import ConnectionMachine, EmitError
+from streamer.protocol.actions import EmitError
+from streamer.protocol.connection import ConnectionMachine
 from streamer.protocol.messages import StartRequest, parse_client_message
-from streamer.transport.proto import streamer_v1_pb2 as pb
+from streamer.protocol.proto import streamer_v1_pb2 as pb
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 OTHER_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
