@@ -180,7 +180,8 @@ class StreamPipeline:
         self.observer.vad(
             len(frames) * FRAME_SAMPLES / VAD_SAMPLE_RATE, time.perf_counter() - began
         )
-        await self._carry(route.segment(channel, frames, probs))
+        if work := route.segment(channel, frames, probs):  # most messages make none
+            await self._carry(work)
 
     async def finalize(self) -> None:
         """Force final results for the audio so far; the stream goes on."""
