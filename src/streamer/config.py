@@ -22,7 +22,7 @@ from streamer.auth import AuthSettings
 from streamer.inference.model import TestModelParams
 from streamer.inference.whisper import WhisperParams
 from streamer.origins import ANY, parse_origin
-from streamer.twilio.settings import TwilioSettings
+from streamer.twilio.settings import BusSettings, TwilioSettings
 
 
 class ServerSettings(BaseModel):
@@ -73,9 +73,9 @@ class ServerSettings(BaseModel):
         default=5.0,
         ge=0,
         description="A stream sent in real time whose results come this much later than "
-        "its audio was sent (time spent waiting to be read counts) is told so: a "
-        "falling_behind error event with the lag, at most once per this many seconds; "
-        "0: never.",
+        "the message carrying its audio was sent (time spent waiting to be read counts) "
+        "is told so: a falling_behind error event with the lag, at most once per this many "
+        "seconds; 0: never.",
     )
     drain_seconds: float = Field(default=10.0, ge=0, description="Grace for open streams.")
     shutdown_timeout_seconds: float = Field(
@@ -119,6 +119,14 @@ class ServerSettings(BaseModel):
     )
     max_pending_events: int = Field(
         default=1000, ge=10, description="Events queued for a client that is not reading."
+    )
+    close_grace_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds the events still queued when a connection ends are kept for a "
+        "client that reads late, plus 20 ms per queued event, at most six times this; a "
+        "client that has not read them by then is closed with slow_consumer.",
     )
     allowed_origins: list[str] = Field(
         default_factory=list,
@@ -306,6 +314,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     twilio: TwilioSettings = TwilioSettings()
     assemblyai: AssemblyAISettings = AssemblyAISettings()
+    bus: BusSettings = BusSettings()
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     log_json: bool = False
 

@@ -13,16 +13,12 @@ in step (``observability/gauges.py``, which also shares them across front-end pr
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streamer.errors import ErrorCode
 from streamer.observability.gauges import ROUTES, RuntimeCollector, RuntimeSources, SharedRuntime
-from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE
-
-if TYPE_CHECKING:
-    from streamer.inference.scheduler import BatchStats
 
 __all__ = [
     "EVENT_TYPES",
@@ -33,6 +29,30 @@ __all__ = [
     "RuntimeSources",
     "new_registry",
 ]
+
+VAD_FRAME_SECONDS: Final = 0.032
+"""Audio per row of a batched VAD call: one Silero frame, 512 samples at 16 kHz."""
+
+
+class BatchFigures(Protocol):
+    """What ``Metrics.observe_batch`` reads of one dispatched inference batch (the
+    scheduler's ``BatchStats``)."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def queue_wait(self) -> tuple[float, ...]: ...
+    @property
+    def run_seconds(self) -> float: ...
+    @property
+    def audio_seconds(self) -> float: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def crashes(self) -> int: ...
+    @property
+    def timeouts(self) -> int: ...
+
 
 STAGES: Final = ("decode", "resample", "vad", "model")
 """The pipeline stages with media, processing and real-time-factor histograms."""
@@ -139,6 +159,26 @@ class Metrics:
         self.interims_dropped = Counter(
             "streamer_interim_results_dropped",
             "Interim results dropped for clients that were not reading their events, by route.",
+            ["route"],
+            registry=registry,
+        )
+        self.bus_up = Gauge(
+            "streamer_bus_up",
+            "1 while the call bus (twilio.bus) carries call events, 0 while it is lost "
+            "(the least over the server's processes).",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.bus_up.set(1)
+        self.bus_losses = Counter(
+            "streamer_bus_losses",
+            "Times the call bus was lost (each ended its subscriptions with bus_unavailable).",
+            registry=registry,
+        )
+        self.unread_closes = Counter(
+            "streamer_unread_results_closes",
+            "Connections ended with slow_consumer after their stream ended, because the "
+            "client had not read the results still queued within the close grace, by route.",
             ["route"],
             registry=registry,
         )
@@ -285,6 +325,8 @@ class Metrics:
             self.interim_latency.labels(route)
             self.finalize.labels(route)
             self.first_result.labels(route)
+            self.unread_closes.labels(route)
+            self.interims_dropped.labels(route)
             for kind in EVENT_TYPES:
                 self.events_sent.labels(route, kind)
         for code in ErrorCode:
@@ -316,7 +358,7 @@ class Metrics:
         if media_seconds > 0:
             rtf.observe(processing_seconds / media_seconds)
 
-    def observe_batch(self, stats: BatchStats) -> None:
+    def observe_batch(self, stats: BatchFigures) -> None:
         """The scheduler's observer: one dispatched batch."""
         self.batch_size.observe(stats.size)
         for wait in stats.queue_wait:
@@ -334,7 +376,7 @@ class Metrics:
     def observe_vad_batch(self, rows: int, seconds: float) -> None:
         """The VAD engine's hook (called on its thread): one batched model call."""
         self.vad_batch_size.observe(rows)
-        self.observe_stage("vad", rows * FRAME_SAMPLES / VAD_SAMPLE_RATE, seconds)
+        self.observe_stage("vad", rows * VAD_FRAME_SECONDS, seconds)
 
     def observe_latency(self, route: str, seconds: float, *, final: bool) -> None:
         (self.final_latency if final else self.interim_latency).labels(route).observe(seconds)
@@ -370,6 +412,16 @@ class Metrics:
     def interim_dropped(self, route: str) -> None:
         """One interim result dropped for a client that is behind."""
         self.interims_dropped.labels(route).inc()
+
+    def bus_state(self, up: bool) -> None:
+        """The call bus was lost (``up`` False) or is up again."""
+        self.bus_up.set(int(up))
+        if not up:
+            self.bus_losses.inc()
+
+    def results_unread(self, route: str) -> None:
+        """One connection ended with ``slow_consumer`` on the results left at its end."""
+        self.unread_closes.labels(route).inc()
 
     def event_sent(self, route: str, kind: str, code: str | None = None) -> None:
         """One event handed to a client; ``code`` for error events."""

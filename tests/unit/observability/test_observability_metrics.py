@@ -41,6 +41,8 @@ def test_known_label_values_exist_before_anything_happens() -> None:
             assert ended == 0
         assert sample(registry, "streamer_final_latency_seconds_count", route=route) == 0
         assert sample(registry, "streamer_streams_active", route=route) == 0
+        assert sample(registry, "streamer_interim_results_dropped_total", route=route) == 0
+        assert sample(registry, "streamer_unread_results_closes_total", route=route) == 0
     for stage in STAGES:
         assert sample(registry, "streamer_stage_real_time_factor_count", stage=stage) == 0
     for code in ErrorCode:
@@ -167,3 +169,10 @@ def test_the_default_registry_adds_process_metrics() -> None:
     names = families(new_registry())
     assert "process_cpu_seconds" in names or "python_info" in names
     assert families(new_registry(process=False)) == {}
+
+
+def test_a_vad_row_is_one_silero_frame() -> None:
+    from streamer.observability.metrics import VAD_FRAME_SECONDS
+    from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE
+
+    assert FRAME_SAMPLES / VAD_SAMPLE_RATE == VAD_FRAME_SECONDS
