@@ -263,7 +263,6 @@ class WhisperRecognizer:
     def _decode(
         self, window: int, features: list[Any], seconds: list[float], words: list[bool]
     ) -> list[Output | Exception]:
-        import ctranslate2
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.transcribe import get_compression_ratio
 
@@ -311,11 +310,7 @@ class WhisperRecognizer:
             kept.append(tokens if speech else [])
         timed = [i for i, want in enumerate(words) if want and kept[i]]
         if timed:
-            subset = (
-                encoded
-                if len(timed) == len(features)
-                else ctranslate2.StorageView.from_array(np.asarray(encoded)[timed])
-            )
+            subset = encoded if len(timed) == len(features) else rows_of(encoded, timed)
             alignments = self._model.find_alignment(
                 self._tokenizer, [kept[i] for i in timed], subset, [frames[i] for i in timed]
             )
@@ -363,6 +358,16 @@ class WhisperRecognizer:
                 if w.word.strip()
             ]
         return out
+
+
+def rows_of(encoded: Any, rows: list[int]) -> Any:
+    """Some rows of an encoder output, on the CPU wherever it was (a GPU's cannot be
+    sliced in place); CTranslate2 moves an input to the model's device itself."""
+    import ctranslate2
+
+    if encoded.device != "cpu":
+        encoded = encoded.to_device(ctranslate2.Device.cpu)
+    return ctranslate2.StorageView.from_array(np.asarray(encoded)[rows])
 
 
 def word_entry(word: str, start: float, end: float, probability: float, limit: float) -> Output:

@@ -223,3 +223,38 @@ def test_ray_replicas_reserve_the_gpus_the_settings_give_them() -> None:
     gpu = deployment_options(Settings(ray={"replica_gpus": 0.5, "replicas": 2}).ray)
     assert gpu["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
     assert gpu["num_replicas"] == 2
+
+
+@needs_whisper
+def test_rows_of_an_encoder_output_are_those_rows() -> None:
+    import ctranslate2
+    import numpy as np
+
+    from streamer.inference.whisper import rows_of
+
+    full = np.arange(4 * 3 * 2, dtype=np.float32).reshape(4, 3, 2)
+    picked = rows_of(ctranslate2.StorageView.from_array(full), [1, 3])
+    assert picked.device == "cpu"
+    assert np.array_equal(np.asarray(picked), full[[1, 3]])
+
+
+@needs_whisper
+def test_a_batch_where_some_want_word_times_gives_them_to_those_alone() -> None:
+    import numpy as np
+
+    from streamer.bench.expected import decode_channels
+    from streamer.client import load_audio
+    from streamer.inference.whisper import WhisperParams, WhisperRecognizer
+
+    def speech(name: str) -> np.ndarray:
+        audio = load_audio(Path(__file__).resolve().parents[2] / "fixtures" / "audio" / name)
+        return decode_channels(audio.data, dict(audio.format), 16000)[0]
+
+    whisper = WhisperRecognizer(WhisperParams(device="auto"))  # the GPU, where there is one
+    clips = [speech("cross_8k.wav"), speech("front_center_48k.wav"), speech("big_dog_8k.wav")]
+    outputs = whisper.infer_batch(clips, [False, True, False])
+    assert all(isinstance(out, dict) for out in outputs), outputs
+    plain, timed, other = (dict(out) for out in outputs if isinstance(out, dict))
+    assert "words" not in plain and "words" not in other
+    words = timed["words"]
+    assert words and "".join(w["word"] for w in words) == "".join(timed["text"].split())
