@@ -152,3 +152,72 @@ async def test_on_the_gpu_concurrent_streams_are_batched_and_each_transcribed(
         assert server.gauge("streamer_batch_size_sum") > batches > 0
     finally:
         server.stop()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process under ``pid``."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, of in parents.items() if of == parent]
+        found.update(children)
+        frontier.extend(children)
+    return found
+
+
+def _on_the_gpu(pids: set[int]) -> set[int]:
+    """Those of ``pids`` that loaded cuBLAS: that ran the model on the GPU. (nvidia-smi
+    lists no processes inside many containers.)"""
+    holding = set()
+    for pid in pids:
+        try:
+            if "libcublas" in Path(f"/proc/{pid}/maps").read_text():
+                holding.add(pid)
+        except OSError:
+            continue
+    return holding
+
+
+@needs_gpu
+@pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import ray.serve"], capture_output=True).returncode != 0,
+    reason="needs the ray extra",
+)
+async def test_front_end_processes_share_one_model_on_the_gpu_through_ray(
+    tmp_path: Path,
+) -> None:
+    server = start_server(
+        tmp_path,
+        workers=2,
+        env={
+            "STREAMER_INFERENCE__MODEL": "whisper",
+            "STREAMER_INFERENCE__BACKEND": "ray",
+            "STREAMER_RAY__REPLICA_GPUS": "1",
+            "STREAMER_RAY__NUM_CPUS": "2",
+        },
+    )
+    try:
+        assert _health(server.http)["device"] == "cuda:0"  # the replica's, as it reports
+        names = list(CEILINGS) * 4
+        results = await asyncio.gather(
+            *(
+                stream_file(server.ws("segmented"), load_audio(AUDIO / name), results_timeout=120)
+                for name in names
+            )
+        )
+        for name, result in zip(names, results, strict=True):
+            assert result.ok, result.errors
+            assert word_error_rate(SAID[name], _text(result.segments)) <= CEILINGS[name]
+        # Two front-end processes, one process with the model on the GPU: the replica.
+        assert len(_on_the_gpu(_descendants(server.process.pid))) == 1
+    finally:
+        server.stop()
