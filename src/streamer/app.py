@@ -25,7 +25,7 @@ from streamer.codecs.openai_realtime import RealtimeCodec
 from streamer.codecs.twilio_media import MediaStreamCodec
 from streamer.config import Settings
 from streamer.fleet import FleetSlot
-from streamer.inference.device import Placement, model_device, place
+from streamer.inference.device import Placement, check_compute_type, model_device, place
 from streamer.inference.model import Model, TestModel, UnsupportedModel
 from streamer.inference.pool import ThreadPool, WorkerPool
 from streamer.inference.process_pool import ModelFactory, ProcessPool
@@ -82,10 +82,13 @@ def model_factory(settings: Settings) -> ModelFactory:
 def device_placement(settings: Settings) -> Placement | None:
     """Where this machine would run the Whisper model the settings name (None for another
     model, or one on Ray, whose replicas choose on their own machines); raises
-    ``DeviceUnavailable`` for a GPU that cannot be used."""
+    ``DeviceUnavailable`` for a GPU that cannot be used, or a compute type the device
+    does not run."""
     if settings.inference.model != "whisper" or settings.inference.backend != "local":
         return None
-    return place(settings.whisper.device)
+    placement = place(settings.whisper.device)
+    check_compute_type(placement, settings.whisper.compute_type)
+    return placement
 
 
 def import_factory(reference: str) -> ModelFactory:

@@ -77,20 +77,34 @@ async def test_auto_serves_on_the_cpu_and_says_so(tmp_path: Path) -> None:
     assert "runs on cpu (auto: no usable GPU: " in said[0]
 
 
-@needs_no_gpu
-@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
-def test_cuda_without_a_gpu_ends_serve_with_status_2_and_one_line(device: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-    env["STREAMER_WHISPER__DEVICE"] = device
+def _refused(env: dict[str, str]) -> str:
+    """``streamer serve --model whisper`` ended with status 2 and one line: that line."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
     command = [sys.executable, "-m", "streamer.cli.main", "serve", "--host", HOST]
     command += ["--port", str(free_port()), "--no-grpc", "--model", "whisper"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env={**child_env, **env}
+    )
     output = (done.stderr + done.stdout).strip()
     assert done.returncode == 2, output
     assert "Traceback" not in output
     (line,) = output.splitlines()
+    return line
+
+
+@needs_no_gpu
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_a_gpu_ends_serve_with_status_2_and_one_line(device: str) -> None:
+    line = _refused({"STREAMER_WHISPER__DEVICE": device})
     assert f"cannot serve: whisper.device = '{device}', but " in line
     assert FOUND.why_not is not None and FOUND.why_not in line
+
+
+def test_a_compute_type_the_cpu_cannot_run_ends_serve_with_status_2_and_one_line() -> None:
+    line = _refused(
+        {"STREAMER_WHISPER__DEVICE": "cpu", "STREAMER_WHISPER__COMPUTE_TYPE": "float16"}
+    )
+    assert "cannot serve: whisper.compute_type = 'float16' does not run on cpu (it takes " in line
 
 
 @needs_gpu

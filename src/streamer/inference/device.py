@@ -19,7 +19,7 @@ import functools
 import importlib.util
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -122,6 +122,24 @@ def place(requested: str, probe: Callable[[], GpuProbe] | None = None) -> Placem
             f"device(s) (cuda:0 to cuda:{found.devices - 1})"
         )
     return Placement("cuda", index, f"whisper.device = {requested!r}")
+
+
+def check_compute_type(
+    placement: Placement, requested: str | None, supported: Collection[str] | None = None
+) -> None:
+    """Raise ``DeviceUnavailable`` when the compute type set cannot run on the device
+    (``float16`` on a CPU, say); ``supported`` defaults to what CTranslate2 says."""
+    if requested is None:
+        return
+    if supported is None:
+        import ctranslate2
+
+        supported = ctranslate2.get_supported_compute_types(placement.kind, placement.index)
+    if requested not in supported:
+        raise DeviceUnavailable(
+            f"whisper.compute_type = {requested!r} does not run on {placement.name} "
+            f"(it takes {', '.join(sorted(supported))})"
+        )
 
 
 def model_device(model: object) -> str:

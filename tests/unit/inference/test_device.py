@@ -19,6 +19,7 @@ from streamer.inference.device import (
     DeviceUnavailable,
     GpuProbe,
     Placement,
+    check_compute_type,
     library_directories,
     load_libraries,
     model_device,
@@ -28,6 +29,9 @@ from streamer.inference.device import (
 )
 from streamer.inference.model import TestModel, UnsupportedModel
 
+needs_ctranslate2 = pytest.mark.skipif(
+    importlib.util.find_spec("ctranslate2") is None, reason="needs the whisper extra"
+)
 NO_GPU = GpuProbe(0, "CTranslate2 sees no CUDA device")
 TWO_GPUS = GpuProbe(2)
 GPU_WITHOUT_CUBLAS = GpuProbe(1, "libcublas.so.12 cannot be loaded")
@@ -112,6 +116,27 @@ def test_compute_type_and_batch_size_default_per_device() -> None:
     assert settle(on_cpu, "float32", 2).max_batch_size == 2
 
 
+def test_a_compute_type_the_device_cannot_run_is_refused_before_the_model_loads() -> None:
+    on_cpu = {"float32", "int8", "int8_float32", "int16"}
+    check_compute_type(Placement("cpu"), None, on_cpu)  # unset: the device's own
+    check_compute_type(Placement("cpu"), "int8", on_cpu)
+    with pytest.raises(DeviceUnavailable) as refused:
+        check_compute_type(Placement("cpu"), "float16", on_cpu)
+    assert str(refused.value) == (
+        "whisper.compute_type = 'float16' does not run on cpu "
+        "(it takes float32, int16, int8, int8_float32)"
+    )
+    with pytest.raises(DeviceUnavailable, match="does not run on cuda:1"):
+        check_compute_type(Placement("cuda", 1), "bfloat16", {"float16", "float32"})
+
+
+@needs_ctranslate2
+def test_ctranslate2_says_which_compute_types_the_cpu_runs() -> None:
+    check_compute_type(Placement("cpu"), "int8")
+    with pytest.raises(DeviceUnavailable):
+        check_compute_type(Placement("cpu"), "float16")
+
+
 def test_the_settings_describe_the_defaults_the_code_uses() -> None:
     fields = Settings.model_fields["whisper"].annotation.model_fields  # type: ignore[union-attr]
     assert "8 on the CPU, 32 on a GPU" in str(fields["max_batch_size"].description)
@@ -123,9 +148,7 @@ def test_a_model_reports_its_device_or_unknown() -> None:
     assert model_device(object()) == "unknown"
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("ctranslate2") is None, reason="needs the whisper extra"
-)
+@needs_ctranslate2
 def test_the_probe_says_why_a_machine_without_a_gpu_has_none() -> None:
     import ctranslate2
 
