@@ -197,10 +197,11 @@ class InferenceSettings(BaseModel):
         description="`local`: the model runs in this process's pool; `ray`: on Ray Serve "
         "([ray] settings; the ray extra).",
     )
-    pool: Literal["thread", "process"] = Field(
+    pool: Literal["thread", "process", "shared"] = Field(
         default="thread",
         description="Threads for models that release the GIL; processes for GIL-bound or "
-        "crash-prone ones.",
+        "crash-prone ones; `shared`: one model process for every front-end process "
+        "(`--workers`), as on a GPU, reached over a local socket.",
     )
     workers: int = Field(default=4, ge=1, le=256)
     max_batch: int = Field(

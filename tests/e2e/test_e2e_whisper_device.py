@@ -20,7 +20,7 @@ from conftest import HOST, free_port, start_server
 from transcripts import SAID, word_error_rate
 
 from streamer.client import load_audio, stream_file
-from streamer.inference.device import probe_gpus
+from streamer.inference.device import place, probe_gpus
 
 pytestmark = [
     pytest.mark.e2e,
@@ -188,17 +188,44 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _on_the_gpu(pids: set[int]) -> set[int]:
-    """Those of ``pids`` that loaded cuBLAS: that ran the model on the GPU. (nvidia-smi
-    lists no processes inside many containers.)"""
+def _loaded(pids: set[int], library: str) -> set[int]:
+    """Those of ``pids`` that loaded ``library`` (nvidia-smi lists no processes inside
+    many containers; the maps say who loaded CTranslate2, and cuBLAS for a GPU)."""
     holding = set()
     for pid in pids:
         try:
-            if "libcublas" in Path(f"/proc/{pid}/maps").read_text():
+            if library in Path(f"/proc/{pid}/maps").read_text():
                 holding.add(pid)
         except OSError:
             continue
     return holding
+
+
+async def test_front_end_processes_share_one_model_process(tmp_path: Path) -> None:
+    server = start_server(
+        tmp_path,
+        workers=2,
+        env={"STREAMER_INFERENCE__MODEL": "whisper", "STREAMER_INFERENCE__POOL": "shared"},
+    )
+    try:
+        health = _health(server.http)
+        assert (health["model"], health["device"]) == ("whisper-tiny.en", place("auto").name)
+        names = list(CEILINGS) * 2
+        results = await asyncio.gather(
+            *(
+                stream_file(server.ws("segmented"), load_audio(AUDIO / name), results_timeout=120)
+                for name in names
+            )
+        )
+        for name, result in zip(names, results, strict=True):
+            assert result.ok, result.errors
+            assert word_error_rate(SAID[name], _text(result.segments)) <= CEILINGS[name]
+        # Two front-end processes; one process loaded the model (and, on a GPU, cuBLAS).
+        under = _descendants(server.process.pid)
+        (model_process,) = _loaded(under, "libctranslate2")
+        assert _loaded(under, "libcublas") == ({model_process} if FOUND.usable else set())
+    finally:
+        server.stop()
 
 
 @needs_gpu
@@ -232,6 +259,6 @@ async def test_front_end_processes_share_one_model_on_the_gpu_through_ray(
             assert result.ok, result.errors
             assert word_error_rate(SAID[name], _text(result.segments)) <= CEILINGS[name]
         # Two front-end processes, one process with the model on the GPU: the replica.
-        assert len(_on_the_gpu(_descendants(server.process.pid))) == 1
+        assert len(_loaded(_descendants(server.process.pid), "libcublas")) == 1
     finally:
         server.stop()

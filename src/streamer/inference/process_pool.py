@@ -37,7 +37,7 @@ from streamer.errors import WorkerCrashed
 from streamer.inference.model import Model, ModelFailure, Output
 from streamer.inference.pool import call_model
 
-__all__ = ["ModelFactory", "ProcessPool", "RemoteModelError", "StartMethod"]
+__all__ = ["ModelFactory", "ProcessPool", "RemoteModelError", "StartMethod", "portable"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class RemoteModelError(RuntimeError):
 # -- the worker process ----------------------------------------------------------------------
 
 
-def _portable(results: list[Output | Exception]) -> bytes:
+def portable(results: list[Output | Exception]) -> bytes:
     """Pickle a batch's results; exceptions become ones that are sure to unpickle."""
     clean: list[Output | Exception] = []
     for result in results:
@@ -97,7 +97,7 @@ def _serve(conn: Connection, factory: ModelFactory) -> None:
         if request is None:
             return
         batch, words = request
-        conn.send_bytes(_portable(call_model(model, batch, words)))
+        conn.send_bytes(portable(call_model(model, batch, words)))
 
 
 # -- the parent's side -----------------------------------------------------------------------
