@@ -32,9 +32,9 @@ say() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG" >&2; }
 # the objective is at least 200 streams on one GPU; the CPU is measured for comparison.
 GPU_STREAMS=${GPU_STREAMS:-"1 200 300"}
 CPU_STREAMS=${CPU_STREAMS:-"64 128"}
-# One front-end process per few cores is plenty for the CPU side at a few hundred streams;
-# each one loads its own model on the GPU (inference.backend = "ray" would share one).
-GPU_CONFIG=${GPU_CONFIG:-"batched:SERVER__WORKERS=4"}
+# A few front-end processes carry the CPU side of a few hundred streams; they share one
+# model process on the GPU (inference.pool = "shared").
+GPU_CONFIG=${GPU_CONFIG:-"batched:SERVER__WORKERS=4,INFERENCE__POOL=shared"}
 RAMP=${RAMP:-5}
 
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then

@@ -175,10 +175,10 @@ def serve(
     count = server.workers if server.workers is not None else usable_cores()
     if placement is not None:
         log.info("the whisper model runs on %s (%s)", placement.name, placement.reason)
-        if placement.kind == "cuda" and count > 1:
+        if placement.kind == "cuda" and count > 1 and settings.inference.pool != "shared":
             log.info(
                 "each of the %d front-end processes loads its own copy of the model on %s; "
-                "inference.backend = 'ray' has them share one",
+                "inference.pool = 'shared' has them share one",
                 count,
                 placement.name,
             )
