@@ -79,10 +79,12 @@ class ServedModel:
 # -- the model process -----------------------------------------------------------------------
 
 
-def serve_model(address: str, authkey: bytes, factory: ModelFactory) -> None:
-    """The model process's main: build the model, then answer every connection."""
+def serve_model(address: str, authkey: bytes, factory: ModelFactory, owner: int) -> None:
+    """The model process's main: build the model, then answer every connection; end
+    when the ``owner`` process is gone."""
     # The supervisor decides when it ends; a terminal's Ctrl-C must not end it mid-drain.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(owner)
     model = factory()
     meta = {
         "name": model.name,
@@ -101,6 +103,18 @@ def serve_model(address: str, authkey: bytes, factory: ModelFactory) -> None:
             except (OSError, EOFError, multiprocessing.AuthenticationError):
                 continue  # a client that went away mid-handshake, or a stranger
             threading.Thread(target=_answer, args=(conn, model, meta), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this process when its owner is gone (killed, say): the model (and a GPU's
+    memory) must not outlive the server."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_LAST_RETRY)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _answer(conn: Connection, model: Any, meta: dict[str, Any]) -> None:
@@ -134,7 +148,7 @@ class ModelServer:
         self.started += 1
         self.process = self._context.Process(
             target=serve_model,
-            args=(self.address, self.authkey, self._factory),
+            args=(self.address, self.authkey, self._factory, os.getpid()),
             name="streamer-model",
             daemon=True,
         )

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import select
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +105,28 @@ async def test_closing_fails_later_runs_and_stops_an_owned_model_process(
 def test_a_model_process_that_never_answers_is_reported_clearly(tmp_path: object) -> None:
     with pytest.raises(UnsupportedModel, match="did not answer within 0 s"):
         connect("/nonexistent/model.sock", b"key", 0.2)
+
+
+def test_the_model_process_ends_with_its_owner(tmp_path: Path) -> None:
+    # An owner (a server process) that starts the model process, then is killed.
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import functools, sys, time\n"
+        "from streamer.inference.model import TestModel\n"
+        "from streamer.inference.model_server import ModelServer\n"
+        "if __name__ == '__main__':\n"
+        "    server = ModelServer(functools.partial(TestModel))\n"
+        "    server.start()\n"
+        "    print(server.process.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE) as owner:
+        assert owner.stdout is not None
+        model_pid = int(owner.stdout.readline())
+        ended = os.pidfd_open(model_pid)  # readable once that process has ended
+        owner.kill()
+    try:
+        readable, _, _ = select.select([ended], [], [], 60)
+        assert readable == [ended], "the model process outlived its owner"
+    finally:
+        os.close(ended)
