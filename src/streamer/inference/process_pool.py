@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 from collections import deque
@@ -295,6 +296,9 @@ class ProcessPool:
         worker = _Worker(name, process, parent)
         self._live.add(worker)
         self._loop.add_reader(parent.fileno(), self._readable, worker)
+        # uvloop makes a watched descriptor non-blocking; the pipe's messages are read and
+        # written whole (a large request from a thread), which needs it blocking.
+        os.set_blocking(parent.fileno(), True)
         self._loop.add_reader(process.sentinel, self._exited, worker)
 
     def _readable(self, worker: _Worker) -> None:
