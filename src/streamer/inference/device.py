@@ -48,8 +48,9 @@ DEVICE_DEFAULTS: Final[dict[DeviceKind, DeviceDefaults]] = {
     # int8 halves the CPU's cost against float32 at the same words; a batch past 8 only
     # queues segments behind each other on a few cores.
     "cpu": DeviceDefaults(compute_type="int8", max_batch_size=8),
-    # float16 runs on the GPU's tensor cores; a GPU decodes a batch of 32 in about the
-    # time of a few, so the batch grows with the load instead of the queue.
+    # float16 runs on the GPU's tensor cores; a GPU decodes a batch's segments side by
+    # side, so a larger batch costs little more per call and grows with the load instead
+    # of the queue (32: a starting point, for bench_whisper.py --device cuda to confirm).
     "cuda": DeviceDefaults(compute_type="float16", max_batch_size=32),
 }
 
