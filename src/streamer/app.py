@@ -7,6 +7,7 @@ import contextlib
 import functools
 import importlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -20,33 +21,38 @@ from starlette.routing import Route as HttpRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from streamer.auth import REALTIME_SUBPROTOCOL, issuer_from_settings, policy_from_settings
-from streamer.codecs.openai_realtime import RealtimeCodec
-from streamer.codecs.twilio_media import MediaStreamCodec
-from streamer.config import Settings
+from streamer.admission import Admission
+from streamer.auth import issuer_from_settings, policy_from_settings
+from streamer.config import ServerSettings, Settings
 from streamer.fleet import FleetSlot
 from streamer.inference.device import Placement, check_compute_type, model_device, place
-from streamer.inference.model import Model, TestModel, UnsupportedModel
+from streamer.inference.model import Model, TestModel, UnsupportedModel, make_model
 from streamer.inference.model_server import ModelServer, SharedPool
 from streamer.inference.pool import ThreadPool, WorkerPool
 from streamer.inference.process_pool import ModelFactory, ProcessPool
 from streamer.inference.scheduler import BatchStats, Scheduler
 from streamer.inference.whisper import WhisperRecognizer, model_directory
+from streamer.observability.gauges import collect_all, multiprocess_dir
 from streamer.observability.loop import LoopMonitor
-from streamer.observability.metrics import Metrics, collect_all, multiprocess_dir, new_registry
+from streamer.observability.metrics import Metrics, new_registry
 from streamer.observability.pressure import Ceilings, Pressure
 from streamer.observability.tracing import Tracing
 from streamer.origins import OriginPolicy
 from streamer.pipeline import Route
-from streamer.policy import ConnectionPolicy, ConnectionRequest, allow_all
-from streamer.protocol.connection import WEBSOCKET_FINISHING
+from streamer.policy import ConnectionPolicy, allow_all
+from streamer.protocol.connection import Limits
 from streamer.segmentation.vad import VadEngine
-from streamer.services import Services
+from streamer.services import Connection, Services
+from streamer.streams import StreamBounds, StreamFactory
 from streamer.transport.deepgram import serve_listen
 from streamer.transport.grant import grant_endpoint
 from streamer.transport.grpc import GrpcServer, start_grpc_server
+from streamer.transport.limits import grpc_server_options
+from streamer.transport.realtime import serve_realtime
 from streamer.transport.subscribe import serve_subscriber
-from streamer.transport.websocket import WsCodec, serve_websocket
+from streamer.transport.twilio import serve_media_stream
+from streamer.transport.websocket import serve_websocket
+from streamer.twilio.bus import make_bus
 from streamer.twilio.callbacks import CallbackPoster
 from streamer.twilio.hub import CallHub, CallPublisher
 from streamer.twilio.signature import SignaturePolicy, by_route
@@ -108,13 +114,21 @@ def import_factory(reference: str) -> ModelFactory:
 def build_model(settings: Settings) -> Model:
     """The model the settings name: the test model, Whisper (the whisper extra), or a
     factory of one's own."""
-    model = model_factory(settings)()
-    if not isinstance(model, Model):
-        raise UnsupportedModel(
-            f"{settings.inference.model} made a {type(model).__name__}, which is not a model: "
-            "it needs name, sample_rate, max_batch_size, infer and infer_batch"
-        )
-    return model
+    return make_model(model_factory(settings), settings.inference.model)
+
+
+def deploy_on_ray(settings: Settings) -> Any:
+    """Deploy the model the settings name on Ray Serve (the ``ray`` extra), or with
+    ``ray.deploy`` off find the deployment already running; its handle. The replicas build
+    the model from ``model_factory``'s picklable recipe."""
+    from streamer.inference.ray_backend import deploy
+
+    return deploy(
+        settings.ray,
+        functools.partial(model_factory, settings),
+        settings.inference.model,
+        panic_kills_process=settings.model.panic_kills_process,
+    )
 
 
 def build_services(
@@ -140,9 +154,9 @@ def build_services(
         raise ValueError(f"a {inference.pool} pool builds its model from the settings; pass none")
     handle: Any = None
     if inference.backend == "ray":
-        from streamer.inference.ray_backend import deploy, remote_model
+        from streamer.inference.ray_backend import remote_model
 
-        handle = deploy(settings)  # the model runs on Ray Serve; only its metadata here
+        handle = deploy_on_ray(settings)  # the model runs on Ray Serve; only its metadata here
         model = model or remote_model(handle)
     shared: SharedPool | None = None
     if inference.pool == "shared" and handle is None:
@@ -196,30 +210,86 @@ def build_services(
         on_batch=metrics.observe_vad_batch, min_interval=settings.stream.vad_step_ms / 1000
     )
     vad.on_delay = pressure.observe_vad_delay
-    return Services(
-        settings=settings,
+    tracing = tracing or Tracing()
+    draining = asyncio.Event()
+    connections: set[Connection] = set()
+    admission = Admission(
+        max_streams=server.max_streams,
+        max_backlog=server.max_backlog,
+        scheduler=scheduler,
+        metrics=metrics,
+        draining=draining,
+        connections=connections,
+        pressure=pressure,
+        fleet=fleet,
+        within_estimate=server.admit_within_estimate,
+        model_name=model.name,
+        device=model_device(model),
+    )
+    stream = settings.stream
+    streams = StreamFactory(
+        admission=admission,
         model=model,
         scheduler=scheduler,
         vad=vad,
+        bounds=StreamBounds(
+            chunk_seconds=stream.chunk_seconds,
+            max_in_flight=stream.max_in_flight,
+            interim_interval=stream.interim_interval,
+            min_interim_interval=stream.min_interim_interval,
+            max_samples_per_second=stream.max_samples_per_second,
+            max_lag_seconds=server.max_stream_lag_seconds,
+        ),
         metrics=metrics,
-        tracing=tracing or Tracing(),
+        tracing=tracing,
+    )
+    written_off = (lambda: pool.written_off) if isinstance(pool, ThreadPool) else (lambda: 0)
+    sources = metrics.sources
+    sources.connections = lambda: Counter(c.route.value for c in connections)
+    sources.streams = lambda: {route.value: n for route, n in admission.streams.items()}
+    sources.queue_depth = lambda: scheduler.queued
+    sources.busy_workers = lambda: scheduler.busy
+    sources.workers = lambda: pool.workers
+    sources.workers_available = lambda: pool.available_workers
+    sources.workers_stuck = lambda: pool.stuck_workers
+    sources.workers_written_off = written_off
+    sources.interims_dropped = lambda: scheduler.interims_dropped
+    sources.interims_skipped = lambda: scheduler.interims_skipped
+    sources.capacity = admission.capacity
+    return Services(
+        admission=admission,
+        streams=streams,
+        metrics=metrics,
+        tracing=tracing,
         policy=policy,
-        pressure=pressure,
-        fleet=fleet,
+        limits=limits_of(settings),
+        max_pending_events=server.max_pending_events,
+        close_grace_seconds=server.close_grace_seconds,
+        connections=connections,
+        draining=draining,
     )
 
 
-async def drain(services: Services) -> None:
+def limits_of(settings: Settings) -> Limits:
+    """The connection limits the settings ask for."""
+    return Limits(
+        idle_seconds=settings.stream.idle_seconds,
+        max_audio_seconds=settings.stream.max_audio_seconds,
+        max_wall_seconds=settings.stream.max_wall_seconds,
+        max_messages_per_second=settings.server.max_messages_per_second,
+    )
+
+
+async def drain(services: Services, server: ServerSettings) -> None:
     """Refuse new streams, give open ones ``drain_seconds`` to end, then end them (1001).
 
     Ending them (their finals, ``done``) may take up to a quarter of
     ``server.shutdown_timeout_seconds``; the rest is for stopping the server.
     """
     services.draining.set()
-    server = services.settings.server
     loop = asyncio.get_running_loop()
     until = loop.time() + server.drain_seconds
-    while services.live_streams and loop.time() < until:  # noqa: ASYNC110 (counts, not events)
+    while services.admission.live_streams and loop.time() < until:  # noqa: ASYNC110 (counts, not events)
         await asyncio.sleep(0.05)
     services.drain_expired.set()
     until = loop.time() + server.shutdown_timeout_seconds / 4
@@ -237,8 +307,9 @@ async def _sample(services: Services, shared: bool) -> None:
         if shared:
             services.metrics.publish()
         await asyncio.sleep(PUBLISH_SECONDS)
-        if services.pressure is not None:
-            services.pressure.sample_cpu(services.live_streams)
+        admission = services.admission
+        if admission.pressure is not None:
+            admission.pressure.sample_cpu(admission.live_streams)
 
 
 def create_app(
@@ -296,6 +367,12 @@ def create_app(
         max_calls=twilio_settings.max_calls,
         queue=settings.server.max_pending_events,
     )
+    bus = make_bus(
+        settings.bus,
+        hub,
+        fleet.fleet.bus if fleet is not None else None,
+        on_state=metrics.bus_state,
+    )
     callbacks: list[CallbackPoster] = []
 
     @contextlib.asynccontextmanager
@@ -310,10 +387,11 @@ def create_app(
             fleet=fleet,
             model_server=model_server,
         )
-        services.scheduler.start()
-        services.vad.start()
+        services.streams.scheduler.start()
+        services.streams.vad.start()
+        await bus.start()
         app.state.services = services
-        pressure = services.pressure
+        pressure = services.admission.pressure
 
         def observe_lag(seconds: float, slow: bool) -> None:
             metrics.observe_loop_lag(seconds, slow)
@@ -339,7 +417,16 @@ def create_app(
         try:
             if settings.server.grpc_enabled:
                 server = settings.server
-                grpc_server = await start_grpc_server(services, server.host, server.grpc_port)
+                options = [
+                    ("grpc.max_receive_message_length", server.max_message_bytes),
+                    # A port in use is an error at start, not a port shared with another
+                    # process; only the front-end processes of one server share it.
+                    ("grpc.so_reuseport", 1 if fleet is not None else 0),
+                    *grpc_server_options(server),
+                ]
+                grpc_server = await start_grpc_server(
+                    services, server.host, server.grpc_port, options
+                )
                 app.state.grpc_port = grpc_server.port
             yield
         finally:
@@ -352,15 +439,16 @@ def create_app(
             for poster in callbacks:
                 await poster.close(grace=share)
             callbacks.clear()
-            await services.scheduler.close(grace=share)
-            services.vad.close()
+            await services.streams.scheduler.close(grace=share)
+            await bus.close()
+            services.streams.vad.close()
             await monitor.close()
             if tracing is None:
                 own_tracing.shutdown()  # exports what is still buffered
 
     async def health(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
-        body = services.health()
+        body = {**services.admission.health(), "bus": bus.status()}
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -379,23 +467,11 @@ def create_app(
 
         return endpoint
 
-    def realtime_codec(request: ConnectionRequest) -> WsCodec:
+    async def realtime(ws: WebSocket) -> None:
         # An append past the limit is an error event; a text frame past max_text_bytes
         # is the transport's 1009.
-        codec = RealtimeCodec(max_append_bytes=settings.server.max_text_bytes // 2)
-        return WsCodec(
-            codec.decode_text,
-            codec.decode_bytes,
-            codec.encode,
-            opening=(codec.opening(),),
-            subprotocol=REALTIME_SUBPROTOCOL,
-        )
-
-    async def realtime(ws: WebSocket) -> None:
-        # The session opens its streams on the segmented route (server VAD) or the simple
-        # one (manual commits); the connection counts under segmented.
-        services = ws.app.state.services
-        await serve_websocket(ws, Route.SEGMENTED, services, realtime_codec, name="realtime")
+        max_append = settings.server.max_text_bytes // 2
+        await serve_realtime(ws, ws.app.state.services, max_append_bytes=max_append)
 
     async def listen(ws: WebSocket) -> None:
         await serve_listen(ws, ws.app.state.services)
@@ -403,39 +479,28 @@ def create_app(
     def call_sink() -> CallPublisher:
         poster = callbacks[0] if callbacks else None
         return CallPublisher(
-            hub,
+            bus,
             allowed=poster.allowed if poster else lambda url: False,
             post=poster.post if poster else None,
             on_callback=lambda outcome: metrics.twilio_callbacks.labels(outcome).inc(),
         )
 
     async def twilio(ws: WebSocket) -> None:
-        # The call's tracks are the channels of one segmented stream; its events go to
-        # the call's subscribers (and callback), not back to Twilio.
-        codec = MediaStreamCodec(
+        await serve_media_stream(
+            ws,
+            ws.app.state.services,
             call_sink(),
             on_rejected=lambda reason: metrics.twilio_rejected.labels(reason).inc(),
             max_skew_seconds=twilio_settings.max_skew_seconds,
         )
-        # A call that drops without its stop still has its last finals, for its
-        # subscribers and callback.
-        wire = WsCodec(
-            codec.decode_text, codec.decode_bytes, codec.encode, mode=WEBSOCKET_FINISHING
-        )
-        try:
-            await serve_websocket(
-                ws, Route.SEGMENTED, ws.app.state.services, lambda request: wire, name="twilio"
-            )
-        finally:
-            codec.close()
 
     async def call_events(ws: WebSocket) -> None:
         key = f"call:{ws.path_params['sid']}"
-        await serve_subscriber(ws, ws.app.state.services, hub, key, name="twilio_events")
+        await serve_subscriber(ws, ws.app.state.services, bus, key, name="twilio_events")
 
     async def stream_events(ws: WebSocket) -> None:
         key = f"stream:{ws.path_params['sid']}"
-        await serve_subscriber(ws, ws.app.state.services, hub, key, name="twilio_events")
+        await serve_subscriber(ws, ws.app.state.services, bus, key, name="twilio_events")
 
     return Starlette(
         routes=[

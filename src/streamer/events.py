@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar
+
+
+class Route(StrEnum):
+    """How a stream's audio reaches the model: every chunk (simple), or speech segments
+    found by the VAD (segmented). Codecs name it; the pipeline follows it."""
+
+    SIMPLE = "simple"
+    SEGMENTED = "segmented"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +52,11 @@ class SegmentResult:
     output: Mapping[str, Any] = field(default_factory=dict)
     forced: bool = False
     """A final that a ``finalize`` cut where the audio stopped (not a pause, not the end)."""
+
+
+SEGMENT_FIELDS = frozenset(("type", "channel", "start_time", "end_time", "is_final"))
+"""The fields of the v1 ``segment`` event; model output may not use these keys, so that
+every codec can lay the output beside them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 import soxr
@@ -27,6 +26,7 @@ from streamer.events import (
     Done,
     Event,
     Finalized,
+    Route,
     SegmentResult,
     SpeechEnded,
     SpeechStarted,
@@ -49,11 +49,6 @@ __all__ = ["Emit", "Event", "Route", "StreamBroken", "StreamOptions", "StreamPip
 
 class StreamBroken(RuntimeError):
     """The stream's emitter failed; the stream can take no more audio."""
-
-
-class Route(StrEnum):
-    SIMPLE = "simple"
-    SEGMENTED = "segmented"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from websockets.exceptions import InvalidStatus
 
 from streamer.client import StreamFailed, load_audio, stream_file
 from streamer.client.grpc import stream_file as grpc_stream_file
-from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
+from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection, connect
 
 from streamer.codecs.v1_proto import event_to_dict
-from streamer.transport.proto import streamer_v1_pb2 as pb
-from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
+from streamer.protocol.proto import streamer_v1_pb2 as pb
+from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

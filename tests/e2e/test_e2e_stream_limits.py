@@ -23,8 +23,8 @@ from websockets.exceptions import ConnectionClosed
 
 from streamer.client import load_audio
 from streamer.codecs.v1_proto import event_to_dict
-from streamer.transport.proto import streamer_v1_pb2 as pb
-from streamer.transport.proto import streamer_v1_pb2_grpc as pb_grpc
+from streamer.protocol.proto import streamer_v1_pb2 as pb
+from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.e2e
 

@@ -10,6 +10,8 @@ kernel spreads new connections across them) and running the whole single-process
 - turns on prometheus-client's multiprocess mode, so that ``/metrics`` on any process
   serves the sum of all; a process that exits is marked dead (its live gauges go, its
   counters stay);
+- relays the Twilio call bus (``streamer.twilio.bus``): a call's events, from the process
+  that streams it, to every other, so that its subscribers may connect to any;
 - forwards SIGTERM and SIGINT to every process, each of which drains its own streams,
   and exits once all have;
 - with the Ray Serve backend, deploys the model once (starting a local cluster when no
@@ -39,6 +41,7 @@ from typing import Any, Final
 from streamer.config import Settings
 from streamer.fleet import Fleet
 from streamer.inference.model_server import ModelServer
+from streamer.twilio.bus import BusRelay
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ def worker_main(
     index: int,
     array: Any,
     parent: int,
+    bus: str,
     model_server: tuple[str, bytes] | None = None,
 ) -> None:
     """One front-end process (the target of each spawned process)."""
@@ -99,12 +103,12 @@ def worker_main(
     os.setpgrp()
     _exit_with_parent(parent)
     from streamer.app import create_app
-    from streamer.cli.serve import run_server
     from streamer.observability.logging import configure_logging
+    from streamer.runtime import run_server
 
     handler = configure_logging(settings.log_level, json_lines=settings.log_json)
     handler.addFilter(_WorkerFilter(index))
-    slot = Fleet(settings.server.workers or 1, array).slot(index)
+    slot = Fleet(settings.server.workers or 1, array, bus=bus).slot(index)
     slot.started(os.getpid())
     server = settings.server
     sock = _bind(server.host, server.port, listen=True)
@@ -119,12 +123,13 @@ class _Supervisor:
         settings: Settings,
         workers: int,
         metrics_dir: str,
+        bus: str,
         model_server: ModelServer | None = None,
     ) -> None:
         self.settings = settings
         self.model_server = model_server
         self.model_exits: list[float] = []
-        self.fleet = Fleet(workers)
+        self.fleet = Fleet(workers, bus=bus)
         self.metrics_dir = metrics_dir
         self.context = multiprocessing.get_context("spawn")
         self.processes: list[Any] = [None] * workers
@@ -135,7 +140,14 @@ class _Supervisor:
     def start(self, index: int) -> None:
         process = self.context.Process(
             target=worker_main,
-            args=(self.settings, index, self.fleet.array, os.getpid(), self._model_address()),
+            args=(
+                self.settings,
+                index,
+                self.fleet.array,
+                os.getpid(),
+                self.fleet.bus,
+                self._model_address(),
+            ),
             name=f"streamer-frontend-{index}",
         )
         process.start()
@@ -246,14 +258,18 @@ def run_fleet(settings: Settings, workers: int) -> int:
     if settings.inference.backend == "ray" and settings.ray.deploy:
         # One deployment (and without ray.address one local cluster), started here: every
         # front-end process sends its inputs to the same replicas, which batch across them.
+        from streamer.app import deploy_on_ray
         from streamer.inference.model import UnsupportedModel
 
         try:
-            from streamer.inference.ray_backend import deploy_for_fleet
+            from streamer.inference.ray_backend import cluster_address
         except UnsupportedModel as error:
             log.error("cannot serve: %s", error)
             return 2
-        settings = deploy_for_fleet(settings)
+        deploy_on_ray(settings)
+        # The processes join that cluster and use that deployment.
+        joined = {"address": cluster_address(settings.ray), "deploy": False}
+        settings = settings.model_copy(update={"ray": settings.ray.model_copy(update=joined)})
     model_server: ModelServer | None = None
     if settings.inference.pool == "shared" and settings.inference.backend == "local":
         # One model process for every front-end process: the model is loaded once (on a
@@ -264,7 +280,9 @@ def run_fleet(settings: Settings, workers: int) -> int:
         model_server.start()
     metrics_dir = tempfile.mkdtemp(prefix="streamer-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # the workers inherit it
-    supervisor = _Supervisor(settings, workers, metrics_dir, model_server)
+    relay = BusRelay(os.path.join(metrics_dir, "bus.sock"))
+    relay.start()
+    supervisor = _Supervisor(settings, workers, metrics_dir, relay.path, model_server)
     signal.signal(signal.SIGTERM, supervisor.on_signal)
     signal.signal(signal.SIGINT, supervisor.on_signal)
     log.info(
@@ -279,6 +297,7 @@ def run_fleet(settings: Settings, workers: int) -> int:
     finally:
         if model_server is not None:
             model_server.stop()
+        relay.close()
         for sock in held:
             sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -27,19 +27,13 @@ from streamer.events import (
     Done,
     Event,
     Ready,
+    Route,
     SegmentResult,
     SpeechEnded,
     SpeechStarted,
     StreamError,
 )
-from streamer.pipeline import Route
-from streamer.protocol.connection import (
-    Audio,
-    Commit,
-    Input,
-    Reply,
-    Restart,
-)
+from streamer.protocol.inputs import Audio, Commit, Input, Reply, Restart
 from streamer.protocol.messages import FinalizeRequest, KeepaliveRequest, parse_start
 from streamer.segmentation.segmenter import VadParams, clamp
 

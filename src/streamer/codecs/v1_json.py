@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from streamer.events import (
+    SEGMENT_FIELDS,
     Done,
     Event,
     Ready,
@@ -20,7 +21,7 @@ from streamer.events import (
     SpeechStarted,
     StreamError,
 )
-from streamer.protocol.connection import Audio, Input
+from streamer.protocol.inputs import Audio, Input
 from streamer.protocol.messages import parse_client_message
 
 
@@ -32,10 +33,6 @@ def decode_text(text: str | bytes) -> Input:
 def decode_bytes(data: bytes) -> Input:
     """A binary frame: audio."""
     return Audio(data)
-
-
-SEGMENT_FIELDS = frozenset(("type", "channel", "start_time", "end_time", "is_final"))
-"""The fields of a ``segment`` event; model output may not use these keys."""
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:

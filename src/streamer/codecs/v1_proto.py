@@ -13,9 +13,9 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from streamer.codecs.v1_json import SEGMENT_FIELDS
 from streamer.errors import InvalidMessage
 from streamer.events import (
+    SEGMENT_FIELDS,
     Done,
     Event,
     Ready,
@@ -24,14 +24,14 @@ from streamer.events import (
     SpeechStarted,
     StreamError,
 )
-from streamer.protocol.connection import Audio, Input
+from streamer.protocol.inputs import Audio, Input
 from streamer.protocol.messages import (
     FinalizeRequest,
     KeepaliveRequest,
     StopRequest,
     parse_start,
 )
-from streamer.transport.proto import streamer_v1_pb2 as pb
+from streamer.protocol.proto import streamer_v1_pb2 as pb
 
 _ENCODINGS: dict[pb.Encoding, str] = {
     pb.ENCODING_PCM: "pcm",

@@ -12,7 +12,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -67,6 +67,18 @@ class WordTimedModel(Model, Protocol):
     ) -> list[Output | Exception]:
         """As ``Model.infer_batch``; ``words[i]``: whether input ``i`` wants word times."""
         ...
+
+
+def make_model(factory: Callable[[], object], name: str) -> Model:
+    """The model ``factory`` makes, or ``UnsupportedModel`` when what it makes is not one
+    (``name`` says where the factory came from)."""
+    model = factory()
+    if not isinstance(model, Model):
+        raise UnsupportedModel(
+            f"{name} made a {type(model).__name__}, which is not a model: "
+            "it needs name, sample_rate, max_batch_size, infer and infer_batch"
+        )
+    return model
 
 
 def wants_word_times(model: Model, words: Sequence[bool] | None) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.codecs.v1_json import SEGMENT_FIELDS
+from streamer.events import SEGMENT_FIELDS
 
 MAX_DEPTH = 32
 """Nesting deeper than this is refused (and a self-referencing value with it)."""

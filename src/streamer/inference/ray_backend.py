@@ -1,7 +1,8 @@
 """The model tier on Ray Serve (``inference.backend = "ray"``; the ``ray`` extra).
 
 The model runs as a Ray Serve deployment (``StreamerModel``): each replica builds the model
-the settings name and serves single inputs through ``@serve.batch``, so that inputs from
+from a picklable factory (as each worker process of ``process_pool`` does) and serves single
+inputs through ``@serve.batch``, so that inputs from
 every front-end process, on every machine, share its batches. The front-end keeps its
 scheduler (per-stream order, deadlines, interim replacement) and swaps its worker pool for
 ``RayPool``, which sends each input of a batch as one request through a deployment handle:
@@ -12,12 +13,13 @@ scheduler (per-stream order, deadlines, interim replacement) and swaps its worke
 - a stream that ends has its queued inferences withdrawn by the scheduler before any is
   sent (only ``inference.workers`` batches per process are ever in Ray at once); a batch
   given up at its deadline has its Ray requests cancelled, queued or running;
-- the model's metadata (name, sample rate, batch size) is asked of the deployment: the
+- the model's metadata (name, sample rate, batch size, device) is asked of the deployment: the
   front-end loads no model.
 
 ``ray.address`` names a running cluster (``ray://head:10001`` or ``auto``); without one a
 local cluster is started in the process (for one front-end process; with ``--workers``
-give an address). ``app`` is the application for ``serve run`` / a KubeRay RayService.
+give an address). The application for ``serve run`` / a KubeRay RayService, built from the
+environment's settings, is ``streamer.ray_serve:app``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ from numpy.typing import NDArray
 
 from streamer.errors import WorkerCrashed
 from streamer.inference.device import model_device
-from streamer.inference.model import ModelFailure, ModelPanic, Output, UnsupportedModel
+from streamer.inference.model import (
+    ModelFailure,
+    ModelPanic,
+    Output,
+    UnsupportedModel,
+    make_model,
+)
+from streamer.inference.pool import call_model
+from streamer.inference.process_pool import ModelFactory
 
 try:
     import ray
@@ -72,21 +82,24 @@ class RemoteModel:
 
 @serve.deployment(name=DEPLOYMENT)
 class StreamerModel:
-    """One replica: the model the settings name, behind ``@serve.batch``."""
+    """One replica: the model ``factory`` makes, behind ``@serve.batch``."""
 
-    def __init__(self, settings_json: str | None = None) -> None:
-        from streamer.app import build_model
-        from streamer.config import Settings
-
-        settings = Settings.model_validate_json(settings_json) if settings_json else Settings()
-        self.settings = settings
-        self.model = build_model(settings)
-        ray_settings = settings.ray
+    def __init__(
+        self,
+        factory: ModelFactory,
+        name: str,
+        *,
+        max_batch_size: int | None = None,
+        batch_wait_seconds: float = 0.005,
+        panic_kills_process: bool = False,
+    ) -> None:
+        self.model = make_model(factory, name)
+        self.panic_kills_process = panic_kills_process
         batched = cast(Any, self.infer)
         # Unset, the model's own size: Whisper's grows on a GPU.
-        limit = ray_settings.max_batch_size or self.model.max_batch_size
+        limit = max_batch_size or self.model.max_batch_size
         batched.set_max_batch_size(max(1, min(limit, self.model.max_batch_size)))
-        batched.set_batch_wait_timeout_s(ray_settings.batch_wait_ms / 1000)
+        batched.set_batch_wait_timeout_s(batch_wait_seconds)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -97,13 +110,11 @@ class StreamerModel:
         }
 
     def _run(self, batch: list[tuple[NDArray[np.float32], bool]]) -> list[Any]:
-        from streamer.inference.pool import call_model
-
         audio = [item for item, _ in batch]
         words = [wants for _, wants in batch]
         results: list[Any] = []
         for item in call_model(self.model, audio, words if any(words) else None):
-            if isinstance(item, ModelPanic) and self.settings.model.panic_kills_process:
+            if isinstance(item, ModelPanic) and self.panic_kills_process:
                 log.error("the model crashed its replica")
                 os._exit(70)  # as a native crash would: the replica is gone
             if isinstance(item, ModelFailure):
@@ -121,8 +132,28 @@ class StreamerModel:
         return await asyncio.to_thread(self._run, batch)
 
 
-app: Any = cast(Any, StreamerModel).bind()
-"""The application with the settings of the environment (``STREAMER_*``)."""
+def application(
+    config: Any,
+    factory: ModelFactory,
+    name: str,
+    *,
+    panic_kills_process: bool = False,
+    **options: Any,
+) -> Any:
+    """The deployment bound to its model: ``config`` is the ``[ray]`` settings, ``factory``
+    the picklable recipe each replica builds its model from (``name`` says which);
+    ``options`` are the deployment's own (replicas, CPUs), if any."""
+    return (
+        cast(Any, StreamerModel)
+        .options(**options)
+        .bind(
+            factory,
+            name,
+            max_batch_size=config.max_batch_size,
+            batch_wait_seconds=config.batch_wait_ms / 1000,
+            panic_kills_process=panic_kills_process,
+        )
+    )
 
 
 def _connect(config: Any) -> None:
@@ -139,19 +170,22 @@ def _connect(config: Any) -> None:
         )
 
 
-def deploy(settings: Any) -> Any:
-    """Connect to (or start) Ray, run the deployment (unless ``ray.deploy`` is off: then
-    the one already running), and return its handle."""
-    config = settings.ray
+def deploy(
+    config: Any,
+    recipe: Callable[[], ModelFactory],
+    name: str,
+    *,
+    panic_kills_process: bool = False,
+) -> Any:
+    """Connect to (or start) Ray, run the deployment of the model ``recipe()`` makes (unless
+    ``ray.deploy`` is off: then the one already running, and the recipe is not asked), and
+    return its handle. ``config`` is the ``[ray]`` settings."""
     _connect(config)
     if not config.deploy:
         return serve.get_app_handle(APP_NAME)
-    application = (
-        cast(Any, StreamerModel)
-        .options(**deployment_options(config))
-        .bind(settings.model_dump_json())
-    )
-    return serve.run(application, name=APP_NAME, route_prefix=None)
+    options = deployment_options(config)
+    bound = application(config, recipe(), name, panic_kills_process=panic_kills_process, **options)
+    return serve.run(bound, name=APP_NAME, route_prefix=None)
 
 
 def deployment_options(config: Any) -> dict[str, Any]:
@@ -172,14 +206,10 @@ def deployment_options(config: Any) -> dict[str, Any]:
     return options
 
 
-def deploy_for_fleet(settings: Any) -> Any:
-    """For several front-end processes (``serve --workers``): connect to (or start) the
-    cluster and deploy the model once, from the calling process; return the settings of
-    the front-end processes, which join that cluster and use that deployment."""
-    deploy(settings)
-    address = settings.ray.address or ray.get_runtime_context().gcs_address
-    ray_settings = settings.ray.model_copy(update={"address": address, "deploy": False})
-    return settings.model_copy(update={"ray": ray_settings})
+def cluster_address(config: Any) -> str:
+    """The address other processes join the cluster this one is connected to by: the
+    configured one, or the local cluster's."""
+    return str(config.address or ray.get_runtime_context().gcs_address)
 
 
 def remote_model(handle: Any) -> RemoteModel:

@@ -7,22 +7,18 @@ list, with what each means, is in ``docs/operations.md``.
 Hot paths call small methods with pre-bound label children (a dict look-up, no lock on
 the label set); gauges of live state (streams, queue depth, busy workers, tasks) are read
 at scrape time from callables the composition root supplies, so nothing has to keep them
-in step.
+in step (``observability/gauges.py``, which also shares them across front-end processes).
 """
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from streamer.errors import ErrorCode
+from streamer.observability.gauges import ROUTES, RuntimeCollector, RuntimeSources, SharedRuntime
 from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -40,8 +36,6 @@ __all__ = [
 
 STAGES: Final = ("decode", "resample", "vad", "model")
 """The pipeline stages with media, processing and real-time-factor histograms."""
-ROUTES: Final = ("simple", "segmented")
-"""Routes whose series exist from the start (others appear when first used)."""
 OUTCOMES: Final = ("completed", "disconnected", "error", "slow_consumer", "shutdown")
 """How a stream can end (the ``outcome`` label of ``streamer_streams_ended_total``)."""
 EVENT_TYPES: Final = ("ready", "segment", "active", "inactive", "error", "done")
@@ -79,241 +73,6 @@ def new_registry(*, process: bool = True) -> CollectorRegistry:
     return registry
 
 
-def _nothing() -> Mapping[str, int]:
-    return {}
-
-
-def _zero() -> int:
-    return 0
-
-
-@dataclass
-class RuntimeSources:
-    """Where the scrape-time gauges read the server's live state from."""
-
-    connections: Callable[[], Mapping[str, int]] = _nothing
-    """Open connections by route."""
-    streams: Callable[[], Mapping[str, int]] = _nothing
-    """Live streams by route."""
-    queue_depth: Callable[[], int] = _zero
-    busy_workers: Callable[[], int] = _zero
-    workers: Callable[[], int] = _zero
-    workers_available: Callable[[], int] = _zero
-    workers_stuck: Callable[[], int] = _zero
-    workers_written_off: Callable[[], int] = _zero
-    interims_dropped: Callable[[], int] = _zero
-    interims_skipped: Callable[[], int] = _zero
-    capacity: Callable[[], int] = _zero
-    """Streams the process can still take at its current cost per stream."""
-    tasks: Callable[[], Mapping[str, int]] = _nothing
-    """Live asyncio tasks by subsystem."""
-    extra: dict[str, Callable[[], float]] = field(default_factory=dict)
-
-
-class _RuntimeCollector(Collector):
-    """Gauges computed when Prometheus scrapes, from ``RuntimeSources``."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def describe(self) -> Iterable[Metric]:
-        # Names only, so that registering does not call the sources.
-        return list(self._families(RuntimeSources()))
-
-    def collect(self) -> Iterable[Metric]:
-        return list(self._families(self._metrics.sources))
-
-    @staticmethod
-    def _by(
-        family: GaugeMetricFamily, values: Mapping[str, int], defaults: Iterable[str] = ()
-    ) -> GaugeMetricFamily:
-        merged = dict.fromkeys(defaults, 0)
-        merged.update({str(k): v for k, v in values.items()})
-        for key, value in sorted(merged.items()):
-            family.add_metric([key], value)
-        return family
-
-    def _families(self, sources: RuntimeSources) -> Iterator[Metric]:
-        yield self._by(
-            GaugeMetricFamily(
-                "streamer_connections_active", "Open connections, by route.", labels=["route"]
-            ),
-            sources.connections(),
-            ROUTES,
-        )
-        yield self._by(
-            GaugeMetricFamily(
-                "streamer_streams_active", "Live streams, by route.", labels=["route"]
-            ),
-            sources.streams(),
-            ROUTES,
-        )
-        yield GaugeMetricFamily(
-            "streamer_queue_depth",
-            "Inference jobs waiting for a worker.",
-            value=sources.queue_depth(),
-        )
-        yield GaugeMetricFamily(
-            "streamer_workers_busy", "Workers running a batch now.", value=sources.busy_workers()
-        )
-        yield GaugeMetricFamily(
-            "streamer_workers", "Workers in the inference pool.", value=sources.workers()
-        )
-        yield GaugeMetricFamily(
-            "streamer_workers_available",
-            "Workers that can run a batch (the pool less those stuck and not replaced).",
-            value=sources.workers_available(),
-        )
-        yield GaugeMetricFamily(
-            "streamer_workers_stuck",
-            "Worker threads written off past a deadline and still inside the model.",
-            value=sources.workers_stuck(),
-        )
-        yield CounterMetricFamily(
-            "streamer_workers_written_off",
-            "Worker threads written off for running past inference.deadline_seconds.",
-            value=sources.workers_written_off(),
-        )
-        yield CounterMetricFamily(
-            "streamer_interims_dropped",
-            "Interim inferences refused because the queue was full.",
-            value=sources.interims_dropped(),
-        )
-        yield CounterMetricFamily(
-            "streamer_interims_skipped",
-            "Queued interim inferences skipped after waiting too long (the model is behind).",
-            value=sources.interims_skipped(),
-        )
-        yield GaugeMetricFamily(
-            "streamer_estimated_stream_capacity",
-            "Streams this server can still take at its current cost per stream (0 while it "
-            "is not keeping up).",
-            value=sources.capacity(),
-        )
-        yield self._by(
-            GaugeMetricFamily(
-                "streamer_tasks",
-                "Live asyncio tasks, by subsystem (the task name's prefix).",
-                labels=["subsystem"],
-            ),
-            sources.tasks(),
-        )
-
-
-class _SharedRuntime:
-    """The scrape-time gauges for several front-end processes (prometheus-client's
-    multiprocess mode), where a scrape in one process cannot call another's sources:
-    each process copies its sources into shared gauges (summed over live processes) and
-    counters (summed over all, dead ones too) when ``publish`` is called, which the app
-    does every second and before each scrape. Another process's figures are at most that
-    old. Process CPU is published too: the standard process collector does not work in
-    this mode."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
-            return Gauge(name, doc, labels, registry=registry, multiprocess_mode="livesum")
-
-        self.connections = gauge(
-            "streamer_connections_active", "Open connections, by route.", ("route",)
-        )
-        self.streams = gauge("streamer_streams_active", "Live streams, by route.", ("route",))
-        self.queue_depth = gauge("streamer_queue_depth", "Inference jobs waiting for a worker.")
-        self.busy = gauge("streamer_workers_busy", "Workers running a batch now.")
-        self.workers = gauge("streamer_workers", "Workers in the inference pool.")
-        self.available = gauge(
-            "streamer_workers_available",
-            "Workers that can run a batch (the pool less those stuck and not replaced).",
-        )
-        self.stuck = gauge(
-            "streamer_workers_stuck",
-            "Worker threads written off past a deadline and still inside the model.",
-        )
-        self.capacity = gauge(
-            "streamer_estimated_stream_capacity",
-            "Streams this server can still take at its current cost per stream (0 while it "
-            "is not keeping up).",
-        )
-        self.tasks = gauge(
-            "streamer_tasks",
-            "Live asyncio tasks, by subsystem (the task name's prefix).",
-            ("subsystem",),
-        )
-        self.written_off = Counter(
-            "streamer_workers_written_off",
-            "Worker threads written off for running past inference.deadline_seconds.",
-            registry=registry,
-        )
-        self.interims_dropped = Counter(
-            "streamer_interims_dropped",
-            "Interim inferences refused because the queue was full.",
-            registry=registry,
-        )
-        self.interims_skipped = Counter(
-            "streamer_interims_skipped",
-            "Queued interim inferences skipped after waiting too long (the model is behind).",
-            registry=registry,
-        )
-        self.cpu = Counter(
-            "process_cpu_seconds",
-            "User and system CPU seconds of the front-end processes.",
-            registry=registry,
-        )
-        self._last = {
-            "written_off": 0.0,
-            "interims_dropped": 0.0,
-            "interims_skipped": 0.0,
-            "cpu": 0.0,
-        }
-        self._tasks_seen: set[str] = set()
-
-    def _advance(self, counter: Counter, key: str, value: float) -> None:
-        if value > self._last[key]:
-            counter.inc(value - self._last[key])
-            self._last[key] = value
-
-    def publish(self, sources: RuntimeSources) -> None:
-        for gauge, values in (
-            (self.connections, sources.connections()),
-            (self.streams, sources.streams()),
-        ):
-            merged = dict.fromkeys(ROUTES, 0)
-            merged.update({str(k): v for k, v in values.items()})
-            for key, value in merged.items():
-                gauge.labels(key).set(value)
-        self.queue_depth.set(sources.queue_depth())
-        self.busy.set(sources.busy_workers())
-        self.workers.set(sources.workers())
-        self.available.set(sources.workers_available())
-        self.stuck.set(sources.workers_stuck())
-        self.capacity.set(sources.capacity())
-        tasks = {str(k): v for k, v in sources.tasks().items()}
-        for gone in self._tasks_seen - tasks.keys():
-            self.tasks.labels(gone).set(0)
-        for key, value in tasks.items():
-            self.tasks.labels(key).set(value)
-        self._tasks_seen = set(tasks)
-        self._advance(self.written_off, "written_off", sources.workers_written_off())
-        self._advance(self.interims_dropped, "interims_dropped", sources.interims_dropped())
-        self._advance(self.interims_skipped, "interims_skipped", sources.interims_skipped())
-        times = os.times()
-        self._advance(self.cpu, "cpu", times.user + times.system)
-
-
-def multiprocess_dir() -> str | None:
-    """The directory of prometheus-client's multiprocess mode, when it is on."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
-def collect_all() -> bytes:
-    """The exposition of every front-end process (multiprocess mode only)."""
-    from prometheus_client import generate_latest
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return generate_latest(registry)
-
-
 class Metrics:
     """Every metric of the service, registered on ``registry``.
 
@@ -324,7 +83,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, *, shared: bool = False) -> None:
         self.registry = registry
         self.sources = RuntimeSources()
-        self._shared = _SharedRuntime(registry) if shared else None
+        self._shared = SharedRuntime(registry) if shared else None
         self.published_at = 0.0
 
         # Real-time factor per stage, as the streamer-template has it.
@@ -380,6 +139,26 @@ class Metrics:
         self.interims_dropped = Counter(
             "streamer_interim_results_dropped",
             "Interim results dropped for clients that were not reading their events, by route.",
+            ["route"],
+            registry=registry,
+        )
+        self.bus_up = Gauge(
+            "streamer_bus_up",
+            "1 while the call bus (twilio.bus) carries call events, 0 while it is lost "
+            "(the least over the server's processes).",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.bus_up.set(1)
+        self.bus_losses = Counter(
+            "streamer_bus_losses",
+            "Times the call bus was lost (each ended its subscriptions with bus_unavailable).",
+            registry=registry,
+        )
+        self.unread_closes = Counter(
+            "streamer_unread_results_closes",
+            "Connections ended with slow_consumer after their stream ended, because the "
+            "client had not read the results still queued within the close grace, by route.",
             ["route"],
             registry=registry,
         )
@@ -482,6 +261,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.finalize = Histogram(
+            "streamer_finalize_seconds",
+            "From a finalize request (v1 finalize, Deepgram's Finalize, OpenAI's commit) "
+            "being handled to each final it forced being sent: what a voice agent waits "
+            "for once its VAD has stopped.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.first_result = Histogram(
             "streamer_time_to_first_result_seconds",
             "From a stream's start to its first segment or active event.",
@@ -511,7 +299,7 @@ class Metrics:
         )
 
         if self._shared is None:
-            registry.register(_RuntimeCollector(self))
+            registry.register(RuntimeCollector(lambda: self.sources))
 
         # Known label values exist from the start, so rate() and the dashboards see zeros
         # rather than gaps.
@@ -523,7 +311,10 @@ class Metrics:
             self.received_frames.labels(route)
             self.final_latency.labels(route)
             self.interim_latency.labels(route)
+            self.finalize.labels(route)
             self.first_result.labels(route)
+            self.unread_closes.labels(route)
+            self.interims_dropped.labels(route)
             for kind in EVENT_TYPES:
                 self.events_sent.labels(route, kind)
         for code in ErrorCode:
@@ -578,6 +369,9 @@ class Metrics:
     def observe_latency(self, route: str, seconds: float, *, final: bool) -> None:
         (self.final_latency if final else self.interim_latency).labels(route).observe(seconds)
 
+    def observe_finalize(self, route: str, seconds: float) -> None:
+        self.finalize.labels(route).observe(seconds)
+
     def observe_first_result(self, route: str, seconds: float) -> None:
         self.first_result.labels(route).observe(seconds)
 
@@ -606,6 +400,16 @@ class Metrics:
     def interim_dropped(self, route: str) -> None:
         """One interim result dropped for a client that is behind."""
         self.interims_dropped.labels(route).inc()
+
+    def bus_state(self, up: bool) -> None:
+        """The call bus was lost (``up`` False) or is up again."""
+        self.bus_up.set(int(up))
+        if not up:
+            self.bus_losses.inc()
+
+    def results_unread(self, route: str) -> None:
+        """One connection ended with ``slow_consumer`` on the results left at its end."""
+        self.unread_closes.labels(route).inc()
 
     def event_sent(self, route: str, kind: str, code: str | None = None) -> None:
         """One event handed to a client; ``code`` for error events."""

@@ -1,8 +1,7 @@
 """Silero voice activity detection, batched across streams on one dedicated thread.
 
-``SileroVad`` is the bare model: frames, recurrent state and context in, probabilities and
-the next state and context out, for any number of rows at once. ``VadEngine`` shares one
-model between every stream of the process: the event loop hands it frames, its own thread
+``VadEngine`` shares one model (``silero_model.SileroVad``, the bare bundled model) between
+every stream of the process: the event loop hands it frames, its own thread
 runs steps of batched calls over the frames every stream has waiting (several frames of
 a stream with a backlog, one call per frame index), and the results come back to the loop
 as resolved futures. The loop never runs the model.
@@ -12,26 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
-import importlib.resources
 import logging
 import queue
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Final
 
 import numpy as np
-import onnxruntime as ort
-from numpy.typing import NDArray
 
 from streamer.errors import ShuttingDown
+from streamer.segmentation.silero_model import (
+    CONTEXT_SAMPLES,
+    FRAME_SAMPLES,
+    STATE_SHAPE,
+    VAD_SAMPLE_RATE,
+    Float32Array,
+    SileroVad,
+)
 
 __all__ = [
+    # The bundled model's frame geometry and the model itself, as the engine's callers
+    # use them (silero_model.py has them).
     "CONTEXT_SAMPLES",
+    "DEFAULT_MAX_BATCH",
     "FRAME_SAMPLES",
     "STATE_SHAPE",
     "VAD_SAMPLE_RATE",
@@ -39,94 +44,18 @@ __all__ = [
     "VadEngine",
     "VadReply",
     "VadStream",
-    "silero_model_path",
 ]
-
-SILERO_SHA256: Final = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
-"""SHA-256 of the bundled ``silero/silero_vad.onnx`` (see ``silero/README.md``)."""
 
 log = logging.getLogger(__name__)
 
-VAD_SAMPLE_RATE: Final = 16000
-"""The only rate the engine runs at; resample before framing."""
-FRAME_SAMPLES: Final = 512
-"""New samples per model call at 16 kHz (32 ms)."""
-CONTEXT_SAMPLES: Final = 64
-"""Samples of the previous frame the model sees again in front of each frame."""
-STATE_SHAPE: Final = (2, 128)
-"""One stream's recurrent state; a batch holds ``(2, batch, 128)``."""
 ACTIVE_WINDOW: Final = 0.5
 """Seconds after its last frames during which a stream is waited for (``min_interval``)."""
+DEFAULT_MAX_BATCH: Final = 256
+"""Streams one step runs at most, by default (rows of one model call)."""
 EAGER_WINDOW: Final = 0.005
 """Frames a stream hands in within this many seconds of getting its last probabilities
 back come from a sender that waits on the engine (faster than real time): the step interval
 does not hold them back."""
-
-Float32Array = NDArray[np.float32]
-
-
-def silero_model_path() -> Path:
-    """The Silero VAD ONNX file that ships inside this package (MIT; ``silero/LICENSE``).
-
-    Bundled so that installing streamer alone is enough to serve: the ``silero-vad``
-    package would bring torch, which the service never uses.
-    """
-    resource = importlib.resources.files(__package__ or "streamer.segmentation")
-    path = Path(str(resource.joinpath("silero", "silero_vad.onnx")))
-    if not path.is_file():
-        raise FileNotFoundError(f"the bundled Silero VAD model is missing: {path}")
-    return path
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class SileroVad:
-    """The Silero VAD ONNX model on the CPU: one thread, no spinning.
-
-    Synchronous and stateless between calls (the caller keeps every row's state and
-    context), so rows of different streams can share a call. Not to be called from two
-    threads at once; the engine gives it a thread of its own.
-    """
-
-    def __init__(self, path: Path | None = None) -> None:
-        options = ort.SessionOptions()
-        # One thread is faster per frame than onnxruntime's default pool and leaves the
-        # other cores to the event loop; spinning would burn a core while idle.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(
-            str(path or silero_model_path()),
-            sess_options=options,
-            providers=["CPUExecutionProvider"],
-        )
-        self._sr = np.array(VAD_SAMPLE_RATE, dtype=np.int64)
-
-    def run(
-        self, frames: Float32Array, state: Float32Array, context: Float32Array
-    ) -> tuple[Float32Array, Float32Array, Float32Array]:
-        """Run ``B`` rows: frames ``(B, 512)``, state ``(2, B, 128)``, context ``(B, 64)``.
-
-        Returns the speech probabilities ``(B,)``, the next state ``(2, B, 128)`` and the
-        next context ``(B, 64)`` (the last 64 samples of each frame).
-        """
-        rows = frames.shape[0]
-        if frames.shape != (rows, FRAME_SAMPLES):
-            raise ValueError(f"frames must be (batch, {FRAME_SAMPLES}), got {frames.shape}")
-        if state.shape != (STATE_SHAPE[0], rows, STATE_SHAPE[1]):
-            raise ValueError(f"state must be (2, {rows}, 128), got {state.shape}")
-        if context.shape != (rows, CONTEXT_SAMPLES):
-            raise ValueError(f"context must be ({rows}, {CONTEXT_SAMPLES}), got {context.shape}")
-        window = np.concatenate((context, frames), axis=1, dtype=np.float32)
-        out, new_state = self._session.run(
-            None,
-            {"input": window, "state": np.asarray(state, dtype=np.float32), "sr": self._sr},
-        )
-        probs = np.asarray(out, dtype=np.float32).reshape(rows)
-        return probs, np.asarray(new_state, dtype=np.float32), window[:, -CONTEXT_SAMPLES:].copy()
 
 
 Result = Float32Array | BaseException
@@ -301,7 +230,7 @@ class VadEngine:
         self,
         model: SileroVad | None = None,
         *,
-        max_batch: int = 256,
+        max_batch: int = DEFAULT_MAX_BATCH,
         max_frames: int = 32,
         thread_name: str = "streamer-vad",
         on_batch: Callable[[int, float], None] | None = None,

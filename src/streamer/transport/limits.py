@@ -32,8 +32,9 @@ here:
   handshake timeout (a socket that never sends the HTTP/2 preface is closed) and the
   connection cap of the gRPC port.
 
-Settings come from ``[server]``; the protocol classes carry them as class attributes,
-since uvicorn builds one protocol object per connection from the class alone.
+The values come from the caller (``[server]``'s settings fit ``ConnectionLimits``); the
+protocol classes carry them as class attributes, since uvicorn builds one protocol object
+per connection from the class alone.
 """
 
 from __future__ import annotations
@@ -41,16 +42,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
 
-from streamer.config import ServerSettings
-
 __all__ = [
     "MAX_FRAGMENTS",
+    "ConnectionLimits",
     "LimitedHttpProtocol",
     "LimitedWebSocketProtocol",
     "grpc_server_options",
@@ -72,6 +72,24 @@ CLOSE_WRITE_SECONDS: Final = 5.0
 """Seconds the server waits, for its close frame, on a peer that reads nothing."""
 PEER_GONE: Final = "streamer.peer_gone"
 """The scope extension: a future resolved when the connection is lost."""
+
+
+class ConnectionLimits(Protocol):
+    """The limits this module enforces, as the caller holds them (``[server]``'s settings
+    do): the transports read values, never the settings module."""
+
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def handshake_timeout_seconds(self) -> float: ...
+    @property
+    def max_text_bytes(self) -> int: ...
+    @property
+    def max_message_bytes(self) -> int: ...
+    @property
+    def grpc_keepalive_seconds(self) -> float: ...
+    @property
+    def grpc_keepalive_timeout_seconds(self) -> float: ...
 
 
 def _response(status: bytes, body: bytes) -> bytes:
@@ -286,7 +304,7 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
 
 
 def uvicorn_protocols(
-    server: ServerSettings,
+    server: ConnectionLimits,
 ) -> tuple[type[LimitedHttpProtocol], type[LimitedWebSocketProtocol]]:
     """The HTTP and WebSocket protocol classes for uvicorn, bound to these settings."""
 
@@ -301,12 +319,12 @@ def uvicorn_protocols(
     return Http, WebSocket
 
 
-def uvicorn_ws_max_size(server: ServerSettings) -> int:
+def uvicorn_ws_max_size(server: ConnectionLimits) -> int:
     """The size the WebSocket parser itself refuses (with 1009): the larger of the caps."""
     return max(server.max_message_bytes, server.max_text_bytes)
 
 
-def grpc_server_options(server: ServerSettings) -> list[tuple[str, int]]:
+def grpc_server_options(server: ConnectionLimits) -> list[tuple[str, int]]:
     """Channel arguments of the gRPC server for keepalive, handshakes and the connection cap."""
     options = [
         ("grpc.keepalive_time_ms", round(server.grpc_keepalive_seconds * 1000)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -20,9 +21,11 @@ from streamer.errors import ENDINGS, BadHandshake, ClientError, ConnectionDenied
 from streamer.events import Event
 from streamer.pipeline import Route
 from streamer.policy import ConnectionRequest
-from streamer.protocol.connection import WEBSOCKET, Disconnected, Input, Invalid, Mode
+from streamer.protocol.actions import CodecReply
+from streamer.protocol.connection import WEBSOCKET, Mode
+from streamer.protocol.inputs import Disconnected, Input, Invalid
 from streamer.services import Services
-from streamer.transport.driver import ConnectionDriver
+from streamer.transport.driver import ConnectionDriver, unread_close
 from streamer.transport.limits import PEER_GONE
 from streamer.transport.outbox import Outbox
 
@@ -32,8 +35,9 @@ class WsCodec:
     """A front-end's WebSocket wire format: text and binary frames in, text frames out.
 
     ``encode`` may give one frame, several, or none (an event the front-end does not
-    show). ``opening``: inputs the connection starts with before any frame (a start
-    request a front-end read from the query, a session that opens its stream at once).
+    show); ``encode_reply``, the frames of the codec's own replies, where it has them.
+    ``opening``: inputs the connection starts with before any frame (a start request a
+    front-end read from the query, a session that opens its stream at once).
     ``subprotocol``: the subprotocol this front-end speaks, accepted when the client offers
     it. ``close_code``: the front-end's own close codes, by the reason the connection ends
     (default ``errors.ENDINGS``). ``mark_finalize``: its streams tell which finals a
@@ -50,6 +54,7 @@ class WsCodec:
     close_code: Callable[[ErrorCode | None], int] | None = None
     mark_finalize: bool = False
     mode: Mode = WEBSOCKET
+    encode_reply: Callable[[CodecReply], str | Sequence[str]] | None = None
 
 
 CodecFactory: TypeAlias = Callable[[ConnectionRequest], WsCodec]
@@ -115,15 +120,20 @@ async def serve_websocket(
     subprotocol = principal.subprotocol
     if subprotocol is None and codec.subprotocol in request.subprotocols:
         subprotocol = codec.subprotocol
-    await ws.accept(subprotocol=subprotocol)
+    # The process that serves it, for an operator with several (x-streamer-pid).
+    await ws.accept(
+        subprotocol=subprotocol, headers=[(b"x-streamer-pid", str(os.getpid()).encode())]
+    )
     trace = services.open_connection(route, ws.headers)
-    encode = codec.encode
+    encode, encode_reply = codec.encode, codec.encode_reply
     outbox: Outbox[tuple[str, ...]] = Outbox(
-        services.settings.server.max_pending_events,
+        services.max_pending_events,
         lambda event: _frames(encode(event)),
         functools.partial(services.event_sent, route),
         "ws",
         dropped=functools.partial(services.interim_dropped, route),
+        grace=services.close_grace_seconds,
+        encode_reply=None if encode_reply is None else lambda reply: _frames(encode_reply(reply)),
     )
 
     async def write(frames: tuple[str, ...]) -> None:
@@ -159,19 +169,20 @@ async def serve_websocket(
         principal=principal,
         trace=trace,
         gone=gone,
+        limits=services.limits,
         mark_finalize=codec.mark_finalize,
         interruptible=True,  # a cancelled receive leaves the next message queued
     )
     close = await driver.run()
+    if close.code is ErrorCode.SLOW_CONSUMER:
+        outbox.cancel()  # it reads nothing: what is queued cannot be written
+    elif await outbox.close() and close.send:
+        close = unread_close(services, route)
     if codec.close_code is not None:
         code = codec.close_code(close.code)
     else:
         code = int(ENDINGS[close.code].close_code)
     trace.end(code if close.send else 0)
-    if close.code is ErrorCode.SLOW_CONSUMER:
-        outbox.cancel()  # it reads nothing: what is queued cannot be written
-    else:
-        await outbox.close()
     if close.send:
         with contextlib.suppress(Exception):
             await ws.close(code, str(close.code or ""))

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.codecs.v1_json import encode_event
@@ -27,9 +27,10 @@ from streamer.events import (
     SpeechStarted,
     StreamError,
 )
-from streamer.protocol.connection import ConnectionMachine, EmitError
+from streamer.protocol.actions import EmitError
+from streamer.protocol.connection import ConnectionMachine
 from streamer.protocol.messages import StartRequest, parse_client_message
-from streamer.transport.proto import streamer_v1_pb2 as pb
+from streamer.protocol.proto import streamer_v1_pb2 as pb
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 OTHER_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -174,6 +175,7 @@ _starts = st.fixed_dictionaries(
 )
 
 
+@settings(deadline=None)  # a busy test machine is no reason to fail
 @given(_starts)
 def test_a_start_survives_the_trip_through_protobuf(start: dict[str, Any]) -> None:
     config = pb.StreamConfig.FromString(start_to_config(start).SerializeToString())
@@ -243,6 +245,7 @@ _outputs = st.dictionaries(
 )
 
 
+@settings(deadline=None)  # a busy test machine is no reason to fail
 @given(_outputs)
 def test_any_model_output_reads_back_as_its_websocket_json(output: dict[str, Any]) -> None:
     event = SegmentResult(0, 0.0, 1.0, True, output)

@@ -18,15 +18,13 @@ from numpy.typing import NDArray
 
 from streamer.errors import ShuttingDown
 from streamer.segmentation import vad
+from streamer.segmentation.silero_model import SILERO_SHA256, sha256_of, silero_model_path
 from streamer.segmentation.vad import (
     CONTEXT_SAMPLES,
     FRAME_SAMPLES,
-    SILERO_SHA256,
     VAD_SAMPLE_RATE,
     SileroVad,
     VadEngine,
-    sha256_of,
-    silero_model_path,
 )
 
 AUDIO = Path(__file__).parents[2] / "fixtures" / "audio"

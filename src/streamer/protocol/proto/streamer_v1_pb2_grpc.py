@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from streamer.transport.proto import streamer_v1_pb2 as streamer_dot_transport_dot_proto_dot_streamer__v1__pb2
+from streamer.protocol.proto import streamer_v1_pb2 as streamer_dot_protocol_dot_proto_dot_streamer__v1__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in streamer/transport/proto/streamer_v1_pb2_grpc.py depends on'
+        + ' but the generated code in streamer/protocol/proto/streamer_v1_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,13 +37,13 @@ class StreamerStub:
         """
         self.Simple = channel.stream_stream(
                 '/streamer.v1.Streamer/Simple',
-                request_serializer=streamer_dot_transport_dot_proto_dot_streamer__v1__pb2.StreamRequest.SerializeToString,
-                response_deserializer=streamer_dot_transport_dot_proto_dot_streamer__v1__pb2.StreamEvent.FromString,
+                request_serializer=streamer_dot_protocol_dot_proto_dot_streamer__v1__pb2.StreamRequest.SerializeToString,
+                response_deserializer=streamer_dot_protocol_dot_proto_dot_streamer__v1__pb2.StreamEvent.FromString,
                 _registered_method=True)
         self.Segmented = channel.stream_stream(
                 '/streamer.v1.Streamer/Segmented',
-                request_serializer=streamer_dot_transport_dot_proto_dot_streamer__v1__pb2.StreamRequest.SerializeToString,
-                response_deserializer=streamer_dot_transport_dot_proto_dot_streamer__v1__pb2.StreamEvent.FromString,
+                request_serializer=streamer_dot_protocol_dot_proto_dot_streamer__v1__pb2.StreamRequest.SerializeToString,
+                response_deserializer=streamer_dot_protocol_dot_proto_dot_streamer__v1__pb2.StreamEvent.FromString,
                 _registered_method=True)
 
 
@@ -70,13 +70,13 @@ def add_StreamerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Simple': grpc.stream_stream_rpc_method_handler(
                     servicer.Simple,
-                    request_deserializer=streamer_dot_transport_dot_proto_dot_streamer__v1__pb2.StreamRequest.FromString,
-                    response_serializer=streamer_dot_transport_dot_proto_dot_streamer__v1__pb2.StreamEvent.SerializeToString,
+                    request_deserializer=streamer_dot_protocol_dot_proto_dot_streamer__v1__pb2.StreamRequest.FromString,
+                    response_serializer=streamer_dot_protocol_dot_proto_dot_streamer__v1__pb2.StreamEvent.SerializeToString,
             ),
             'Segmented': grpc.stream_stream_rpc_method_handler(
                     servicer.Segmented,
-                    request_deserializer=streamer_dot_transport_dot_proto_dot_streamer__v1__pb2.StreamRequest.FromString,
-                    response_serializer=streamer_dot_transport_dot_proto_dot_streamer__v1__pb2.StreamEvent.SerializeToString,
+                    request_deserializer=streamer_dot_protocol_dot_proto_dot_streamer__v1__pb2.StreamRequest.FromString,
+                    response_serializer=streamer_dot_protocol_dot_proto_dot_streamer__v1__pb2.StreamEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -105,8 +105,8 @@ class Streamer:
             request_iterator,
             target,
             '/streamer.v1.Streamer/Simple',
-            streamer_dot_transport_dot_proto_dot_streamer__v1__pb2.StreamRequest.SerializeToString,
-            streamer_dot_transport_dot_proto_dot_streamer__v1__pb2.StreamEvent.FromString,
+            streamer_dot_protocol_dot_proto_dot_streamer__v1__pb2.StreamRequest.SerializeToString,
+            streamer_dot_protocol_dot_proto_dot_streamer__v1__pb2.StreamEvent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -132,8 +132,8 @@ class Streamer:
             request_iterator,
             target,
             '/streamer.v1.Streamer/Segmented',
-            streamer_dot_transport_dot_proto_dot_streamer__v1__pb2.StreamRequest.SerializeToString,
-            streamer_dot_transport_dot_proto_dot_streamer__v1__pb2.StreamEvent.FromString,
+            streamer_dot_protocol_dot_proto_dot_streamer__v1__pb2.StreamRequest.SerializeToString,
+            streamer_dot_protocol_dot_proto_dot_streamer__v1__pb2.StreamEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-PROTO = Path("streamer/transport/proto")
+PROTO = Path("streamer/protocol/proto")
 STUBS = ("streamer_v1_pb2.py", "streamer_v1_pb2.pyi", "streamer_v1_pb2_grpc.py")
 
 
@@ -28,10 +28,10 @@ def test_the_committed_stubs_are_fresh(tmp_path: Path) -> None:
 
 
 def test_the_stubs_import_inside_the_package() -> None:
-    from streamer.transport.proto import streamer_v1_pb2, streamer_v1_pb2_grpc
+    from streamer.protocol.proto import streamer_v1_pb2, streamer_v1_pb2_grpc
 
     assert streamer_v1_pb2.DESCRIPTOR.package == "streamer.v1"
     assert (
         streamer_v1_pb2_grpc.StreamerStub.__module__
-        == "streamer.transport.proto.streamer_v1_pb2_grpc"
+        == "streamer.protocol.proto.streamer_v1_pb2_grpc"
     )
