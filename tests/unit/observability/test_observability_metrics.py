@@ -169,3 +169,10 @@ def test_the_default_registry_adds_process_metrics() -> None:
     names = families(new_registry())
     assert "process_cpu_seconds" in names or "python_info" in names
     assert families(new_registry(process=False)) == {}
+
+
+def test_a_vad_row_is_one_silero_frame() -> None:
+    from streamer.observability.metrics import VAD_FRAME_SECONDS
+    from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE
+
+    assert FRAME_SAMPLES / VAD_SAMPLE_RATE == VAD_FRAME_SECONDS
