@@ -150,6 +150,15 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True)
+class Steer:
+    """An instruction for the open stream that only the codec and the stream understand
+    (new turn thresholds, end the turn now); ``reply`` is sent once it is handed over."""
+
+    command: object
+    reply: object = None
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """The client's last audio (what a codec still held), then the end of its stream and
     of the connection: a phone call that hung up (Twilio's ``stop``)."""
@@ -166,6 +175,7 @@ ClientInput: TypeAlias = (
     | Restart
     | Commit
     | Reply
+    | Steer
     | Finish
 )
 Notice: TypeAlias = (
@@ -224,6 +234,13 @@ class AbortStream:
 
 
 @dataclass(frozen=True, slots=True)
+class SteerStream:
+    """Hand ``command`` to the open stream."""
+
+    command: object
+
+
+@dataclass(frozen=True, slots=True)
 class EmitError:
     code: ErrorCode
     message: str
@@ -241,7 +258,15 @@ class Close:
 
 
 Action: TypeAlias = (
-    OpenStream | Feed | Finalize | FinishStream | AbortStream | EmitError | Close | Send
+    OpenStream
+    | Feed
+    | Finalize
+    | FinishStream
+    | AbortStream
+    | EmitError
+    | Close
+    | Send
+    | SteerStream
 )
 
 SHUTTING_DOWN_MESSAGE = "the server is shutting down; connect to another instance"
@@ -438,6 +463,13 @@ def _reply(m: ConnectionMachine, reply: Reply) -> list[Action]:
     return [Send(reply.payload)]
 
 
+def _steer(m: ConnectionMachine, steer: Steer) -> list[Action]:
+    actions: list[Action] = [SteerStream(steer.command)]
+    if steer.reply is not None:
+        actions.append(Send(steer.reply))
+    return actions
+
+
 def _finish(m: ConnectionMachine, finish: Finish) -> list[Action]:
     fed: list[Action] = [Feed(finish.data)] if finish.data and m.state is State.STREAMING else []
     ended: list[Action] = [FinishStream()] if m.state is State.STREAMING else []
@@ -512,6 +544,7 @@ RULES: dict[tuple[State, type], tuple[State | None, _Step]] = {
     (_S, Commit): (None, _commit),
     (_I, Reply): (_I, _reply),
     (_S, Reply): (_S, _reply),
+    (_S, Steer): (_S, _steer),
     # A client that ends its stream and its connection in one message.
     (_I, Finish): (None, _finish),
     (_S, Finish): (None, _finish),
@@ -524,6 +557,7 @@ ERRORS: dict[tuple[State, type], type[ClientError]] = {
     (_I, StopRequest): NotStarted,
     (_I, FinalizeRequest): NotStarted,
     (_I, Commit): NotStarted,
+    (_I, Steer): NotStarted,
     (_S, StartRequest): AlreadyStarted,
 }
 """Client messages out of order, and the error each gets (any other: ``InvalidMessage``)."""
