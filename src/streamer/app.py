@@ -46,6 +46,7 @@ from streamer.transport.grant import grant_endpoint
 from streamer.transport.grpc import GrpcServer, start_grpc_server
 from streamer.transport.subscribe import serve_subscriber
 from streamer.transport.websocket import WsCodec, serve_websocket
+from streamer.turn.engine import TurnEngine
 from streamer.twilio.callbacks import CallbackPoster
 from streamer.twilio.hub import CallHub, CallPublisher
 from streamer.twilio.signature import SignaturePolicy, by_route
@@ -176,11 +177,19 @@ def build_services(
         on_batch=metrics.observe_vad_batch, min_interval=settings.stream.vad_step_ms / 1000
     )
     vad.on_delay = pressure.observe_vad_delay
+    turn = settings.turn
+    turns = TurnEngine(
+        threads=turn.threads,
+        max_batch=turn.max_batch,
+        max_wait=turn.max_wait_ms / 1000,
+        on_call=metrics.observe_turn_call,
+    )  # its model is loaded by the first stream that detects turns
     return Services(
         settings=settings,
         model=model,
         scheduler=scheduler,
         vad=vad,
+        turns=turns,
         metrics=metrics,
         tracing=tracing or Tracing(),
         policy=policy,
@@ -325,6 +334,8 @@ def create_app(
             callbacks.clear()
             await services.scheduler.close(grace=share)
             services.vad.close()
+            if services.turns is not None:
+                services.turns.close(timeout=share)
             await monitor.close()
             if tracing is None:
                 own_tracing.shutdown()  # exports what is still buffered

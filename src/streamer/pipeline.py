@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import soxr
@@ -21,7 +22,7 @@ from streamer.audio.decode import Decoder
 from streamer.audio.formats import AudioFormat
 from streamer.audio.framing import Framer
 from streamer.audio.resample import ChannelResamplers
-from streamer.errors import ErrorCode, InferenceError
+from streamer.errors import ErrorCode, InferenceError, ShuttingDown
 from streamer.events import (
     Done,
     Event,
@@ -31,6 +32,8 @@ from streamer.events import (
     SpeechEnded,
     SpeechStarted,
     StreamError,
+    Turn,
+    TurnWord,
 )
 from streamer.inference.model import shift_words
 from streamer.inference.output import OutputError, json_safe
@@ -39,6 +42,9 @@ from streamer.observability.stream import StreamObserver
 from streamer.segmentation import segmenter
 from streamer.segmentation.segmenter import Segment, Segmenter, VadParams
 from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE, VadEngine, VadReply
+from streamer.turn.engine import TurnEngine, TurnStream
+from streamer.turn.stage import ForceEnd, TurnEvent, TurnSettings, WithdrawScore, Word
+from streamer.turn.tracker import Decode, Score, Step, TurnTracker
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,8 @@ class StreamOptions:
     mark_finalize: bool = False
     """Mark the finals a ``finalize`` forces (``SegmentResult.forced``) and follow each
     channel's with ``Finalized``, for front-ends that tell their clients so."""
+    turns: TurnSettings | None = None
+    """Detect each channel's turns and emit ``Turn`` events (segmented route only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,7 @@ class StreamPipeline:
         emit: Emit,
         vad: VadEngine | None = None,
         observer: StreamObserver | None = None,
+        turns: TurnEngine | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.options = options
@@ -113,8 +122,19 @@ class StreamPipeline:
             if vad is None:
                 raise ValueError("the segmented route needs a VAD engine")
             params = options.vad_params or VadParams()
+            if options.turns is not None and turns is None:
+                raise ValueError("turn detection needs a turn engine")
             self._segmented = [
-                _SegmentedChannel(self, c, vad, params, options.interim)
+                _SegmentedChannel(
+                    self,
+                    c,
+                    vad,
+                    params,
+                    options.interim,
+                    None
+                    if options.turns is None or turns is None
+                    else _ChannelTurns(self, c, turns, options.turns, params),
+                )
                 for c in range(fmt.channels)
             ]
             self._channels = self._segmented
@@ -184,6 +204,17 @@ class StreamPipeline:
             if self.options.mark_finalize:
                 self.post(Finalized(index, round(self.audio_seconds, 6), self._forced))
 
+    async def steer(self, command: object) -> None:
+        """A front-end's instruction: new turn thresholds (``TurnDetection``, anything
+        with their three fields), or end the open turns now (``ForceEnd``)."""
+        for channel in self._segmented:
+            if channel.turns is None:
+                continue
+            if isinstance(command, ForceEnd):
+                await channel.turns.force_end()
+            else:
+                channel.turns.retune(command)
+
     async def finish(self) -> None:
         """End of audio: process what is left, wait for every result, then send ``done``."""
         self.observer.flushed(self.audio_seconds)
@@ -208,6 +239,9 @@ class StreamPipeline:
         for channel, tail in zip(self._channels, self._resamplers.flush(), strict=True):
             await channel.push(tail)
             await channel.end()
+        for segmented in self._segmented:
+            if segmented.turns is not None:
+                await segmented.turns.finish()
         self._order.put_nowait(None)
         if self._emitter is not None:
             await self._emitter
@@ -216,6 +250,9 @@ class StreamPipeline:
     async def abort(self) -> None:
         """The client went away: withdraw queued work and stop emitting."""
         self._scheduler.cancel_stream(self.stream_id)
+        for segmented in self._segmented:
+            if segmented.turns is not None:
+                await segmented.turns.abort()
         if self._emitter is not None:
             self._emitter.cancel()
             await asyncio.gather(self._emitter, return_exceptions=True)
@@ -260,6 +297,15 @@ class StreamPipeline:
 
     def cancel(self, job: Job) -> bool:
         return self._scheduler.cancel(job)
+
+    def decode(self, audio: NDArray[np.float32]) -> Job:
+        """Recognize a turn's audio (at the work rate), with word times, outside the
+        order of results: its text goes to the turn, not to a segment."""
+        if self._work_rate != self.options.model_rate:
+            audio = soxr.resample(audio, self._work_rate, self.options.model_rate).astype(
+                np.float32, copy=False
+            )
+        return self._scheduler.submit(self.stream_id, audio, final=True, words=True)
 
     async def _emit_in_order(self) -> None:
         try:
@@ -354,7 +400,9 @@ class _SegmentedChannel:
         vad: VadEngine,
         params: VadParams,
         interim: bool,
+        turns: _ChannelTurns | None = None,
     ) -> None:
+        self.turns = turns
         self._pipeline = pipeline
         self._index = index
         self._vad = vad
@@ -378,9 +426,12 @@ class _SegmentedChannel:
         probs = await reply.get()
         self._pipeline.observer.vad(len(frames), time.perf_counter() - began)
         push = self._segmenter.push
-        for frame, prob in zip(frames, probs.tolist(), strict=True):
+        values = probs.tolist()
+        for frame, prob in zip(frames, values, strict=True):
             if events := push(frame, prob):
                 await self._handle(events)
+        if self.turns is not None:
+            self.turns.push(frames, values)
 
     async def finalize(self) -> None:
         # Everything received so far counts, the partial VAD frame included.
@@ -410,3 +461,158 @@ class _SegmentedChannel:
         if self._interim is not None and self._interim.state is JobState.QUEUED:
             self._pipeline.cancel(self._interim)
         self._interim = None
+
+
+class _ChannelTurns:
+    """One channel's turn detection carried out: its tracker's steps become ``Turn``
+    events, requests to the shared turn engine, and decodes of the turn's audio."""
+
+    def __init__(
+        self,
+        pipeline: StreamPipeline,
+        index: int,
+        engine: TurnEngine,
+        settings: TurnSettings,
+        params: VadParams,
+    ) -> None:
+        self._pipeline = pipeline
+        self._index = index
+        self._engine = engine
+        self._stream: TurnStream = engine.open_stream()
+        neg = params.neg_threshold
+        self.tracker = TurnTracker(
+            settings,
+            threshold=params.threshold,
+            neg_threshold=max(0.01, params.threshold - 0.15) if neg is None else neg,
+            frame_samples=FRAME_SAMPLES,
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._decoding: asyncio.Future[None] | None = None
+        """The newest decode of the turn's audio, until its transcript is in."""
+
+    def push(self, frames: NDArray[np.float32], probs: list[float]) -> None:
+        self._carry(self.tracker.push(frames, probs))
+
+    def retune(self, command: object) -> None:
+        """New thresholds (the three of Flux), the other settings kept."""
+        settings = self.tracker.stage.settings
+        self.tracker.settings(
+            TurnSettings(
+                eot_threshold=getattr(command, "eot_threshold", settings.eot_threshold),
+                eager_eot_threshold=getattr(
+                    command, "eager_eot_threshold", settings.eager_eot_threshold
+                ),
+                eot_timeout_ms=getattr(command, "eot_timeout_ms", settings.eot_timeout_ms),
+                min_pause_ms=settings.min_pause_ms,
+                rescore_ms=settings.rescore_ms,
+                update_ms=settings.update_ms,
+            )
+        )
+
+    async def force_end(self) -> None:
+        """End the open turn with its transcript brought up to now."""
+        decode = self.tracker.end_decode()
+        if decode is not None:
+            await self._decode(decode)
+        elif self._decoding is not None:
+            await self._decoding
+        self._carry(self.tracker.force_end())
+
+    async def finish(self) -> None:
+        """End of audio: every answer in, then a turn still open ends."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.tracker.open:
+            await self.force_end()
+        self._engine.withdraw(self._stream)
+
+    async def abort(self) -> None:
+        self._engine.withdraw(self._stream)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _carry(self, steps: list[Step]) -> None:
+        for step in steps:
+            if isinstance(step, TurnEvent):
+                self._pipeline.post(self._event(step))
+            elif isinstance(step, WithdrawScore):
+                self._engine.withdraw(self._stream)
+            else:
+                task = asyncio.create_task(self._answer(step), name="turn-answer")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, score: Score) -> None:
+        """The engine's answer to a score, after the transcript it must follow."""
+        try:
+            reply = self._engine.submit(self._stream, score.window)
+        except ShuttingDown:
+            return
+        if score.decode is not None:
+            await self._decode(score.decode)
+        elif self._decoding is not None:
+            await self._decoding
+        try:
+            answer = await reply.get()
+        except ShuttingDown:
+            return
+        if answer is not None:
+            self._carry(self.tracker.probability(score.request, answer.probability))
+
+    async def _decode(self, decode: Decode) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._decoding = done
+        try:
+            job = self._pipeline.decode(decode.audio)
+            await asyncio.wait({job.future})
+            exc = job.future.exception()
+            if exc is None:
+                output = shift_words(json_safe(job.future.result()), decode.start)
+                text, words = _transcript(output)
+                self._carry(self.tracker.transcript(decode.key, text, words))
+            elif isinstance(exc, InferenceError):
+                log.warning("a turn's transcript failed: %s", exc.message)
+            else:
+                raise exc
+        except OutputError as error:
+            log.warning("unusable model output for a turn: %s", error)
+        finally:
+            if not done.done():
+                done.set_result(None)
+
+    def _event(self, event: TurnEvent) -> Turn:
+        return Turn(
+            channel=self._index,
+            event=event.kind.value,
+            turn_index=event.turn_index,
+            transcript=event.transcript,
+            words=tuple(TurnWord(w.word, w.confidence, w.start, w.end) for w in event.words),
+            audio_window_start=round(event.audio_window_start, 6),
+            audio_window_end=round(event.audio_window_end, 6),
+            end_of_turn_confidence=event.end_of_turn_confidence,
+            trigger=None if event.trigger is None else event.trigger.value,
+        )
+
+
+def _transcript(output: Mapping[str, Any]) -> tuple[str, tuple[Word, ...]]:
+    """The text of a model's output and its words (times already in the stream's)."""
+    text = output.get("text")
+    raw = output.get("words")
+    words: list[Word] = []
+    if isinstance(raw, list):
+        for item in raw:
+            if not isinstance(item, Mapping) or not isinstance(item.get("word"), str):
+                continue
+            try:
+                words.append(
+                    Word(
+                        item["word"].strip(),
+                        float(item.get("confidence", item.get("probability", 1.0))),
+                        float(item.get("start", 0.0)),
+                        float(item.get("end", 0.0)),
+                    )
+                )
+            except (TypeError, ValueError):
+                continue
+    return (text.strip() if isinstance(text, str) else ""), tuple(w for w in words if w.word)

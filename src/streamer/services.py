@@ -14,8 +14,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from streamer.config import Settings
-from streamer.errors import ConnectionDenied, InvalidFormat, Overloaded, ShuttingDown
-from streamer.events import Event, StreamError
+from streamer.errors import (
+    ConnectionDenied,
+    InvalidFormat,
+    InvalidMessage,
+    Overloaded,
+    ShuttingDown,
+)
+from streamer.events import Event, StreamError, Turn
 from streamer.fleet import FleetSlot
 from streamer.inference.model import Model
 from streamer.inference.scheduler import Scheduler
@@ -28,6 +34,8 @@ from streamer.policy import ANONYMOUS, ConnectionPolicy, ConnectionRequest, Prin
 from streamer.protocol.messages import StartRequest
 from streamer.segmentation.segmenter import VadParams, clamp
 from streamer.segmentation.vad import VadEngine
+from streamer.turn.engine import TurnEngine
+from streamer.turn.stage import TurnSettings
 
 
 @dataclass
@@ -38,6 +46,8 @@ class Services:
     model: Model
     scheduler: Scheduler
     vad: VadEngine
+    turns: TurnEngine | None = None
+    """The end-of-turn model's engine, started by the first stream that detects turns."""
     connections: set[Any] = field(default_factory=set)
     streams: Counter[Route] = field(default_factory=Counter)
     draining: asyncio.Event = field(default_factory=asyncio.Event)
@@ -174,6 +184,8 @@ class Services:
         self.metrics.event_sent(
             route, event.kind, event.code if isinstance(event, StreamError) else None
         )
+        if isinstance(event, Turn):
+            self.metrics.turn_event(route, event.event)
 
     def interim_dropped(self, route: Route, event: Event) -> None:
         """An interim result was dropped for a client that is not reading."""
@@ -216,7 +228,8 @@ class Services:
     def stream_options(self, route: Route, request: StartRequest) -> StreamOptions:
         """Resolve one stream's options from the request, within the server's bounds.
 
-        Raises ``InvalidFormat`` for a format past the stream's input budget.
+        Raises ``InvalidFormat`` for a format past the stream's input budget, and
+        ``InvalidMessage`` for turn detection on a route without it.
         """
         stream = self.settings.stream
         fmt = request.format
@@ -238,6 +251,22 @@ class Services:
         params = replace(
             params, interim_interval_s=max(params.interim_interval_s, stream.min_interim_interval)
         )
+        turns: TurnSettings | None = None
+        if request.turn_detection is not None:
+            if route is not Route.SEGMENTED or self.turns is None:
+                raise InvalidMessage(
+                    "turn_detection: turn detection needs the segmented route "
+                    "(/api/v1/segmented, gRPC's segmented streams, /v2/listen)"
+                )
+            detection, engine = request.turn_detection, self.settings.turn
+            turns = TurnSettings(
+                eot_threshold=detection.eot_threshold,
+                eager_eot_threshold=detection.eager_eot_threshold,
+                eot_timeout_ms=detection.eot_timeout_ms,
+                min_pause_ms=engine.min_pause_ms,
+                rescore_ms=engine.rescore_ms or None,
+                update_ms=engine.update_ms,
+            )
         return StreamOptions(
             route=route,
             fmt=request.format.to_audio_format(),
@@ -247,6 +276,7 @@ class Services:
             interim=request.interim_results,
             vad_params=params,
             words=request.word_times,
+            turns=turns,
         )
 
     def health(self) -> dict[str, Any]:

@@ -82,6 +82,8 @@ async def running_services(
     finally:
         await services.scheduler.close()
         services.vad.close()
+        if services.turns is not None:
+            services.turns.close()
 
 
 _END = object()

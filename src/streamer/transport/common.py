@@ -46,12 +46,15 @@ def open_stream(
             options = dataclasses.replace(options, chunk_seconds=chunk_seconds)
         if mark_finalize:
             options = dataclasses.replace(options, mark_finalize=True)
+        if options.turns is not None and services.turns is not None:
+            services.turns.start()  # loads the model on the first stream that needs it
         pipeline = StreamPipeline(
             stream_id,
             options,
             scheduler=services.scheduler,
             emit=emit,
             vad=services.vad,
+            turns=services.turns,
             observer=services.stream_telemetry(route, stream_id, request.trace_id, connection),
         )
     except BaseException:
