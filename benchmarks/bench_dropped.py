@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import connect
 
-from streamer.bench.runner import spawn_server
 from streamer.client import load_audio
+from streamer.spawn import spawn_server
 
 AUDIO = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "audio" / "jfk.wav"
 

@@ -25,8 +25,8 @@ import soundfile as sf
 import soxr
 
 from streamer.bench.expected import ExpectedResults
-from streamer.bench.runner import spawn_server
 from streamer.client import load_audio, stream_file
+from streamer.spawn import spawn_server
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT / "tests" / "fixtures" / "audio"

@@ -20,7 +20,8 @@ from collections import Counter
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from streamer.bench.runner import CpuMeter, spawn_server
+from streamer.bench.runner import CpuMeter
+from streamer.spawn import spawn_server
 
 KEEPALIVE = '{"request": "keepalive"}'
 BATCH = 100

@@ -36,8 +36,9 @@ import numpy as np
 import soundfile as sf
 
 from streamer.bench.expected import ExpectedResults, decode_channels
-from streamer.bench.runner import LoadSpec, RunResult, run_load, spawn_server
+from streamer.bench.runner import LoadSpec, RunResult, run_load
 from streamer.cli.client import load_audio
+from streamer.spawn import spawn_server
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT / "tests" / "fixtures" / "audio"

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import importlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -20,10 +21,9 @@ from starlette.routing import Route as HttpRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from streamer.auth import REALTIME_SUBPROTOCOL, issuer_from_settings, policy_from_settings
-from streamer.codecs.openai_realtime import RealtimeCodec
-from streamer.codecs.twilio_media import MediaStreamCodec
-from streamer.config import Settings
+from streamer.admission import Admission
+from streamer.auth import issuer_from_settings, policy_from_settings
+from streamer.config import ServerSettings, Settings
 from streamer.fleet import FleetSlot
 from streamer.inference.model import Model, TestModel, UnsupportedModel, make_model
 from streamer.inference.pool import ThreadPool, WorkerPool
@@ -37,16 +37,21 @@ from streamer.observability.pressure import Ceilings, Pressure
 from streamer.observability.tracing import Tracing
 from streamer.origins import OriginPolicy
 from streamer.pipeline import Route
-from streamer.policy import ConnectionPolicy, ConnectionRequest, allow_all
-from streamer.protocol.connection import WEBSOCKET_FINISHING
+from streamer.policy import ConnectionPolicy, allow_all
+from streamer.protocol.connection import Limits
 from streamer.segmentation.vad import VadEngine
-from streamer.services import Services
+from streamer.services import Connection, Services
+from streamer.streams import StreamBounds, StreamFactory
 from streamer.transport.deepgram import serve_listen
 from streamer.transport.grant import grant_endpoint
 from streamer.transport.grpc import GrpcServer, start_grpc_server
+from streamer.transport.limits import grpc_server_options
+from streamer.transport.realtime import serve_realtime
 from streamer.transport.subscribe import serve_subscriber
-from streamer.transport.websocket import WsCodec, serve_websocket
+from streamer.transport.twilio import serve_media_stream
+from streamer.transport.websocket import serve_websocket
 from streamer.turn.engine import TurnEngine
+from streamer.turn.stage import TurnSettings
 from streamer.twilio.callbacks import CallbackPoster
 from streamer.twilio.hub import CallHub, CallPublisher
 from streamer.twilio.signature import SignaturePolicy, by_route
@@ -177,38 +182,93 @@ def build_services(
         on_batch=metrics.observe_vad_batch, min_interval=settings.stream.vad_step_ms / 1000
     )
     vad.on_delay = pressure.observe_vad_delay
-    turn = settings.turn
-    turns = TurnEngine(
-        threads=turn.threads,
-        max_batch=turn.max_batch,
-        max_wait=turn.max_wait_ms / 1000,
-        on_call=metrics.observe_turn_call,
-    )  # its model is loaded by the first stream that detects turns
-    return Services(
-        settings=settings,
-        model=model,
+    tracing = tracing or Tracing()
+    draining = asyncio.Event()
+    connections: set[Connection] = set()
+    admission = Admission(
+        max_streams=server.max_streams,
+        max_backlog=server.max_backlog,
         scheduler=scheduler,
-        vad=vad,
-        turns=turns,
         metrics=metrics,
-        tracing=tracing or Tracing(),
-        policy=policy,
+        draining=draining,
+        connections=connections,
         pressure=pressure,
         fleet=fleet,
     )
+    stream = settings.stream
+    streams = StreamFactory(
+        admission=admission,
+        model=model,
+        scheduler=scheduler,
+        vad=vad,
+        bounds=StreamBounds(
+            chunk_seconds=stream.chunk_seconds,
+            max_in_flight=stream.max_in_flight,
+            interim_interval=stream.interim_interval,
+            min_interim_interval=stream.min_interim_interval,
+            max_samples_per_second=stream.max_samples_per_second,
+            max_lag_seconds=server.max_stream_lag_seconds,
+        ),
+        metrics=metrics,
+        tracing=tracing,
+        turns=TurnEngine(
+            threads=settings.turn.threads,
+            max_batch=settings.turn.max_batch,
+            max_wait=settings.turn.max_wait_ms / 1000,
+            on_call=metrics.observe_turn_call,
+        ),  # its model is loaded by the first stream that detects turns
+        turn_defaults=TurnSettings(
+            min_pause_ms=settings.turn.min_pause_ms,
+            rescore_ms=settings.turn.rescore_ms or None,
+            update_ms=settings.turn.update_ms,
+        ),
+    )
+    written_off = (lambda: pool.written_off) if isinstance(pool, ThreadPool) else (lambda: 0)
+    sources = metrics.sources
+    sources.connections = lambda: Counter(c.route.value for c in connections)
+    sources.streams = lambda: {route.value: n for route, n in admission.streams.items()}
+    sources.queue_depth = lambda: scheduler.queued
+    sources.busy_workers = lambda: scheduler.busy
+    sources.workers = lambda: pool.workers
+    sources.workers_available = lambda: pool.available_workers
+    sources.workers_stuck = lambda: pool.stuck_workers
+    sources.workers_written_off = written_off
+    sources.interims_dropped = lambda: scheduler.interims_dropped
+    sources.interims_skipped = lambda: scheduler.interims_skipped
+    sources.capacity = admission.capacity
+    return Services(
+        admission=admission,
+        streams=streams,
+        metrics=metrics,
+        tracing=tracing,
+        policy=policy,
+        limits=limits_of(settings),
+        max_pending_events=server.max_pending_events,
+        connections=connections,
+        draining=draining,
+    )
 
 
-async def drain(services: Services) -> None:
+def limits_of(settings: Settings) -> Limits:
+    """The connection limits the settings ask for."""
+    return Limits(
+        idle_seconds=settings.stream.idle_seconds,
+        max_audio_seconds=settings.stream.max_audio_seconds,
+        max_wall_seconds=settings.stream.max_wall_seconds,
+        max_messages_per_second=settings.server.max_messages_per_second,
+    )
+
+
+async def drain(services: Services, server: ServerSettings) -> None:
     """Refuse new streams, give open ones ``drain_seconds`` to end, then end them (1001).
 
     Ending them (their finals, ``done``) may take up to a quarter of
     ``server.shutdown_timeout_seconds``; the rest is for stopping the server.
     """
     services.draining.set()
-    server = services.settings.server
     loop = asyncio.get_running_loop()
     until = loop.time() + server.drain_seconds
-    while services.live_streams and loop.time() < until:  # noqa: ASYNC110 (counts, not events)
+    while services.admission.live_streams and loop.time() < until:  # noqa: ASYNC110 (counts, not events)
         await asyncio.sleep(0.05)
     services.drain_expired.set()
     until = loop.time() + server.shutdown_timeout_seconds / 4
@@ -226,8 +286,9 @@ async def _sample(services: Services, shared: bool) -> None:
         if shared:
             services.metrics.publish()
         await asyncio.sleep(PUBLISH_SECONDS)
-        if services.pressure is not None:
-            services.pressure.sample_cpu(services.live_streams)
+        admission = services.admission
+        if admission.pressure is not None:
+            admission.pressure.sample_cpu(admission.live_streams)
 
 
 def create_app(
@@ -290,10 +351,10 @@ def create_app(
         services = build_services(
             settings, model, metrics=metrics, tracing=own_tracing, policy=policy, fleet=fleet
         )
-        services.scheduler.start()
-        services.vad.start()
+        services.streams.scheduler.start()
+        services.streams.vad.start()
         app.state.services = services
-        pressure = services.pressure
+        pressure = services.admission.pressure
 
         def observe_lag(seconds: float, slow: bool) -> None:
             metrics.observe_loop_lag(seconds, slow)
@@ -319,7 +380,16 @@ def create_app(
         try:
             if settings.server.grpc_enabled:
                 server = settings.server
-                grpc_server = await start_grpc_server(services, server.host, server.grpc_port)
+                options = [
+                    ("grpc.max_receive_message_length", server.max_message_bytes),
+                    # A port in use is an error at start, not a port shared with another
+                    # process; only the front-end processes of one server share it.
+                    ("grpc.so_reuseport", 1 if fleet is not None else 0),
+                    *grpc_server_options(server),
+                ]
+                grpc_server = await start_grpc_server(
+                    services, server.host, server.grpc_port, options
+                )
                 app.state.grpc_port = grpc_server.port
             yield
         finally:
@@ -332,17 +402,17 @@ def create_app(
             for poster in callbacks:
                 await poster.close(grace=share)
             callbacks.clear()
-            await services.scheduler.close(grace=share)
-            services.vad.close()
-            if services.turns is not None:
-                services.turns.close(timeout=share)
+            await services.streams.scheduler.close(grace=share)
+            services.streams.vad.close()
+            if services.streams.turns is not None:
+                services.streams.turns.close(timeout=share)
             await monitor.close()
             if tracing is None:
                 own_tracing.shutdown()  # exports what is still buffered
 
     async def health(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
-        body = services.health()
+        body = services.admission.health()
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -361,23 +431,11 @@ def create_app(
 
         return endpoint
 
-    def realtime_codec(request: ConnectionRequest) -> WsCodec:
+    async def realtime(ws: WebSocket) -> None:
         # An append past the limit is an error event; a text frame past max_text_bytes
         # is the transport's 1009.
-        codec = RealtimeCodec(max_append_bytes=settings.server.max_text_bytes // 2)
-        return WsCodec(
-            codec.decode_text,
-            codec.decode_bytes,
-            codec.encode,
-            opening=(codec.opening(),),
-            subprotocol=REALTIME_SUBPROTOCOL,
-        )
-
-    async def realtime(ws: WebSocket) -> None:
-        # The session opens its streams on the segmented route (server VAD) or the simple
-        # one (manual commits); the connection counts under segmented.
-        services = ws.app.state.services
-        await serve_websocket(ws, Route.SEGMENTED, services, realtime_codec, name="realtime")
+        max_append = settings.server.max_text_bytes // 2
+        await serve_realtime(ws, ws.app.state.services, max_append_bytes=max_append)
 
     async def listen(ws: WebSocket) -> None:
         await serve_listen(ws, ws.app.state.services)
@@ -392,24 +450,13 @@ def create_app(
         )
 
     async def twilio(ws: WebSocket) -> None:
-        # The call's tracks are the channels of one segmented stream; its events go to
-        # the call's subscribers (and callback), not back to Twilio.
-        codec = MediaStreamCodec(
+        await serve_media_stream(
+            ws,
+            ws.app.state.services,
             call_sink(),
             on_rejected=lambda reason: metrics.twilio_rejected.labels(reason).inc(),
             max_skew_seconds=twilio_settings.max_skew_seconds,
         )
-        # A call that drops without its stop still has its last finals, for its
-        # subscribers and callback.
-        wire = WsCodec(
-            codec.decode_text, codec.decode_bytes, codec.encode, mode=WEBSOCKET_FINISHING
-        )
-        try:
-            await serve_websocket(
-                ws, Route.SEGMENTED, ws.app.state.services, lambda request: wire, name="twilio"
-            )
-        finally:
-            codec.close()
 
     async def call_events(ws: WebSocket) -> None:
         key = f"call:{ws.path_params['sid']}"

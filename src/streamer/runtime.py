@@ -92,7 +92,7 @@ class _DrainingServer(uvicorn.Server):
         log.info("received %s: draining open streams", signal.Signals(sig).name)
 
         def begin() -> None:
-            self._draining = asyncio.ensure_future(drain(services))
+            self._draining = asyncio.ensure_future(drain(services, self._settings.server))
             self._draining.add_done_callback(lambda _: setattr(self, "should_exit", True))
 
         self._loop.call_soon_threadsafe(begin)

@@ -29,15 +29,9 @@ from streamer.events import Event
 from streamer.inference.model import Model
 from streamer.pipeline import Route
 from streamer.policy import ANONYMOUS, Principal
-from streamer.protocol.connection import (
-    GRPC,
-    WEBSOCKET,
-    Close,
-    Disconnected,
-    Input,
-    Invalid,
-    Mode,
-)
+from streamer.protocol.actions import Close, CodecReply
+from streamer.protocol.connection import GRPC, WEBSOCKET, Mode
+from streamer.protocol.inputs import Disconnected, Input, Invalid
 from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver
 from streamer.transport.outbox import Outbox
@@ -75,15 +69,15 @@ async def running_services(
 ) -> AsyncIterator[Services]:
     """Real services (scheduler and VAD running), stopped on exit."""
     services = build_services(settings or Settings(), model)
-    services.scheduler.start()
-    services.vad.start()
+    services.streams.scheduler.start()
+    services.streams.vad.start()
     try:
         yield services
     finally:
-        await services.scheduler.close()
-        services.vad.close()
-        if services.turns is not None:
-            services.turns.close()
+        await services.streams.scheduler.close()
+        services.streams.vad.close()
+        if services.streams.turns is not None:
+            services.streams.turns.close()
 
 
 _END = object()
@@ -96,6 +90,7 @@ async def run_connection(
     *,
     decode: Callable[[Any], Input] = v1_decode,
     encode: Callable[[Event], Any] = v1_json.encode_event,
+    encode_reply: Callable[[CodecReply], Any] | None = None,
     mode: Mode = WEBSOCKET,
     end: Input | None = None,
     principal: Principal = ANONYMOUS,
@@ -105,7 +100,7 @@ async def run_connection(
     interruptible: bool | None = None,
 ) -> Outcome[Any]:
     """Run one connection over ``inbound`` (native messages, each decoded by ``decode``,
-    and ``Pause``s).
+    and ``Pause``s); ``encode_reply`` writes the codec's own replies, where it has them.
 
     Once the messages run out, the connection gets ``end`` (by default the peer going
     away). ``write`` may stand in for the socket (an async callable, to block or fail it);
@@ -143,11 +138,12 @@ async def run_connection(
         outcome.sent.append(item)
 
     outbox: Outbox[Any] = Outbox(
-        services.settings.server.max_pending_events,
+        services.max_pending_events,
         encode,
         functools.partial(services.event_sent, route),
         "test",
         dropped=functools.partial(services.interim_dropped, route),
+        encode_reply=encode_reply,
     )
     outbox.start(write or record)
     driver = ConnectionDriver(
@@ -156,6 +152,7 @@ async def run_connection(
         mode,
         receive,
         outbox,
+        limits=services.limits,
         principal=principal,
         gone=gone,
         mark_finalize=mark_finalize,

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,46 +11,17 @@ from typing import Any
 import httpx
 import pytest
 
-HOST = "127.0.0.1"
+from streamer.spawn import HOST, ServerDidNotStart, SpawnedServer, free_port
+
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
-class ServerProcess:
-    """One running server; its output goes to ``log``."""
+class ServerProcess(SpawnedServer):
+    """One running server (``streamer.spawn``), with what the tests read of it."""
 
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    drain_seconds: float
-    grpc_port: int = 0
-    """The gRPC port, when the server was started with one (``start_server(grpc=True)``)."""
-
-    @property
-    def grpc_target(self) -> str:
-        return f"{HOST}:{self.grpc_port}"
-
-    @property
-    def http(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def ws(self, route: str = "simple") -> str:
-        return f"ws://{HOST}:{self.port}/api/v1/{route}"
-
-    def grpc(self, route: str = "simple") -> str:
-        """The client library's URL of a gRPC route."""
-        assert self.grpc_port, "this server serves no gRPC: start it with grpc=True"
-        return f"grpc://{HOST}:{self.grpc_port}/{route}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+    drain_seconds: float = 1.0
 
     def fds(self) -> int:
         """File descriptors the server holds open now."""
@@ -77,17 +43,12 @@ class ServerProcess:
             if line.startswith(name + "{") or line.startswith(name + " ")
         )
 
-    def stop(self) -> int:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM, then wait; a server that does not stop is killed and reported."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                pytest.fail(f"the server did not stop on SIGTERM:\n{self.output()[-3000:]}")
-        return self.process.returncode
+        code = super().stop(timeout)
+        if self.killed:
+            pytest.fail(f"the server did not stop on SIGTERM:\n{self.output()[-3000:]}")
+        return code
 
 
 def _config(drain_seconds: float) -> str:
@@ -116,46 +77,22 @@ def start_server(
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "streamer.toml"
     config.write_text(_config(drain_seconds))
-    log = directory / "server.log"
-    port = free_port()
-    grpc_port = free_port() if grpc else 0
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-    child_env.update(env or {})
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamer.cli.main",
-                "serve",
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-                "--grpc-port",
-                str(grpc_port),
-                "--config",
-                str(config),
-                "--workers",
-                str(workers),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=child_env,
+    try:
+        server = ServerProcess.start(
+            config=config,
+            env=env,
+            host=HOST,
+            grpc_port=free_port() if grpc else 0,
+            workers=workers,
+            log=directory / "server.log",
+            inherit_settings=False,
+            until_ok=True,
+            start_timeout=START_TIMEOUT,
         )
-    server = ServerProcess(process, port, log, drain_seconds, grpc_port)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{server.output()}")
-        try:
-            if httpx.get(f"{server.http}/api/v1/health", timeout=1.0).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    server.stop()
-    pytest.fail(f"the server did not become healthy in {START_TIMEOUT} s:\n{server.output()}")
+    except ServerDidNotStart as error:
+        pytest.fail(str(error))
+    server.drain_seconds = drain_seconds
+    return server
 
 
 def server_fixture(name: str, env: dict[str, str], *, grpc: bool = False) -> Any:

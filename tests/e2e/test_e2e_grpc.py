@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 
-from streamer.client import LoadedAudio, load_audio, stream_file
+from streamer.client import FileOptions, LoadedAudio, load_audio, stream_file
 from streamer.client import grpc as grpc_client
 from streamer.codecs.v1_proto import event_to_dict, start_to_config
 from streamer.protocol.proto import streamer_v1_pb2 as pb
 from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
+from streamer.spawn import ServerDidNotStart, SpawnedServer, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -42,40 +40,24 @@ ROUTES = ["simple", "segmented"]
 START_TIMEOUT = 30.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    grpc_port: int
-    log: Path
+class Server(SpawnedServer):
+    """A server with gRPC on a known port (``streamer.spawn``)."""
 
     @property
     def target(self) -> str:
-        return f"{HOST}:{self.grpc_port}"
-
-    def ws(self, route: str) -> str:
-        return f"ws://{HOST}:{self.port}/api/v1/{route}"
+        return self.grpc_target
 
     def health(self) -> dict[str, Any]:
-        body: dict[str, Any] = httpx.get(f"http://{HOST}:{self.port}/api/v1/health").json()
+        body = super().health()
+        assert body is not None, "the server does not answer its health check"
         return body
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                pytest.fail(f"the server did not stop:\n{self.log.read_text()[-3000:]}")
-        return self.process.returncode
+    def stop(self, timeout: float = 20.0) -> int:
+        code = super().stop(timeout)
+        if self.killed:
+            pytest.fail(f"the server did not stop:\n{self.output()[-3000:]}")
+        return code
 
 
 def start(directory: Path, env: dict[str, str] | None = None, drain: float = 1.0) -> Server:
@@ -85,27 +67,19 @@ def start(directory: Path, env: dict[str, str] | None = None, drain: float = 1.0
     config.write_text(
         f'log_level = "warning"\n[server]\ndrain_seconds = {drain}\n[inference]\nworkers = 2\n'
     )
-    port, grpc_port = _free_port(), _free_port()
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMER_")}
-    child_env.update(env or {})
-    log = directory / "server.log"
-    command = [sys.executable, "-m", "streamer.cli.main", "serve", "--host", HOST]
-    command += ["--port", str(port), "--grpc-port", str(grpc_port), "--config", str(config)]
-    command += ["--workers", "1"]  # per-process behaviour (limits are per process)
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=child_env)
-    server = Server(process, port, grpc_port, log)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            server.health()
-            return server  # the gRPC server starts before HTTP does
-        except httpx.TransportError:
-            time.sleep(0.05)
-    server.stop()
-    pytest.fail(f"the server did not start in {START_TIMEOUT} s:\n{log.read_text()}")
+    try:
+        return Server.start(
+            config=config,
+            env=env,
+            host=HOST,
+            grpc_port=free_port(),
+            workers=1,  # per-process behaviour (limits are per process)
+            log=directory / "server.log",
+            inherit_settings=False,
+            start_timeout=START_TIMEOUT,
+        )
+    except ServerDidNotStart as error:
+        pytest.fail(str(error))
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +277,7 @@ async def test_invalid_config_and_early_audio_have_their_statuses(server: Server
             await good_stream(channel, audio)
         # The client reports a refusal as the WebSocket does: an error event.
         bad = await grpc_client.run_stream(
-            channel, audio, extra_start={"format": {**audio.format, "bit_depth": 12}}
+            channel, audio, FileOptions(extra_start={"format": {**audio.format, "bit_depth": 12}})
         )
         assert [e["code"] for e in bad.errors] == ["invalid_format"]
         assert bad.close_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]

@@ -106,7 +106,7 @@ async def test_a_denied_websocket_gets_its_http_status_before_the_upgrade(
         assert response.status_code == status
         body = json.loads(response.body or b"{}")
         assert body["code"] == code and body["message"]
-        assert srv.services.live_streams == 0
+        assert srv.services.admission.live_streams == 0
         assert refused(srv.registry, "segmented", code) == 1
         # The policy saw the handshake; with a good key the same route serves a stream.
         assert srv.policy.seen[-1].route == "segmented"
@@ -134,7 +134,7 @@ async def test_a_denied_grpc_call_gets_its_status_before_any_stream(
                 await call.read()
         assert info.value.code() is status
         assert dict(info.value.trailing_metadata() or ())[ERROR_CODE_KEY] == code
-        assert srv.services.live_streams == 0
+        assert srv.services.admission.live_streams == 0
         assert refused(srv.registry, "simple", code) == 1
         assert srv.policy.seen[-1].transport == "grpc"
         good = await grpc_stream_file(target, AUDIO, metadata=(("x-key", "good"),))

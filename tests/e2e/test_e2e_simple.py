@@ -25,7 +25,7 @@ from conftest import ServerProcess, start_server
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from streamer.client import LoadedAudio, load_audio, stream_file
+from streamer.client import FileOptions, LoadedAudio, load_audio, stream_file
 from streamer.client.websocket import open_connection, run_stream
 
 pytestmark = pytest.mark.e2e
@@ -378,7 +378,7 @@ async def test_several_streams_on_one_connection(server: Any) -> None:
         for i, name in enumerate(FILES):
             audio = load_audio(AUDIO / name)
             last = i == len(FILES) - 1
-            result = await run_stream(ws, audio, disconnect=last, chunk_bytes=1000 + i)
+            result = await run_stream(ws, audio, FileOptions(chunk_bytes=1000 + i), disconnect=last)
             check_audio(result.events, audio)
             sessions.add(result.events[0]["session_id"])
         assert result.close_code == 1000

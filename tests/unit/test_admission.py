@@ -15,71 +15,71 @@ from streamer.policy import ANONYMOUS, Principal
 
 async def test_a_stream_over_the_limit_is_refused_and_health_says_full() -> None:
     services = build_services(Settings(server={"max_streams": 2}))
-    services.admit(Route.SIMPLE)
-    services.admit(Route.SEGMENTED)
-    assert services.health()["status"] == "full"
+    services.admission.admit(Route.SIMPLE)
+    services.admission.admit(Route.SEGMENTED)
+    assert services.admission.health()["status"] == "full"
     with pytest.raises(Overloaded, match="limit of 2 streams") as refused:
-        services.admit(Route.SIMPLE)
+        services.admission.admit(Route.SIMPLE)
     assert refused.value.code == "overloaded"
-    assert services.live_streams == 2  # the refused stream was never counted
-    services.stream_ended(Route.SIMPLE)
-    assert services.health()["status"] == "ok"
-    services.admit(Route.SIMPLE)
+    assert services.admission.live_streams == 2  # the refused stream was never counted
+    services.admission.stream_ended(Route.SIMPLE)
+    assert services.admission.health()["status"] == "ok"
+    services.admission.admit(Route.SIMPLE)
 
 
 async def test_new_streams_are_refused_while_the_backlog_is_over_its_bound() -> None:
     services = build_services(Settings(server={"max_backlog": 3}))
-    scheduler = services.scheduler  # not started: what is submitted stays queued
+    scheduler = services.streams.scheduler  # not started: what is submitted stays queued
     for _ in range(4):
         scheduler.submit("busy", np.zeros(16, dtype=np.float32))
     with pytest.raises(Overloaded, match="inferences queued"):
-        services.admit(Route.SEGMENTED)
-    health = services.health()
+        services.admission.admit(Route.SEGMENTED)
+    health = services.admission.health()
     assert health["status"] == "full"
     assert health["queued_inferences"] == 4 and health["max_backlog"] == 3
     scheduler.cancel_stream("busy")
-    services.admit(Route.SEGMENTED)
+    services.admission.admit(Route.SEGMENTED)
 
 
 async def test_a_draining_server_refuses_with_shutting_down() -> None:
     services = build_services(Settings())
     services.draining.set()
     with pytest.raises(ShuttingDown):
-        services.admit(Route.SIMPLE)
-    assert services.health()["status"] == "draining"
+        services.admission.admit(Route.SIMPLE)
+    assert services.admission.health()["status"] == "draining"
 
 
 async def test_the_process_pool_is_chosen_by_the_settings() -> None:
     services = build_services(Settings(inference={"pool": "process", "workers": 1}))
     try:
-        assert isinstance(services.scheduler.pool, ProcessPool)
-        assert services.scheduler.max_queued == 10000
+        assert isinstance(services.streams.scheduler.pool, ProcessPool)
+        assert services.streams.scheduler.max_queued == 10000
     finally:
-        await services.scheduler.pool.close()
+        await services.streams.scheduler.pool.close()
 
 
 async def test_a_principal_past_its_quota_is_refused_and_others_are_not() -> None:
     services = build_services(Settings())
     limited = Principal(name="web-app", max_streams=2)
-    services.admit(Route.SIMPLE, limited, "s1")
-    services.admit(Route.SEGMENTED, limited, "s2")
+    services.admission.admit(Route.SIMPLE, limited, "s1")
+    services.admission.admit(Route.SEGMENTED, limited, "s2")
     with pytest.raises(Overloaded, match="web-app is at its quota of 2 concurrent streams"):
-        services.admit(Route.SIMPLE, limited, "s3")
-    services.admit(Route.SIMPLE, Principal(name="other", max_streams=2), "s4")
-    services.admit(Route.SIMPLE, ANONYMOUS, "s5")
-    assert services.live_streams == 4
-    services.stream_ended(Route.SIMPLE, "completed", "s1")  # its place is given back
-    services.admit(Route.SIMPLE, limited, "s6")
-    assert services.quota_use == {"web-app": 2, "other": 1}
+        services.admission.admit(Route.SIMPLE, limited, "s3")
+    services.admission.admit(Route.SIMPLE, Principal(name="other", max_streams=2), "s4")
+    services.admission.admit(Route.SIMPLE, ANONYMOUS, "s5")
+    assert services.admission.live_streams == 4
+    services.admission.stream_ended(Route.SIMPLE, "completed", "s1")  # its place is given back
+    services.admission.admit(Route.SIMPLE, limited, "s6")
+    assert services.admission.quota_use == {"web-app": 2, "other": 1}
 
 
 async def test_a_token_s_quota_is_counted_beside_its_key_s() -> None:
     services = build_services(Settings())
     token = Principal(name="web-app", max_streams=3, quotas=(("token abc", 1),))
-    services.admit(Route.SIMPLE, token, "t1")
+    services.admission.admit(Route.SIMPLE, token, "t1")
     with pytest.raises(Overloaded, match="token abc is at its quota of 1"):
-        services.admit(Route.SIMPLE, token, "t2")
-    services.admit(Route.SIMPLE, Principal(name="web-app", max_streams=3), "k1")
-    services.stream_ended(Route.SIMPLE, "completed", "t1")
-    services.stream_ended(Route.SIMPLE, "completed", "k1")
-    assert services.quota_use == {} and services.held == {}
+        services.admission.admit(Route.SIMPLE, token, "t2")
+    services.admission.admit(Route.SIMPLE, Principal(name="web-app", max_streams=3), "k1")
+    services.admission.stream_ended(Route.SIMPLE, "completed", "t1")
+    services.admission.stream_ended(Route.SIMPLE, "completed", "k1")
+    assert services.admission.quota_use == {} and services.admission.held == {}

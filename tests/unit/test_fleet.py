@@ -34,13 +34,13 @@ async def test_admission_counts_the_other_processes_streams() -> None:
     other.set_streams(2)
     settings = Settings.model_validate({"server": {"max_streams": 3}})
     services = build_services(settings, fleet=fleet.slot(0))
-    services.admit(Route.SIMPLE)  # 2 + 1 = 3: at the limit now
+    services.admission.admit(Route.SIMPLE)  # 2 + 1 = 3: at the limit now
     assert fleet.processes()[0]["streams"] == 1
     with pytest.raises(Overloaded):
-        services.admit(Route.SIMPLE)
-    assert services.health()["status"] == "full"
-    assert services.health()["server_streams"] == 3
+        services.admission.admit(Route.SIMPLE)
+    assert services.admission.health()["status"] == "full"
+    assert services.admission.health()["server_streams"] == 3
     other.set_streams(0)
-    services.admit(Route.SIMPLE)
-    services.stream_ended(Route.SIMPLE)
+    services.admission.admit(Route.SIMPLE)
+    services.admission.stream_ended(Route.SIMPLE)
     assert fleet.processes()[0]["streams"] == 1

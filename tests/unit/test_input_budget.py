@@ -19,11 +19,11 @@ def start(channels: int, rate: int) -> StartRequest:
 @pytest.mark.parametrize(("channels", "rate"), [(2, 48000), (8, 16000), (1, 192000)])
 async def test_the_default_budget_takes_common_formats(channels: int, rate: int) -> None:
     services = build_services(Settings())
-    assert services.stream_options(Route.SIMPLE, start(channels, rate)).fmt.channels == channels
+    assert services.streams.options(Route.SIMPLE, start(channels, rate)).fmt.channels == channels
 
 
 async def test_past_the_budget_is_invalid_format_naming_the_limit() -> None:
     services = build_services(Settings(stream={"max_samples_per_second": 32000}))
-    services.stream_options(Route.SEGMENTED, start(2, 16000))
+    services.streams.options(Route.SEGMENTED, start(2, 16000))
     with pytest.raises(InvalidFormat, match=r"limit of 32000 \(stream.max_samples_per_second\)"):
-        services.stream_options(Route.SEGMENTED, start(3, 16000))
+        services.streams.options(Route.SEGMENTED, start(3, 16000))

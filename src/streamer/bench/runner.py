@@ -6,20 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -119,87 +111,6 @@ def machine_busy_seconds() -> float | None:
 def _own_cpu() -> float:
     times = os.times()
     return times.user + times.system
-
-
-# -- a server of the bench's own -----------------------------------------------------------
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class SpawnedServer:
-    """A ``streamer serve`` child process on a free port."""
-
-    process: subprocess.Popen[bytes]
-    host: str
-    port: int
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def url(self, route: str) -> str:
-        return f"ws://{self.host}:{self.port}/api/v1/{route}"
-
-    def health(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(
-                f"http://{self.host}:{self.port}/api/v1/health", timeout=2.0
-            ) as response:
-                body: dict[str, Any] = json.loads(response.read())
-                return body
-        except urllib.error.HTTPError as error:
-            body = json.loads(error.read() or b"{}")
-            return body
-        except (OSError, ValueError):
-            return None
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@contextlib.contextmanager
-def spawn_server(
-    config: Path | None = None,
-    env: dict[str, str] | None = None,
-    host: str = "127.0.0.1",
-    start_timeout: float = 60.0,
-) -> Iterator[SpawnedServer]:
-    """Run ``streamer serve`` with ``config`` and extra ``STREAMER_*`` variables, until exit."""
-    port = _free_port(host)
-    log = Path(tempfile.mkstemp(prefix="streamer-bench-server-", suffix=".log")[1])
-    command = [sys.executable, "-m", "streamer.cli.main", "serve", "--host", host]
-    command += ["--port", str(port), "--no-grpc"]
-    if config is not None:
-        command += ["--config", str(config)]
-    child_env = dict(os.environ)
-    child_env.setdefault("STREAMER_LOG_LEVEL", "warning")
-    child_env.update(env or {})
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=child_env)
-    server = SpawnedServer(process, host, port, log)
-    try:
-        deadline = time.monotonic() + start_timeout
-        while server.health() is None:
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the server did not start (log {log}):\n{output}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        server.stop()
-    log.unlink(missing_ok=True)  # kept only when something went wrong
 
 
 # -- one run -------------------------------------------------------------------------------

@@ -35,9 +35,9 @@ from streamer.bench.runner import (
     machine,
     run_load,
     search,
-    spawn_server,
     stderr_progress,
 )
+from streamer.spawn import spawn_server
 
 ROUTES = ("simple", "segmented")
 

@@ -16,7 +16,7 @@ whole file (paced in real time when asked) and returns a :class:`StreamResult`.
 from streamer.client.audio import AudioFileError, LoadedAudio, load_audio
 from streamer.client.connect import connect, stream_file
 from streamer.client.errors import StreamClosed, StreamFailed, StreamRefused
-from streamer.client.files import StreamResult
+from streamer.client.files import FileOptions, StreamResult
 from streamer.client.stream import Opening, Received, Stream
 from streamer.events import (
     Done,
@@ -32,6 +32,7 @@ __all__ = [
     "AudioFileError",
     "Done",
     "Event",
+    "FileOptions",
     "LoadedAudio",
     "Opening",
     "Ready",

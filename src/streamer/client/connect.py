@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from streamer.client.audio import LoadedAudio, load_audio
-from streamer.client.files import EventHandler, StreamResult
+from streamer.client.files import EventHandler, FileOptions, StreamResult
 from streamer.client.stream import Opening, Stream, build_start
 
 ROUTES = ("simple", "segmented")
@@ -122,25 +122,25 @@ async def stream_file(
     kind = _scheme(url, route)
     if not isinstance(audio, LoadedAudio):
         audio = load_audio(audio)
-    options: dict[str, Any] = {
-        "chunk_bytes": chunk_bytes,
-        "real_time": real_time,
-        "interim": interim,
-        "trace_id": trace_id,
-        "extra_start": extra_start,
-        "on_event": on_event,
-        "results_timeout": results_timeout,
-        "open_timeout": open_timeout,
-    }
+    options = FileOptions(
+        chunk_bytes=chunk_bytes,
+        real_time=real_time,
+        interim=interim,
+        trace_id=trace_id,
+        extra_start=extra_start,
+        on_event=on_event,
+        results_timeout=results_timeout,
+        open_timeout=open_timeout,
+    )
     if kind == "ws":
         from streamer.client import websocket
 
-        return await websocket.stream_file(url, audio, api_key=api_key, **options)
+        return await websocket.stream_file(url, audio, options, api_key=api_key)
     from streamer.client import grpc
 
     target, chosen = grpc_target(url, route)
     metadata = with_key((), api_key)
-    return await grpc.stream_file(target, audio, route=chosen, metadata=metadata, **options)
+    return await grpc.stream_file(target, audio, options, route=chosen, metadata=metadata)
 
 
 def with_key(

@@ -8,18 +8,52 @@ its arrival time. ``client.websocket`` and ``client.grpc`` wrap it for their tra
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from streamer.client.audio import LoadedAudio
 from streamer.client.errors import StreamClosed, StreamFailed, StreamRefused
-from streamer.client.stream import Stream
+from streamer.client.stream import Stream, build_start
 from streamer.codecs.v1_json import event_from_dict
 from streamer.events import Event
 
 EventHandler = Callable[[dict[str, Any]], None]
 """Called with each event's v1 JSON object as it arrives."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileOptions:
+    """How a whole file is streamed, on either wire (``client.websocket``, ``client.grpc``).
+
+    ``chunk_bytes`` is the size of each message (default: 100 ms of audio); ``real_time``
+    paces them as a live source would. ``interim``, ``trace_id`` and ``extra_start`` (merged
+    last) make the ``start``. ``on_event`` sees each event as it arrives.
+    ``results_timeout`` bounds the wait after the audio is sent (None: no bound);
+    ``open_timeout``, the connection and the wait for ``ready``.
+    """
+
+    chunk_bytes: int | None = None
+    real_time: bool = False
+    interim: bool = False
+    trace_id: str | None = None
+    extra_start: Mapping[str, Any] | None = None
+    on_event: EventHandler | None = None
+    results_timeout: float | None = 60.0
+    open_timeout: float = 10.0
+
+    def start(self, audio: LoadedAudio) -> dict[str, Any]:
+        """The fields of the ``start`` request for ``audio``."""
+        return build_start(
+            audio.format,
+            interim_results=self.interim,
+            trace_id=self.trace_id,
+            extra=self.extra_start,
+        )
+
+
+DEFAULTS = FileOptions()
+"""The options of a file streamed with none given."""
 
 
 @dataclass(slots=True)
@@ -112,19 +146,18 @@ async def send_audio(
 async def play(
     open_stream: Callable[[], Awaitable[Stream]],
     audio: LoadedAudio,
+    options: FileOptions = DEFAULTS,
     *,
-    chunk_bytes: int | None = None,
-    real_time: bool = False,
-    on_event: EventHandler | None = None,
     disconnect: bool = True,
-    results_timeout: float | None = 60.0,
 ) -> StreamResult:
     """Open a stream, send ``audio``, ``stop``, and collect its events until ``done``.
 
     A refused start is a result, not an exception: its ``error`` event (if the server sent
     one) is the only event, and ``close_code`` says how the connection or call ended.
-    ``StreamFailed`` when ``results_timeout`` runs out after the audio is sent.
+    ``StreamFailed`` when ``options.results_timeout`` runs out after the audio is sent.
     """
+    chunk_bytes, real_time = options.chunk_bytes, options.real_time
+    on_event, results_timeout = options.on_event, options.results_timeout
     if chunk_bytes is None:
         chunk_bytes = audio.chunk_bytes()
     if chunk_bytes < 1:

@@ -17,8 +17,8 @@ import grpc
 
 from streamer.client.audio import LoadedAudio
 from streamer.client.errors import StreamClosed, StreamFailed
-from streamer.client.files import EventHandler, StreamResult, play
-from streamer.client.stream import Request, Stream, build_start
+from streamer.client.files import DEFAULTS, FileOptions, StreamResult, play
+from streamer.client.stream import Request, Stream
 from streamer.client.websocket import MAX_MESSAGE_BYTES
 from streamer.codecs.v1_proto import event_to_dict, start_to_config
 from streamer.protocol.proto import streamer_v1_pb2 as pb
@@ -205,75 +205,46 @@ async def connect_grpc(
 async def run_stream(
     channel: grpc.aio.Channel,
     audio: LoadedAudio,
+    options: FileOptions = DEFAULTS,
     *,
     route: str = "simple",
-    chunk_bytes: int | None = None,
-    real_time: bool = False,
-    interim: bool = False,
-    trace_id: str | None = None,
-    extra_start: dict[str, Any] | None = None,
-    on_event: EventHandler | None = None,
     metadata: Metadata = (),
-    results_timeout: float | None = 60.0,
-    ready_timeout: float | None = 10.0,
 ) -> StreamResult:
     """One stream, one call on an open channel: config, audio, ``stop``, then its events.
 
-    Returns when the call ends; ``StreamFailed`` when it outlasts ``results_timeout`` after
-    the audio is sent (the call is then cancelled).
+    Returns when the call ends; ``StreamFailed`` when it outlasts
+    ``options.results_timeout`` after the audio is sent (the call is then cancelled).
     """
     if route not in ROUTES:
         raise ValueError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
-    start = build_start(audio.format, interim_results=interim, trace_id=trace_id, extra=extra_start)
+    start = options.start(audio)
     return await play(
         lambda: open_stream(
-            channel, start, route=route, metadata=metadata, ready_timeout=ready_timeout
+            channel, start, route=route, metadata=metadata, ready_timeout=options.open_timeout
         ),
         audio,
-        chunk_bytes=chunk_bytes,
-        real_time=real_time,
-        on_event=on_event,
-        results_timeout=results_timeout,
+        options,
     )
 
 
 async def stream_file(
     target: str,
     audio: LoadedAudio,
+    options: FileOptions = DEFAULTS,
     *,
     route: str = "simple",
-    chunk_bytes: int | None = None,
-    real_time: bool = False,
-    interim: bool = False,
-    trace_id: str | None = None,
-    extra_start: dict[str, Any] | None = None,
-    on_event: EventHandler | None = None,
     metadata: Metadata = (),
-    results_timeout: float | None = 60.0,
-    open_timeout: float = 10.0,
 ) -> StreamResult:
     """One stream on a new channel to ``target`` (``HOST:PORT``); see :func:`run_stream`.
 
-    Raises ``StreamFailed`` when the server cannot be reached within ``open_timeout``.
+    Raises ``StreamFailed`` when the server cannot be reached within
+    ``options.open_timeout``.
     """
     loop = asyncio.get_running_loop()
     began = loop.time()
     async with open_channel(target) as channel:
-        await wait_connected(channel, target, open_timeout)
+        await wait_connected(channel, target, options.open_timeout)
         connected = loop.time() - began
-        result = await run_stream(
-            channel,
-            audio,
-            route=route,
-            chunk_bytes=chunk_bytes,
-            real_time=real_time,
-            interim=interim,
-            trace_id=trace_id,
-            extra_start=extra_start,
-            on_event=on_event,
-            metadata=metadata,
-            results_timeout=results_timeout,
-            ready_timeout=open_timeout,
-        )
+        result = await run_stream(channel, audio, options, route=route, metadata=metadata)
     result.connect_seconds = connected
     return result

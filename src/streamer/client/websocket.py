@@ -17,8 +17,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from streamer.client.audio import LoadedAudio
 from streamer.client.errors import StreamClosed, StreamFailed
-from streamer.client.files import EventHandler, StreamResult, play
-from streamer.client.stream import Request, Stream, build_start
+from streamer.client.files import DEFAULTS, FileOptions, StreamResult, play
+from streamer.client.stream import Request, Stream
 
 MAX_MESSAGE_BYTES = 1 << 24
 """Largest event the client accepts; events are small, this only guards against garbage."""
@@ -150,81 +150,51 @@ async def connect_websocket(
     return await open_stream(ws, start, owned=True, ready_timeout=open_timeout)
 
 
-def _start(
-    audio: LoadedAudio,
-    interim: bool,
-    trace_id: str | None,
-    extra_start: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    return build_start(audio.format, interim_results=interim, trace_id=trace_id, extra=extra_start)
-
-
 async def run_stream(
     ws: ClientConnection,
     audio: LoadedAudio,
+    options: FileOptions = DEFAULTS,
     *,
-    chunk_bytes: int | None = None,
-    real_time: bool = False,
-    interim: bool = False,
-    trace_id: str | None = None,
-    extra_start: dict[str, Any] | None = None,
-    on_event: EventHandler | None = None,
     disconnect: bool = False,
-    results_timeout: float | None = 60.0,
-    ready_timeout: float | None = 10.0,
 ) -> StreamResult:
     """One stream on an open connection: ``start``, the audio, ``stop``, then its events.
 
     Returns at ``done`` (or, with ``disconnect``, once the server has closed the
     connection), or as soon as the server refuses the ``start`` (its ``error`` is then the
-    result's only event). ``results_timeout`` bounds the wait after the audio is sent;
-    ``StreamFailed`` when it runs out.
+    result's only event). ``StreamFailed`` when ``options.results_timeout`` runs out after
+    the audio is sent.
     """
-    start = _start(audio, interim, trace_id, extra_start)
+    start = options.start(audio)
     return await play(
-        lambda: open_stream(ws, start, ready_timeout=ready_timeout),
+        lambda: open_stream(ws, start, ready_timeout=options.open_timeout),
         audio,
-        chunk_bytes=chunk_bytes,
-        real_time=real_time,
-        on_event=on_event,
+        options,
         disconnect=disconnect,
-        results_timeout=results_timeout,
     )
 
 
 async def stream_file(
     url: str,
     audio: LoadedAudio,
+    options: FileOptions = DEFAULTS,
     *,
-    chunk_bytes: int | None = None,
-    real_time: bool = False,
-    interim: bool = False,
-    trace_id: str | None = None,
-    extra_start: dict[str, Any] | None = None,
-    on_event: EventHandler | None = None,
-    results_timeout: float | None = 60.0,
-    open_timeout: float = 10.0,
     api_key: str | None = None,
 ) -> StreamResult:
     """One stream on a new connection, ending with ``stop`` and ``disconnect: true``.
 
-    ``chunk_bytes`` is the size of each binary frame (default: 100 ms of audio);
-    ``real_time`` paces them as a live source would. Raises ``StreamFailed`` when the
-    connection cannot be opened or the server does not answer within ``results_timeout``.
+    Raises ``StreamFailed`` when the connection cannot be opened or the server does not
+    answer within ``options.results_timeout``.
     """
     loop = asyncio.get_running_loop()
     began = loop.time()
-    ws = await open_connection(url, open_timeout=open_timeout, api_key=api_key)
+    ws = await open_connection(url, open_timeout=options.open_timeout, api_key=api_key)
     connected = loop.time() - began
-    start = _start(audio, interim, trace_id, extra_start)
+    start = options.start(audio)
     result = await play(
-        lambda: open_stream(ws, start, owned=True, ready_timeout=open_timeout),
+        lambda: open_stream(ws, start, owned=True, ready_timeout=options.open_timeout),
         audio,
-        chunk_bytes=chunk_bytes,
-        real_time=real_time,
-        on_event=on_event,
+        options,
         disconnect=True,
-        results_timeout=results_timeout,
     )
     result.connect_seconds = connected
     return result

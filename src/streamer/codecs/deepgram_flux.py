@@ -31,7 +31,7 @@ from streamer.audio.formats import MAX_SAMPLE_RATE, AudioFormat
 from streamer.codecs.deepgram import ENCODINGS, REFUSED_ENCODINGS, close_code
 from streamer.errors import BadHandshake, ClientError, InvalidJson, InvalidMessage
 from streamer.events import Done, Event, Ready, StreamError, Turn
-from streamer.protocol.connection import Audio, Input, Reply, Steer
+from streamer.protocol.inputs import Audio, Input, Reply, Steer
 from streamer.protocol.messages import (
     KeepaliveRequest,
     StartRequest,

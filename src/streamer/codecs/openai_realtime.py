@@ -33,13 +33,7 @@ from streamer.events import (
     SpeechStarted,
     StreamError,
 )
-from streamer.protocol.connection import (
-    Audio,
-    Commit,
-    Input,
-    Reply,
-    Restart,
-)
+from streamer.protocol.inputs import Audio, Commit, Input, Reply, Restart
 from streamer.protocol.messages import FinalizeRequest, KeepaliveRequest, parse_start
 from streamer.segmentation.segmenter import VadParams, clamp
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from streamer.codecs.v1_json import event_to_dict
 from streamer.errors import ClientError, InvalidFormat, InvalidJson, InvalidMessage, NotStarted
 from streamer.events import Done, Event, Ready, SegmentResult
-from streamer.protocol.connection import Audio, Finish, Input, Invalid, Reply
+from streamer.protocol.inputs import Audio, Finish, Input, Invalid, Reply
 from streamer.protocol.messages import KeepaliveRequest, parse_start
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from streamer.events import (
     SpeechStarted,
     StreamError,
 )
-from streamer.protocol.connection import Audio, Input
+from streamer.protocol.inputs import Audio, Input
 from streamer.protocol.messages import parse_client_message
 
 

@@ -24,7 +24,7 @@ from streamer.events import (
     SpeechStarted,
     StreamError,
 )
-from streamer.protocol.connection import Audio, Input
+from streamer.protocol.inputs import Audio, Input
 from streamer.protocol.messages import (
     FinalizeRequest,
     KeepaliveRequest,

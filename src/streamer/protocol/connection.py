@@ -1,17 +1,19 @@
 """The per-connection state machine, sans-I/O: every front-end's connection logic, once.
 
-A driver (``transport/driver.py``) feeds it inputs: the client's messages, decoded by a
-codec, and notices from the runtime (a start was refused, the server began draining, the
-outbox filled, the peer went away). The machine answers each input with the actions the
-driver must carry out, in order: open, feed, finalize, finish or abort the stream, emit an
-error event, close the connection. All per-connection state lives here; no transport
-assigns it.
+A driver (``transport/driver.py``) feeds it inputs (``protocol/inputs.py``): the client's
+messages, decoded by a codec, and notices from the runtime (a start was refused, the server
+began draining, the outbox filled, the peer went away). The machine answers each input with
+the actions (``protocol/actions.py``) the driver must carry out, in order: open, feed,
+finalize, finish or abort the stream, emit an error event, close the connection. All
+per-connection state lives here; no transport assigns it.
 
-The rules are the table ``RULES``: (state, input kind) -> (next state, actions). A client
-message with no rule is a protocol error naming what the state expects (``ERRORS`` says
-which). Two kinds of connection share the table and differ in ``Mode``: a WebSocket carries
-any number of streams and survives a client's mistake; a gRPC call is one stream, and a
-mistake ends it.
+The rules are the table ``RULES``: (state, input kind) -> rules, each naming its next state
+and the step that gives its actions; where one state and input kind lead to different
+states, a guard tells the rules apart. Only ``ConnectionMachine.receive`` assigns the state,
+from the rule it took. A client message with no rule is a protocol error naming what the
+state expects (``ERRORS`` says which). Two kinds of connection share the table and differ in
+``Mode``: a WebSocket carries any number of streams and survives a client's mistake; a gRPC
+call is one stream, and a mistake ends it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,39 @@ from streamer.errors import (
     InvalidMessage,
     NotStarted,
 )
+from streamer.protocol.actions import (
+    AbortStream,
+    Action,
+    Close,
+    EmitError,
+    Feed,
+    Finalize,
+    FinishStream,
+    OpenStream,
+    Send,
+    SteerStream,
+)
+from streamer.protocol.inputs import (
+    Audio,
+    ClientInput,
+    Commit,
+    Crashed,
+    Disconnected,
+    DrainExpired,
+    DrainStarted,
+    EndOfInput,
+    Finish,
+    Input,
+    Invalid,
+    OutboxFull,
+    RateExceeded,
+    Reply,
+    Restart,
+    Steer,
+    StreamFailed,
+    StreamRefused,
+    Tick,
+)
 from streamer.protocol.messages import (
     FinalizeRequest,
     KeepaliveRequest,
@@ -42,232 +77,6 @@ class State(Enum):
     STREAMING = "streaming"  # a stream is open
     CLOSED = "closed"  # the connection is ending; nothing more is read
 
-
-# Inputs: the client's messages (the protocol's requests, and audio) ...
-
-
-@dataclass(frozen=True, slots=True)
-class Audio:
-    """A piece of audio in the stream's format (it may end inside a sample frame)."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Invalid:
-    """A message the codec could not decode."""
-
-    error: ClientError
-
-
-# ... and what the runtime noticed.
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRefused:
-    """The stream the machine asked to open was not admitted (or its options were bad)."""
-
-    error: ClientError
-
-
-@dataclass(frozen=True, slots=True)
-class StreamFailed:
-    """The open stream broke (a server fault in its own tasks)."""
-
-
-@dataclass(frozen=True, slots=True)
-class DrainStarted:
-    """The server is shutting down: no new streams."""
-
-
-@dataclass(frozen=True, slots=True)
-class DrainExpired:
-    """The drain's grace is over: open streams end now."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxFull:
-    """The client is not reading its events."""
-
-
-@dataclass(frozen=True, slots=True)
-class EndOfInput:
-    """The client said it will send nothing more (gRPC half-close)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnected:
-    """The peer is gone; nothing can be sent any more."""
-
-
-@dataclass(frozen=True, slots=True)
-class Crashed:
-    """The connection itself hit a server fault."""
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """Time passed: the driver's clock reached the machine's ``deadline()``."""
-
-
-@dataclass(frozen=True, slots=True)
-class RateExceeded:
-    """The client sent more messages than ``Limits.max_messages_per_second`` allow (the
-    machine turns such a message into this input itself)."""
-
-
-# Inputs of front-ends whose sessions hold one stream that they reconfigure (OpenAI
-# Realtime, say): the codec decides what a message means; the machine, what follows.
-
-
-@dataclass(frozen=True, slots=True)
-class Restart:
-    """Open the stream ``request`` describes, ending the open one first (flushed with
-    ``flush``, else withdrawn); ``reply`` is sent once the new stream is asked for."""
-
-    request: StartRequest
-    route: str | None = None
-    """The route of the new stream (an ``events.Route`` value; None: the connection's)."""
-    chunk_seconds: float | None = None
-    """The simple route's chunk for this stream (None: the server's)."""
-    reply: object = None
-    flush: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Commit:
-    """Audio the client held back, to be fed and finalized now: it ends an item."""
-
-    data: bytes
-    reply: object = None
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A codec's own answer to a message (an acknowledgement); nothing else happens."""
-
-    payload: object
-
-
-@dataclass(frozen=True, slots=True)
-class Steer:
-    """An instruction for the open stream that only the codec and the stream understand
-    (new turn thresholds, end the turn now); ``reply`` is sent once it is handed over."""
-
-    command: object
-    reply: object = None
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """The client's last audio (what a codec still held), then the end of its stream and
-    of the connection: a phone call that hung up (Twilio's ``stop``)."""
-
-    data: bytes = b""
-
-
-ClientInput: TypeAlias = (
-    StartRequest
-    | StopRequest
-    | FinalizeRequest
-    | KeepaliveRequest
-    | Audio
-    | Restart
-    | Commit
-    | Reply
-    | Steer
-    | Finish
-)
-Notice: TypeAlias = (
-    StreamRefused
-    | StreamFailed
-    | DrainStarted
-    | DrainExpired
-    | OutboxFull
-    | EndOfInput
-    | Disconnected
-    | Crashed
-    | Tick
-    | RateExceeded
-)
-Input: TypeAlias = ClientInput | Invalid | Notice
-
-
-# Actions, for the driver.
-
-
-@dataclass(frozen=True, slots=True)
-class OpenStream:
-    request: StartRequest
-    route: str | None = None
-    """The stream's route, where it is not the connection's."""
-    chunk_seconds: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send a codec's own reply (``Reply``, ``Restart``, ``Commit``) to the client."""
-
-    payload: object
-
-
-@dataclass(frozen=True, slots=True)
-class Feed:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Finalize:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class FinishStream:
-    """Flush the stream: every result, then ``done``."""
-
-
-@dataclass(frozen=True, slots=True)
-class AbortStream:
-    """Withdraw the stream's work at once; ``outcome`` is how it is counted."""
-
-    outcome: str
-
-
-@dataclass(frozen=True, slots=True)
-class SteerStream:
-    """Hand ``command`` to the open stream."""
-
-    command: object
-
-
-@dataclass(frozen=True, slots=True)
-class EmitError:
-    code: ErrorCode
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """End the connection. ``code`` None is a normal close; ``tell`` sends an ``error``
-    event with ``message`` first. ``send`` False: the peer is gone, send nothing."""
-
-    code: ErrorCode | None = None
-    message: str = ""
-    tell: bool = False
-    send: bool = True
-
-
-Action: TypeAlias = (
-    OpenStream
-    | Feed
-    | Finalize
-    | FinishStream
-    | AbortStream
-    | EmitError
-    | Close
-    | Send
-    | SteerStream
-)
 
 SHUTTING_DOWN_MESSAGE = "the server is shutting down; connect to another instance"
 IDLE_MESSAGE = "no audio or keepalive for {seconds:g} s"
@@ -325,14 +134,72 @@ class Limits:
     them (the driver reads no more while the stream is busy)."""
 
 
-_Step = Callable[["ConnectionMachine", Any], list[Action]]
+UNLIMITED = Limits()
+"""No limit on a connection's time, a stream's length or the message rate."""
 
 
-def _open(m: ConnectionMachine, request: StartRequest) -> list[Action]:
-    fmt = request.format.to_audio_format()
-    fmt.validate()  # raises InvalidFormat: stay idle
-    _stream_opens(m, fmt)
-    return [OpenStream(request)]
+Step: TypeAlias = Callable[["ConnectionMachine", Any], list[Action]]
+"""What a rule does: the actions for the input (it may update the machine's counters, never
+its state)."""
+Guard: TypeAlias = Callable[["ConnectionMachine", Any], bool]
+"""When a rule applies, where a state and an input kind have several."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One row of the table: on its input, in its state, when ``when`` holds (None:
+    otherwise), go to ``next`` with the actions ``step`` returns."""
+
+    next: State
+    step: Step
+    when: Guard | None = None
+
+
+# Guards.
+
+
+def _closes(m: ConnectionMachine, x: Invalid | StreamRefused) -> bool:
+    """The error ends the connection: any on a one-stream connection, the closing codes on
+    others."""
+    return m.mode.one_stream or x.error.code in m.mode.closing_codes
+
+
+def _draining(m: ConnectionMachine, _: object) -> bool:
+    return m.draining
+
+
+def _ends_connection(m: ConnectionMachine, stop: StopRequest) -> bool:
+    """A stop that ends the connection too: asked for, or on a one-stream connection."""
+    return stop.disconnect or m.mode.one_stream
+
+
+def _past_audio_limit(m: ConnectionMachine, audio: Audio | Commit) -> bool:
+    """The audio would take the stream past ``Limits.max_audio_seconds``."""
+    room = m.audio_room()
+    return room is not None and len(audio.data) > room
+
+
+def _wall_expired(m: ConnectionMachine, _: Tick) -> bool:
+    """The stream has been open ``Limits.max_wall_seconds``."""
+    wall = m.limits.max_wall_seconds
+    return bool(wall) and m.now >= m.stream_opened + wall
+
+
+def _idle_expired(m: ConnectionMachine, _: Tick) -> bool:
+    """The client has said nothing for ``Limits.idle_seconds``."""
+    idle = m.limits.idle_seconds
+    return bool(idle) and m.now >= m.last_heard + idle
+
+
+def _finish_on_disconnect(m: ConnectionMachine, _: Disconnected) -> bool:
+    return m.mode.finish_on_disconnect
+
+
+# Steps.
+
+
+def _nothing(m: ConnectionMachine, _: object) -> list[Action]:
+    return []
 
 
 def _stream_opens(m: ConnectionMachine, fmt: AudioFormat) -> None:
@@ -341,25 +208,32 @@ def _stream_opens(m: ConnectionMachine, fmt: AudioFormat) -> None:
     m.stream_bytes = 0
     m.frame_bytes = fmt.frame_bytes
     m.bytes_per_second = fmt.frame_bytes * fmt.sample_rate
+    m.streams_started += 1
+
+
+def _open(m: ConnectionMachine, request: StartRequest) -> list[Action]:
+    fmt = request.format.to_audio_format()
+    fmt.validate()  # raises InvalidFormat: a client error instead
+    _stream_opens(m, fmt)
+    return [OpenStream(request)]
 
 
 def _feed(m: ConnectionMachine, audio: Audio) -> list[Action]:
-    limit = m.limits.max_audio_seconds
-    if not limit:
-        return [Feed(audio.data)]
-    frame = m.frame_bytes or 1
-    room = int(limit * m.bytes_per_second) // frame * frame - m.stream_bytes
-    if len(audio.data) <= room:
-        m.stream_bytes += len(audio.data)
-        return [Feed(audio.data)]
-    head: list[Action] = [Feed(audio.data[:room])] if room > 0 else []
-    m.stream_bytes += max(room, 0)
-    return [*head, *_expire(m, AUDIO_EXPIRED_MESSAGE.format(seconds=limit))]
+    m.stream_bytes += len(audio.data)
+    return [Feed(audio.data)]
 
 
-def _expire(m: ConnectionMachine, message: str) -> list[Action]:
+def _feed_to_limit(m: ConnectionMachine, audio: Audio | Commit) -> list[Action]:
+    """Feed what fits under the audio limit (whole frames), then expire the stream."""
+    room = max(m.audio_room() or 0, 0)
+    m.stream_bytes += room
+    head: list[Action] = [Feed(audio.data[:room])] if room else []
+    message = AUDIO_EXPIRED_MESSAGE.format(seconds=m.limits.max_audio_seconds)
+    return [*head, *_expired(message)]
+
+
+def _expired(message: str) -> list[Action]:
     """The stream reached a limit of its length: finals and ``done``, then the reason."""
-    m.state = State.CLOSED
     return [
         FinishStream(),
         EmitError(ErrorCode.SESSION_EXPIRED, message),
@@ -371,29 +245,55 @@ def _finalize(m: ConnectionMachine, _: FinalizeRequest) -> list[Action]:
     return [Finalize()]
 
 
-def _nothing(m: ConnectionMachine, _: object) -> list[Action]:
-    return []
+def _finish_stream(m: ConnectionMachine, _: object) -> list[Action]:
+    return [FinishStream()]
 
 
-def _stop(m: ConnectionMachine, stop: StopRequest) -> list[Action]:
-    if stop.disconnect or m.mode.one_stream:
-        m.state = State.CLOSED
-        return [FinishStream(), Close()]
-    return [FinishStream(), *m.idle_again()]
+def _finish_and_close(m: ConnectionMachine, _: object) -> list[Action]:
+    return [FinishStream(), Close()]
 
 
-def _refused(m: ConnectionMachine, notice: StreamRefused) -> list[Action]:
-    return m.client_error(notice.error, stream_open=False)
+def _finish_and_shut(m: ConnectionMachine, _: object) -> list[Action]:
+    """The stream is over while the server drains: the connection ends with it."""
+    return [FinishStream(), Close(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE)]
 
 
-def _stream_failed(m: ConnectionMachine, _: StreamFailed) -> list[Action]:
-    m.state = State.CLOSED
+def _close(m: ConnectionMachine, _: object) -> list[Action]:
+    return [Close()]
+
+
+def _tell(m: ConnectionMachine, x: Invalid | StreamRefused) -> list[Action]:
+    return [EmitError(x.error.code, x.error.message)]
+
+
+def _tell_and_shut(m: ConnectionMachine, x: StreamRefused) -> list[Action]:
+    """A refusal while the server drains: told, then the connection ends."""
+    return [*_tell(m, x), Close(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE)]
+
+
+def _refuse_and_close(m: ConnectionMachine, x: Invalid | StreamRefused) -> list[Action]:
+    """An error that ends the connection (no stream open): told in-band, then the close."""
+    error = x.error
+    if m.mode.tell_on_close:
+        return [Close(error.code, error.message, tell=True)]
+    return [EmitError(error.code, error.message), Close(error.code, error.message)]
+
+
+def _abort_and_close(m: ConnectionMachine, x: Invalid) -> list[Action]:
+    return [AbortStream("error"), *_refuse_and_close(m, x)]
+
+
+def _fault(m: ConnectionMachine, _: object) -> list[Action]:
     return [AbortStream("error"), Close(ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGE, tell=True)]
+
+
+def _fault_closing(m: ConnectionMachine, _: Crashed) -> list[Action]:
+    # A fault while the connection was ending (flushing the last stream, say).
+    return [Close(ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGE, tell=True)]
 
 
 def _drain_idle(m: ConnectionMachine, _: object) -> list[Action]:
     m.draining = True
-    m.state = State.CLOSED
     return [Close(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE, tell=m.mode.tell_on_close)]
 
 
@@ -404,59 +304,48 @@ def _drain_streaming(m: ConnectionMachine, _: DrainStarted) -> list[Action]:
 
 def _drain_expired(m: ConnectionMachine, _: DrainExpired) -> list[Action]:
     m.draining = True
-    m.state = State.CLOSED
     # Finals and done first; the close code says why.
-    return [FinishStream(), Close(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE)]
+    return _finish_and_shut(m, _)
 
 
 def _slow(m: ConnectionMachine, _: OutboxFull) -> list[Action]:
-    m.state = State.CLOSED
     close = Close(ErrorCode.SLOW_CONSUMER, SLOW_CONSUMER_MESSAGE, tell=m.mode.tell_on_close)
     return [AbortStream("slow_consumer"), close]
 
 
-def _end_of_input(m: ConnectionMachine, _: EndOfInput) -> list[Action]:
-    finish: list[Action] = [FinishStream()] if m.state is State.STREAMING else []
-    m.state = State.CLOSED
-    return [*finish, Close()]
-
-
 def _gone(m: ConnectionMachine, _: Disconnected) -> list[Action]:
-    end: list[Action] = [AbortStream("disconnected")]
-    if m.mode.finish_on_disconnect and m.state is State.STREAMING:
-        end = [FinishStream()]
-    m.state = State.CLOSED
-    return [*end, Close(send=False)]
+    return [AbortStream("disconnected"), Close(send=False)]
 
 
-def _crashed(m: ConnectionMachine, _: Crashed) -> list[Action]:
-    m.state = State.CLOSED
-    return [AbortStream("error"), Close(ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGE, tell=True)]
-
-
-def _crashed_closing(m: ConnectionMachine, _: Crashed) -> list[Action]:
-    # A fault while the connection was ending (flushing the last stream, say).
-    return [Close(ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGE, tell=True)]
+def _gone_finishing(m: ConnectionMachine, _: Disconnected) -> list[Action]:
+    return [FinishStream(), Close(send=False)]
 
 
 def _restart(m: ConnectionMachine, restart: Restart) -> list[Action]:
     fmt = restart.request.format.to_audio_format()
-    fmt.validate()  # raises InvalidFormat: no change
+    fmt.validate()  # raises InvalidFormat: a client error instead, no change
     _stream_opens(m, fmt)
-    end: list[Action] = []
-    if m.state is State.STREAMING:
-        end = [FinishStream()] if restart.flush else [AbortStream("restarted")]
-    m.streams_started += 1
     sent: list[Action] = [] if restart.reply is None else [Send(restart.reply)]
-    return [*end, OpenStream(restart.request, restart.route, restart.chunk_seconds), *sent]
+    return [OpenStream(restart.request, restart.route, restart.chunk_seconds), *sent]
+
+
+def _restart_streaming(m: ConnectionMachine, restart: Restart) -> list[Action]:
+    opened = _restart(m, restart)  # validated before the open stream is ended
+    end = FinishStream() if restart.flush else AbortStream("restarted")
+    return [end, *opened]
+
+
+def _sent(commit: Commit) -> list[Action]:
+    return [] if commit.reply is None else [Send(commit.reply)]
 
 
 def _commit(m: ConnectionMachine, commit: Commit) -> list[Action]:
-    sent: list[Action] = [] if commit.reply is None else [Send(commit.reply)]
-    fed: list[Action] = _feed(m, Audio(commit.data)) if commit.data else []
-    if m.state is State.CLOSED:  # the audio reached the stream's limit: it expired
-        return [*sent, *fed]
-    return [*sent, *fed, Finalize()]
+    fed = _feed(m, Audio(commit.data)) if commit.data else []
+    return [*_sent(commit), *fed, Finalize()]
+
+
+def _commit_to_limit(m: ConnectionMachine, commit: Commit) -> list[Action]:
+    return [*_sent(commit), *_feed_to_limit(m, commit)]
 
 
 def _reply(m: ConnectionMachine, reply: Reply) -> list[Action]:
@@ -464,93 +353,105 @@ def _reply(m: ConnectionMachine, reply: Reply) -> list[Action]:
 
 
 def _steer(m: ConnectionMachine, steer: Steer) -> list[Action]:
-    actions: list[Action] = [SteerStream(steer.command)]
-    if steer.reply is not None:
-        actions.append(Send(steer.reply))
-    return actions
+    return [SteerStream(steer.command), *([] if steer.reply is None else [Send(steer.reply)])]
 
 
 def _finish(m: ConnectionMachine, finish: Finish) -> list[Action]:
-    fed: list[Action] = [Feed(finish.data)] if finish.data and m.state is State.STREAMING else []
-    ended: list[Action] = [FinishStream()] if m.state is State.STREAMING else []
-    m.state = State.CLOSED
-    return [*fed, *ended, Close()]
+    fed: list[Action] = [Feed(finish.data)] if finish.data else []
+    return [*fed, FinishStream(), Close()]
 
 
-def _tick(m: ConnectionMachine, _: Tick) -> list[Action]:
-    wall = m.limits.max_wall_seconds
-    if wall and m.state is State.STREAMING and m.now >= m.stream_opened + wall:
-        return _expire(m, WALL_EXPIRED_MESSAGE.format(seconds=wall))
-    idle = m.limits.idle_seconds
-    if not idle or m.now < m.last_heard + idle:
-        return []  # early, or a deadline that has moved on
-    message = IDLE_MESSAGE.format(seconds=idle)
-    finish: list[Action] = [FinishStream()] if m.state is State.STREAMING else []
-    m.state = State.CLOSED
+def _wall_expiry(m: ConnectionMachine, _: Tick) -> list[Action]:
+    return _expired(WALL_EXPIRED_MESSAGE.format(seconds=m.limits.max_wall_seconds))
+
+
+def _idle_timeout(m: ConnectionMachine, _: Tick) -> list[Action]:
+    message = IDLE_MESSAGE.format(seconds=m.limits.idle_seconds)
+    return [EmitError(ErrorCode.IDLE_TIMEOUT, message), Close(ErrorCode.IDLE_TIMEOUT, message)]
+
+
+def _idle_timeout_streaming(m: ConnectionMachine, _: Tick) -> list[Action]:
     # Told first, then the stream's finals and done, then the close.
-    return [
-        EmitError(ErrorCode.IDLE_TIMEOUT, message),
-        *finish,
-        Close(ErrorCode.IDLE_TIMEOUT, message),
-    ]
+    told, close = _idle_timeout(m, _)
+    return [told, FinishStream(), close]
 
 
 def _rate_limited(m: ConnectionMachine, _: RateExceeded) -> list[Action]:
-    abort: list[Action] = [AbortStream("error")] if m.state is State.STREAMING else []
-    m.state = State.CLOSED
     message = RATE_MESSAGE.format(rate=m.limits.max_messages_per_second)
     if m.mode.tell_on_close:
-        return [*abort, Close(ErrorCode.RATE_LIMITED, message, tell=True)]
-    return [
-        *abort,
-        EmitError(ErrorCode.RATE_LIMITED, message),
-        Close(ErrorCode.RATE_LIMITED, message),
-    ]
+        return [Close(ErrorCode.RATE_LIMITED, message, tell=True)]
+    return [EmitError(ErrorCode.RATE_LIMITED, message), Close(ErrorCode.RATE_LIMITED, message)]
 
 
-_I, _S = State.IDLE, State.STREAMING
+def _rate_limited_streaming(m: ConnectionMachine, _: RateExceeded) -> list[Action]:
+    return [AbortStream("error"), *_rate_limited(m, _)]
 
-RULES: dict[tuple[State, type], tuple[State | None, _Step]] = {
-    # The client's messages. A next state of None: the step decides.
-    (_I, StartRequest): (_S, _open),
-    (_I, KeepaliveRequest): (_I, _nothing),
-    (_S, Audio): (None, _feed),
-    (_S, FinalizeRequest): (_S, _finalize),
-    (_S, KeepaliveRequest): (_S, _nothing),
-    (_S, StopRequest): (None, _stop),
+
+_I, _S, _C = State.IDLE, State.STREAMING, State.CLOSED
+
+RULES: dict[tuple[State, type], tuple[Rule, ...]] = {
+    # The client's messages.
+    (_I, StartRequest): (Rule(_S, _open),),
+    (_I, KeepaliveRequest): (Rule(_I, _nothing),),
+    (_S, Audio): (Rule(_C, _feed_to_limit, _past_audio_limit), Rule(_S, _feed)),
+    (_S, FinalizeRequest): (Rule(_S, _finalize),),
+    (_S, KeepaliveRequest): (Rule(_S, _nothing),),
+    (_S, StopRequest): (
+        Rule(_C, _finish_and_close, _ends_connection),
+        Rule(_C, _finish_and_shut, _draining),
+        Rule(_I, _finish_stream),
+    ),
+    # A message the codec could not decode, or that the state has no rule for.
+    (_I, Invalid): (Rule(_C, _refuse_and_close, _closes), Rule(_I, _tell)),
+    (_S, Invalid): (Rule(_C, _abort_and_close, _closes), Rule(_S, _tell)),
     # The runtime's notices.
-    (_S, StreamRefused): (None, _refused),
-    (_S, StreamFailed): (None, _stream_failed),
-    (_I, DrainStarted): (None, _drain_idle),
-    (_S, DrainStarted): (_S, _drain_streaming),
-    (_I, DrainExpired): (None, _drain_idle),
-    (_S, DrainExpired): (None, _drain_expired),
-    (_I, OutboxFull): (None, _slow),
-    (_S, OutboxFull): (None, _slow),
-    (_I, EndOfInput): (None, _end_of_input),
-    (_S, EndOfInput): (None, _end_of_input),
-    (_I, Disconnected): (None, _gone),
-    (_S, Disconnected): (None, _gone),
-    (_I, Crashed): (None, _crashed),
-    (_S, Crashed): (None, _crashed),
-    (_I, Tick): (None, _tick),
-    (_S, Tick): (None, _tick),
-    (_I, RateExceeded): (None, _rate_limited),
-    (_S, RateExceeded): (None, _rate_limited),
-    (State.CLOSED, Crashed): (None, _crashed_closing),
+    (_S, StreamRefused): (
+        Rule(_C, _refuse_and_close, _closes),
+        Rule(_C, _tell_and_shut, _draining),
+        Rule(_I, _tell),
+    ),
+    (_S, StreamFailed): (Rule(_C, _fault),),
+    (_I, DrainStarted): (Rule(_C, _drain_idle),),
+    (_S, DrainStarted): (Rule(_S, _drain_streaming),),
+    (_I, DrainExpired): (Rule(_C, _drain_idle),),
+    (_S, DrainExpired): (Rule(_C, _drain_expired),),
+    (_I, OutboxFull): (Rule(_C, _slow),),
+    (_S, OutboxFull): (Rule(_C, _slow),),
+    (_I, EndOfInput): (Rule(_C, _close),),
+    (_S, EndOfInput): (Rule(_C, _finish_and_close),),
+    (_I, Disconnected): (Rule(_C, _gone),),
+    (_S, Disconnected): (
+        Rule(_C, _gone_finishing, _finish_on_disconnect),
+        Rule(_C, _gone),
+    ),
+    (_I, Crashed): (Rule(_C, _fault),),
+    (_S, Crashed): (Rule(_C, _fault),),
+    (_C, Crashed): (Rule(_C, _fault_closing),),
+    (_I, Tick): (Rule(_C, _idle_timeout, _idle_expired), Rule(_I, _nothing)),
+    (_S, Tick): (
+        Rule(_C, _wall_expiry, _wall_expired),
+        Rule(_C, _idle_timeout_streaming, _idle_expired),
+        Rule(_S, _nothing),  # early, or a deadline that has moved on
+    ),
+    (_I, RateExceeded): (Rule(_C, _rate_limited),),
+    (_S, RateExceeded): (Rule(_C, _rate_limited_streaming),),
     # A session that reconfigures its one stream.
-    (_I, Restart): (_S, _restart),
-    (_S, Restart): (_S, _restart),
-    (_S, Commit): (None, _commit),
-    (_I, Reply): (_I, _reply),
-    (_S, Reply): (_S, _reply),
-    (_S, Steer): (_S, _steer),
+    (_I, Restart): (Rule(_S, _restart),),
+    (_S, Restart): (Rule(_S, _restart_streaming),),
+    (_S, Commit): (Rule(_C, _commit_to_limit, _past_audio_limit), Rule(_S, _commit)),
+    (_I, Reply): (Rule(_I, _reply),),
+    (_S, Reply): (Rule(_S, _reply),),
+    (_S, Steer): (Rule(_S, _steer),),
     # A client that ends its stream and its connection in one message.
-    (_I, Finish): (None, _finish),
-    (_S, Finish): (None, _finish),
+    (_I, Finish): (Rule(_C, _close),),
+    (_S, Finish): (Rule(_C, _finish),),
 }
-"""(state, input kind) -> (next state, step). Every notice is handled in every open state;
-in ``CLOSED`` every input but a crash is ignored."""
+"""(state, input kind) -> its rules, the first whose guard holds applies; the last of each
+has none. Every notice is handled in every open state where the runtime can send it (a
+refused start and a broken stream follow an open stream); in ``CLOSED`` every input but a
+crash is ignored. A client message with no rule, and one a step refuses (raising a
+``ClientError``), is taken as ``Invalid``."""
+
 
 ERRORS: dict[tuple[State, type], type[ClientError]] = {
     (_I, Audio): NotStarted,
@@ -561,6 +462,22 @@ ERRORS: dict[tuple[State, type], type[ClientError]] = {
     (_S, StartRequest): AlreadyStarted,
 }
 """Client messages out of order, and the error each gets (any other: ``InvalidMessage``)."""
+
+
+def state_diagram() -> str:
+    """The table as a Mermaid state diagram (drawn in ``docs/architecture.md``): one arrow
+    a rule, labelled with its input kind and guard."""
+    lines = ["stateDiagram-v2", f"    [*] --> {_I.value}"]
+    for (state, kind), rules in RULES.items():
+        for rule in rules:
+            label = kind.__name__
+            if len(rules) > 1:
+                guard = rule.when.__name__.strip("_").replace("_", " ") if rule.when else "else"
+                label += f" [{guard}]"
+            lines.append(f"    {state.value} --> {rule.next.value}: {label}")
+    lines.append(f"    {_C.value} --> [*]")
+    return "\n".join(lines) + "\n"
+
 
 EXPECTED = {
     State.IDLE: "a 'start' request",
@@ -585,6 +502,7 @@ class ConnectionMachine:
         "limits",
         "mode",
         "now",
+        "rule",
         "state",
         "stream_bytes",
         "stream_opened",
@@ -599,6 +517,8 @@ class ConnectionMachine:
         self.state = State.IDLE
         self.draining = False
         self.streams_started = 0
+        self.rule: Rule | None = None
+        """The rule the last input took."""
         self.now = now
         """The driver's clock (seconds), as of the last input."""
         self.last_heard = now
@@ -627,7 +547,7 @@ class ConnectionMachine:
 
     def receive(self, event: Input, now: float | None = None) -> list[Action]:
         """The actions that ``event`` (at ``now`` on the driver's clock) calls for, in
-        order; the state moves with them."""
+        order; the state moves to the next state of the rule it takes."""
         if now is not None:
             self.now = now
         if isinstance(event, ClientInput | Invalid):
@@ -636,25 +556,32 @@ class ConnectionMachine:
                 event = RateExceeded()
         if self.state is State.CLOSED and not isinstance(event, Crashed):
             return []
-        if isinstance(event, Invalid):
-            return self.client_error(event.error)
         key = (self.state, type(event))
-        rule = RULES.get(key)
-        if rule is None:
+        if key not in RULES:
             error = ERRORS.get(key, InvalidMessage)
-            return self.client_error(
-                error(f"got {describe(type(event))}, expected {EXPECTED[self.state]}")
-            )
-        nxt, step = rule
+            event = Invalid(error(f"got {describe(type(event))}, expected {EXPECTED[self.state]}"))
         try:
-            actions = step(self, event)
-        except ClientError as error:
-            return self.client_error(error)
-        if nxt is not None:
-            self.state = nxt
-        if isinstance(event, StartRequest):
-            self.streams_started += 1
+            return self._take(event)
+        except ClientError as error:  # the step refused the input: a client error instead
+            return self._take(Invalid(error))
+
+    def _take(self, event: Input) -> list[Action]:
+        """Apply the first rule of ``event``'s kind in this state whose guard holds."""
+        rule = next(
+            r for r in RULES[self.state, type(event)] if r.when is None or r.when(self, event)
+        )
+        actions = rule.step(self, event)
+        self.state = rule.next
+        self.rule = rule
         return actions
+
+    def audio_room(self) -> int | None:
+        """Bytes of audio the open stream may still take (whole frames), or None: no limit."""
+        limit = self.limits.max_audio_seconds
+        if not limit:
+            return None
+        frame = self.frame_bytes or 1
+        return int(limit * self.bytes_per_second) // frame * frame - self.stream_bytes
 
     def busy_until(self, now: float) -> None:
         """The driver read nothing until ``now``: it was carrying out the machine's actions
@@ -678,26 +605,3 @@ class ConnectionMachine:
             return False
         self.tokens -= 1
         return True
-
-    def client_error(self, error: ClientError, *, stream_open: bool = True) -> list[Action]:
-        """The client erred (or its stream was refused): tell it, and end the connection
-        when the mode or the error says so. ``stream_open`` False: the stream this state
-        stands for was never opened."""
-        streaming = self.state is State.STREAMING
-        if self.mode.one_stream or error.code in self.mode.closing_codes:
-            self.state = State.CLOSED
-            abort: list[Action] = [AbortStream("error")] if streaming and stream_open else []
-            if self.mode.tell_on_close:
-                return [*abort, Close(error.code, error.message, tell=True)]
-            return [*abort, EmitError(error.code, error.message), Close(error.code, error.message)]
-        if streaming and not stream_open:
-            return [EmitError(error.code, error.message), *self.idle_again()]
-        return [EmitError(error.code, error.message)]
-
-    def idle_again(self) -> list[Action]:
-        """The stream is over: back to idle, or closed when the server is draining."""
-        if self.draining:
-            self.state = State.CLOSED
-            return [Close(ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE)]
-        self.state = State.IDLE
-        return []

@@ -2,8 +2,8 @@
 
 It waits for the next inbound message (decoded by the transport's codec) or a runtime
 notice (draining, the drain's expiry, the open stream breaking, the outbox filling), feeds
-the connection machine, and carries out the machine's actions on the stream through
-``transport.common``. It returns the ``Close`` that ends the connection; the transport's
+the connection machine, and carries out the machine's actions on the stream through the
+stream factory (``streams.py``). It returns the ``Close`` that ends the connection; the transport's
 shell applies it in its own terms (a close code, a status).
 """
 
@@ -19,32 +19,31 @@ from streamer.events import Event, StreamError
 from streamer.observability.tracing import ConnectionTrace
 from streamer.pipeline import Route, StreamPipeline
 from streamer.policy import ANONYMOUS, Principal
-from streamer.protocol.connection import (
+from streamer.protocol.actions import (
     AbortStream,
     Action,
     Close,
-    ConnectionMachine,
-    Crashed,
-    Disconnected,
-    DrainExpired,
-    DrainStarted,
     EmitError,
     Feed,
     Finalize,
     FinishStream,
-    Input,
-    Limits,
-    Mode,
     OpenStream,
-    OutboxFull,
     Send,
     SteerStream,
+)
+from streamer.protocol.connection import UNLIMITED, ConnectionMachine, Limits, Mode
+from streamer.protocol.inputs import (
+    Crashed,
+    Disconnected,
+    DrainExpired,
+    DrainStarted,
+    Input,
+    OutboxFull,
     StreamFailed,
     StreamRefused,
     Tick,
 )
 from streamer.services import Services
-from streamer.transport.common import end_stream, open_stream
 from streamer.transport.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -95,17 +94,6 @@ class _Interrupter:
             self._inside = False
 
 
-def limits_of(services: Services) -> Limits:
-    """The connection limits the settings ask for."""
-    settings = services.settings
-    return Limits(
-        idle_seconds=settings.stream.idle_seconds,
-        max_audio_seconds=settings.stream.max_audio_seconds,
-        max_wall_seconds=settings.stream.max_wall_seconds,
-        max_messages_per_second=settings.server.max_messages_per_second,
-    )
-
-
 class ConnectionDriver:
     """Runs one connection: inputs into the machine, its actions onto the stream."""
 
@@ -117,13 +105,16 @@ class ConnectionDriver:
         receive: Receive,
         outbox: Outbox[Any],
         *,
+        limits: Limits = UNLIMITED,
         principal: Principal = ANONYMOUS,
         trace: ConnectionTrace | None = None,
         gone: asyncio.Future[None] | None = None,
         mark_finalize: bool = False,
         interruptible: bool = False,
     ) -> None:
-        """``gone``, where the transport can tell: done as soon as the peer is gone, even
+        """``limits``: the connection's (idle time, a stream's length, the message rate).
+
+        ``gone``, where the transport can tell: done as soon as the peer is gone, even
         while its earlier messages are still unread (a WebSocket's lost connection); the
         driver then ends the connection at once, also while a feed waits on a busy
         stream, and the stream's queued work is withdrawn.
@@ -134,7 +125,7 @@ class ConnectionDriver:
         and the notices together (a task and a wait per message)."""
         self.services = services
         self.route = route
-        self.machine = ConnectionMachine(mode, limits_of(services), self._clock())
+        self.machine = ConnectionMachine(mode, limits, self._clock())
         self.principal = principal
         self._receive = receive
         self._outbox = outbox
@@ -280,8 +271,7 @@ class ConnectionDriver:
             if isinstance(action, OpenStream):
                 route = self.route if action.route is None else Route(action.route)
                 try:
-                    self.stream = open_stream(
-                        self.services,
+                    self.stream = self.services.streams.open(
                         route,
                         action.request,
                         self.emit,
@@ -311,7 +301,7 @@ class ConnectionDriver:
         elif isinstance(action, FinishStream):
             if stream is not None:
                 self.stream = None
-                await end_stream(self.services, self.stream_route, stream, flush=True)
+                await self.services.streams.end(self.stream_route, stream, flush=True)
                 self.machine.busy_until(self._clock())
         elif isinstance(action, AbortStream):
             await self._abort(action.outcome)
@@ -346,6 +336,6 @@ class ConnectionDriver:
     async def _abort(self, outcome: str) -> None:
         stream, self.stream = self.stream, None
         if stream is not None:
-            await end_stream(
-                self.services, self.stream_route, stream, flush=False, outcome_if_dropped=outcome
+            await self.services.streams.end(
+                self.stream_route, stream, flush=False, outcome_if_dropped=outcome
             )

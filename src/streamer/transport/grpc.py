@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -23,12 +24,12 @@ from streamer.codecs.v1_proto import decode_request, event_to_proto
 from streamer.errors import ENDINGS, ClientError, ConnectionDenied, ErrorCode
 from streamer.pipeline import Route
 from streamer.policy import ConnectionRequest
-from streamer.protocol.connection import GRPC, EndOfInput, Input, Invalid
+from streamer.protocol.connection import GRPC
+from streamer.protocol.inputs import EndOfInput, Input, Invalid
 from streamer.protocol.proto import streamer_v1_pb2 as pb
 from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver
-from streamer.transport.limits import grpc_server_options
 from streamer.transport.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ async def serve_call(context: Any, route: Route, services: Services) -> None:
     traceparent = metadata.get(TRACEPARENT_KEY)
     # gRPC's flow control holds the writer; past the backlog the call ends (slow_consumer).
     outbox: Outbox[pb.StreamEvent] = Outbox(
-        services.settings.server.max_pending_events,
+        services.max_pending_events,
         event_to_proto,
         functools.partial(services.event_sent, route),
         "grpc",
@@ -89,7 +90,9 @@ async def serve_call(context: Any, route: Route, services: Services) -> None:
 
     outbox.start(context.write)
     try:
-        driver = ConnectionDriver(services, route, GRPC, receive, outbox, principal=principal)
+        driver = ConnectionDriver(
+            services, route, GRPC, receive, outbox, limits=services.limits, principal=principal
+        )
         close = await driver.run()
         if close.code is not ErrorCode.SLOW_CONSUMER:  # it reads nothing: no grace
             await outbox.close()
@@ -121,18 +124,12 @@ class GrpcServer:
     the server starts draining, then NOT_SERVING.
     """
 
-    def __init__(self, services: Services, host: str, port: int) -> None:
+    def __init__(
+        self, services: Services, host: str, port: int, options: Sequence[tuple[str, int]] = ()
+    ) -> None:
+        """``options``: the server's channel arguments (message size, keepalive, caps)."""
         self.services = services
-        max_message = services.settings.server.max_message_bytes
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", max_message),
-                # A port in use is an error at start, not a port shared with another
-                # process; only the front-end processes of one server share it.
-                ("grpc.so_reuseport", 1 if services.fleet is not None else 0),
-                *grpc_server_options(services.settings.server),
-            ]
-        )
+        self.server = grpc.aio.server(options=list(options))
         pb_grpc.add_StreamerServicer_to_server(StreamerServicer(services), self.server)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -160,9 +157,11 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-async def start_grpc_server(services: Services, host: str, port: int) -> GrpcServer:
+async def start_grpc_server(
+    services: Services, host: str, port: int, options: Sequence[tuple[str, int]] = ()
+) -> GrpcServer:
     """Bind and start the gRPC server on the running loop; ``port`` 0 picks a free one."""
-    server = GrpcServer(services, host, port)
+    server = GrpcServer(services, host, port, options)
     await server.start()
     log.info("gRPC listening on %s:%d", host, server.port)
     return server

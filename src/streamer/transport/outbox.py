@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from streamer.events import Event, SegmentResult
+from streamer.protocol.actions import CodecReply, Outgoing
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,16 @@ class Outbox(Generic[T]):
         transport: str,
         *,
         dropped: Callable[[Event], None] | None = None,
+        encode_reply: Callable[[CodecReply], T] | None = None,
     ) -> None:
+        """``encode`` writes a stream's events in the wire's terms; ``encode_reply``, the
+        codec's own replies, for a front-end whose codec has them."""
         self._limit = limit
-        self._queue: collections.deque[tuple[object, T]] = collections.deque()
+        self._queue: collections.deque[tuple[Outgoing, T]] = collections.deque()
         self._wake = asyncio.Event()
         self._closed = False
         self._encode = encode
+        self._encode_reply = encode_reply
         self._sent = sent
         self._dropped = dropped
         self._transport = transport
@@ -63,12 +68,13 @@ class Outbox(Generic[T]):
         if self._queue_item(event, self._encode(event)):
             self._sent(event)
 
-    def put_reply(self, payload: object) -> None:
-        """Queue a codec's own reply (not a stream event: ``encode`` must know its type);
-        a reply is never dropped."""
-        self._queue_item(payload, self._encode(payload))  # type: ignore[arg-type]
+    def put_reply(self, payload: CodecReply) -> None:
+        """Queue a codec's own reply (not a stream event); a reply is never dropped."""
+        if self._encode_reply is None:
+            raise TypeError(f"the {self._transport} codec has no replies to send")
+        self._queue_item(payload, self._encode_reply(payload))
 
-    def _queue_item(self, event: object, item: T) -> bool:
+    def _queue_item(self, event: Outgoing, item: T) -> bool:
         """Queue ``item`` (the encoding of ``event``), making room by dropping an interim;
         False: it was dropped (an interim) or the client is slow."""
         if self.slow:
@@ -91,7 +97,7 @@ class Outbox(Generic[T]):
         self._wake.set()
         return True
 
-    def _drop(self, event: object) -> None:
+    def _drop(self, event: Outgoing) -> None:
         self.interims_dropped += 1
         if self._dropped is not None and isinstance(event, SegmentResult):
             self._dropped(event)

@@ -20,7 +20,9 @@ from streamer.errors import ENDINGS, BadHandshake, ClientError, ConnectionDenied
 from streamer.events import Event
 from streamer.pipeline import Route
 from streamer.policy import ConnectionRequest
-from streamer.protocol.connection import WEBSOCKET, Disconnected, Input, Invalid, Mode
+from streamer.protocol.actions import CodecReply
+from streamer.protocol.connection import WEBSOCKET, Mode
+from streamer.protocol.inputs import Disconnected, Input, Invalid
 from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver
 from streamer.transport.limits import PEER_GONE
@@ -32,8 +34,9 @@ class WsCodec:
     """A front-end's WebSocket wire format: text and binary frames in, text frames out.
 
     ``encode`` may give one frame, several, or none (an event the front-end does not
-    show). ``opening``: inputs the connection starts with before any frame (a start
-    request a front-end read from the query, a session that opens its stream at once).
+    show); ``encode_reply``, the frames of the codec's own replies, where it has them.
+    ``opening``: inputs the connection starts with before any frame (a start request a
+    front-end read from the query, a session that opens its stream at once).
     ``subprotocol``: the subprotocol this front-end speaks, accepted when the client offers
     it. ``close_code``: the front-end's own close codes, by the reason the connection ends
     (default ``errors.ENDINGS``). ``mark_finalize``: its streams tell which finals a
@@ -50,6 +53,7 @@ class WsCodec:
     close_code: Callable[[ErrorCode | None], int] | None = None
     mark_finalize: bool = False
     mode: Mode = WEBSOCKET
+    encode_reply: Callable[[CodecReply], str | Sequence[str]] | None = None
 
 
 CodecFactory: TypeAlias = Callable[[ConnectionRequest], WsCodec]
@@ -117,13 +121,14 @@ async def serve_websocket(
         subprotocol = codec.subprotocol
     await ws.accept(subprotocol=subprotocol)
     trace = services.open_connection(route, ws.headers)
-    encode = codec.encode
+    encode, encode_reply = codec.encode, codec.encode_reply
     outbox: Outbox[tuple[str, ...]] = Outbox(
-        services.settings.server.max_pending_events,
+        services.max_pending_events,
         lambda event: _frames(encode(event)),
         functools.partial(services.event_sent, route),
         "ws",
         dropped=functools.partial(services.interim_dropped, route),
+        encode_reply=None if encode_reply is None else lambda reply: _frames(encode_reply(reply)),
     )
 
     async def write(frames: tuple[str, ...]) -> None:
@@ -159,6 +164,7 @@ async def serve_websocket(
         principal=principal,
         trace=trace,
         gone=gone,
+        limits=services.limits,
         mark_finalize=codec.mark_finalize,
         interruptible=True,  # a cancelled receive leaves the next message queued
     )

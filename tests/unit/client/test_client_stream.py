@@ -27,7 +27,7 @@ from streamer.client import (
     connect,
     stream_file,
 )
-from streamer.client.files import play
+from streamer.client.files import FileOptions, play
 from streamer.client.stream import Request
 
 FORMAT = {"channels": 1, "sample_rate": 16000, "bit_depth": 16, "is_float": False}
@@ -231,7 +231,7 @@ async def test_play_sends_the_audio_in_chunks_and_records_every_event() -> None:
     async def opener() -> Stream:
         return await Stream.open(wire, {"format": FORMAT})
 
-    result = await play(opener, AUDIO, chunk_bytes=1000, on_event=seen.append)
+    result = await play(opener, AUDIO, FileOptions(chunk_bytes=1000, on_event=seen.append))
     assert result.events == seen == [READY, SEGMENT, DONE]
     assert len(result.arrivals) == 3
     assert result.ok and result.done == DONE
@@ -263,7 +263,7 @@ async def test_play_stops_sending_once_the_connection_is_gone() -> None:
     async def opener() -> Stream:
         return await Stream.open(wire, {"format": FORMAT})
 
-    result = await play(opener, AUDIO, chunk_bytes=2)
+    result = await play(opener, AUDIO, FileOptions(chunk_bytes=2))
     assert result.events == [READY]
     assert result.bytes_sent < len(AUDIO.data)
     assert result.done is None

@@ -26,7 +26,7 @@ from streamer.events import (
 )
 from streamer.inference.model import TestModel
 from streamer.pipeline import Route
-from streamer.protocol.connection import Audio, Input
+from streamer.protocol.inputs import Audio, Input
 from streamer.protocol.messages import (
     FinalizeRequest,
     KeepaliveRequest,

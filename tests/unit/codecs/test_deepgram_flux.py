@@ -22,7 +22,7 @@ from streamer.events import (
     Turn,
     TurnWord,
 )
-from streamer.protocol.connection import Audio, Reply, Steer
+from streamer.protocol.inputs import Audio, Reply, Steer
 from streamer.protocol.messages import KeepaliveRequest, StartRequest, StopRequest, TurnDetection
 from streamer.turn.stage import ForceEnd
 

@@ -7,7 +7,7 @@ import json
 
 from streamer.codecs.openai_realtime import RealtimeCodec
 from streamer.events import Ready, SegmentResult, SpeechEnded, SpeechStarted, StreamError
-from streamer.protocol.connection import Audio, Commit, Reply, Restart
+from streamer.protocol.inputs import Audio, Commit, Reply, Restart
 from streamer.protocol.messages import KeepaliveRequest
 
 TURN = "session.audio.input.turn_detection"

@@ -15,7 +15,7 @@ from twilio_calls import Call, messages, mulaw
 from streamer.codecs.twilio_media import SILENCE, CallInfo, MediaStreamCodec
 from streamer.errors import ErrorCode
 from streamer.events import Done, SegmentResult, SpeechStarted
-from streamer.protocol.connection import Audio, Finish, Invalid, Reply
+from streamer.protocol.inputs import Audio, Finish, Invalid, Reply
 from streamer.protocol.messages import KeepaliveRequest, StartRequest
 
 AUDIO = Path(__file__).resolve().parents[2] / "fixtures" / "audio"

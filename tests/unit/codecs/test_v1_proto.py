@@ -27,7 +27,8 @@ from streamer.events import (
     SpeechStarted,
     StreamError,
 )
-from streamer.protocol.connection import ConnectionMachine, EmitError
+from streamer.protocol.actions import EmitError
+from streamer.protocol.connection import ConnectionMachine
 from streamer.protocol.messages import StartRequest, parse_client_message
 from streamer.protocol.proto import streamer_v1_pb2 as pb
 

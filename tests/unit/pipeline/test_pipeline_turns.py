@@ -17,8 +17,8 @@ from streamer.config import Settings
 from streamer.errors import InvalidMessage
 from streamer.events import Route
 from streamer.inference.model import TestModel
-from streamer.protocol.connection import Input, StopRequest
-from streamer.protocol.messages import parse_start
+from streamer.protocol.inputs import Input
+from streamer.protocol.messages import StopRequest, parse_start
 from streamer.testing import Pause, run_connection, running_services
 from streamer.turn.stage import ScoreTurn, TurnEvent, TurnEventKind, TurnSettings, Word
 from streamer.turn.tracker import Score, TurnTracker
@@ -142,6 +142,7 @@ async def _flux(c: FluxCodec, inbound: list[Any]) -> list[dict[str, Any]]:
             [*c.opening, *inbound],
             decode=decode,
             encode=c.encode,
+            encode_reply=c.encode,
             end=StopRequest(request="stop", disconnect=True),
         )
     assert outcome.close is not None and outcome.close.code is None
@@ -237,6 +238,6 @@ async def test_turn_detection_is_refused_on_the_simple_route() -> None:
     )
     async with running_services(Settings(), TestModel.speedy()) as services:
         with pytest.raises(InvalidMessage, match="turn_detection"):
-            services.stream_options(Route.SIMPLE, start)
-        options = services.stream_options(Route.SEGMENTED, start)
+            services.streams.options(Route.SIMPLE, start)
+        options = services.streams.options(Route.SEGMENTED, start)
     assert options.turns == TurnSettings()

@@ -4,43 +4,54 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 
 from streamer.codecs.v1_json import decode_bytes, decode_text
 from streamer.errors import ClientError, ErrorCode, InvalidFormat, Overloaded, ShuttingDown
-from streamer.protocol.connection import (
-    GRPC,
-    WEBSOCKET,
+from streamer.protocol.actions import (
     AbortStream,
     Action,
-    Audio,
     Close,
-    Commit,
+    EmitError,
+    Feed,
+    Finalize,
+    FinishStream,
+    OpenStream,
+    Send,
+    SteerStream,
+)
+from streamer.protocol.connection import (
+    GRPC,
+    RULES,
+    WEBSOCKET,
+    WEBSOCKET_FINISHING,
     ConnectionMachine,
+    Limits,
+    Mode,
+    State,
+    state_diagram,
+)
+from streamer.protocol.inputs import (
+    Audio,
+    Commit,
     Crashed,
     Disconnected,
     DrainExpired,
     DrainStarted,
-    EmitError,
     EndOfInput,
-    Feed,
-    Finalize,
     Finish,
-    FinishStream,
     Input,
     Invalid,
-    Mode,
-    OpenStream,
     OutboxFull,
+    RateExceeded,
     Reply,
     Restart,
-    Send,
-    State,
     Steer,
-    SteerStream,
     StreamFailed,
     StreamRefused,
+    Tick,
 )
 from streamer.protocol.messages import StartRequest
 
@@ -347,7 +358,8 @@ def test_where_results_have_other_readers_a_lost_peers_stream_is_finished() -> N
 
 
 def test_a_tick_past_the_idle_deadline_ends_the_connection() -> None:
-    from streamer.protocol.connection import Limits, Tick
+    from streamer.protocol.connection import Limits
+    from streamer.protocol.inputs import Tick
 
     machine = ConnectionMachine(WEBSOCKET, Limits(idle_seconds=10), now=100.0)
     assert machine.deadline() == 110.0
@@ -363,7 +375,8 @@ def test_a_tick_past_the_idle_deadline_ends_the_connection() -> None:
 
 
 def test_time_the_server_spends_on_the_stream_is_not_the_clients_idle_time() -> None:
-    from streamer.protocol.connection import Limits, Tick
+    from streamer.protocol.connection import Limits
+    from streamer.protocol.inputs import Tick
 
     machine = ConnectionMachine(WEBSOCKET, Limits(idle_seconds=10), now=100.0)
     machine.receive(decode(START), now=100.0)
@@ -409,7 +422,8 @@ def test_audio_up_to_the_limit_exactly_is_taken_and_the_next_message_expires() -
 
 
 def test_a_stream_open_past_max_wall_seconds_expires_on_the_tick() -> None:
-    from streamer.protocol.connection import Limits, Tick
+    from streamer.protocol.connection import Limits
+    from streamer.protocol.inputs import Tick
 
     machine = ConnectionMachine(WEBSOCKET, Limits(idle_seconds=10, max_wall_seconds=3), 100.0)
     assert machine.deadline() == 110.0  # idle: the wall clock starts with a stream
@@ -550,3 +564,64 @@ def test_a_finish_with_no_stream_just_closes() -> None:
     m = ConnectionMachine(WEBSOCKET)
     assert m.receive(Finish(AUDIO)) == [Close()]
     assert m.state is State.CLOSED
+
+
+# The table itself: every row names its next state, and every row is reachable.
+
+
+def test_each_kinds_rules_end_with_one_that_always_applies() -> None:
+    for key, rules in RULES.items():
+        *guarded, last = rules
+        assert last.when is None, key
+        assert all(rule.when is not None for rule in guarded), key
+
+
+ROW_INPUTS: dict[str, tuple[Input, float | None]] = {
+    **{name: (event, None) for name, event in INPUTS.items()},
+    "tick": (Tick(), None),
+    "tick_late": (Tick(), 1000.0),
+    "rate": (RateExceeded(), None),
+    "restart": (_restart(reply={"type": "created"}), None),
+    "restart_abort": (_restart(flush=False), None),
+    "commit": (Commit(AUDIO, {"type": "committed"}), None),
+    "commit_empty": (Commit(b""), None),
+    "reply": (Reply({"type": "ack"}), None),
+    "finish_empty": (Finish(), None),
+    "bad_json": (decode("{not json"), None),
+}
+
+
+def test_every_rule_is_taken_and_the_machine_goes_where_it_names() -> None:
+    """Every sequence of three inputs, in every mode, with and without limits: the state
+    after an input is the next state of the rule it took, and every rule is taken."""
+    taken: set[int] = set()
+    limits = (
+        Limits(),
+        Limits(idle_seconds=10, max_wall_seconds=5, max_audio_seconds=0.0001),
+        Limits(idle_seconds=10),
+    )
+    for mode, limit in itertools.product((WEBSOCKET, WEBSOCKET_FINISHING, GRPC), limits):
+        for seq in itertools.product(ROW_INPUTS, repeat=3):
+            machine = ConnectionMachine(mode, limit)
+            for name in seq:
+                event, now = ROW_INPUTS[name]
+                machine.rule = None
+                machine.receive(event, now)
+                if machine.rule is not None:
+                    taken.add(id(machine.rule))
+                    assert machine.state is machine.rule.next, (mode, limit, seq)
+    missing = [
+        (state.value, kind.__name__, i)
+        for (state, kind), rules in RULES.items()
+        for i, rule in enumerate(rules)
+        if id(rule) not in taken
+    ]
+    assert missing == []
+
+
+def test_the_architecture_draws_the_state_diagram_the_table_gives() -> None:
+    """``docs/architecture.md`` holds the diagram ``state_diagram()`` draws; after a change
+    to the table, paste its output there."""
+    text = (Path(__file__).parents[3] / "docs" / "architecture.md").read_text()
+    drawn = text.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert drawn == state_diagram()

@@ -20,7 +20,9 @@ from streamer.errors import ErrorCode
 from streamer.events import Event, SegmentResult
 from streamer.inference.model import TestModel
 from streamer.pipeline import Route
-from streamer.protocol.connection import GRPC, Close, EndOfInput
+from streamer.protocol.actions import Close
+from streamer.protocol.connection import GRPC
+from streamer.protocol.inputs import EndOfInput
 from streamer.protocol.proto import streamer_v1_pb2 as pb
 from streamer.services import Services
 from streamer.testing import Outcome, Pause, run_connection, running_services
@@ -83,7 +85,7 @@ async def test_a_stream_gets_ready_segments_and_done_then_a_normal_close(
     outcome = await run_connection(services, Route.SIMPLE, stream(stop=STOP_CLOSE))
     assert_good(events(outcome))
     assert outcome.close == Close()
-    assert services.live_streams == 0 and not services.connections
+    assert services.admission.live_streams == 0 and not services.connections
 
 
 async def test_several_streams_on_one_connection(services: Services) -> None:
@@ -136,7 +138,7 @@ async def test_a_peer_that_goes_away_frees_its_stream(services: Services) -> Non
     outcome = await run_connection(services, Route.SIMPLE, [START, *chunks(noise(5.0))])
     assert outcome.close == Close(send=False)
     assert types(outcome)[0] == "ready" and "done" not in types(outcome)
-    assert services.live_streams == 0 and services.scheduler.queued == 0
+    assert services.admission.live_streams == 0 and services.streams.scheduler.queued == 0
 
 
 async def test_draining_closes_an_idle_connection_going_away(services: Services) -> None:
@@ -170,7 +172,7 @@ async def test_a_client_that_does_not_read_is_a_slow_consumer() -> None:
         inbound = [START, *chunks(noise(8.0)), Pause(2.0)]  # ten results a second of audio
         outcome = await run_connection(services, Route.SIMPLE, inbound, write=never)
         assert outcome.close.code is ErrorCode.SLOW_CONSUMER
-        assert services.live_streams == 0
+        assert services.admission.live_streams == 0
         ended = services.metrics.streams_ended.labels("simple", "slow_consumer")._value.get()
         assert ended == 1
 
@@ -195,7 +197,7 @@ async def test_a_stream_whose_events_cannot_be_written_ends_with_internal_error(
     assert [e["type"] for e in received] == ["ready", "error"]
     assert received[1]["code"] == "internal_error"
     assert outcome.close.code is ErrorCode.INTERNAL_ERROR
-    assert services.live_streams == 0 and services.scheduler.queued == 0
+    assert services.admission.live_streams == 0 and services.streams.scheduler.queued == 0
     assert any(received[0]["session_id"] in r.getMessage() for r in caplog.records)
 
 
@@ -257,7 +259,7 @@ async def test_an_idle_stream_is_told_then_gets_its_finals_and_done(impatient: S
     assert received.index(error) < types(outcome).index("done")  # told, then done
     assert_good([e for e in received if e["type"] != "error"])
     assert outcome.close.code is ErrorCode.IDLE_TIMEOUT
-    assert impatient.live_streams == 0
+    assert impatient.admission.live_streams == 0
 
 
 async def test_keepalives_and_audio_keep_a_connection_from_idling(impatient: Services) -> None:
@@ -326,7 +328,7 @@ async def test_a_peer_gone_while_its_feed_waits_frees_the_stream_at_once() -> No
 
         async def lose_the_peer() -> float:
             for _ in range(500):  # until the work is queued
-                if services.scheduler.queued:
+                if services.streams.scheduler.queued:
                     break
                 await asyncio.sleep(0.01)
             gone.set_result(None)
@@ -336,7 +338,7 @@ async def test_a_peer_gone_while_its_feed_waits_frees_the_stream_at_once() -> No
         outcome = await run_connection(services, Route.SIMPLE, inbound, gone=gone)
         freed = loop.time() - await lost
         assert outcome.close == Close(send=False)
-        assert services.scheduler.queued == 0 and services.live_streams == 0
+        assert services.streams.scheduler.queued == 0 and services.admission.live_streams == 0
         assert freed < 0.25
         ended = services.metrics.streams_ended.labels("simple", "disconnected")._value.get()
         assert ended == 1

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from streamer.app import create_app, drain
 from streamer.client import load_audio
 from streamer.codecs.v1_proto import event_to_dict
-from streamer.config import Settings
+from streamer.config import ServerSettings, Settings
 from streamer.protocol.proto import streamer_v1_pb2 as pb
 from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 from streamer.services import Services
@@ -217,7 +217,7 @@ async def test_an_invalid_config_is_invalid_argument(
     assert result.error_code == error_code
     assert result.types() == ["error"]
     assert_good(good)
-    assert server.services.live_streams == 0
+    assert server.services.admission.live_streams == 0
 
 
 async def test_a_request_with_nothing_set_is_invalid_argument() -> None:
@@ -253,7 +253,7 @@ async def test_a_second_config_is_failed_precondition_and_frees_the_stream() -> 
     reqs = requests(audio=noise(0.5), stop=False) + requests(stop=False)
     async with running() as server:
         result = await refused(server.stub, reqs)
-        assert server.services.live_streams == 0
+        assert server.services.admission.live_streams == 0
         good = await stream(server.stub, requests(audio=noise(2.5)))
     assert result.code is grpc.StatusCode.FAILED_PRECONDITION
     assert result.error_code == "already_started"
@@ -287,7 +287,7 @@ async def test_a_message_too_big_is_resource_exhausted_and_frees_the_stream() ->
             await call.write(pb.StreamRequest(audio=bytes(2 << 20)))
         result = await outcome(call)
         async with asyncio.timeout(2):
-            while server.services.live_streams or server.services.connections:  # noqa: ASYNC110
+            while server.services.admission.live_streams or server.services.connections:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         good = await stream(server.stub, requests(audio=noise(2.5)))
     assert result.code is grpc.StatusCode.RESOURCE_EXHAUSTED  # refused by gRPC itself
@@ -307,13 +307,13 @@ async def test_draining_flushes_open_streams_then_ends_them_unavailable() -> Non
         await open_call.write(pb.StreamRequest(config=pb.StreamConfig(format=FORMAT)))
         await open_call.write(pb.StreamRequest(audio=noise(2.5)))
         events = [event_to_dict(await open_call.read()) for _ in range(3)]  # ready, 2 segments
-        draining = asyncio.create_task(drain(server.services))
+        draining = asyncio.create_task(drain(server.services, ServerSettings(drain_seconds=0.3)))
         await asyncio.sleep(0.05)
         late = await refused(server.stub, requests(stop=False))
         not_serving = await health(server.channel), await health(server.channel, SERVICE_NAME)
         drained = await outcome(open_call)
         await asyncio.wait_for(draining, 5)
-        assert server.services.live_streams == 0 and not server.services.connections
+        assert server.services.admission.live_streams == 0 and not server.services.connections
     assert [e["type"] for e in events if e] == ["ready", "segment", "segment"]
     # The open stream got its last final and done before the status.
     assert drained.types() == ["segment", "done"]
@@ -328,7 +328,7 @@ async def test_draining_flushes_open_streams_then_ends_them_unavailable() -> Non
 async def test_a_cancelled_call_leaves_no_inference_running_or_queued() -> None:
     slow = {"delay": 0.3}
     async with running(model=slow, inference={"workers": 1}) as server:
-        scheduler = server.services.scheduler
+        scheduler = server.services.streams.scheduler
         call = server.stub.Simple()
         await call.write(pb.StreamRequest(config=pb.StreamConfig(format=FORMAT)))
         ready = event_to_dict(await call.read())
@@ -341,7 +341,7 @@ async def test_a_cancelled_call_leaves_no_inference_running_or_queued() -> None:
         call.cancel()
         # At once: well before the queued inferences (0.3 s each) could have run.
         async with asyncio.timeout(0.25):
-            while scheduler.queued or server.services.live_streams:  # noqa: ASYNC110
+            while scheduler.queued or server.services.admission.live_streams:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         async with asyncio.timeout(1):  # the one that had started finishes
             while scheduler.busy:  # noqa: ASYNC110
@@ -350,7 +350,7 @@ async def test_a_cancelled_call_leaves_no_inference_running_or_queued() -> None:
         assert scheduler.queued == scheduler.busy == 0
         assert scheduler.queued_for(stream_id) == 0
         assert not server.services.connections
-        assert server.services.health()["queued_inferences"] == 0
+        assert server.services.admission.health()["queued_inferences"] == 0
         with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
             await writing
         good = await stream(server.stub, requests(audio=noise(1.0)))

@@ -24,7 +24,6 @@ def test_the_documented_defaults() -> None:
 def test_the_driver_hands_the_settings_to_the_machine() -> None:
     from streamer.app import build_services
     from streamer.protocol.connection import Limits
-    from streamer.transport.driver import limits_of
 
     settings = Settings.model_validate(
         {
@@ -32,7 +31,7 @@ def test_the_driver_hands_the_settings_to_the_machine() -> None:
             "stream": {"idle_seconds": 3, "max_audio_seconds": 60, "max_wall_seconds": 90},
         }
     )
-    assert limits_of(build_services(settings)) == Limits(3, 60, 90, 50)
+    assert build_services(settings).limits == Limits(3, 60, 90, 50)
 
 
 def test_grpc_options_carry_keepalive_handshake_and_cap() -> None:

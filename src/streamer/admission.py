@@ -1,0 +1,190 @@
+"""Admission: which new streams a server process takes, and what it tells a load balancer.
+
+A stream is admitted below the server's stream limit and inference backlog, while the
+process keeps up (``observability/pressure.py``) and the server is not draining, and
+within its principal's quotas; it is counted until it ends. Built by the composition root
+(``app.py``) from plain values; the stream factory (``streams.py``) asks it for each stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Collection
+from typing import Any
+
+from streamer.errors import Overloaded, ShuttingDown
+from streamer.events import Route
+from streamer.fleet import FleetSlot
+from streamer.inference.scheduler import Scheduler
+from streamer.observability.metrics import Metrics
+from streamer.observability.pressure import Pressure
+from streamer.policy import ANONYMOUS, Principal
+
+
+class Admission:
+    """Counts the live streams and their quotas; admits, refuses and reports health."""
+
+    def __init__(
+        self,
+        *,
+        max_streams: int,
+        max_backlog: int,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        draining: asyncio.Event,
+        connections: Collection[Any] = (),
+        pressure: Pressure | None = None,
+        fleet: FleetSlot | None = None,
+    ) -> None:
+        """``max_streams``: live streams of the whole server; ``max_backlog``: queued
+        inferences past which new streams wait. ``draining``: set when the server stops
+        taking streams. ``connections``: the open connections, as health counts them.
+        ``pressure``: this process's measured delays against their ceilings, refusing
+        while any is past (None: streams and backlog alone decide). ``fleet``: this
+        process's row in the table shared by all front-end processes (``--workers``)."""
+        self.max_streams = max_streams
+        self.max_backlog = max_backlog
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.draining = draining
+        self.connections = connections
+        self.pressure = pressure
+        self.fleet = fleet
+        self.streams: Counter[Route] = Counter()
+        """Live streams per route."""
+        self.quota_use: Counter[str] = Counter()
+        """Live streams per quota account (``Principal.accounts``)."""
+        self.held: dict[str, tuple[str, ...]] = {}
+        """The quota accounts each live stream (by id) counts against."""
+
+    @property
+    def live_streams(self) -> int:
+        return sum(self.streams.values())
+
+    @property
+    def server_streams(self) -> int:
+        """Live streams of the whole server: every front-end process's, when there are
+        several."""
+        return self.fleet.total_streams() if self.fleet is not None else self.live_streams
+
+    def admit(
+        self, route: Route, principal: Principal = ANONYMOUS, stream_id: str | None = None
+    ) -> None:
+        """Count a new stream of ``principal`` in, or refuse it with a typed error.
+
+        A stream past one of the principal's quotas is refused as ``overloaded``, naming
+        the quota; other principals are not affected. With a ``stream_id``, the stream
+        holds its quotas until ``stream_ended`` is told the same id.
+        """
+        if self.draining.is_set():
+            raise ShuttingDown("the server is shutting down; connect to another instance")
+        if (why := self.overload()) is not None:
+            raise Overloaded(f"{why}; try again later")
+        accounts = principal.accounts()
+        for account, limit in accounts:
+            if self.quota_use[account] >= limit:
+                raise Overloaded(
+                    f"{account} is at its quota of {limit} concurrent streams; "
+                    "end one or try again later"
+                )
+        self.streams[route] += 1
+        if stream_id is not None and accounts:
+            self.held[stream_id] = tuple(account for account, _ in accounts)
+            self.quota_use.update(self.held[stream_id])
+        if self.fleet is not None:
+            self.fleet.set_streams(self.live_streams)
+        self.metrics.stream_started(route)
+
+    def overload(self) -> str | None:
+        """Why a new stream would be refused for lack of capacity now, or None.
+
+        Capacity is the live-stream limit and the inference backlog: when the model falls
+        behind, new streams are refused so that admitted ones keep their latency.
+        """
+        if self.server_streams >= self.max_streams:
+            return f"the server is at its limit of {self.max_streams} streams"
+        if self.scheduler.queued > self.max_backlog:
+            return f"the server has more than {self.max_backlog} inferences queued"
+        if self.pressure is not None:
+            behind = self.pressure.behind()
+            if self.fleet is not None:
+                self.fleet.set_shedding(behind is not None)
+            return behind
+        return None
+
+    def pressed(self) -> bool:
+        """Whether the process measures that it is not keeping up now."""
+        return self.pressure is not None and self.pressure.behind() is not None
+
+    def capacity(self) -> int:
+        """Streams this process can still take at its current cost per stream (0 while
+        behind), within the room left under ``server.max_streams``."""
+        room = self.max_streams - self.server_streams
+        if self.fleet is not None:  # a share of it, so that the processes' sum is the room
+            room = -(-room // max(1, self.fleet.alive()))
+        if self.pressure is None:
+            return max(0, room)
+        return self.pressure.capacity(room)
+
+    def stream_ended(
+        self, route: Route, outcome: str = "completed", stream_id: str | None = None
+    ) -> None:
+        """Count a stream out (and release its quotas); ``outcome`` is one of
+        ``metrics.OUTCOMES``."""
+        self.streams[route] -= 1
+        for account in self.held.pop(stream_id, ()) if stream_id else ():
+            self.quota_use[account] -= 1
+            if self.quota_use[account] <= 0:
+                del self.quota_use[account]
+        if self.fleet is not None:
+            self.fleet.set_streams(self.live_streams)
+        self.metrics.stream_ended(route, outcome)
+
+    def health(self) -> dict[str, Any]:
+        """What a load balancer needs to route around a full, stalled or draining server.
+
+        ``stalled``: every worker is stuck in the model past its deadline and none could be
+        replaced, so no inference can run; ``available_workers`` below ``workers`` is
+        capacity lost to stuck ones.
+        """
+        limit = self.max_streams
+        why = self.overload()
+        full = why is not None
+        pool = self.scheduler.pool
+        available = pool.available_workers
+        status = "ok"
+        if self.draining.is_set():
+            status = "draining"
+        elif available == 0:
+            status = "stalled"
+        elif full:
+            status = "full"
+        return {
+            "status": status,
+            "streams": {route.value: self.streams[route] for route in Route},
+            "connections": len(self.connections),
+            "max_streams": limit,
+            "load": round(self.server_streams / limit, 4) if limit else 0.0,
+            "queued_inferences": self.scheduler.queued,
+            "max_backlog": self.max_backlog,
+            "busy_workers": self.scheduler.busy,
+            "workers": pool.workers,
+            "available_workers": available,
+            "stuck_workers": pool.stuck_workers,
+            "capacity": self.capacity(),
+            **({"reason": why} if why is not None else {}),
+            **({"pressure": self.pressure.readings()} if self.pressure is not None else {}),
+            **self._fleet_health(),
+        }
+
+    def _fleet_health(self) -> dict[str, Any]:
+        """With several front-end processes: the server's streams and each process's row
+        (``streams`` above, and the pool's figures, are this process's)."""
+        if self.fleet is None:
+            return {}
+        return {
+            "server_streams": self.fleet.total_streams(),
+            "process": self.fleet.index,
+            "processes": self.fleet.fleet.processes(),
+        }
