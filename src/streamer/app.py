@@ -43,6 +43,7 @@ from streamer.segmentation.vad import VadEngine
 from streamer.services import Connection, Services
 from streamer.streams import StreamBounds, StreamFactory
 from streamer.transport.deepgram import serve_listen
+from streamer.transport.deepgram_flux import serve_flux
 from streamer.transport.grant import grant_endpoint
 from streamer.transport.grpc import GrpcServer, start_grpc_server
 from streamer.transport.limits import grpc_server_options
@@ -440,6 +441,9 @@ def create_app(
     async def listen(ws: WebSocket) -> None:
         await serve_listen(ws, ws.app.state.services)
 
+    async def flux(ws: WebSocket) -> None:
+        await serve_flux(ws, ws.app.state.services)
+
     def call_sink() -> CallPublisher:
         poster = callbacks[0] if callbacks else None
         return CallPublisher(
@@ -483,6 +487,7 @@ def create_app(
             Mount("/demo", StaticFiles(directory=WEB), name="demo"),
             # Deepgram's live API, so that its clients need only a base URL.
             WebSocketRoute("/v1/listen", listen),
+            WebSocketRoute("/v2/listen", flux),
             WebSocketRoute("/v1/twilio", twilio),
             WebSocketRoute("/v1/twilio/calls/{sid}/events", call_events),
             WebSocketRoute("/v1/twilio/streams/{sid}/events", stream_events),
