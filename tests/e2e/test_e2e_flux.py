@@ -179,3 +179,72 @@ def test_a_wrong_key_is_401_as_on_v1(whisper: ServerProcess) -> None:
     url = f"ws://127.0.0.1:{whisper.port}/v2/listen?model=flux-general-en&encoding=linear16&sample_rate=16000"
     status, _ = _status(url, additional_headers={"Authorization": "Token wrong"})
     assert status == 401
+
+
+def test_pipecat_flux_service_finalizes_each_turn_and_proposes_turn_starts_and_stops(
+    whisper: ServerProcess, raws: dict[str, Path]
+) -> None:
+    result = run_client(
+        [
+            str(python_of("pipecat")),
+            str(CLIENTS / "pipecat_flux.py"),
+            "--url",
+            f"ws://127.0.0.1:{whisper.port}/v2/listen",
+            "--key",
+            KEY,
+            "--audio",
+            str(raws["jfk"]),
+        ]
+    )
+    frames = result["frames"]
+    assert not [f for f in frames if f["kind"] == "error"], frames
+    kinds = [f["kind"] for f in frames if f["kind"] in ("started", "stopped", "final")]
+    finals = [f for f in frames if f["kind"] == "final"]
+    assert finals and all(f["finalized"] for f in finals), frames
+    assert kinds[0] == "started" and kinds[-1] == "stopped", kinds
+    # Each turn: started, then its final, then stopped.
+    assert kinds.count("started") == kinds.count("stopped") == len(finals), kinds
+    said = " ".join(f["text"] for f in finals)
+    assert word_error_rate(SAID["jfk.wav"], said) <= 0.15, said
+
+
+def test_livekit_stt_v2_preflight_at_the_early_end_then_final_and_end_of_speech(
+    whisper: ServerProcess, raws: dict[str, Path]
+) -> None:
+    result = run_client(
+        [
+            str(python_of("livekit")),
+            str(CLIENTS / "livekit_flux.py"),
+            "--url",
+            f"ws://127.0.0.1:{whisper.port}/v2/listen",
+            "--key",
+            KEY,
+            "--audio",
+            str(raws["jfk"]),
+            # The model scores jfk's two pauses 0.96 and 0.76: the second is an early end
+            # at 0.5, then an end by the 1.5 s timeout (the model is asked once a pause).
+            "--eager",
+            "0.5",
+            "--eot",
+            "0.8",
+            "--timeout-ms",
+            "1500",
+        ]
+    )
+    events = result["events"]
+    types = [e["type"] for e in events if e["type"] != "recognition_usage"]
+    assert types[0] == "start_of_speech" and types[-1] == "end_of_speech", types
+    finals = [e for e in events if e["type"] == "final_transcript"]
+    assert finals and all(e["text"] and e["words"] for e in finals), events
+    preflights = [e for e in events if e["type"] == "preflight_transcript"]
+    assert preflights, types
+    # Each final is followed by the end of speech; a final after a preflight with nothing
+    # between (no resumption) carries the preflight's transcript.
+    shown = [e for e in events if e["type"] != "recognition_usage"]
+    for at, event in enumerate(shown):
+        if event["type"] == "final_transcript":
+            assert shown[at + 1]["type"] == "end_of_speech", shown[at:]
+        if event["type"] == "preflight_transcript" and shown[at + 1]["type"] == "final_transcript":
+            assert shown[at + 1]["text"] == event["text"]
+    said = " ".join(e["text"] for e in finals)
+    assert word_error_rate(SAID["jfk.wav"], said) <= 0.15, said

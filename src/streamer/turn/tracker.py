@@ -78,12 +78,16 @@ class TurnTracker:
         neg_threshold: float = 0.35,
         min_speech_frames: int = 3,
         frame_samples: int = 512,
+        pad_frames: int = 6,
     ) -> None:
         self.stage = TurnStage(settings)
         self.threshold = threshold
         self.neg_threshold = neg_threshold
         self.min_speech_frames = min_speech_frames
         self.frame_samples = frame_samples
+        self.pad_frames = pad_frames
+        """Frames of audio kept either side of a turn's speech for its decode (weak
+        onsets and endings score low on the VAD, but the recognizer needs them)."""
         self.position = 0
         """Samples of the channel seen so far."""
         self._recent: deque[NDArray[np.float32]] = deque(maxlen=-(-WINDOW_SAMPLES // frame_samples))
@@ -115,8 +119,7 @@ class TurnTracker:
             start = self.position
             self.position += size
             self._recent.append(frame)
-            if self.open or self._onset is not None or prob >= self.threshold:
-                self._turn.append(frame)
+            self._turn.append(frame)
             if prob >= self.threshold:
                 if not self._speaking:
                     if self._onset is None:
@@ -165,9 +168,10 @@ class TurnTracker:
     # -- internals ----------------------------------------------------------------------
 
     def _keep_turn_from(self, onset: int) -> None:
-        """A turn opens at ``onset``: its audio is the frames from there on."""
-        frames = (self.position - onset) // self.frame_samples
-        kept = list(self._turn)[-frames:] if frames else []
+        """A turn opens at ``onset``: its audio is the frames from there on (and the pad
+        before)."""
+        frames = (self.position - onset) // self.frame_samples + self.pad_frames
+        kept = list(self._turn)[-frames:]
         self._turn.clear()
         self._turn.extend(kept)
         self._decoded_to = None
@@ -181,7 +185,9 @@ class TurnTracker:
     def _decode(self, end: int) -> Decode | None:
         if self._decoded_to == end:
             return None
-        audio, first = self._turn_audio(end)
+        audio, first = self._turn_audio(
+            min(self.position, end + self.pad_frames * self.frame_samples)
+        )
         self._decoded_to = end
         self._latest_decode = key = self._decodes
         self._decodes += 1

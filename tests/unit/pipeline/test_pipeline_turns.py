@@ -40,7 +40,7 @@ def kinds(steps: list[Any]) -> list[str]:
 
 
 def test_a_turn_opens_after_a_run_of_speech_and_a_pause_asks_for_a_score_and_a_decode() -> None:
-    tracker = TurnTracker(TurnSettings(min_pause_ms=200), min_speech_frames=3)
+    tracker = TurnTracker(TurnSettings(min_pause_ms=200), min_speech_frames=3, pad_frames=2)
     assert tracker.push(frames(5, 0.0), [SILENCE] * 5) == []
     assert tracker.push(frames(2), [SPEECH] * 2) == []  # not yet a run of 3
     [start] = tracker.push(frames(1), [SPEECH])
@@ -51,9 +51,10 @@ def test_a_turn_opens_after_a_run_of_speech_and_a_pause_asks_for_a_score_and_a_d
     [score] = [s for s in steps if isinstance(s, Score)]
     assert len(score.window) == 35 * FRAME  # less than 8 s so far: all of it
     assert score.decode is not None
-    assert score.decode.start == pytest.approx(5 * FRAME / 16000)
+    # The turn's speech and 2 frames either side, not the silence before.
+    assert score.decode.start == pytest.approx(3 * FRAME / 16000)
     assert score.decode.end == pytest.approx(28 * FRAME / 16000)
-    assert len(score.decode.audio) == 23 * FRAME  # the turn's speech, no leading silence
+    assert len(score.decode.audio) == 27 * FRAME
     words = (Word("And", 0.9, 0.2, 0.4), Word("so.", 0.8, 0.4, 0.8))
     assert kinds(tracker.transcript(score.decode.key, "And so.", words)) == ["Update"]
     [end] = tracker.probability(score.request, 0.95)
