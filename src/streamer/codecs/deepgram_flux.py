@@ -320,7 +320,11 @@ class FluxCodec:
             out = [dict(event)]
         elif isinstance(event, Ready):
             self.request_id = event.session_id
-            out = [{"type": "Connected", "request_id": self.request_id}]
+            # The model the client named is reported back (Flux's Connected has no model
+            # field; clients keep unknown ones).
+            out = [
+                {"type": "Connected", "request_id": self.request_id, "model": self.params.model}
+            ]
         elif isinstance(event, Turn):
             out = [self._turn_info(event)]
         elif isinstance(event, StreamError):

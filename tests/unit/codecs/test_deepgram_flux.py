@@ -221,6 +221,7 @@ def test_connected_first_then_every_message_numbered_from_zero() -> None:
     assert connected == {
         "type": "Connected",
         "request_id": "req-1",
+        "model": "flux-general-en",
         "sequence_id": 0,
     }
     assert c.messages(SpeechStarted(0, 0.4)) == []
