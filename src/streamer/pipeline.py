@@ -484,6 +484,10 @@ class _ChannelTurns:
             settings,
             threshold=params.threshold,
             neg_threshold=max(0.01, params.threshold - 0.15) if neg is None else neg,
+            # As the segmenter's: a click or a breath does not open a turn.
+            min_speech_frames=max(
+                1, -(-params.min_speech_ms * VAD_SAMPLE_RATE // 1000 // FRAME_SAMPLES)
+            ),
             frame_samples=FRAME_SAMPLES,
         )
         self._tasks: set[asyncio.Task[None]] = set()

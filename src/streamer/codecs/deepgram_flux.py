@@ -322,9 +322,7 @@ class FluxCodec:
             self.request_id = event.session_id
             # The model the client named is reported back (Flux's Connected has no model
             # field; clients keep unknown ones).
-            out = [
-                {"type": "Connected", "request_id": self.request_id, "model": self.params.model}
-            ]
+            out = [{"type": "Connected", "request_id": self.request_id, "model": self.params.model}]
         elif isinstance(event, Turn):
             out = [self._turn_info(event)]
         elif isinstance(event, StreamError):
