@@ -124,6 +124,11 @@ class Turn:
 TURN_EVENTS = ("StartOfTurn", "Update", "EagerEndOfTurn", "TurnResumed", "EndOfTurn")
 """The values of ``Turn.event``, in the order a turn may give them."""
 
+V1_TURN_EVENTS = dict(
+    zip(TURN_EVENTS, ("start", "update", "eager_end", "resumed", "end"), strict=True)
+)
+"""``Turn.event`` -> the ``event`` of protocol v1's ``turn`` event."""
+
 
 @dataclass(frozen=True, slots=True)
 class StreamError:

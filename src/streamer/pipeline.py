@@ -431,7 +431,7 @@ class _SegmentedChannel:
             if events := push(frame, prob):
                 await self._handle(events)
         if self.turns is not None:
-            self.turns.push(frames, values)
+            await self.turns.push(frames, values)
 
     async def finalize(self) -> None:
         # Everything received so far counts, the partial VAD frame included.
@@ -494,8 +494,16 @@ class _ChannelTurns:
         self._decoding: asyncio.Future[None] | None = None
         """The newest decode of the turn's audio, until its transcript is in."""
 
-    def push(self, frames: NDArray[np.float32], probs: list[float]) -> None:
-        self._carry(self.tracker.push(frames, probs))
+    async def push(self, frames: NDArray[np.float32], probs: list[float]) -> None:
+        """The channel's next frames, one at a time: while a pause waits for its decode,
+        the next silent frame waits too, so that a pause cannot reach the timeout (and end
+        the turn) before the turn's transcript is in. Audio sent faster than real time
+        is held back by the recognizer; audio in real time rarely is."""
+        for index, prob in enumerate(probs):
+            pending = self._decoding
+            if pending is not None and not pending.done() and self.tracker.paused:
+                await asyncio.shield(pending)
+            self._carry(self.tracker.push(frames[index : index + 1], [prob]))
 
     def retune(self, command: object) -> None:
         """New thresholds (the three of Flux), the other settings kept."""
@@ -517,9 +525,9 @@ class _ChannelTurns:
         """End the open turn with its transcript brought up to now."""
         decode = self.tracker.end_decode()
         if decode is not None:
-            await self._decode(decode)
+            await self._decode(decode, self._decode_started())
         elif self._decoding is not None:
-            await self._decoding
+            await asyncio.shield(self._decoding)
         self._carry(self.tracker.force_end())
 
     async def finish(self) -> None:
@@ -543,20 +551,28 @@ class _ChannelTurns:
             elif isinstance(step, WithdrawScore):
                 self._engine.withdraw(self._stream)
             else:
-                task = asyncio.create_task(self._answer(step), name="turn-answer")
+                done = None if step.decode is None else self._decode_started()
+                task = asyncio.create_task(self._answer(step, done), name="turn-answer")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, score: Score) -> None:
+    def _decode_started(self) -> asyncio.Future[None]:
+        """A decode is on its way: what waits for its transcript waits on this."""
+        self._decoding = asyncio.get_running_loop().create_future()
+        return self._decoding
+
+    async def _answer(self, score: Score, decoded: asyncio.Future[None] | None) -> None:
         """The engine's answer to a score, after the transcript it must follow."""
         try:
             reply = self._engine.submit(self._stream, score.window)
         except ShuttingDown:
+            if decoded is not None and not decoded.done():
+                decoded.set_result(None)
             return
-        if score.decode is not None:
-            await self._decode(score.decode)
+        if score.decode is not None and decoded is not None:
+            await self._decode(score.decode, decoded)
         elif self._decoding is not None:
-            await self._decoding
+            await asyncio.shield(self._decoding)
         try:
             answer = await reply.get()
         except ShuttingDown:
@@ -564,9 +580,7 @@ class _ChannelTurns:
         if answer is not None:
             self._carry(self.tracker.probability(score.request, answer.probability))
 
-    async def _decode(self, decode: Decode) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._decoding = done
+    async def _decode(self, decode: Decode, done: asyncio.Future[None]) -> None:
         try:
             job = self._pipeline.decode(decode.audio)
             await asyncio.wait({job.future})

@@ -262,6 +262,47 @@ class InactiveEvent(_Event):
     time: float
 
 
+class TurnWordModel(BaseModel):
+    """A word of a turn's transcript."""
+
+    model_config = ConfigDict(frozen=True, title="TurnWord")
+
+    word: str
+    confidence: float
+    start: float = Field(description="Seconds of the channel's audio.")
+    end: float
+
+
+class TurnEventModel(_Event):
+    """What a channel's turn did (streams that asked for ``turn_detection``).
+
+    A turn opens with ``start``; ``update`` carries its transcript as it grows;
+    ``eager_end`` says it has probably ended (when ``eager_eot_threshold`` is set), and
+    ``resumed`` takes that back; ``end`` closes it, with the transcript of its
+    ``eager_end`` unless ``resumed`` came between. ``turn_index`` grows after each end.
+    """
+
+    model_config = ConfigDict(frozen=True, title="TurnEvent")
+
+    type: Literal["turn"] = "turn"
+    channel: int
+    event: Literal["start", "update", "eager_end", "resumed", "end"]
+    turn_index: int
+    transcript: str = Field(description="The turn's transcript so far.")
+    words: list[TurnWordModel]
+    start_time: float = Field(description="Where the turn's audio begins (seconds).")
+    end_time: float = Field(description="Where the audio transcribed or judged so far ends.")
+    confidence: float = Field(
+        description="The end-of-turn model's latest probability that the turn has ended."
+    )
+    trigger: Literal["model", "timeout", "manual"] | None = Field(
+        default=None,
+        description="On `end` only: the model's probability reached `eot_threshold`, the "
+        "pause reached `eot_timeout_ms`, or the turn was ended by the client or the end "
+        "of the audio.",
+    )
+
+
 class ErrorEvent(_Event):
     """A failure the client can act on, with a typed code."""
 
@@ -285,7 +326,13 @@ class DoneEvent(_Event):
 
 
 ServerEvent = Annotated[
-    ReadyEvent | SegmentEvent | ActiveEvent | InactiveEvent | ErrorEvent | DoneEvent,
+    ReadyEvent
+    | SegmentEvent
+    | ActiveEvent
+    | InactiveEvent
+    | TurnEventModel
+    | ErrorEvent
+    | DoneEvent,
     Field(discriminator="type"),
 ]
 

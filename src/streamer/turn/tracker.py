@@ -107,6 +107,11 @@ class TurnTracker:
         """Whether a turn is open."""
         return self.stage.state is not TurnState.IDLE
 
+    @property
+    def paused(self) -> bool:
+        """Whether a turn is open and its speaker silent."""
+        return self.open and not self._speaking
+
     def settings(self, settings: TurnSettings) -> None:
         """New thresholds, from the next input on."""
         self.stage.settings = settings

@@ -18,7 +18,7 @@ from streamer.errors import InvalidMessage
 from streamer.events import Route
 from streamer.inference.model import TestModel
 from streamer.protocol.inputs import Input
-from streamer.protocol.messages import StopRequest, parse_start
+from streamer.protocol.messages import StopRequest, TurnEventModel, parse_start
 from streamer.testing import Pause, run_connection, running_services
 from streamer.turn.stage import ScoreTurn, TurnEvent, TurnEventKind, TurnSettings, Word
 from streamer.turn.tracker import Score, TurnTracker
@@ -242,3 +242,31 @@ async def test_turn_detection_is_refused_on_the_simple_route() -> None:
             services.streams.options(Route.SIMPLE, start)
         options = services.streams.options(Route.SEGMENTED, start)
     assert options.turns == TurnSettings()
+
+
+async def test_a_v1_segmented_stream_with_turn_detection_sends_turn_events() -> None:
+    start = json.dumps(
+        {
+            "request": "start",
+            "format": {"channels": 1, "sample_rate": 16000, "bit_depth": 16},
+            "turn_detection": {"eot_threshold": 0.8, "eot_timeout_ms": 1000},
+        }
+    )
+    speech = _speech()
+    async with running_services(model=Saying()) as services:
+        outcome = await run_connection(
+            services,
+            Route.SEGMENTED,
+            [start, speech, bytes(64000), '{"request": "stop"}'],
+        )
+    sent = [json.loads(frame) for frame in outcome.sent]
+    turns = [m for m in sent if m["type"] == "turn"]
+    kinds = [m["event"] for m in turns]
+    assert kinds[0] == "start" and kinds[-1] == "end" and "update" in kinds, kinds
+    for turn in turns:
+        TurnEventModel.model_validate(turn)
+    ends = [m for m in turns if m["event"] == "end"]
+    assert all(m["transcript"] and m["words"] for m in ends), ends
+    assert [m["turn_index"] for m in ends] == list(range(len(ends)))
+    # The segments go on as before.
+    assert any(m["type"] == "segment" for m in sent) and sent[-1]["type"] == "done"
