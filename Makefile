@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# What serving needs (the package and the whisper extra): `make run` installs no more.
+SERVE_STAMP := $(VENV)/.installed-serve
 # The official vendor clients the end-to-end tests drive (see below).
 CLIENTS := .venv-clients
 CLIENT_STAMPS := $(CLIENTS)/deepgram/.installed $(CLIENTS)/pipecat/.installed \
@@ -15,10 +17,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The whisper, bench, twilio and ray extras too: their tests run with the rest.
 	$(PY) -m pip install -q -e ".[dev,whisper,bench,twilio,ray]"
-	touch $(STAMP)
+	touch $(STAMP) $(SERVE_STAMP)
 
-run: $(STAMP)
-	$(VENV)/bin/streamer serve --port 8080
+$(SERVE_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[whisper]"
+	touch $(SERVE_STAMP)
+
+# Serves the real recognizer, so the page at / transcribes the microphone; `streamer
+# serve` alone keeps its default, the test model.
+run: $(SERVE_STAMP)
+	$(VENV)/bin/streamer serve --port 8080 --model whisper
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

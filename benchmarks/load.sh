@@ -2,7 +2,8 @@
 # The load figures quoted in docs/benchmarks.md. Run from the repository root with the
 # project's virtual environment on PATH; every step starts (and stops) its own server.
 #
-#   benchmarks/load.sh [output folder] [step...]     steps: capacity search interim batching admission
+#   benchmarks/load.sh [output folder] [step...]
+#       steps: capacity search interim batching admission ratios overload
 #
 # Each step writes NAME.json and NAME.png to the output folder (default benchmarks/results).
 # `streamer bench` exits 1 when a run's results are not clean (a refused stream counts), so
@@ -11,7 +12,10 @@ set -uo pipefail
 
 OUT=${1:-benchmarks/results}
 shift || true
-STEPS=${*:-capacity search interim batching admission}
+STEPS=${*:-capacity search interim batching admission ratios overload}
+JFK=(-f tests/fixtures/audio/jfk.wav)
+# Twice the capacity the overload step offers (about twice the search's result).
+OVERLOAD_STREAMS=${OVERLOAD_STREAMS:-1200}
 SPEECH=(-f tests/fixtures/audio/jfk.wav -f tests/fixtures/audio/harvard_16k.wav)
 mkdir -p "$OUT"
 status=()
@@ -62,6 +66,28 @@ for step in $STEPS; do
             --server-env STREAMER_SERVER__MAX_STREAMS=150
         run admission-225 --route segmented "${SPEECH[@]}" -n 225 --ramp 15 --duration 30 \
             --server-env STREAMER_SERVER__MAX_STREAMS=150
+        ;;
+    ratios)
+        # Pause-rich speech on a default server: CPU per stream-second as a ratio to the
+        # floor measured in the same run, at 300 streams; then the largest count meeting
+        # the objective, as a share of the floor's capacity, with each process's CPU and
+        # streams at each trial's plateau (max_streams raised so that only latency limits).
+        run ratio-300 --route segmented "${JFK[@]}" -n 300 --ramp 20 --duration 30
+        run ratio-search --route segmented "${JFK[@]}" -n 300 --ramp 20 --duration 30 \
+            --search --added-ms 250 --max-streams 1200 --resolution 25 \
+            --server-env STREAMER_SERVER__MAX_STREAMS=5000
+        ;;
+    overload)
+        # Twice the capacity offered, arriving all at once and over 10 s, with admission on
+        # the delays alone (the default) and also within the capacity estimate.
+        for ramp in 0 10; do
+            run "overload-ramp$ramp" --route segmented "${JFK[@]}" -n "$OVERLOAD_STREAMS" \
+                --ramp $ramp --duration 22 --server-env STREAMER_SERVER__MAX_STREAMS=5000
+            run "overload-ramp$ramp-estimate" --route segmented "${JFK[@]}" \
+                -n "$OVERLOAD_STREAMS" --ramp $ramp --duration 22 \
+                --server-env STREAMER_SERVER__MAX_STREAMS=5000 \
+                --server-env STREAMER_SERVER__ADMIT_WITHIN_ESTIMATE=true
+        done
         ;;
     *)
         echo "unknown step: $step" >&2

@@ -36,13 +36,16 @@ class Admission:
         connections: Collection[Any] = (),
         pressure: Pressure | None = None,
         fleet: FleetSlot | None = None,
+        within_estimate: bool = False,
     ) -> None:
         """``max_streams``: live streams of the whole server; ``max_backlog``: queued
         inferences past which new streams wait. ``draining``: set when the server stops
         taking streams. ``connections``: the open connections, as health counts them.
         ``pressure``: this process's measured delays against their ceilings, refusing
         while any is past (None: streams and backlog alone decide). ``fleet``: this
-        process's row in the table shared by all front-end processes (``--workers``)."""
+        process's row in the table shared by all front-end processes (``--workers``).
+        ``within_estimate``: also refuse once the capacity estimate reaches 0
+        (``server.admit_within_estimate``)."""
         self.max_streams = max_streams
         self.max_backlog = max_backlog
         self.scheduler = scheduler
@@ -51,6 +54,7 @@ class Admission:
         self.connections = connections
         self.pressure = pressure
         self.fleet = fleet
+        self.within_estimate = within_estimate
         self.streams: Counter[Route] = Counter()
         """Live streams per route."""
         self.quota_use: Counter[str] = Counter()
@@ -110,6 +114,8 @@ class Admission:
             behind = self.pressure.behind()
             if self.fleet is not None:
                 self.fleet.set_shedding(behind is not None)
+            if behind is None and self.within_estimate and self.capacity() == 0:
+                return "the server is at its estimated capacity (server.admit_within_estimate)"
             return behind
         return None
 
@@ -125,7 +131,7 @@ class Admission:
             room = -(-room // max(1, self.fleet.alive()))
         if self.pressure is None:
             return max(0, room)
-        return self.pressure.capacity(room)
+        return self.pressure.capacity(room, self.live_streams)
 
     def stream_ended(
         self, route: Route, outcome: str = "completed", stream_id: str | None = None

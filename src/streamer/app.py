@@ -195,6 +195,7 @@ def build_services(
         connections=connections,
         pressure=pressure,
         fleet=fleet,
+        within_estimate=server.admit_within_estimate,
     )
     stream = settings.stream
     streams = StreamFactory(

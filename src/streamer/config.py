@@ -63,6 +63,12 @@ class ServerSettings(BaseModel):
         ge=0,
         description="Inference queue wait past which new streams are refused; 0: none.",
     )
+    admit_within_estimate: bool = Field(
+        default=False,
+        description="Also refuse new streams once the process's estimated capacity "
+        "(streamer_estimated_stream_capacity) is used up, before any delay passes its "
+        "ceiling: for load that arrives faster than the delays can show it.",
+    )
     max_stream_lag_seconds: float = Field(
         default=5.0,
         ge=0,

@@ -4,16 +4,18 @@ that drop or repeat a result, which its check must catch.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from streamer.bench.expected import ExpectedResults
-from streamer.bench.runner import LoadSpec, RunResult, run_load
+from streamer.bench.runner import LoadSpec, RunResult, estimated_capacity, run_load
 from streamer.cli.main import main
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +48,7 @@ def test_the_command_writes_json_a_table_and_a_chart(
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
     files = [arg for path in SHORT[:2] for arg in ("-f", str(path))]
     url = server.http.replace("http", "ws")
-    options = ["-n", "3", "--speed", "4", "--server-pid", str(server.process.pid)]
+    options = ["-n", "3", "--speed", "4", "--server-pid", str(server.process.pid), "--no-floor"]
     outputs = ["--json", str(out), "--png", str(chart), "--per-stream"]
     status = main(["bench", "--url", url, "--route", "simple", *files, *options, *outputs])
     captured = capsys.readouterr()
@@ -57,6 +59,40 @@ def test_the_command_writes_json_a_table_and_a_chart(
     assert doc["run"]["summary"]["results"]["clean"] is True
     assert len(doc["run"]["streams"]) == 3 and doc["machine"]["cpus"]
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "floor" not in doc and "against_floor" not in doc["run"]["summary"]
+
+
+def test_the_report_carries_the_floor_and_the_ratios_to_it(
+    server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    url = server.http.replace("http", "ws")
+    options = ["-n", "2", "--speed", "4", "--server-pid", str(server.process.pid)]
+    floor_options = ["--floor-batch", "16", "--floor-streams", "4"]
+    command = ["bench", "--url", url, "-f", str(SHORT[0]), *options, *floor_options]
+    status = main([*command, "--json", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.out + captured.err
+    doc = json.loads(out.read_text())
+    floor = doc["floor"]
+    assert floor["vad_batch"] == 16 and floor["ingest_streams"] == 4
+    assert floor["vad_us_per_frame"] > 0 and floor["ingest_us_per_message"] > 0
+    assert floor["ingest_messages_measured"] > 0
+    per_second = floor["vad_us_per_frame"] * 31.25 + floor["ingest_us_per_message"] * 10
+    assert floor["ms_per_stream_second"] == pytest.approx(per_second / 1000, rel=1e-3)
+    summary = doc["run"]["summary"]
+    against = summary["against_floor"]
+    cost = summary["server_cpu"]["ms_per_stream_audio_second"]
+    assert against["server_ms_per_stream_second"] == cost
+    assert against["server_cost_ratio"] == pytest.approx(
+        cost / floor["ms_per_stream_second"], rel=1e-2
+    )
+    cores = floor["cpus"] - summary["client_cpu"]["cores_mean"]
+    capacity = cores * 1000 / floor["ms_per_stream_second"]
+    assert against["floor_capacity_streams"] == pytest.approx(capacity, rel=1e-2)
+    assert against["share_of_floor_capacity"] == pytest.approx(2 / capacity, rel=1e-2)
+    assert "floor: " in captured.out and "x the floor" in captured.out
+    assert "of the floor's capacity" in captured.out
 
 
 # -- fake servers that get it wrong --------------------------------------------------------
@@ -163,3 +199,36 @@ async def test_the_check_catches_a_dropped_segment_on_the_segmented_route(
     url = await fake(FakeStreamer(segments, lambda spans: spans.pop()))
     result = await run_against(url, "segmented")
     assert result.summary["results"]["lost"] == 2 and not result.clean
+
+
+async def test_with_several_front_end_processes_each_gets_its_cpu_and_streams(
+    launch: Callable[..., Any],
+) -> None:
+    srv = launch(workers=2)
+    spec = LoadSpec(url=srv.ws("segmented"), files=SHORT[:1], streams=4, min_audio_seconds=3.0)
+    result = await run_load(spec, server_pid=srv.process.pid)
+    async with httpx.AsyncClient() as client:
+        health = (await client.get(f"{srv.http}/api/v1/health", timeout=5.0)).json()
+    fronts = {row["pid"] for row in health["processes"]}
+    assert len(fronts) == 2
+    assert result.clean, result.summary["problems"]
+    processes = {row["pid"]: row for row in result.summary["server_processes"]}
+    assert {pid for pid, row in processes.items() if row["role"] == "front-end"} == fronts
+    assert processes[srv.process.pid]["role"] == "server"  # the supervisor
+    total = result.summary["server_cpu"]["cpu_seconds"]
+    assert sum(row["cpu_seconds"] for row in processes.values()) == pytest.approx(total, abs=0.02)
+    # Every sample saw the fleet table; the streams it counted were the bench's own.
+    sampled = [p for p in result.timeline if "processes" in p]
+    assert sampled
+    for p in sampled:
+        streams = [row["streams"] for row in p["processes"] if row["streams"] is not None]
+        assert sum(streams) <= 4
+
+
+async def test_the_servers_own_capacity_estimate_is_read_from_its_metrics(server: Any) -> None:
+    async with httpx.AsyncClient() as client:
+        health = (await client.get(f"{server.http}/api/v1/health", timeout=5.0)).json()
+    estimate = await asyncio.to_thread(estimated_capacity, server.ws("segmented"))
+    # The gauge is the health report's capacity: never past the room under max_streams.
+    assert estimate is not None and 0 <= estimate <= health["max_streams"]
+    assert estimated_capacity("ws://127.0.0.1:9/api/v1/segmented", timeout=1.0) is None

@@ -9,8 +9,10 @@ from streamer.app import build_services
 from streamer.config import Settings
 from streamer.errors import Overloaded, ShuttingDown
 from streamer.inference.process_pool import ProcessPool
+from streamer.observability.pressure import Ceilings, Pressure
 from streamer.pipeline import Route
 from streamer.policy import ANONYMOUS, Principal
+from streamer.services import Services
 
 
 async def test_a_stream_over_the_limit_is_refused_and_health_says_full() -> None:
@@ -83,3 +85,51 @@ async def test_a_token_s_quota_is_counted_beside_its_key_s() -> None:
     services.admission.stream_ended(Route.SIMPLE, "completed", "t1")
     services.admission.stream_ended(Route.SIMPLE, "completed", "k1")
     assert services.admission.quota_use == {} and services.admission.held == {}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def measured(settings: Settings) -> tuple[Services, Clock, Clock]:
+    """Services whose pressure reads a clock and a CPU counter the test moves."""
+    services = build_services(settings)
+    clock, cpu = Clock(), Clock()
+    services.admission.pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
+    clock.now, cpu.now = 1.0, 0.05  # an idle second: 0.05 of a core of upkeep
+    services.admission.pressure.sample_cpu(services.admission.live_streams)
+    return services, clock, cpu
+
+
+async def test_within_the_estimate_new_streams_stop_once_the_spare_cpu_is_taken() -> None:
+    services, clock, cpu = measured(Settings(server={"admit_within_estimate": True}))
+    services.admission.admit(Route.SEGMENTED)
+    services.admission.admit(Route.SEGMENTED)
+    clock.now, cpu.now = 2.0, 0.05 + 0.3  # two streams: 0.125 of a core each above upkeep
+    services.admission.pressure.sample_cpu(services.admission.live_streams)
+    assert services.admission.capacity() == 4  # (0.85 - 0.3) / 0.125 = 4.4
+    services.admission.admit(Route.SEGMENTED)  # admitted since the sample: counted off the estimate
+    assert services.admission.capacity() == 3
+    for _ in range(3):
+        services.admission.admit(Route.SEGMENTED)
+    assert services.admission.capacity() == 0
+    with pytest.raises(Overloaded, match="estimated capacity"):
+        services.admission.admit(Route.SEGMENTED)
+    assert services.admission.health()["status"] == "full"
+    services.admission.stream_ended(Route.SEGMENTED)
+    services.admission.admit(Route.SEGMENTED)
+
+
+async def test_by_default_the_estimate_does_not_refuse() -> None:
+    services, clock, cpu = measured(Settings())
+    for _ in range(4):
+        services.admission.admit(Route.SEGMENTED)
+    clock.now, cpu.now = 2.0, 0.05 + 0.8  # 0.2 of a core each: nothing spare
+    services.admission.pressure.sample_cpu(services.admission.live_streams)
+    assert services.admission.capacity() == 0
+    services.admission.admit(Route.SEGMENTED)
+    assert services.admission.live_streams == 5

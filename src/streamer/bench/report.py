@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from streamer.bench.floor import Floor, describe_against
 from streamer.bench.runner import RunResult, SearchResult
 
 
@@ -48,10 +49,16 @@ def run_document(result: RunResult, *, per_stream: bool = False) -> dict[str, An
     return doc
 
 
-def search_document(found: SearchResult) -> dict[str, Any]:
+def search_document(found: SearchResult, floor: Floor | None = None) -> dict[str, Any]:
+    """A search as JSON-able data; with the floor, the best count's share of its capacity."""
+    best = next((r for n, r, ok in found.trials if ok and n == found.best), None)
+    against = None if best is None else best.summary.get("against_floor")
     return {
         "objective": {"p95_final_delay_seconds": round(found.objective.p95_seconds, 6)},
         "best_streams": found.best,
+        "best_share_of_floor_capacity": (
+            None if floor is None or against is None else against["share_of_floor_capacity"]
+        ),
         "baseline": None if found.baseline is None else run_document(found.baseline),
         "trials": [
             {"streams": n, "meets_objective": ok, **run_document(result)}
@@ -69,8 +76,8 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{float(value) * 1000:.0f}"
 
 
-def table(result: RunResult) -> str:
-    """A plain-text summary of a run."""
+def table(result: RunResult, floor: Floor | None = None) -> str:
+    """A plain-text summary of a run (with the floor, its figures against it)."""
     s = result.summary
     streams, results = s["streams"], s["results"]
     lines = [
@@ -109,6 +116,28 @@ def table(result: RunResult) -> str:
             f"server cpu: {cpu['cores_mean']:.2f} cores mean, {cpu['cores_max_1s']} max (1 s)"
             + (f"; {per_stream} ms per stream per audio-second" if per_stream else "")
         )
+    for row in s.get("server_processes") or ():
+        if len(s["server_processes"]) < 2:
+            break
+        role = row["role"]
+        plateau = ""
+        if row["plateau_cores_mean"] is not None:
+            plateau = f"; at the plateau {row['plateau_cores_mean']:.2f} cores"
+            if row["plateau_streams_mean"] is not None:
+                plateau += f", {row['plateau_streams_mean']:.0f} streams"
+        lines.append(
+            f"  pid {row['pid']} ({role}): {row['cores_mean']:.2f} cores mean, "
+            f"{row['cores_max_1s']} max (1 s)"
+            + ("" if row["streams_max"] is None else f", {row['streams_max']} streams max")
+            + plateau
+        )
+    estimate = s.get("server_estimate") or {}
+    if estimate.get("plateau_capacity") is not None:
+        lines.append(
+            f"server's own estimate at the plateau: {estimate['plateau_live_mean']:.0f} live "
+            f"+ {estimate['plateau_spare_mean']:.0f} it could still take = "
+            f"{estimate['plateau_capacity']:.0f} streams"
+        )
     client = s.get("client_cpu")
     if client:
         lines.append(
@@ -121,13 +150,18 @@ def table(result: RunResult) -> str:
             f"machine: {box['cores_busy_mean']:.2f} of {box['cpus']} cores busy, "
             f"{box['other_cores_mean']:.2f} by other processes"
         )
+    if floor is not None:
+        lines.append(floor.describe())
+    if s.get("against_floor"):
+        lines.append(describe_against(s["against_floor"]))
     for problem in s["problems"][:5]:
         lines.append(f"problem: {problem}")
     return "\n".join(lines)
 
 
-def search_table(found: SearchResult) -> str:
-    lines = []
+def search_table(found: SearchResult, floor: Floor | None = None) -> str:
+    """A plain-text summary of a search: each trial, with its ratios to the floor if any."""
+    lines = [] if floor is None else [floor.describe()]
     if found.baseline is not None:
         d = found.baseline.summary["final_delay"]
         lines.append(
@@ -139,7 +173,7 @@ def search_table(found: SearchResult) -> str:
     )
     lines.append(
         f"{'streams':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'rtf':>7}{'cpu':>7}{'other':>7}"
-        "  result"
+        f"{'x floor':>9}{'share':>7}{'est.':>7}  result"
     )
     for n, result, ok in found.trials:
         s = result.summary
@@ -147,11 +181,17 @@ def search_table(found: SearchResult) -> str:
         cpu = s.get("server_cpu", {}).get("cores_mean")
         other = s.get("machine_cpu", {}).get("other_cores_mean")
         rtf = s["rtf"]["p50"]
+        against = s.get("against_floor") or {}
+        ratio, share = against.get("server_cost_ratio"), against.get("share_of_floor_capacity")
+        estimate = (s.get("server_estimate") or {}).get("plateau_capacity")
         lines.append(
             f"{n:>8}{_ms(d['p50']):>9}{_ms(d['p95']):>9}{_ms(d['p99']):>9}"
             f"{'-' if rtf is None else f'{rtf:.3f}':>7}"
             f"{'-' if cpu is None else f'{cpu:.2f}':>7}"
-            f"{'-' if other is None else f'{other:.2f}':>7}  "
+            f"{'-' if other is None else f'{other:.2f}':>7}"
+            f"{'-' if ratio is None else f'{ratio:.2f}':>9}"
+            f"{'-' if share is None else f'{share:.0%}':>7}"
+            f"{'-' if estimate is None else f'{estimate:.0f}':>7}  "
             f"{'meets' if ok else 'misses'}{'' if result.clean else ' (not clean)'}"
         )
     lines.append(f"largest count meeting the objective: {found.best}")
@@ -186,7 +226,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_run(result: RunResult, path: Path) -> None:
+def plot_run(result: RunResult, path: Path, floor: Floor | None = None) -> None:
     """Final-delay distribution and timeline, load and CPU over time."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
@@ -213,18 +253,26 @@ def plot_run(result: RunResult, path: Path) -> None:
     ax.set(title="CPU", xlabel="s since start", ylabel="cores")
     ax.legend()
     s = result.summary
-    fig.suptitle(
+    title = (
         f"{s['route']} route, {s['streams']['requested']} streams: p95 final delay "
         f"{_ms(s['final_delay']['p95'])} ms, lost {s['results']['lost']}, "
         f"duplicated {s['results']['duplicated']}"
     )
+    against = s.get("against_floor")
+    if floor is not None and against and against["server_cost_ratio"] is not None:
+        title += (
+            f"\nserver CPU {against['server_cost_ratio']:.2f} x the floor "
+            f"({floor.ms_per_stream_second:.2f} ms per stream-second); "
+            f"{against['share_of_floor_capacity']:.0%} of the floor's capacity"
+        )
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def plot_search(found: SearchResult, path: Path) -> None:
+def plot_search(found: SearchResult, path: Path, floor: Floor | None = None) -> None:
     """Final-delay percentiles and server CPU against the stream count."""
     plt = _pyplot()
     trials = sorted(found.trials, key=lambda t: t[0])
@@ -236,6 +284,19 @@ def plot_search(found: SearchResult, path: Path) -> None:
     ax.axhline(found.objective.p95_seconds * 1000, color="red", linestyle="--", label="objective")
     ax.set(xlabel="concurrent streams", ylabel="final delay, ms (log scale)")
     ax.set_yscale("log")
+    title = f"largest count meeting the objective: {found.best}"
+    if floor is not None:
+        capacity = [
+            r.summary["against_floor"]["floor_capacity_streams"]
+            for _, r, _ in trials
+            if r.summary.get("against_floor")
+        ]
+        if capacity:
+            mean = sum(capacity) / len(capacity)
+            ax.axvline(mean, color="grey", linestyle=":", label="floor's capacity")
+            share = search_document(found, floor)["best_share_of_floor_capacity"]
+            if share is not None:
+                title += f" ({share:.0%} of the floor's capacity)"
     ax.legend(loc="upper left")
     cpu = [r.summary.get("server_cpu", {}).get("cores_mean") for _, r, _ in trials]
     if any(c is not None for c in cpu):
@@ -243,7 +304,7 @@ def plot_search(found: SearchResult, path: Path) -> None:
         ax2.plot(n, [c if c is not None else float("nan") for c in cpu], "k:", label="server cpu")
         ax2.set_ylabel("server cores")
         ax2.legend(loc="lower right")
-    ax.set_title(f"largest count meeting the objective: {found.best}")
+    ax.set_title(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

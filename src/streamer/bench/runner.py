@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import platform
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from streamer.bench.analysis import Check, StreamStats, analyse, distribution
 from streamer.bench.expected import ExpectedResults
@@ -66,6 +70,18 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), ticks / _TICKS
 
 
+def _process_table() -> tuple[dict[int, int], dict[int, float]]:
+    """Every process's parent and CPU seconds, from /proc."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            found = _stat(int(entry.name))
+            if found is not None:
+                parents[int(entry.name)], cpu[int(entry.name)] = found
+    return parents, cpu
+
+
 class CpuMeter:
     """CPU seconds used by a process and all its descendants (worker processes included)."""
 
@@ -73,27 +89,161 @@ class CpuMeter:
         self.pid = pid
 
     def seconds(self) -> float | None:
+        parts = self.by_process()
+        return None if parts is None else sum(parts.values())
+
+    def by_process(self) -> dict[int, float] | None:
+        """CPU seconds of the process itself, and of each of its children with all that
+        child's descendants (keyed by the child's pid): with ``--workers``, one entry per
+        front-end process beside the supervisor's own."""
         if _stat(self.pid) is None:
             return None
-        parents: dict[int, int] = {}
-        cpu: dict[int, float] = {}
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                found = _stat(int(entry.name))
-                if found is not None:
-                    parents[int(entry.name)], cpu[int(entry.name)] = found
-        total = 0.0
-        family = {self.pid}
-        changed = True
-        while changed:
-            changed = False
-            for child, parent in parents.items():
-                if parent in family and child not in family:
-                    family.add(child)
-                    changed = True
-        for pid in family:
-            total += cpu.get(pid, 0.0)
-        return total
+        parents, cpu = _process_table()
+        children: dict[int, list[int]] = {}
+        for child, parent in parents.items():
+            children.setdefault(parent, []).append(child)
+
+        def subtree(pid: int) -> float:
+            total, todo, seen = 0.0, [pid], {pid}
+            while todo:
+                here = todo.pop()
+                total += cpu.get(here, 0.0)
+                for child in children.get(here, ()):
+                    if child not in seen:
+                        seen.add(child)
+                        todo.append(child)
+            return total
+
+        parts = {self.pid: cpu.get(self.pid, 0.0)}
+        for child in children.get(self.pid, ()):
+            parts[child] = subtree(child)
+        return parts
+
+
+def fleet_streams(url: str, timeout: float = 1.0) -> dict[int, int] | None:
+    """Live streams of each front-end process (by pid) from the server's health report,
+    when it runs several; None for a single process or when the report cannot be read."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = "https" if parts.scheme in ("wss", "https") else "http"
+    health = f"{scheme}://{parts.netloc}/api/v1/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as error:  # 503 while full or draining: still a report
+        try:
+            body = json.loads(error.read() or b"{}")
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+    rows = body.get("processes") if isinstance(body, dict) else None
+    if not isinstance(rows, list):
+        return None
+    return {int(r["pid"]): int(r["streams"]) for r in rows if r.get("pid")}
+
+
+ESTIMATE_EVERY: Final = 5
+"""Samples (seconds) between readings of the server's own capacity estimate: a scrape of
+``/metrics`` costs the server some CPU, which the run's figures would count."""
+
+
+def estimated_capacity(url: str, timeout: float = 2.0) -> float | None:
+    """The server's ``streamer_estimated_stream_capacity`` (the streams it reckons it can
+    still take, all its processes together) from ``/metrics``, or None."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = "https" if parts.scheme in ("wss", "https") else "http"
+    try:
+        with urllib.request.urlopen(
+            f"{scheme}://{parts.netloc}/metrics", timeout=timeout
+        ) as response:
+            text = response.read().decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "streamer_estimated_stream_capacity":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+def server_estimate(timeline: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The server's own capacity estimate over the plateau (at least 90% of the most
+    live streams live): the streams live plus those it reckoned it could still take."""
+    peak = max((p["live"] for p in timeline), default=0)
+    read = [p for p in timeline if p.get("estimated_spare") is not None]
+    plateau = [p for p in read if peak and p["live"] >= 0.9 * peak]
+    if not plateau:
+        return {"readings": len(read), "plateau_readings": 0, "plateau_capacity": None}
+    live = sum(p["live"] for p in plateau) / len(plateau)
+    spare = sum(p["estimated_spare"] for p in plateau) / len(plateau)
+    return {
+        "readings": len(read),
+        "plateau_readings": len(plateau),
+        "plateau_live_mean": round(live, 1),
+        "plateau_spare_mean": round(spare, 1),
+        "plateau_capacity": round(live + spare, 1),
+    }
+
+
+def per_process(
+    timeline: Sequence[dict[str, Any]],
+    cpu_0: dict[int, float],
+    cpu_1: dict[int, float],
+    wall: float,
+    root: int,
+) -> list[dict[str, Any]]:
+    """Each server process's CPU and streams over a run, and at its plateau.
+
+    The plateau is the seconds when at least 90% of the most live streams were live: the
+    knee of a run that falls behind is there. ``role``: ``front-end`` for a process with a
+    row in the server's fleet table, ``server`` for ``root`` otherwise (the supervisor, or
+    a single-process server), ``helper`` for any other child.
+    """
+    peak = max((p["live"] for p in timeline), default=0)
+    plateau = [p for p in timeline if peak and p["live"] >= 0.9 * peak]
+    seen: dict[int, dict[str, list[float]]] = {}
+    for point in timeline:
+        for row in point.get("processes", ()):
+            figures = seen.setdefault(int(row["pid"]), {"cores": [], "streams": []})
+            figures["cores"].append(float(row["cores"]))
+            if row.get("streams") is not None:
+                figures["streams"].append(float(row["streams"]))
+    at_plateau: dict[int, dict[str, list[float]]] = {}
+    for point in plateau:
+        for row in point.get("processes", ()):
+            figures = at_plateau.setdefault(int(row["pid"]), {"cores": [], "streams": []})
+            figures["cores"].append(float(row["cores"]))
+            if row.get("streams") is not None:
+                figures["streams"].append(float(row["streams"]))
+
+    def mean(values: Sequence[float]) -> float | None:
+        return round(sum(values) / len(values), 3) if values else None
+
+    out = []
+    for pid in sorted(set(cpu_1) | set(seen)):
+        figures = seen.get(pid, {"cores": [], "streams": []})
+        knee = at_plateau.get(pid, {"cores": [], "streams": []})
+        used = cpu_1.get(pid, 0.0) - cpu_0.get(pid, 0.0)
+        out.append(
+            {
+                "pid": pid,
+                "role": "front-end"
+                if figures["streams"]
+                else "server"
+                if pid == root
+                else "helper",
+                "cpu_seconds": round(used, 3),
+                "cores_mean": round(used / wall, 3) if wall else None,
+                "cores_max_1s": round(max(figures["cores"]), 3) if figures["cores"] else None,
+                "streams_max": int(max(figures["streams"])) if figures["streams"] else None,
+                "plateau_cores_mean": mean(knee["cores"]),
+                "plateau_streams_mean": mean(knee["streams"]),
+            }
+        )
+    return out
 
 
 def machine_busy_seconds() -> float | None:
@@ -125,7 +275,7 @@ class RunResult:
     spec: LoadSpec
     summary: dict[str, Any]
     streams: list[StreamStats]
-    timeline: list[dict[str, float]] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
     records: list[StreamRecord] = field(default_factory=list)
     """What each stream sent and received (its events, the results' text included)."""
 
@@ -183,34 +333,53 @@ async def run_load(
         )
     records = [StreamRecord(i, audios[i % len(audios)]) for i in range(spec.streams)]
     meter = CpuMeter(server_pid) if server_pid is not None else None
-    timeline: list[dict[str, float]] = []
+    timeline: list[dict[str, Any]] = []
     lags: list[float] = []
     stop = asyncio.Event()
 
     async def sample() -> None:
-        """Once a second: live streams, server and client CPU; and the loop's own lag."""
-        last_t, last_server, last_client = loop.time(), None, _own_cpu()
-        if meter is not None:
-            last_server = await asyncio.to_thread(meter.seconds)
+        """Once a second: live streams, server and client CPU (and each server process's,
+        with its streams); and the loop's own lag."""
+        last_t, last_client = loop.time(), _own_cpu()
+        last_parts = await asyncio.to_thread(meter.by_process) if meter is not None else None
         next_print = last_t + progress_every
+        ticks = 0
         while not stop.is_set():
             tick = loop.time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
             now = loop.time()
             lags.append(max(0.0, now - tick - 1.0) if not stop.is_set() else 0.0)
-            server = await asyncio.to_thread(meter.seconds) if meter is not None else None
+            parts = await asyncio.to_thread(meter.by_process) if meter is not None else None
+            rows = await asyncio.to_thread(fleet_streams, spec.url) if meter is not None else None
+            ticks += 1
+            spare = None
+            if meter is not None and ticks % ESTIMATE_EVERY == 0:
+                spare = await asyncio.to_thread(estimated_capacity, spec.url)
             client = _own_cpu()
             dt = max(now - last_t, 1e-6)
-            point = {
+            point: dict[str, Any] = {
                 "t": round(now - origin, 3),
                 "live": sum(1 for r in records if r.live),
                 "client_cores": round((client - last_client) / dt, 4),
             }
-            if server is not None and last_server is not None:
-                point["server_cores"] = round((server - last_server) / dt, 4)
+            if parts is not None and last_parts is not None:
+                point["server_cores"] = round(
+                    (sum(parts.values()) - sum(last_parts.values())) / dt, 4
+                )
+                point["processes"] = [
+                    {
+                        "pid": pid,
+                        "cores": round((used - last_parts.get(pid, 0.0)) / dt, 4),
+                        "streams": None if rows is None else rows.get(pid),
+                    }
+                    for pid, used in parts.items()
+                    if pid in last_parts  # a process started since: no interval yet
+                ]
+            if spare is not None:
+                point["estimated_spare"] = spare
             timeline.append(point)
-            last_t, last_server, last_client = now, server, client
+            last_t, last_parts, last_client = now, parts, client
             if progress is not None and now >= next_print:
                 next_print = now + progress_every
                 progress(_progress_line(records, point))
@@ -222,7 +391,7 @@ async def run_load(
         )
     origin = loop.time()
     sampler = asyncio.create_task(sample(), name="bench-sampler")
-    server_cpu_0 = await asyncio.to_thread(meter.seconds) if meter is not None else None
+    server_parts_0 = await asyncio.to_thread(meter.by_process) if meter is not None else None
     client_cpu_0 = _own_cpu()
     machine_0 = machine_busy_seconds()
     tasks = []
@@ -246,14 +415,15 @@ async def run_load(
         )
     await asyncio.gather(*tasks)
     wall = loop.time() - origin
-    server_cpu_1 = await asyncio.to_thread(meter.seconds) if meter is not None else None
+    server_parts_1 = await asyncio.to_thread(meter.by_process) if meter is not None else None
     client_cpu = _own_cpu() - client_cpu_0
     machine_1 = machine_busy_seconds()
     stop.set()
     await sampler
     stats = [analyse(r, wanted[r.audio.key], origin) for r in records]
     summary = summarise(spec, stats, wall)
-    if server_cpu_0 is not None and server_cpu_1 is not None:
+    if server_parts_0 is not None and server_parts_1 is not None:
+        server_cpu_0, server_cpu_1 = sum(server_parts_0.values()), sum(server_parts_1.values())
         cores = [p["server_cores"] for p in timeline if "server_cores" in p]
         summary["server_cpu"] = {
             "pid": server_pid,
@@ -267,6 +437,10 @@ async def run_load(
                 else None
             ),
         }
+        summary["server_estimate"] = server_estimate(timeline)
+        summary["server_processes"] = per_process(
+            timeline, server_parts_0, server_parts_1, wall, server_pid or 0
+        )
     summary["client_cpu"] = {
         "cpu_seconds": round(client_cpu, 3),
         "cores_mean": round(client_cpu / wall, 3),
@@ -284,7 +458,7 @@ async def run_load(
     return RunResult(spec, summary, stats, timeline, records)
 
 
-def _progress_line(records: Sequence[StreamRecord], point: dict[str, float]) -> str:
+def _progress_line(records: Sequence[StreamRecord], point: dict[str, Any]) -> str:
     started = sum(1 for r in records if r.launched)
     finished = [r for r in records if r.finished is not None]
     finals = sum(
@@ -300,6 +474,9 @@ def _progress_line(records: Sequence[StreamRecord], point: dict[str, float]) -> 
     )
     if "server_cores" in point:
         line += f"  server cpu {point['server_cores']:.2f} cores"
+        fronts = [r for r in point.get("processes", ()) if r["streams"] is not None]
+        if fronts:
+            line += " (" + ", ".join(f"{r['cores']:.2f}/{r['streams']}" for r in fronts) + ")"
     return line + f"  client cpu {point['client_cores']:.2f}"
 
 

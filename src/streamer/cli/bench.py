@@ -16,7 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from streamer.bench.expected import ExpectedResults
+from websockets.exceptions import WebSocketException
+
+from streamer.bench.expected import ExpectedResults, decode_channels
+from streamer.bench.floor import FLOOR_STREAMS, Floor, against_floor, measure_floor
 from streamer.bench.report import (
     CHARTS_HINT,
     charts_available,
@@ -33,10 +36,12 @@ from streamer.bench.runner import (
     Progress,
     RunResult,
     machine,
+    prepare_audio,
     run_load,
     search,
     stderr_progress,
 )
+from streamer.segmentation.vad import DEFAULT_MAX_BATCH, VAD_SAMPLE_RATE
 from streamer.spawn import spawn_server
 
 ROUTES = ("simple", "segmented")
@@ -132,6 +137,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resolution", type=_positive_int, default=10, help="stop when the range is this small"
     )
 
+    base = parser.add_argument_group("floor")
+    base.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip measuring this machine's floor before the load (figures stay absolute)",
+    )
+    base.add_argument(
+        "--floor-batch",
+        type=_positive_int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"rows per VAD call for the floor (default {DEFAULT_MAX_BATCH}, the engine's)",
+    )
+    base.add_argument(
+        "--floor-streams",
+        type=_positive_int,
+        default=FLOOR_STREAMS,
+        help="connections sending at real time while the floor's ingest is measured "
+        f"(default {FLOOR_STREAMS}: a message costs less the more arrive together)",
+    )
+
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write the figures here")
     out.add_argument("--png", type=Path, help="write a chart here")
@@ -154,25 +179,66 @@ def _spec(args: argparse.Namespace, url: str) -> LoadSpec:
     )
 
 
+async def _floor(args: argparse.Namespace, progress: Progress | None) -> Floor:
+    """This machine's floor, measured with the first file's audio before any load."""
+    audio = prepare_audio(args.file[:1], 0.0)[0]
+    samples = decode_channels(audio.data, audio.format, VAD_SAMPLE_RATE)[0]
+    step = max(1, round(args.chunk_ms / 1000 * audio.sample_rate)) * audio.frame_bytes
+    chunks = [audio.data[i : i + step] for i in range(0, len(audio.data), step)]
+    if progress is not None:
+        progress("measuring this machine's floor (batched VAD, then WebSocket ingest)")
+    floor = await measure_floor(
+        samples,
+        chunks,
+        audio.format,
+        message_seconds=args.chunk_ms / 1000,
+        vad_batch=args.floor_batch,
+        ingest_streams=args.floor_streams,
+    )
+    if progress is not None:
+        progress(floor.describe())
+    return floor
+
+
 async def _bench(args: argparse.Namespace, url: str | None, server_pid: int | None) -> int:
     """One run, or a search; ``url`` None: a fresh server of our own for every run."""
     progress = None if args.quiet else stderr_progress()
     expected = ExpectedResults()
-
-    async def trial(spec: LoadSpec, say: Progress | None) -> RunResult:
-        if url is not None:
-            return await run_load(spec, expected=expected, server_pid=server_pid, progress=say)
-        with spawn_server(args.server_config, dict(args.server_env)) as server:
-            if say is not None:
-                say(f"server pid {server.pid} on port {server.port}")
-            spec = replace(spec, url=server.url(args.route))
-            return await run_load(spec, expected=expected, server_pid=server.pid, progress=say)
 
     if args.png and not charts_available():
         print(f"streamer bench: --png: {CHARTS_HINT}", file=sys.stderr)
         return 2  # before the run, not after it
     spec = _spec(args, url or f"ws://127.0.0.1/api/v1/{args.route}")
     document: dict[str, Any] = {"machine": machine()}
+    floor = None
+    if not args.no_floor:
+        try:
+            floor = await _floor(args, progress)
+        except (OSError, RuntimeError, TimeoutError, ValueError, WebSocketException) as error:
+            # The load still runs: its figures are then absolute, as with --no-floor.
+            print(
+                f"streamer bench: the floor could not be measured ({error}); "
+                "the figures are not compared with it",
+                file=sys.stderr,
+            )
+    if floor is not None:
+        document["floor"] = floor.document()
+
+    async def trial(spec: LoadSpec, say: Progress | None) -> RunResult:
+        if url is not None:
+            result = await run_load(spec, expected=expected, server_pid=server_pid, progress=say)
+        else:
+            with spawn_server(args.server_config, dict(args.server_env)) as server:
+                if say is not None:
+                    say(f"server pid {server.pid} on port {server.port}")
+                spec = replace(spec, url=server.url(args.route))
+                result = await run_load(
+                    spec, expected=expected, server_pid=server.pid, progress=say
+                )
+        if floor is not None:
+            result.summary["against_floor"] = against_floor(floor, result.summary)
+        return result
+
     if args.search:
         found = await search(
             spec,
@@ -184,17 +250,17 @@ async def _bench(args: argparse.Namespace, url: str | None, server_pid: int | No
             trial=trial,
             progress=progress,
         )
-        print(search_table(found))
-        document["search"] = search_document(found)
+        print(search_table(found, floor))
+        document["search"] = search_document(found, floor)
         if args.png:
-            plot_search(found, args.png)
+            plot_search(found, args.png, floor)
         status = 0 if found.best else 1
     else:
         result = await trial(spec, progress)
-        print(table(result))
+        print(table(result, floor))
         document["run"] = run_document(result, per_stream=args.per_stream)
         if args.png:
-            plot_run(result, args.png)
+            plot_run(result, args.png, floor)
         status = 0 if result.clean else 1
     if args.json:
         write_json(args.json, document)

@@ -9,8 +9,10 @@ thread pool runs several transcriptions at once (one model, ``num_workers`` repl
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +24,9 @@ from streamer.inference.model import ModelFailure, Output, UnsupportedModel
 
 SAMPLE_RATE = 16000
 """The rate every Whisper model takes."""
+
+MAX_TOKENS = 224
+"""Whisper's own limit on the tokens of one decode (half its 448-token context)."""
 
 EXTRA_HINT = "the whisper model needs the whisper extra: pip install 'streamer[whisper]'"
 
@@ -77,25 +82,94 @@ class WhisperParams(BaseModel):
     compression_ratio_threshold: float = Field(
         default=2.4, gt=0, description="gzip compression ratio above which text is repetitive."
     )
+    tokens_per_second: float = Field(
+        default=10.0,
+        gt=0,
+        le=50,
+        description="Token budget of one decode per second of its audio (plus "
+        "``base_tokens``): fast speech takes about 5, so a decode that reaches the budget "
+        "is looping, and a loop costs a few times a normal decode instead of Whisper's "
+        "224 tokens.",
+    )
+    base_tokens: int = Field(
+        default=8, ge=1, le=224, description="Tokens every decode may take, however short."
+    )
+    fallback_beam_size: int = Field(
+        default=5,
+        ge=1,
+        le=10,
+        description="A decode that loops (reaches its budget, or its text compresses past "
+        "``compression_ratio_threshold``) is decoded once more with this beam, within the "
+        "same budget; whatever still repeats (three times in a row, or twice to the end of "
+        "the budget) is cut after its first occurrence.",
+    )
 
 
 _WORD = re.compile(r"\w")
 
 
 def is_no_speech(
-    params: WhisperParams, no_speech_prob: float, avg_logprob: float, compression_ratio: float
+    params: WhisperParams,
+    no_speech_prob: float,
+    avg_logprob: float,
+    compression_ratio: float,
+    *,
+    ended: bool = True,
 ) -> bool:
     """Whether one decode is Whisper's hallucination over audio without speech.
 
     faster-whisper drops a decode only when it is both likely silence and improbable text.
     Over noise, tiny.en can instead fall into a confident loop (". . . ." at an average
-    log-probability near 0), which that rule keeps; a loop is as telling as improbable
-    text, so either one, at a high no-speech probability, means no speech.
+    log-probability near 0), which that rule keeps; a loop (text that compresses well, or
+    a decode that ran out of its token budget, ``ended`` false) is as telling as
+    improbable text, so either one, at a high no-speech probability, means no speech.
     """
     return no_speech_prob > params.no_speech_threshold and (
         avg_logprob < params.log_prob_threshold
         or compression_ratio > params.compression_ratio_threshold
+        or not ended
     )
+
+
+def token_budget(params: WhisperParams, seconds: float) -> int:
+    """Most tokens one decode of ``seconds`` of audio may take (Whisper's 224 at most).
+
+    A function of the input alone, so an input gets the same budget in any batch.
+    """
+    return min(MAX_TOKENS, params.base_tokens + math.ceil(params.tokens_per_second * seconds))
+
+
+def without_repeats(tokens: Sequence[int], repeats: int = 3) -> list[int]:
+    """The tokens up to the first block that repeats ``repeats`` times in a row, kept once.
+
+    Greedy decoding that falls into a loop never leaves it, so everything after the first
+    copy of the repeated block is the loop.
+    """
+    n = len(tokens)
+    for start in range(n):
+        for period in range(1, (n - start) // repeats + 1):
+            block = tokens[start : start + period]
+            if all(
+                tokens[start + k * period : start + (k + 1) * period] == block
+                for k in range(1, repeats)
+            ):
+                return list(tokens[: start + period])
+    return list(tokens)
+
+
+def without_looping_tail(tokens: Sequence[int]) -> list[int]:
+    """The tokens of a decode that ran out of its budget, up to the loop it ran into.
+
+    A loop runs to the budget, so the decode ends in a block repeated at least twice in
+    full (and perhaps part of a third): everything after the block's first copy goes. A
+    short budget leaves fewer than the three copies ``without_repeats`` looks for.
+    """
+    n = len(tokens)
+    for start in range(n):
+        for period in range(1, (n - start) // 2 + 1):
+            if tokens[start : n - period] == tokens[start + period : n]:
+                return list(tokens[: start + period])
+    return list(tokens)
 
 
 def has_words(text: str) -> bool:
@@ -130,6 +204,16 @@ WINDOW_SAMPLES = 30 * SAMPLE_RATE
 """Whisper's window: inputs up to this long are decoded in one pass, batched."""
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """One input's generation: its text tokens, and whether it ended within its budget."""
+
+    tokens: list[int]
+    ended: bool
+    avg_logprob: float
+    no_speech_prob: float
+
+
 class WhisperRecognizer:
     """Whisper as a streamer model: one segment of 16 kHz mono audio in, its text out.
 
@@ -137,11 +221,17 @@ class WhisperRecognizer:
     (``words`` in ``infer_batch``) ``"words": [{"word", "start", "end", "confidence"}]``,
     times in seconds from the start of the input.
 
-    A batch is decoded together: one encoder call on the stacked 30 s windows, one greedy
-    (or beam) generation over all of them, one alignment for those that want word times.
-    Each input is padded to its own window, exactly as faster-whisper's ``transcribe`` pads
-    it alone, so a batch gives each input the text it would get alone. Inputs longer than
-    one window go through ``transcribe`` on their own.
+    A batch is decoded together: one encoder call on the stacked windows, one greedy
+    generation over all of them, one alignment for those that want word times. A stream's
+    text does not depend on its batch: each input is padded to a window set by its own
+    length, its token budget is its own, a beam is shared only by inputs of one budget
+    (see ``_generate``), and with the default int8 weights CTranslate2 computes each row
+    of a batch bit for bit as it computes it alone (integer products; the rest is per
+    row). With ``compute_type = "float32"`` the decoder's float products are summed in an
+    order that depends on the batch's size, so scores differ in the seventh digit and a
+    token could flip where two are tied that closely; ``temperature`` above 0 samples, and
+    is reproducible neither alone nor in a batch. Inputs longer than one window go
+    through ``transcribe`` on their own.
     """
 
     sample_rate = SAMPLE_RATE
@@ -231,7 +321,6 @@ class WhisperRecognizer:
     def _decode(
         self, window: int, features: list[Any], seconds: list[float], words: list[bool]
     ) -> list[Output | Exception]:
-        import ctranslate2
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.transcribe import get_compression_ratio
 
@@ -247,18 +336,125 @@ class WhisperRecognizer:
             ):
                 prompt[at] = self._tokenizer.tokenizer.token_to_id(found[0][0])
         p = self.params
+        budgets = [token_budget(p, s) for s in seconds]
+        decodes = self._generate(encoded, prompts, budgets, p.beam_size, p.temperature)
+        results: list[Output | Exception] = []
+        kept: list[list[int]] = []
+        again: list[int] = []
+        for i, decode in enumerate(decodes):
+            text = self._tokenizer.decode(decode.tokens).strip()
+            ratio = get_compression_ratio(text)
+            if not has_words(text) or is_no_speech(
+                p, decode.no_speech_prob, decode.avg_logprob, ratio, ended=decode.ended
+            ):
+                kept.append([])
+            else:
+                kept.append(decode.tokens)
+                if not decode.ended or ratio > p.compression_ratio_threshold:
+                    again.append(i)
+        if again and (p.fallback_beam_size != p.beam_size or p.temperature > 0):
+            retried = self._generate(
+                self._rows(encoded, again, len(features)),
+                [prompts[i] for i in again],
+                [budgets[i] for i in again],
+                p.fallback_beam_size,
+                0.0,
+            )
+            for i, decode in zip(again, retried, strict=True):
+                decodes[i] = decode
+                kept[i] = decode.tokens
+        for i in again:
+            tokens = kept[i] if decodes[i].ended else without_looping_tail(kept[i])
+            kept[i] = without_repeats(tokens)
+        for i, tokens in enumerate(kept):
+            text = self._tokenizer.decode(tokens).strip() if tokens else ""
+            if not has_words(text):
+                kept[i], text = [], ""
+            results.append({"text": text})
+        timed = [i for i, want in enumerate(words) if want and kept[i]]
+        if timed:
+            alignments = self._model.find_alignment(
+                self._tokenizer,
+                [kept[i] for i in timed],
+                self._rows(encoded, timed, len(features)),
+                [frames[i] for i in timed],
+            )
+            for i, alignment in zip(timed, alignments, strict=True):
+                out = results[i]
+                assert isinstance(out, dict)
+                out["words"] = word_list(alignment, seconds[i])
+        return results
+
+    @staticmethod
+    def _rows(encoded: Any, rows: list[int], total: int) -> Any:
+        """The encoder output of the given inputs of a batch (all of it when all)."""
+        import ctranslate2
+
+        if len(rows) == total:
+            return encoded
+        return ctranslate2.StorageView.from_array(np.asarray(encoded)[rows])
+
+    def _generate(
+        self,
+        encoded: Any,
+        prompts: list[list[int]],
+        budgets: list[int],
+        beam_size: int,
+        temperature: float,
+    ) -> list[Decoded]:
+        """Each input's generation, cut to its own token budget, as it would be alone.
+
+        Greedy decoding extends each input on its own, so one call for the batch, run to
+        its largest budget and each input cut to its own, gives each the tokens it gets
+        alone. A beam instead keeps the best hypotheses at the end of the call, which
+        depends on where the call ends: inputs share a call only with inputs of the same
+        budget.
+        """
+        if beam_size == 1 and temperature == 0:
+            return self._generate_call(encoded, prompts, budgets, 1, 0.0)
+        groups: dict[int, list[int]] = {}
+        for i, budget in enumerate(budgets):
+            groups.setdefault(budget, []).append(i)
+        decoded: list[Decoded | None] = [None] * len(budgets)
+        for members in groups.values():
+            out = self._generate_call(
+                self._rows(encoded, members, len(budgets)),
+                [prompts[i] for i in members],
+                [budgets[i] for i in members],
+                beam_size,
+                temperature,
+            )
+            for i, one in zip(members, out, strict=True):
+                decoded[i] = one
+        return [one for one in decoded if one is not None]
+
+    def _generate_call(
+        self,
+        encoded: Any,
+        prompts: list[list[int]],
+        budgets: list[int],
+        beam_size: int,
+        temperature: float,
+    ) -> list[Decoded]:
+        """One generation call over a batch, run to its largest budget.
+
+        CTranslate2's Whisper generates at most half of ``max_length`` (the other half is
+        room for a prompt), hence the doubling; one token more than the budget tells an
+        input that ended from one that ran out.
+        """
         sampling: dict[str, Any] = (
-            {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": p.temperature}
-            if p.temperature > 0
-            else {"beam_size": p.beam_size, "patience": 1.0}
+            {"beam_size": 1, "sampling_topk": 0, "sampling_temperature": temperature}
+            if temperature > 0
+            else {"beam_size": beam_size, "patience": 1.0}
         )
+        max_length = min(self._model.max_length, 2 * (max(budgets) + 1))
         generated = self._model.model.generate(
             encoded,
             prompts,
             length_penalty=1.0,
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
-            max_length=self._model.max_length,
+            max_length=max_length,
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -266,32 +462,18 @@ class WhisperRecognizer:
             max_initial_timestamp_index=50,
             **sampling,
         )
-        results: list[Output | Exception] = []
-        kept: list[list[int]] = []
-        for result in generated:
+        decoded: list[Decoded] = []
+        for result, budget in zip(generated, budgets, strict=True):
             tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
-            text = self._tokenizer.decode(tokens).strip()
-            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-            speech = has_words(text) and not is_no_speech(
-                p, result.no_speech_prob, avg_logprob, get_compression_ratio(text)
+            decoded.append(
+                Decoded(
+                    tokens=tokens[:budget],
+                    ended=len(tokens) <= budget and len(tokens) < max_length // 2,
+                    avg_logprob=result.scores[0] * len(tokens) / (len(tokens) + 1),
+                    no_speech_prob=result.no_speech_prob,
+                )
             )
-            results.append({"text": text if speech else ""})
-            kept.append(tokens if speech else [])
-        timed = [i for i, want in enumerate(words) if want and kept[i]]
-        if timed:
-            subset = (
-                encoded
-                if len(timed) == len(features)
-                else ctranslate2.StorageView.from_array(np.asarray(encoded)[timed])
-            )
-            alignments = self._model.find_alignment(
-                self._tokenizer, [kept[i] for i in timed], subset, [frames[i] for i in timed]
-            )
-            for i, alignment in zip(timed, alignments, strict=True):
-                out = results[i]
-                assert isinstance(out, dict)
-                out["words"] = word_list(alignment, seconds[i])
-        return results
+        return decoded
 
     def _transcribe_long(self, audio: NDArray[np.float32], words: bool) -> Output | Exception:
         """An input past one window: faster-whisper's own windowing, alone."""

@@ -260,6 +260,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.finalize = Histogram(
+            "streamer_finalize_seconds",
+            "From a finalize request (v1 finalize, Deepgram's Finalize, OpenAI's commit) "
+            "being handled to each final it forced being sent: what a voice agent waits "
+            "for once its VAD has stopped.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.first_result = Histogram(
             "streamer_time_to_first_result_seconds",
             "From a stream's start to its first segment or active event.",
@@ -301,6 +310,7 @@ class Metrics:
             self.received_frames.labels(route)
             self.final_latency.labels(route)
             self.interim_latency.labels(route)
+            self.finalize.labels(route)
             self.first_result.labels(route)
             for kind in EVENT_TYPES:
                 self.events_sent.labels(route, kind)
@@ -366,6 +376,9 @@ class Metrics:
 
     def observe_latency(self, route: str, seconds: float, *, final: bool) -> None:
         (self.final_latency if final else self.interim_latency).labels(route).observe(seconds)
+
+    def observe_finalize(self, route: str, seconds: float) -> None:
+        self.finalize.labels(route).observe(seconds)
 
     def observe_first_result(self, route: str, seconds: float) -> None:
         self.first_result.labels(route).observe(seconds)

@@ -17,7 +17,11 @@ observed nothing for two windows is not taken to have caught up.
 
 ``capacity`` estimates the streams this process could still take at its current CPU cost
 per stream (one process runs Python on one core: its budget is ``CPU_BUDGET`` of one),
-zero while behind, never more than the room left under ``server.max_streams``.
+zero while behind, never more than the room left under ``server.max_streams``. The cost
+per stream is the marginal one: the CPU above the process's upkeep with no stream (the
+least rate seen while idle), over the live streams. The average (all the CPU over the
+streams) would charge that upkeep to each stream, and at a few streams make the estimate
+a fraction of the real capacity.
 """
 
 from __future__ import annotations
@@ -99,7 +103,11 @@ class Pressure:
         self.cpu_rate = 0.0
         """Cores this process used over the last sample (``sample_cpu``)."""
         self.cost_per_stream: float | None = None
-        """Cores per live stream at the last sample; None before one with streams."""
+        """Cores per live stream above the upkeep at the last sample that had streams (and
+        more CPU than the upkeep); None before one."""
+        self.idle_rate: float | None = None
+        """The least cores used over a sample with no live stream: the process's upkeep."""
+        self._sampled_streams = 0  # live streams at the last sample
         self._overdue: Callable[[], float] = _never
 
     # -- feeds ----------------------------------------------------------------------------
@@ -130,8 +138,12 @@ class Pressure:
             return
         self.cpu_rate = max(0.0, (cpu - before) / (now - then))
         self._sampled = (now, cpu)
-        if live_streams > 0:
-            self.cost_per_stream = self.cpu_rate / live_streams
+        self._sampled_streams = max(0, live_streams)
+        if live_streams <= 0:
+            idle = self.idle_rate
+            self.idle_rate = self.cpu_rate if idle is None else min(idle, self.cpu_rate)
+        elif (marginal := self.cpu_rate - (self.idle_rate or 0.0)) > 0:
+            self.cost_per_stream = marginal / live_streams
 
     # -- readings -------------------------------------------------------------------------
 
@@ -160,8 +172,13 @@ class Pressure:
                 )
         return None
 
-    def capacity(self, room: int) -> int:
-        """Streams this process could still take: 0 while behind; at most ``room``."""
+    def capacity(self, room: int, live_streams: int | None = None) -> int:
+        """Streams this process could still take: 0 while behind; at most ``room``.
+
+        With ``live_streams`` (now), streams admitted since the last CPU sample are taken
+        off: their CPU is not in that sample yet, and a burst admitted within one second
+        would otherwise each be offered the same spare CPU.
+        """
         room = max(0, room)
         if self.behind() is not None:
             return 0
@@ -169,7 +186,10 @@ class Pressure:
         if not cost:
             return room
         spare = max(0.0, CPU_BUDGET - self.cpu_rate)
-        return min(room, math.floor(spare / cost))
+        estimate = math.floor(spare / cost)
+        if live_streams is not None:
+            estimate -= max(0, live_streams - self._sampled_streams)
+        return max(0, min(room, estimate))
 
     def readings(self) -> dict[str, float]:
         """The delays now (seconds), for the health report."""

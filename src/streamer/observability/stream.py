@@ -411,6 +411,8 @@ class StreamTelemetry(StreamObserver):
                 self._next_warning = now + self.max_lag
         if self._metrics is None:
             return
+        if event.final and event.forced and self._flushed_at is not None:
+            self._metrics.observe_finalize(self.route, max(0.0, now - self._flushed_at))
         if (
             event.final
             and self._flushed_at is not None

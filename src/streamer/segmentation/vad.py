@@ -36,6 +36,7 @@ __all__ = [
     # The bundled model's frame geometry and the model itself, as the engine's callers
     # use them (silero_model.py has them).
     "CONTEXT_SAMPLES",
+    "DEFAULT_MAX_BATCH",
     "FRAME_SAMPLES",
     "STATE_SHAPE",
     "VAD_SAMPLE_RATE",
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 ACTIVE_WINDOW: Final = 0.5
 """Seconds after its last frames during which a stream is waited for (``min_interval``)."""
+DEFAULT_MAX_BATCH: Final = 256
+"""Streams one step runs at most, by default (rows of one model call)."""
 EAGER_WINDOW: Final = 0.005
 """Frames a stream hands in within this many seconds of getting its last probabilities
 back come from a sender that waits on the engine (faster than real time): the step interval
@@ -227,7 +230,7 @@ class VadEngine:
         self,
         model: SileroVad | None = None,
         *,
-        max_batch: int = 256,
+        max_batch: int = DEFAULT_MAX_BATCH,
         max_frames: int = 32,
         thread_name: str = "streamer-vad",
         on_batch: Callable[[int, float], None] | None = None,

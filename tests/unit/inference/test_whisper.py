@@ -8,6 +8,7 @@ from typing import cast
 
 import numpy as np
 import pytest
+from faster_whisper.audio import pad_or_trim
 from transcripts import SAID, word_error_rate
 
 from streamer.app import build_model
@@ -15,7 +16,15 @@ from streamer.bench.expected import decode_channels
 from streamer.client import load_audio
 from streamer.config import Settings
 from streamer.inference.model import Output, UnsupportedModel, WordTimedModel
-from streamer.inference.whisper import WhisperParams, WhisperRecognizer, has_words, is_no_speech
+from streamer.inference.whisper import (
+    WhisperParams,
+    WhisperRecognizer,
+    has_words,
+    is_no_speech,
+    token_budget,
+    without_looping_tail,
+    without_repeats,
+)
 
 AUDIO = Path(__file__).resolve().parents[2] / "fixtures" / "audio"
 
@@ -145,3 +154,173 @@ def test_it_is_a_model_the_settings_can_name() -> None:
 def test_a_directory_without_a_model_is_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedModel, match=r"model\.bin is missing"):
         WhisperRecognizer(WhisperParams(model_path=tmp_path))
+
+
+def looping_clip() -> np.ndarray:
+    """2.2 s of harvard_16k.wav cut mid-word, then 2.4 s of silence: a segment as a VAD
+    may cut it. Greedy tiny.en decodes it as "it on the smooth planks. Gloobish." and then
+    "Gloobish." until Whisper's 224-token limit. (A cut a few samples off may not loop:
+    where a loop starts is that fragile.)"""
+    audio = speech("harvard_16k.wav")[18317:53076]
+    return np.concatenate([audio, np.zeros(37684, dtype=np.float32)])
+
+
+def test_the_clip_loops_when_nothing_bounds_the_decode(whisper: WhisperRecognizer) -> None:
+    features = whisper._model.feature_extractor(looping_clip())
+    frames = features.shape[-1] - 1
+    window = whisper._window(frames)
+    encoded = whisper._model.encode(np.stack([pad_or_trim(features[:, :frames], window)]))
+    [decoded] = whisper._generate(encoded, [list(whisper._prompt)], [224], 1, 0.0)
+    text = whisper._tokenizer.decode(decoded.tokens)
+    assert not decoded.ended and len(decoded.tokens) == 224
+    assert text.count("Gloobish") > 20, text
+
+
+def test_a_looping_decode_is_cut_to_its_budget_and_decoded_again_without_repeats(
+    whisper: WhisperRecognizer,
+) -> None:
+    out = whisper.infer(looping_clip())
+    assert out == {"text": "it on the smooth planks."}
+
+
+def test_without_a_fallback_the_repeats_are_cut_after_their_first_occurrence() -> None:
+    plain = WhisperRecognizer(WhisperParams(fallback_beam_size=1))
+    text = plain.infer(looping_clip())["text"]
+    assert text.startswith("it on the smooth planks.") and text.count("Gloob") <= 1, text
+
+
+def test_a_looping_decode_in_a_batch_leaves_the_others_alone(whisper: WhisperRecognizer) -> None:
+    names = ["cross_8k.wav", "front_center_48k.wav"]
+    outputs = whisper.infer_batch([looping_clip(), *map(speech, names)], [True] * 3)
+    assert isinstance(outputs[0], dict) and outputs[0]["text"] == "it on the smooth planks."
+    assert [w["word"] for w in outputs[0]["words"]] == ["it", "on", "the", "smooth", "planks."]
+    texts = [out["text"] for out in outputs[1:] if isinstance(out, dict)]
+    assert [word_error_rate(SAID[n], t) for n, t in zip(names, texts, strict=True)] == [0, 0]
+
+
+def test_a_short_budget_cuts_a_loop_after_its_first_copy_too() -> None:
+    # 17 tokens: "it on the smooth planks." (7), then the loop's block (4) twice and a bit.
+    short = WhisperRecognizer(
+        WhisperParams(base_tokens=1, tokens_per_second=3.4, fallback_beam_size=1)
+    )
+    assert token_budget(short.params, len(looping_clip()) / 16000) == 17
+    assert short.infer(looping_clip()) == {"text": "it on the smooth planks. Gloobish"}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "kept"),
+    [
+        ([1, 2, 3, 4], [1, 2, 3, 4]),
+        ([1, 2, 3, 1, 2], [1, 2, 3, 1, 2]),  # a block and a part of it: no loop yet
+        ([1, 2, 3, 1, 2, 3, 1], [1, 2, 3]),
+        ([5, 6, 7, 8, 6, 7, 8, 6], [5, 6, 7, 8]),
+        ([1, 2, 2], [1, 2]),
+        ([], []),
+    ],
+)
+def test_a_decode_that_ran_out_loses_its_looping_tail(tokens: list[int], kept: list[int]) -> None:
+    assert without_looping_tail(tokens) == kept
+
+
+@pytest.mark.parametrize(
+    ("seconds", "budget"), [(0.0, 8), (1.6, 24), (10.0, 108), (30.0, 224), (300.0, 224)]
+)
+def test_the_token_budget_grows_with_the_audio_up_to_whispers_limit(
+    seconds: float, budget: int
+) -> None:
+    assert token_budget(WhisperParams(), seconds) == budget
+
+
+def test_every_fixture_ends_well_within_its_budget(alone: dict[str, Output]) -> None:
+    # The budget is a bound on loops, not on speech: fast read speech takes half of it.
+    whisper = WhisperRecognizer()
+    for name in NAMES:
+        tokens = whisper._tokenizer.encode(" " + alone[name]["text"])
+        assert len(tokens) <= token_budget(WhisperParams(), len(speech(name)) / 16000) / 2
+
+
+@pytest.mark.parametrize(
+    ("tokens", "kept"),
+    [
+        ([1, 2, 3, 4], [1, 2, 3, 4]),
+        ([1, 2, 2, 3], [1, 2, 2, 3]),  # twice is speech ("very very")
+        ([1, 2, 2, 2, 2], [1, 2]),
+        ([5, 1, 2, 1, 2, 1, 2, 1], [5, 1, 2]),
+        ([7, 8, 9, 7, 8, 9, 7, 8, 9], [7, 8, 9]),
+        ([], []),
+    ],
+)
+def test_repeats_are_cut_after_their_first_occurrence(tokens: list[int], kept: list[int]) -> None:
+    assert without_repeats(tokens) == kept
+
+
+def real_cuts() -> list[np.ndarray]:
+    """Sixteen cuts of the speech fixtures, 0.6 to 9 s, some with silence after them, and
+    the cut that loops (its decode goes through the budget and the beam)."""
+    rng = np.random.default_rng(20)
+    cuts = [looping_clip()]
+    for _ in range(15):
+        audio = speech(NAMES[int(rng.integers(len(NAMES)))])
+        length = int(rng.uniform(0.6, 9.0) * 16000)
+        start = int(rng.integers(0, max(1, len(audio) - length)))
+        silence = np.zeros(int(rng.uniform(0, 1.5) * 16000), dtype=np.float32)
+        cuts.append(np.concatenate([audio[start : start + length], silence]))
+    return cuts
+
+
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_a_cut_has_the_same_text_alone_and_in_batches_of_any_size_and_company(
+    beam_size: int,
+) -> None:
+    whisper = WhisperRecognizer(WhisperParams(beam_size=beam_size, max_batch_size=16))
+    cuts = real_cuts()
+    # Text and word times: everything an output holds.
+    alone = [whisper.infer_batch([cut], [True])[0] for cut in cuts]
+    texts = [out["text"] for out in alone if isinstance(out, dict)]
+    assert texts[0] == "it on the smooth planks." and sum(map(bool, texts)) >= 14
+    rng = np.random.default_rng(beam_size)
+    for size in (2, 3, 5, 16):
+        order = [int(i) for i in rng.permutation(len(cuts))]
+        for at in range(0, len(order), size):
+            members = order[at : at + size]
+            outputs = whisper.infer_batch([cuts[i] for i in members], [True] * len(members))
+            assert outputs == [alone[i] for i in members], (size, members)
+
+
+def test_with_float32_weights_a_batch_moves_scores_in_the_seventh_digit_only() -> None:
+    # Float products summed in another order in a batch: not bit for bit, but bounded.
+    whisper = WhisperRecognizer(WhisperParams(compute_type="float32"))
+    cuts = [speech(name) for name in NAMES]
+    window = 1000  # 10 s of feature frames: every fixture but jfk.wav fits
+    features = [
+        pad_or_trim(whisper._model.feature_extractor(cut[: 9 * 16000])[:, :-1], window)
+        for cut in cuts
+    ]
+    prompts = [list(whisper._prompt) for _ in cuts]
+    together = whisper._generate(
+        whisper._model.encode(np.stack(features)), prompts, [100] * len(cuts), 1, 0.0
+    )
+    for feature, batched in zip(features, together, strict=True):
+        [alone] = whisper._generate(
+            whisper._model.encode(np.stack([feature])), prompts[:1], [100], 1, 0.0
+        )
+        assert alone.tokens == batched.tokens
+        assert abs(alone.avg_logprob - batched.avg_logprob) < 1e-5
+        assert abs(alone.no_speech_prob - batched.no_speech_prob) < 1e-5
+
+
+def test_a_beam_cut_short_by_its_budget_is_shared_only_with_inputs_of_that_budget(
+    whisper: WhisperRecognizer,
+) -> None:
+    features = pad_or_trim(whisper._model.feature_extractor(speech("jfk.wav")[: 9 * 16000]), 1000)
+    one = whisper._model.encode(np.stack([features]))
+    two = whisper._model.encode(np.stack([features, features]))
+    prompts = [list(whisper._prompt)] * 2
+    [alone] = whisper._generate(one, prompts[:1], [15], 5, 0.0)
+    assert not alone.ended
+    # Where one call runs on past an input's budget, its beam keeps other hypotheses...
+    [shared, _] = whisper._generate_call(two, prompts, [15, 200], 5, 0.0)
+    assert shared.tokens != alone.tokens
+    # ...so a beam is shared only by inputs of the same budget.
+    [batched, longer] = whisper._generate(two, prompts, [15, 200], 5, 0.0)
+    assert batched == alone and longer.ended

@@ -114,6 +114,22 @@ def test_a_final_forced_by_stop_is_timed_from_the_stop() -> None:
     assert value(registry, "streamer_final_latency_seconds_bucket", **route, le="0.3") == 1
 
 
+def test_a_final_a_finalize_forced_is_timed_from_the_finalize_as_well() -> None:
+    clock, registry = Clock(), CollectorRegistry()
+    telemetry = make(clock, registry, route="segmented")
+    emit = telemetry.watch(lambda event: None)
+    telemetry.fed(2.0, 2.0, 0.0, 0.0)
+    clock.now = 100.5
+    telemetry.flushed(2.0)
+    clock.now = 100.65
+    emit(segment(1.0))  # a final the pause ended, not the finalize: not counted
+    emit(SegmentResult(channel=0, start=1.0, end=2.0, forced=True))
+    route = {"route": "segmented"}
+    assert value(registry, "streamer_finalize_seconds_count", **route) == 1
+    assert value(registry, "streamer_finalize_seconds_sum", **route) == pytest.approx(0.15)
+    assert value(registry, "streamer_final_latency_seconds_count", **route) == 2
+
+
 def test_decode_and_resample_are_observed_once_a_second_of_audio() -> None:
     clock, registry = Clock(), CollectorRegistry()
     telemetry = make(clock, registry)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from streamer.observability.pressure import CPU_BUDGET, Ceilings, Pressure, WindowMax
 
 
@@ -67,3 +69,47 @@ def test_capacity_is_the_spare_cpu_at_the_cost_per_stream() -> None:
     assert pressure.capacity(1000) == int((CPU_BUDGET - 0.25) / 0.005)
     assert pressure.capacity(10) == 10
     assert pressure.capacity(-3) == 0
+
+
+def test_the_cost_per_stream_leaves_out_the_upkeep_of_an_idle_process() -> None:
+    clock = Clock()
+    cpu = Clock()
+    pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
+    clock.now, cpu.now = 1.0, 0.30  # start-up work lands in the first sample
+    pressure.sample_cpu(0)
+    clock.now, cpu.now = 2.0, 0.35  # then 0.05 of a core with no stream
+    pressure.sample_cpu(0)
+    assert pressure.idle_rate == pytest.approx(0.05)
+    assert pressure.cost_per_stream is None
+    clock.now, cpu.now = 3.0, 0.35 + 0.05 + 10 * 0.004  # ten streams at 4 ms of CPU a second
+    pressure.sample_cpu(10)
+    assert pressure.cost_per_stream == pytest.approx(0.004)
+    # The average cost (0.009) would give 88 streams; the marginal one gives the rest.
+    assert pressure.capacity(1000) == int((CPU_BUDGET - 0.09) / 0.004 + 1e-9)
+
+
+def test_a_sample_at_or_below_the_upkeep_keeps_the_last_cost() -> None:
+    clock = Clock()
+    cpu = Clock()
+    pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
+    clock.now, cpu.now = 1.0, 0.05
+    pressure.sample_cpu(0)
+    clock.now, cpu.now = 2.0, 0.15  # 0.1 core for 20 streams: 0.05 above the upkeep
+    pressure.sample_cpu(20)
+    assert pressure.cost_per_stream == pytest.approx(0.0025)
+    clock.now, cpu.now = 3.0, 0.18  # 0.03 of a core: less than the upkeep, no information
+    pressure.sample_cpu(20)
+    assert pressure.cost_per_stream == pytest.approx(0.0025)
+
+
+def test_streams_admitted_since_the_sample_are_taken_off_the_estimate() -> None:
+    clock = Clock()
+    cpu = Clock()
+    pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
+    clock.now, cpu.now = 1.0, 0.25  # a quarter of a core for 50 streams
+    pressure.sample_cpu(50)
+    spare = int((CPU_BUDGET - 0.25) / 0.005)
+    assert pressure.capacity(1000, 50) == spare
+    assert pressure.capacity(1000, 50 + 30) == spare - 30
+    assert pressure.capacity(1000, 50 + spare + 5) == 0
+    assert pressure.capacity(1000, 40) == spare  # streams that ended free nothing yet
