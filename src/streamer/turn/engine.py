@@ -325,15 +325,15 @@ class TurnEngine:
             self.cost_per_window = per_window
         else:
             self.cost_per_window += COST_SMOOTHING * (per_window - self.cost_per_window)
-        for request, probability in zip(requests, probabilities, strict=True):
-            request.future.set_result(
-                TurnAnswer(float(probability), waited=waited_until - request.submitted, batch=rows)
-            )
-        if self.on_call is not None:
+        if self.on_call is not None:  # before the answers: a caller sees the call counted
             try:
                 self.on_call(rows, elapsed)
             except Exception:
                 log.exception("turn engine on_call callback failed")
+        for request, probability in zip(requests, probabilities, strict=True):
+            request.future.set_result(
+                TurnAnswer(float(probability), waited=waited_until - request.submitted, batch=rows)
+            )
 
     def _fail_waiting(self, error: BaseException) -> None:
         with self._lock:

@@ -259,6 +259,7 @@ async def test_a_v1_segmented_stream_with_turn_detection_sends_turn_events() -> 
             Route.SEGMENTED,
             [start, speech, bytes(64000), '{"request": "stop"}'],
         )
+        registry = services.metrics.registry
     sent = [json.loads(frame) for frame in outcome.sent]
     turns = [m for m in sent if m["type"] == "turn"]
     kinds = [m["event"] for m in turns]
@@ -270,3 +271,7 @@ async def test_a_v1_segmented_stream_with_turn_detection_sends_turn_events() -> 
     assert [m["turn_index"] for m in ends] == list(range(len(ends)))
     # The segments go on as before.
     assert any(m["type"] == "segment" for m in sent) and sent[-1]["type"] == "done"
+    # Counted: each turn event by its event, and the end-of-turn model's calls.
+    labels = {"route": "segmented", "event": "EndOfTurn"}
+    assert registry.get_sample_value("streamer_turn_events_total", labels) == len(ends)
+    assert (registry.get_sample_value("streamer_turn_model_seconds_count") or 0) >= 1
