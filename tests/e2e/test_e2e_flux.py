@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import soundfile as sf
 from conftest import ServerProcess, start_server
-from test_e2e_deepgram import CLIENTS, _status, python_of, raw, run_client
+from test_e2e_deepgram import AUDIO, CLIENTS, _status, python_of, raw, run_client
 from transcripts import SAID, word_error_rate
 
 pytestmark = pytest.mark.e2e
@@ -37,10 +39,30 @@ def whisper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     running.stop()
 
 
+def paused_mid_phrase(path: Path, at: float = 5.70, pause: float = 2.5) -> Path:
+    """jfk with a pause of the line's noise floor inserted at the quietest point near
+    ``at`` (after "ask not what", mid-phrase): the end-of-turn model scores that pause
+    about 0.4, an early end at an eager threshold of 0.3 that the rest of the phrase takes
+    back. The pause is long enough for the turn's decode and score to come in first."""
+    audio, rate = sf.read(AUDIO / "jfk.wav", dtype="float32")
+    frames = audio[: len(audio) // 160 * 160].reshape(-1, 160).astype(np.float64)
+    rms = np.sqrt((frames**2).mean(axis=1) + 1e-12)
+    floor = max(float(np.percentile(rms, 2)), 1e-4)
+    low, high = int((at - 0.12) * 100), int((at + 0.12) * 100) + 1
+    cut = (low + int(np.argmin(rms[low:high]))) * 160 + 80
+    noise = np.random.default_rng(0).normal(0, floor, int(pause * rate)).astype(np.float32)
+    sf.write(path, np.concatenate([audio[:cut], noise, audio[cut:]]), rate, "PCM_16", format="RAW")
+    return path
+
+
 @pytest.fixture(scope="module")
 def raws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("flux-audio")
-    return {"jfk": raw(tmp, "jfk.wav"), "harvard": raw(tmp, "harvard_16k.wav")}
+    return {
+        "jfk": raw(tmp, "jfk.wav"),
+        "harvard": raw(tmp, "harvard_16k.wav"),
+        "jfk_paused": paused_mid_phrase(tmp / "jfk_paused.raw"),
+    }
 
 
 def sdk(server: ServerProcess, audio: Path, query: dict[str, Any], *extra: str) -> dict[str, Any]:
@@ -126,7 +148,7 @@ def test_python_sdk_configure_mid_stream_and_force_end_turn(
         "--configure",
         json.dumps(thresholds),
         "--force-end-at",
-        str(32000 * 3),
+        str(32000 * 6),  # inside "ask not what your country": a turn is open
         "--pace",
         "0.02",
     )
@@ -220,15 +242,13 @@ def test_livekit_stt_v2_preflight_at_the_early_end_then_final_and_end_of_speech(
             "--key",
             KEY,
             "--audio",
-            str(raws["jfk"]),
-            # The model scores jfk's two pauses 0.96 and 0.76: the second is an early end
-            # at 0.5, then an end by the 1.5 s timeout (the model is asked once a pause).
+            str(raws["jfk_paused"]),
             "--eager",
-            "0.5",
+            "0.3",
             "--eot",
-            "0.8",
+            "0.9",
             "--timeout-ms",
-            "1500",
+            "5000",
         ]
     )
     events = result["events"]
@@ -238,6 +258,10 @@ def test_livekit_stt_v2_preflight_at_the_early_end_then_final_and_end_of_speech(
     assert finals and all(e["text"] and e["words"] for e in finals), events
     preflights = [e for e in events if e["type"] == "preflight_transcript"]
     assert preflights, types
+    # The early end mid-phrase was taken back (TurnResumed: an interim), then the turn
+    # went on to its end.
+    after = types[types.index("preflight_transcript") + 1 :]
+    assert after[0] == "interim_transcript" and "final_transcript" in after, types
     # Each final is followed by the end of speech; a final after a preflight with nothing
     # between (no resumption) carries the preflight's transcript.
     shown = [e for e in events if e["type"] != "recognition_usage"]
