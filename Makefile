@@ -15,8 +15,8 @@ CLIENT_STAMPS := $(CLIENTS)/deepgram/.installed $(CLIENTS)/pipecat/.installed \
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The whisper, bench, twilio and ray extras too: their tests run with the rest.
-	$(PY) -m pip install -q -e ".[dev,whisper,bench,twilio,ray]"
+	# The whisper, bench, twilio, ray and redis extras too: their tests run with the rest.
+	$(PY) -m pip install -q -e ".[dev,whisper,bench,twilio,ray,redis]"
 	touch $(STAMP) $(SERVE_STAMP)
 
 $(SERVE_STAMP): pyproject.toml

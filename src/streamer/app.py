@@ -53,6 +53,7 @@ from streamer.transport.twilio import serve_media_stream
 from streamer.transport.websocket import serve_websocket
 from streamer.turn.engine import TurnEngine
 from streamer.turn.stage import TurnSettings
+from streamer.twilio.bus import make_bus
 from streamer.twilio.callbacks import CallbackPoster
 from streamer.twilio.hub import CallHub, CallPublisher
 from streamer.twilio.signature import SignaturePolicy, by_route
@@ -246,6 +247,7 @@ def build_services(
         policy=policy,
         limits=limits_of(settings),
         max_pending_events=server.max_pending_events,
+        close_grace_seconds=server.close_grace_seconds,
         connections=connections,
         draining=draining,
     )
@@ -345,6 +347,12 @@ def create_app(
         max_calls=twilio_settings.max_calls,
         queue=settings.server.max_pending_events,
     )
+    bus = make_bus(
+        settings.bus,
+        hub,
+        fleet.fleet.bus if fleet is not None else None,
+        on_state=metrics.bus_state,
+    )
     callbacks: list[CallbackPoster] = []
 
     @contextlib.asynccontextmanager
@@ -355,6 +363,7 @@ def create_app(
         )
         services.streams.scheduler.start()
         services.streams.vad.start()
+        await bus.start()
         app.state.services = services
         pressure = services.admission.pressure
 
@@ -405,6 +414,7 @@ def create_app(
                 await poster.close(grace=share)
             callbacks.clear()
             await services.streams.scheduler.close(grace=share)
+            await bus.close()
             services.streams.vad.close()
             if services.streams.turns is not None:
                 services.streams.turns.close(timeout=share)
@@ -414,7 +424,7 @@ def create_app(
 
     async def health(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
-        body = services.admission.health()
+        body = {**services.admission.health(), "bus": bus.status()}
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -448,7 +458,7 @@ def create_app(
     def call_sink() -> CallPublisher:
         poster = callbacks[0] if callbacks else None
         return CallPublisher(
-            hub,
+            bus,
             allowed=poster.allowed if poster else lambda url: False,
             post=poster.post if poster else None,
             on_callback=lambda outcome: metrics.twilio_callbacks.labels(outcome).inc(),
@@ -465,11 +475,11 @@ def create_app(
 
     async def call_events(ws: WebSocket) -> None:
         key = f"call:{ws.path_params['sid']}"
-        await serve_subscriber(ws, ws.app.state.services, hub, key, name="twilio_events")
+        await serve_subscriber(ws, ws.app.state.services, bus, key, name="twilio_events")
 
     async def stream_events(ws: WebSocket) -> None:
         key = f"stream:{ws.path_params['sid']}"
-        await serve_subscriber(ws, ws.app.state.services, hub, key, name="twilio_events")
+        await serve_subscriber(ws, ws.app.state.services, bus, key, name="twilio_events")
 
     return Starlette(
         routes=[

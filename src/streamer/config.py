@@ -22,7 +22,7 @@ from streamer.auth import AuthSettings
 from streamer.inference.model import TestModelParams
 from streamer.inference.whisper import WhisperParams
 from streamer.origins import ANY, parse_origin
-from streamer.twilio.settings import TwilioSettings
+from streamer.twilio.settings import BusSettings, TwilioSettings
 
 
 class ServerSettings(BaseModel):
@@ -119,6 +119,14 @@ class ServerSettings(BaseModel):
     )
     max_pending_events: int = Field(
         default=1000, ge=10, description="Events queued for a client that is not reading."
+    )
+    close_grace_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds the events still queued when a connection ends are kept for a "
+        "client that reads late, plus 20 ms per queued event, at most six times this; a "
+        "client that has not read them by then is closed with slow_consumer.",
     )
     allowed_origins: list[str] = Field(
         default_factory=list,
@@ -334,6 +342,7 @@ class Settings(BaseSettings):
     ray: RaySettings = RaySettings()
     auth: AuthSettings = AuthSettings()
     twilio: TwilioSettings = TwilioSettings()
+    bus: BusSettings = BusSettings()
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     log_json: bool = False
 

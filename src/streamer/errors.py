@@ -55,6 +55,7 @@ class ErrorCode(StrEnum):
     SESSION_EXPIRED = "session_expired"
     RATE_LIMITED = "rate_limited"
     FALLING_BEHIND = "falling_behind"
+    BUS_UNAVAILABLE = "bus_unavailable"
 
 
 class CloseCode(IntEnum):
@@ -205,6 +206,7 @@ ENDINGS: dict[ErrorCode | None, Ending] = {
     ErrorCode.IDLE_TIMEOUT: Ending(CloseCode.NORMAL, "DEADLINE_EXCEEDED"),
     ErrorCode.SESSION_EXPIRED: Ending(CloseCode.NORMAL, "DEADLINE_EXCEEDED"),
     ErrorCode.RATE_LIMITED: Ending(CloseCode.POLICY_VIOLATION, "RESOURCE_EXHAUSTED"),
+    ErrorCode.BUS_UNAVAILABLE: Ending(CloseCode.INTERNAL_ERROR, "UNAVAILABLE"),
 }
 """The one table from the reason a connection ends (None: it ended normally) to its
 WebSocket close code and gRPC status. A WebSocket survives most client errors (they are

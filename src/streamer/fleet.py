@@ -27,10 +27,12 @@ _PID, _STREAMS, _SHEDDING, _RESTARTS = range(_FIELDS)
 class Fleet:
     """The shared table of ``workers`` front-end processes (built by the supervisor)."""
 
-    def __init__(self, workers: int, array: Any = None) -> None:
+    def __init__(self, workers: int, array: Any = None, *, bus: str | None = None) -> None:
         if workers < 1:
             raise ValueError("a fleet has at least one process")
         self.workers = workers
+        self.bus = bus
+        """The local socket of the supervisor's call bus relay (``twilio.bus``)."""
         self.array: Any = (
             array
             if array is not None

@@ -23,6 +23,7 @@ import uvicorn
 
 from streamer.app import create_app, drain
 from streamer.config import Settings
+from streamer.observability.memory import snapshots_from_env
 from streamer.transport.limits import uvicorn_protocols, uvicorn_ws_max_size
 
 __all__ = ["GC_YOUNG_OBJECTS", "SECOND_SIGNAL_SECONDS", "run_server"]
@@ -103,6 +104,7 @@ def run_server(
 ) -> None:
     """Serve HTTP and WebSocket on the configured address (or on ``sockets``, already
     bound) until told to stop."""
+    snapshots_from_env()  # heap snapshots, when a leak hunt asks for them
     # The event loop and the VAD engine's thread share the GIL; at Python's default 5 ms
     # a thread that wants it back waits that long, which under load slows every stream.
     sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)

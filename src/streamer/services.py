@@ -43,6 +43,9 @@ class Services:
     """Each connection's limits (idle time, a stream's length, the message rate)."""
     max_pending_events: int = 1000
     """Events queued for a client past which it is behind (``Outbox``)."""
+    close_grace_seconds: float = 10.0
+    """How long a connection's events still queued at its end wait for a client that
+    reads late, before it is ended with ``slow_consumer`` (``Outbox.close``)."""
     connections: set[Connection] = field(default_factory=set)
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the server stops taking streams."""
@@ -72,6 +75,11 @@ class Services:
     def interim_dropped(self, route: Route, event: Event) -> None:
         """An interim result was dropped for a client that is not reading."""
         self.metrics.interim_dropped(route)
+
+    def results_unread(self, route: Route) -> None:
+        """A connection ended with ``slow_consumer`` after its stream: its client did not
+        read the results left queued within the close grace."""
+        self.metrics.results_unread(route)
 
     def open_connection(self, route: Route, headers: Mapping[str, str]) -> ConnectionTrace:
         """Start a connection's span (its parent: a ``traceparent`` in ``headers``)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,19 +98,16 @@ async def test_a_client_that_closes_its_socket_frees_its_queued_work_at_once(
             await ws.send(json.dumps({"request": "start", "format": AUDIO.format}))
             await ws.recv()  # ready
             await ws.send(long_audio(8))  # eight inferences of 0.5 s each, two workers
-            for _ in range(500):  # until the work is queued
-                if (await health())["queued_inferences"]:
+            async with asyncio.timeout(60):  # until the work is queued
+                while not (await health())["queued_inferences"]:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            ws.transport.close()  # a TCP FIN, no closing handshake
+        async with asyncio.timeout(30):  # a bound for a busy machine, not the measure
+            while True:
+                now = await health()
+                if now["queued_inferences"] == 0 and sum(now["streams"].values()) == 0:
                     break
                 await asyncio.sleep(0.01)
-            else:
-                pytest.fail("no inference was ever queued")
-            ws.transport.close()  # a TCP FIN, no closing handshake
-            closed = time.monotonic()
-        freed = None
-        while time.monotonic() - closed < 5.0:
-            now = await health()
-            if now["queued_inferences"] == 0 and sum(now["streams"].values()) == 0:
-                freed = time.monotonic() - closed
-                break
-            await asyncio.sleep(0.01)
-    assert freed is not None and freed < 0.25, freed
+    # Freed at once means the queued work was withdrawn, not run: fewer inputs ran than
+    # the eight the audio asked for. (How fast: benchmarks, not this test.)
+    assert slower.gauge("streamer_batch_size_sum") < 8

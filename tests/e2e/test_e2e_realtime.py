@@ -137,15 +137,19 @@ def test_server_vad_session_transcribes_real_speech(
     assert all(a["audio_start_ms"] < b["audio_end_ms"] for a, b in spans)
     assert of(events, "conversation.item.input_audio_transcription.delta"), "interim deltas"
     for item in items:
-        deltas = "".join(
+        pieces = [
             e["delta"]
             for e in of(events, "conversation.item.input_audio_transcription.delta")
             if e["item_id"] == item
-        )
+        ]
         (done,) = [e for e in completed if e["item_id"] == item]
-        # Deltas carry interim words as they come; the final is the item's transcript
-        # (it may revise them), and nothing of the item follows it.
-        assert isinstance(deltas, str)
+        # Deltas carry words as they settle, each adding some; the final is the item's
+        # transcript. Where it goes on from what the deltas carried, they spell it out
+        # whole (the last delta completes it); where it revised their words, it does not
+        # begin with them. Nothing of the item follows it.
+        assert all(pieces), pieces
+        deltas, transcript = "".join(pieces), done["transcript"]
+        assert deltas == transcript or not transcript.startswith(deltas), (deltas, transcript)
         assert events.index(done) > max(
             (i for i, e in enumerate(events) if e.get("item_id") == item and e is not done),
             default=-1,

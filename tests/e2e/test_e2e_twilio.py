@@ -100,6 +100,20 @@ async def play(
         return ws.close_code
 
 
+async def watch(target: str, out: list[dict[str, Any]], **options: Any) -> asyncio.Task[int | None]:
+    """Connect a subscriber (it is subscribed once the upgrade is answered) and record its
+    events on a task until the server closes; the task's result is the close code."""
+    ws = await connect(target, **options)
+
+    async def record() -> int | None:
+        async with ws:
+            async for text in ws:
+                out.append(json.loads(text))
+            return ws.close_code
+
+    return asyncio.create_task(record())
+
+
 async def subscribe(target: str, out: list[dict[str, Any]], **options: Any) -> int | None:
     """Record a subscriber's events until the server closes; the close code."""
     async with connect(target, **options) as ws:
@@ -126,10 +140,7 @@ async def test_a_call_s_finals_reach_early_and_late_subscribers_and_the_callback
     sequence = messages(call, {"inbound": inbound, "outbound": outbound})
     early: list[dict[str, Any]] = []
     late: list[dict[str, Any]] = []
-    early_task = asyncio.create_task(
-        subscribe(url(whisper_server, f"/v1/twilio/calls/{call.call_sid}/events"), early)
-    )
-    await asyncio.sleep(0.3)  # subscribed before the call starts
+    early_task = await watch(url(whisper_server, f"/v1/twilio/calls/{call.call_sid}/events"), early)
     caller = asyncio.create_task(play(url(whisper_server), sequence))
     await asyncio.sleep(6.0)  # the outbound speech is over, the inbound half way
     late_code = await subscribe(
@@ -190,10 +201,7 @@ async def test_bad_frames_are_counted_errors_and_the_call_goes_on(server: Server
     )
     rejected = server.gauge("streamer_twilio_frames_rejected_total")
     events: list[dict[str, Any]] = []
-    watcher = asyncio.create_task(
-        subscribe(url(server, f"/v1/twilio/calls/{call.call_sid}/events"), events)
-    )
-    await asyncio.sleep(0.3)
+    watcher = await watch(url(server, f"/v1/twilio/calls/{call.call_sid}/events"), events)
     assert await play(url(server), sequence, real_time=False) == 1000
     assert await watcher == 1000
     errors = [e for e in events if e["type"] == "error"]
@@ -257,10 +265,7 @@ async def test_twilio_s_signature_is_the_credential_and_a_bad_one_is_403(
     with pytest.raises(InvalidStatus) as refused:
         await subscribe(events_url, events)
     assert refused.value.response.status_code == 401, "subscribers need an API key"
-    watcher = asyncio.create_task(
-        subscribe(events_url, events, additional_headers={"Authorization": f"Bearer {KEY}"})
-    )
-    await asyncio.sleep(0.3)
+    watcher = await watch(events_url, events, additional_headers={"Authorization": f"Bearer {KEY}"})
     signed = {"X-Twilio-Signature": twilio_signature(target, TOKEN)}
     assert await play(target, sequence, real_time=False, additional_headers=signed) == 1000
     assert await watcher == 1000
@@ -293,10 +298,7 @@ async def test_a_call_that_drops_without_stop_still_gives_its_last_finals(
         sequence = messages(call, {"inbound": inbound})
         assert json.loads(sequence[-1][1])["event"] == "stop"
         events: list[dict[str, Any]] = []
-        watcher = asyncio.create_task(
-            subscribe(url(server, f"/v1/twilio/calls/{call.call_sid}/events"), events)
-        )
-        await asyncio.sleep(0.3)
+        watcher = await watch(url(server, f"/v1/twilio/calls/{call.call_sid}/events"), events)
         if ending == "stop":
             assert await play(url(server), sequence, real_time=False) == 1000
         else:

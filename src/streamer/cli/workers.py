@@ -10,6 +10,8 @@ kernel spreads new connections across them) and running the whole single-process
 - turns on prometheus-client's multiprocess mode, so that ``/metrics`` on any process
   serves the sum of all; a process that exits is marked dead (its live gauges go, its
   counters stay);
+- relays the Twilio call bus (``streamer.twilio.bus``): a call's events, from the process
+  that streams it, to every other, so that its subscribers may connect to any;
 - forwards SIGTERM and SIGINT to every process, each of which drains its own streams,
   and exits once all have;
 - with the Ray Serve backend, deploys the model once (starting a local cluster when no
@@ -36,6 +38,7 @@ from typing import Any, Final
 
 from streamer.config import Settings
 from streamer.fleet import Fleet
+from streamer.twilio.bus import BusRelay
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def worker_main(settings: Settings, index: int, array: Any, parent: int) -> None:
+def worker_main(settings: Settings, index: int, array: Any, parent: int, bus: str) -> None:
     """One front-end process (the target of each spawned process)."""
     # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which passes
     # one signal on, rather than every process seeing two.
@@ -95,7 +98,7 @@ def worker_main(settings: Settings, index: int, array: Any, parent: int) -> None
 
     handler = configure_logging(settings.log_level, json_lines=settings.log_json)
     handler.addFilter(_WorkerFilter(index))
-    slot = Fleet(settings.server.workers or 1, array).slot(index)
+    slot = Fleet(settings.server.workers or 1, array, bus=bus).slot(index)
     slot.started(os.getpid())
     server = settings.server
     sock = _bind(server.host, server.port, listen=True)
@@ -104,9 +107,9 @@ def worker_main(settings: Settings, index: int, array: Any, parent: int) -> None
 
 
 class _Supervisor:
-    def __init__(self, settings: Settings, workers: int, metrics_dir: str) -> None:
+    def __init__(self, settings: Settings, workers: int, metrics_dir: str, bus: str) -> None:
         self.settings = settings
-        self.fleet = Fleet(workers)
+        self.fleet = Fleet(workers, bus=bus)
         self.metrics_dir = metrics_dir
         self.context = multiprocessing.get_context("spawn")
         self.processes: list[Any] = [None] * workers
@@ -117,7 +120,7 @@ class _Supervisor:
     def start(self, index: int) -> None:
         process = self.context.Process(
             target=worker_main,
-            args=(self.settings, index, self.fleet.array, os.getpid()),
+            args=(self.settings, index, self.fleet.array, os.getpid(), self.fleet.bus),
             name=f"streamer-frontend-{index}",
         )
         process.start()
@@ -217,7 +220,9 @@ def run_fleet(settings: Settings, workers: int) -> int:
         settings = settings.model_copy(update={"ray": settings.ray.model_copy(update=joined)})
     metrics_dir = tempfile.mkdtemp(prefix="streamer-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # the workers inherit it
-    supervisor = _Supervisor(settings, workers, metrics_dir)
+    relay = BusRelay(os.path.join(metrics_dir, "bus.sock"))
+    relay.start()
+    supervisor = _Supervisor(settings, workers, metrics_dir, relay.path)
     signal.signal(signal.SIGTERM, supervisor.on_signal)
     signal.signal(signal.SIGINT, supervisor.on_signal)
     log.info(
@@ -230,6 +235,7 @@ def run_fleet(settings: Settings, workers: int) -> int:
     try:
         return supervisor.run()
     finally:
+        relay.close()
         for sock in held:
             sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)

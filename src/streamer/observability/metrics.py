@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streamer.errors import ErrorCode
 from streamer.observability.gauges import ROUTES, RuntimeCollector, RuntimeSources, SharedRuntime
@@ -139,6 +139,26 @@ class Metrics:
         self.interims_dropped = Counter(
             "streamer_interim_results_dropped",
             "Interim results dropped for clients that were not reading their events, by route.",
+            ["route"],
+            registry=registry,
+        )
+        self.bus_up = Gauge(
+            "streamer_bus_up",
+            "1 while the call bus (twilio.bus) carries call events, 0 while it is lost "
+            "(the least over the server's processes).",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.bus_up.set(1)
+        self.bus_losses = Counter(
+            "streamer_bus_losses",
+            "Times the call bus was lost (each ended its subscriptions with bus_unavailable).",
+            registry=registry,
+        )
+        self.unread_closes = Counter(
+            "streamer_unread_results_closes",
+            "Connections ended with slow_consumer after their stream ended, because the "
+            "client had not read the results still queued within the close grace, by route.",
             ["route"],
             registry=registry,
         )
@@ -312,6 +332,8 @@ class Metrics:
             self.interim_latency.labels(route)
             self.finalize.labels(route)
             self.first_result.labels(route)
+            self.unread_closes.labels(route)
+            self.interims_dropped.labels(route)
             for kind in EVENT_TYPES:
                 self.events_sent.labels(route, kind)
         for code in ErrorCode:
@@ -408,6 +430,16 @@ class Metrics:
     def interim_dropped(self, route: str) -> None:
         """One interim result dropped for a client that is behind."""
         self.interims_dropped.labels(route).inc()
+
+    def bus_state(self, up: bool) -> None:
+        """The call bus was lost (``up`` False) or is up again."""
+        self.bus_up.set(int(up))
+        if not up:
+            self.bus_losses.inc()
+
+    def results_unread(self, route: str) -> None:
+        """One connection ended with ``slow_consumer`` on the results left at its end."""
+        self.unread_closes.labels(route).inc()
 
     def event_sent(self, route: str, kind: str, code: str | None = None) -> None:
         """One event handed to a client; ``code`` for error events."""

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from streamer.errors import ClientError
+from streamer.errors import ClientError, ErrorCode
 from streamer.events import Event, StreamError
 from streamer.observability.tracing import ConnectionTrace
 from streamer.pipeline import Route, StreamPipeline
@@ -31,7 +31,13 @@ from streamer.protocol.actions import (
     Send,
     SteerStream,
 )
-from streamer.protocol.connection import UNLIMITED, ConnectionMachine, Limits, Mode
+from streamer.protocol.connection import (
+    SLOW_CONSUMER_MESSAGE,
+    UNLIMITED,
+    ConnectionMachine,
+    Limits,
+    Mode,
+)
 from streamer.protocol.inputs import (
     Crashed,
     Disconnected,
@@ -92,6 +98,13 @@ class _Interrupter:
             raise
         finally:
             self._inside = False
+
+
+def unread_close(services: Services, route: Route) -> Close:
+    """The close of a connection whose client did not read the results left at its
+    stream's end within the outbox's close grace: ``slow_consumer``, counted."""
+    services.results_unread(route)
+    return Close(ErrorCode.SLOW_CONSUMER, SLOW_CONSUMER_MESSAGE)
 
 
 class ConnectionDriver:

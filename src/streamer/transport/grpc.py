@@ -29,7 +29,7 @@ from streamer.protocol.inputs import EndOfInput, Input, Invalid
 from streamer.protocol.proto import streamer_v1_pb2 as pb
 from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 from streamer.services import Services
-from streamer.transport.driver import ConnectionDriver
+from streamer.transport.driver import ConnectionDriver, unread_close
 from streamer.transport.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ async def serve_call(context: Any, route: Route, services: Services) -> None:
         functools.partial(services.event_sent, route),
         "grpc",
         dropped=functools.partial(services.interim_dropped, route),
+        grace=services.close_grace_seconds,
     )
 
     async def receive() -> Input | None:
@@ -94,8 +95,10 @@ async def serve_call(context: Any, route: Route, services: Services) -> None:
             services, route, GRPC, receive, outbox, limits=services.limits, principal=principal
         )
         close = await driver.run()
-        if close.code is not ErrorCode.SLOW_CONSUMER:  # it reads nothing: no grace
-            await outbox.close()
+        # A client that reads nothing gets no grace; one that did not read what was left
+        # within it ends with slow_consumer, not OK.
+        if close.code is not ErrorCode.SLOW_CONSUMER and await outbox.close():
+            close = unread_close(services, route)
     finally:
         outbox.cancel()
     if close.code is not None:

@@ -6,13 +6,21 @@ that arrives with none queued to drop is itself dropped); each dropped interim i
 with ``dropped``. Only when an event that must not be lost (a final result, an error,
 ``done``...) finds the queue full of such events does the outbox turn ``slow``: it drops
 what follows, and the transport ends the connection with ``slow_consumer``.
+
+Once the stream is over, ``close`` gives the writer time to write what is still queued:
+the outbox's ``grace`` (``server.close_grace_seconds``, ``CLOSE_GRACE`` by default) plus
+``CLOSE_GRACE_PER_EVENT`` for each queued event, at most ``CLOSE_GRACE_FACTOR`` times the
+grace, so a client that reads late still gets every result. The memory this
+holds per connection is bounded by the queue's ``limit`` (``server.max_pending_events``
+encoded events; a final's frame is a few hundred bytes). A client that has not read them
+by then ends with ``slow_consumer`` too (``close`` says so): a normal close never hides
+results that were not written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -24,8 +32,17 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-CLOSE_GRACE = 5.0
-"""Seconds the writer may take, once closed, to write what is still queued."""
+CLOSE_GRACE = 10.0
+"""Seconds the writer may take, once closed, to write what is still queued, at least."""
+CLOSE_GRACE_PER_EVENT = 0.02
+"""Seconds more for each event still queued at the close (a long backlog, more time)."""
+CLOSE_GRACE_FACTOR = 6.0
+"""The most time the close gives the writer, in multiples of its grace, whatever is queued."""
+
+
+def close_grace(queued: int, grace: float = CLOSE_GRACE) -> float:
+    """Seconds a closing outbox waits for its writer with ``queued`` events unwritten."""
+    return min(CLOSE_GRACE_FACTOR * grace, grace + queued * CLOSE_GRACE_PER_EVENT)
 
 
 def droppable(event: object) -> bool:
@@ -43,11 +60,13 @@ class Outbox(Generic[T]):
         transport: str,
         *,
         dropped: Callable[[Event], None] | None = None,
+        grace: float = CLOSE_GRACE,
         encode_reply: Callable[[CodecReply], T] | None = None,
     ) -> None:
         """``encode`` writes a stream's events in the wire's terms; ``encode_reply``, the
         codec's own replies, for a front-end whose codec has them."""
         self._limit = limit
+        self._grace = grace
         self._queue: collections.deque[tuple[Outgoing, T]] = collections.deque()
         self._wake = asyncio.Event()
         self._closed = False
@@ -117,16 +136,31 @@ class Outbox(Generic[T]):
 
         self._writer = asyncio.create_task(pump(), name=f"{self._transport}-writer")
 
-    async def close(self, grace: float = CLOSE_GRACE) -> None:
-        """Let the writer finish what is queued (within ``grace``), then stop it."""
+    async def close(self, grace: float | None = None) -> bool:
+        """Let the writer finish what is queued (within ``grace``, by default
+        ``close_grace`` of what is queued), then stop it. True: the grace ran out with
+        events unwritten, because the client did not read them (not because the
+        connection failed): the connection must end with ``slow_consumer``."""
         writer = self._writer
         if writer is None:
-            return
+            return False
         self._closed = True
         self._wake.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer, grace)
+        if grace is None:
+            grace = close_grace(len(self._queue), self._grace)
+        await asyncio.wait({writer}, timeout=grace)
+        expired = not writer.done()
+        if not expired and not writer.cancelled():
+            writer.exception()  # a failed write (the peer went away) is no client's fault
         self.cancel()
+        if expired:
+            log.warning(
+                "%s client did not read its last %d events in %.0f s; ending it",
+                self._transport,
+                len(self._queue),
+                grace,
+            )
+        return expired
 
     def cancel(self) -> None:
         """Stop the writer now; what is still queued is not written."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -24,7 +25,7 @@ from streamer.protocol.actions import CodecReply
 from streamer.protocol.connection import WEBSOCKET, Mode
 from streamer.protocol.inputs import Disconnected, Input, Invalid
 from streamer.services import Services
-from streamer.transport.driver import ConnectionDriver
+from streamer.transport.driver import ConnectionDriver, unread_close
 from streamer.transport.limits import PEER_GONE
 from streamer.transport.outbox import Outbox
 
@@ -119,7 +120,10 @@ async def serve_websocket(
     subprotocol = principal.subprotocol
     if subprotocol is None and codec.subprotocol in request.subprotocols:
         subprotocol = codec.subprotocol
-    await ws.accept(subprotocol=subprotocol)
+    # The process that serves it, for an operator with several (x-streamer-pid).
+    await ws.accept(
+        subprotocol=subprotocol, headers=[(b"x-streamer-pid", str(os.getpid()).encode())]
+    )
     trace = services.open_connection(route, ws.headers)
     encode, encode_reply = codec.encode, codec.encode_reply
     outbox: Outbox[tuple[str, ...]] = Outbox(
@@ -128,6 +132,7 @@ async def serve_websocket(
         functools.partial(services.event_sent, route),
         "ws",
         dropped=functools.partial(services.interim_dropped, route),
+        grace=services.close_grace_seconds,
         encode_reply=None if encode_reply is None else lambda reply: _frames(encode_reply(reply)),
     )
 
@@ -169,15 +174,15 @@ async def serve_websocket(
         interruptible=True,  # a cancelled receive leaves the next message queued
     )
     close = await driver.run()
+    if close.code is ErrorCode.SLOW_CONSUMER:
+        outbox.cancel()  # it reads nothing: what is queued cannot be written
+    elif await outbox.close() and close.send:
+        close = unread_close(services, route)
     if codec.close_code is not None:
         code = codec.close_code(close.code)
     else:
         code = int(ENDINGS[close.code].close_code)
     trace.end(code if close.send else 0)
-    if close.code is ErrorCode.SLOW_CONSUMER:
-        outbox.cancel()  # it reads nothing: what is queued cannot be written
-    else:
-        await outbox.close()
     if close.send:
         with contextlib.suppress(Exception):
             await ws.close(code, str(close.code or ""))

@@ -2,7 +2,9 @@
 the finals so far, then live events; and a callback POST of each final.
 
 In memory, on the event loop: the codec publishes as the stream's events are encoded, and
-each subscriber's connection reads its own bounded ``Subscription``.
+each subscriber's connection reads its own bounded ``Subscription``. Every process keeps
+such a hub; the call bus (``twilio.bus``) brings it the calls other processes and pods
+stream, so that a subscriber may connect to any of them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from streamer.codecs.twilio_media import CallInfo
 
@@ -33,6 +35,8 @@ class Subscription:
         self.limit = limit
         self.overflowed = False
         self.ended = False
+        self.failed = False
+        """The bus that brings the call's events was lost: the call's end is unknown."""
         self._items: deque[str] = deque()
         self._wake = asyncio.Event()
 
@@ -47,10 +51,14 @@ class Subscription:
         self.ended = True
         self._wake.set()
 
+    def fail(self) -> None:
+        self.failed = True
+        self.end()
+
     async def next(self) -> str | None:
         """The next event, or None once the call ended (or the subscriber overflowed)."""
         while True:
-            if self.overflowed:
+            if self.overflowed or self.failed:
                 return None
             if self._items:
                 return self._items.popleft()
@@ -97,6 +105,37 @@ class CallHub:
         self._live[key] = topic
         return topic
 
+    def knows(self, key: str) -> bool:
+        """Whether this hub has the topic ``key`` (live, waited for, or ended and kept)."""
+        return key in self._live or key in self._ended
+
+    def seed(self, key: str, finals: list[str], *, ended: bool) -> None:
+        """Take a topic this hub never saw from elsewhere (the bus's replay): its finals
+        so far, and whether it ended."""
+        if self.knows(key):
+            return
+        topic = Topic(key, deque(finals, maxlen=self.replay), streams=0 if ended else 1)
+        if ended:
+            topic.ended = True
+            self._ended[key] = topic
+        else:
+            self._live[key] = topic
+
+    def fail(self) -> None:
+        """End every subscription with ``failed``: the bus is lost, and with it the news
+        of what the calls do next."""
+        for topic in self._live.values():
+            for subscription in topic.subscribers:
+                subscription.fail()
+            topic.subscribers.clear()
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop the live topics but those in ``keep``: after the bus was lost, what this
+        hub knew of the calls streamed elsewhere may be stale (an end it never heard of),
+        and a later subscriber must not wait on it for ever."""
+        for key in [key for key in self._live if key not in keep]:
+            del self._live[key]
+
     def subscribe(self, key: str) -> Subscription:
         """A subscription to ``key``: the finals so far are in it already."""
         if key not in self._live and key not in self._ended and len(self._live) >= self.max_calls:
@@ -117,14 +156,14 @@ class CallHub:
         if not topic.subscribers and not topic.streams and not topic.ended:
             self._live.pop(topic.key, None)  # a wait for a call that never came
 
-    def opened(self, call: CallInfo) -> None:
-        for key in self.keys(call):
+    def opened(self, keys: tuple[str, ...]) -> None:
+        for key in keys:
             topic = self._topic(key)
             topic.streams += 1
             topic.ended = False
 
-    def publish(self, call: CallInfo, text: str, *, final: bool) -> None:
-        for key in self.keys(call):
+    def publish(self, keys: tuple[str, ...], text: str, *, final: bool) -> None:
+        for key in keys:
             topic = self._live.get(key)
             if topic is None:
                 continue
@@ -133,12 +172,12 @@ class CallHub:
             for subscription in topic.subscribers:
                 subscription.push(text)
 
-    def closed(self, call: CallInfo) -> None:
-        for key in self.keys(call):
+    def closed(self, keys: tuple[str, ...]) -> None:
+        for key in keys:
             topic = self._live.get(key)
             if topic is None:
                 continue
-            topic.streams -= 1
+            topic.streams = max(0, topic.streams - 1)
             if topic.streams:
                 continue
             topic.ended = True
@@ -158,12 +197,21 @@ Post = Callable[[str, str], None]
 """Queue a POST of a JSON text to a URL (never waits)."""
 
 
+class CallEvents(Protocol):
+    """Where a publisher puts a call's events: a hub, or the bus that feeds every hub."""
+
+    def opened(self, keys: tuple[str, ...]) -> None: ...
+    def publish(self, keys: tuple[str, ...], text: str, *, final: bool) -> None: ...
+    def closed(self, keys: tuple[str, ...]) -> None: ...
+
+
 class CallPublisher:
-    """The codec's ``CallSink``: the hub, and the call's callback for finals."""
+    """The codec's ``CallSink``: the call's events onto the bus (every process's hub), and
+    the call's callback for finals, posted here only: by the process that has the call."""
 
     def __init__(
         self,
-        hub: CallHub,
+        hub: CallEvents,
         *,
         allowed: Callable[[str], bool] = lambda url: False,
         post: Post | None = None,
@@ -176,7 +224,7 @@ class CallPublisher:
         self._callbacks: dict[str, str] = {}
 
     def opened(self, call: CallInfo) -> None:
-        self.hub.opened(call)
+        self.hub.opened(CallHub.keys(call))
         url = call.custom_parameters.get("callback")
         if url is None:
             return
@@ -201,11 +249,11 @@ class CallPublisher:
 
     def publish(self, call: CallInfo, body: Mapping[str, Any], *, final: bool) -> None:
         text = json.dumps(body, ensure_ascii=False, allow_nan=False)
-        self.hub.publish(call, text, final=final)
+        self.hub.publish(CallHub.keys(call), text, final=final)
         url = self._callbacks.get(call.stream_sid)
         if url is not None and final and body.get("type") == "segment" and self.post is not None:
             self.post(url, text)
 
     def closed(self, call: CallInfo) -> None:
         self._callbacks.pop(call.stream_sid, None)
-        self.hub.closed(call)
+        self.hub.closed(CallHub.keys(call))

@@ -42,3 +42,28 @@ class TwilioSettings(BaseModel):
         le=10,
         description="How far one track may lag behind the other before it is filled with silence.",
     )
+
+
+class BusSettings(BaseModel):
+    """The ``[bus]`` settings: how a call's events reach every process and pod."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        default=None,
+        description="redis://host:port/db: call events go through this Redis, so that a "
+        "subscriber on any pod gets a call streamed on any other (pip install "
+        "'streamer[redis]'). Unset: the processes of one `streamer serve` share them.",
+    )
+    prefix: str = Field(
+        default="streamer", description="Prefix of the Redis channel and keys this server uses."
+    )
+    retain_seconds: float = Field(
+        default=3600.0, gt=0, description="How long Redis keeps an ended call's finals."
+    )
+    max_pending: int = Field(
+        default=10_000,
+        ge=1,
+        description="Call events waiting to be written to the bus; past it the bus is "
+        "reported lost (subscribers end with bus_unavailable).",
+    )

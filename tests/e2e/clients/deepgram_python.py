@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dropped  # this directory's: fails the script when the SDK drops a message
 from deepgram import AsyncDeepgramClient
 from deepgram.environment import DeepgramClientEnvironment
 
@@ -77,7 +78,9 @@ def main() -> None:
     parser.add_argument("--no-close", action="store_true")
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
+    dropped.watch()
     json.dump(asyncio.run(run(args)), sys.stdout)
+    dropped.check()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import dropped  # this directory's: fails the script when the SDK drops a message
 from livekit import rtc
 from livekit.plugins import deepgram
 
@@ -62,7 +63,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=16000)
     parser.add_argument("--tail", type=float, default=1.5)
     args = parser.parse_args()
+    dropped.watch()
     json.dump(asyncio.run(run(args)), sys.stdout)
+    dropped.check()
 
 
 if __name__ == "__main__":

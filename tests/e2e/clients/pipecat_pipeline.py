@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dropped  # this directory's: fails the script when the SDK drops a message
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.frames.frames import (
     EndFrame,
@@ -95,8 +96,10 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=16000)
     parser.add_argument("--tail", type=float, default=2.0, help="seconds of silence after")
     args = parser.parse_args()
+    dropped.watch()
     result = asyncio.run(run(args))
     json.dump(result, sys.stdout)
+    dropped.check()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dropped  # this directory's: fails the script when the SDK drops a message
 from openai import AsyncOpenAI
 
 
@@ -93,5 +94,7 @@ if __name__ == "__main__":
     parser.add_argument("--real-time", action="store_true")
     parser.add_argument("--commit", action="store_true")
     parser.add_argument("--settle", type=float, default=1.0)
+    dropped.watch()
     asyncio.run(main(parser.parse_args()))
+    dropped.check()
     sys.exit(0)

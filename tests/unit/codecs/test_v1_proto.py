@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.codecs.v1_json import encode_event, event_from_dict
@@ -186,6 +186,7 @@ _starts = st.fixed_dictionaries(
 )
 
 
+@settings(deadline=None)  # a busy test machine is no reason to fail
 @given(_starts)
 def test_a_start_survives_the_trip_through_protobuf(start: dict[str, Any]) -> None:
     config = pb.StreamConfig.FromString(start_to_config(start).SerializeToString())
@@ -277,6 +278,7 @@ _outputs = st.dictionaries(
 )
 
 
+@settings(deadline=None)  # a busy test machine is no reason to fail
 @given(_outputs)
 def test_any_model_output_reads_back_as_its_websocket_json(output: dict[str, Any]) -> None:
     event = SegmentResult(0, 0.0, 1.0, True, output)

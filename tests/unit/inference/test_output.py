@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.inference.output import MAX_DEPTH, OutputError, json_safe
@@ -33,6 +33,7 @@ _outputs = st.dictionaries(
 )
 
 
+@settings(deadline=None)  # a busy test machine is no reason to fail
 @given(_outputs)
 def test_json_values_pass_unchanged(output: dict[str, Any]) -> None:
     safe = json_safe(output)

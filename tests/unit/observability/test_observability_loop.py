@@ -35,26 +35,40 @@ def test_subsystem_is_the_name_prefix(name: str, expected: str) -> None:
     assert subsystem(name) == expected
 
 
+BLOCK = 1.2
+"""Seconds a test blocks the loop: far past the lag a busy test machine adds by itself."""
+SLOW = 1.0
+"""The slow-callback threshold of these tests: what the machine's own load never reaches."""
+
+
+async def seen(lags: Lags, count: int) -> None:
+    """Until the monitor has made ``count`` observations (a generous bound for a busy
+    machine)."""
+    async with asyncio.timeout(30):
+        while len(lags.seen) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
 async def test_an_idle_loop_has_little_lag() -> None:
     lags = Lags()
-    monitor = LoopMonitor(lags, interval=0.01, slow_threshold=0.05)
+    monitor = LoopMonitor(lags, interval=0.01, slow_threshold=SLOW)
     monitor.start()
-    await asyncio.sleep(0.1)
+    await seen(lags, 3)
     await monitor.close()
-    assert len(lags.seen) >= 3
     assert not any(slow for _, slow in lags.seen)
 
 
 async def test_a_blocking_callback_shows_as_lag_and_a_slow_callback() -> None:
     lags = Lags()
-    monitor = LoopMonitor(lags, interval=0.01, slow_threshold=0.05)
+    monitor = LoopMonitor(lags, interval=0.01, slow_threshold=SLOW)
     monitor.start()
-    await asyncio.sleep(0.03)
-    time.sleep(0.12)  # noqa: ASYNC251 (blocks the loop, as model code on it would)
-    await asyncio.sleep(0.03)
+    await seen(lags, 1)
+    before = len(lags.seen)
+    time.sleep(BLOCK)  # noqa: ASYNC251 (blocks the loop, as model code on it would)
+    await seen(lags, before + 1)
     await monitor.close()
     worst, slow = max(lags.seen)
-    assert worst >= 0.1 and slow
+    assert worst >= BLOCK - 0.05 and slow
     assert sum(slow for _, slow in lags.seen) == 1
 
 
@@ -80,14 +94,14 @@ def test_the_interval_must_be_positive() -> None:
 
 async def test_a_tick_still_due_is_overdue_by_the_time_it_has_waited() -> None:
     lags = Lags()
-    monitor = LoopMonitor(lags, interval=0.01, slow_threshold=0.05)
+    monitor = LoopMonitor(lags, interval=0.01, slow_threshold=SLOW)
     monitor.start()
-    await asyncio.sleep(0.03)
-    seen = len(lags.seen)
-    time.sleep(0.12)  # noqa: ASYNC251 (a long callback: the monitor cannot run meanwhile)
+    await seen(lags, 1)
+    before = len(lags.seen)
+    time.sleep(BLOCK)  # noqa: ASYNC251 (a long callback: the monitor cannot run meanwhile)
     overdue = monitor.overdue()
-    assert len(lags.seen) == seen  # not observed yet: only overdue tells
-    assert overdue >= 0.1
-    await asyncio.sleep(0.03)
-    assert monitor.overdue() < 0.05
+    assert len(lags.seen) == before  # not observed yet: only overdue tells
+    assert overdue >= BLOCK - 0.05
+    await seen(lags, before + 1)  # observed now: the next tick is what is due
+    assert monitor.overdue() < overdue
     await monitor.close()

@@ -41,6 +41,8 @@ def test_known_label_values_exist_before_anything_happens() -> None:
             assert ended == 0
         assert sample(registry, "streamer_final_latency_seconds_count", route=route) == 0
         assert sample(registry, "streamer_streams_active", route=route) == 0
+        assert sample(registry, "streamer_interim_results_dropped_total", route=route) == 0
+        assert sample(registry, "streamer_unread_results_closes_total", route=route) == 0
     for stage in STAGES:
         assert sample(registry, "streamer_stage_real_time_factor_count", stage=stage) == 0
     for code in ErrorCode:

@@ -6,7 +6,7 @@ import asyncio
 
 from streamer.codecs.v1_json import encode_event
 from streamer.events import Event, SegmentResult, SpeechStarted
-from streamer.transport.outbox import Outbox
+from streamer.transport.outbox import CLOSE_GRACE, CLOSE_GRACE_FACTOR, Outbox, close_grace
 
 
 def _events(count: int) -> list[Event]:
@@ -105,3 +105,48 @@ async def test_interims_dropped_for_a_slow_reader_leave_every_final() -> None:
             await asyncio.sleep(0.002)
     await outbox.close()
     assert not outbox.slow and outbox.interims_dropped > 0
+
+
+async def test_close_waits_for_a_late_reader_and_says_when_it_never_read() -> None:
+    reading = asyncio.Event()
+    written: list[str] = []
+
+    async def write(text: str) -> None:
+        await reading.wait()  # the client reads only once told to
+        written.append(text)
+
+    outbox: Outbox[str] = Outbox(100, encode_event, lambda event: None, "test")
+    outbox.start(write)
+    events = _events(30)
+    for event in events:
+        outbox.put(event)
+    closing = asyncio.create_task(outbox.close(grace=30))
+    await asyncio.sleep(0)
+    assert not closing.done()
+    reading.set()  # reads late, within the grace
+    assert await closing is False
+    assert written == [encode_event(e) for e in events]
+
+    never: Outbox[str] = Outbox(100, encode_event, lambda event: None, "test")
+    never.start(lambda text: asyncio.Event().wait())
+    for event in events:
+        never.put(event)
+    assert await never.close(grace=0.01) is True  # unwritten events: slow_consumer
+
+
+async def test_a_writer_that_fails_is_not_a_slow_reader() -> None:
+    async def write(text: str) -> None:
+        raise ConnectionError("the peer went away")
+
+    outbox: Outbox[str] = Outbox(100, encode_event, lambda event: None, "test")
+    outbox.start(write)
+    for event in _events(3):
+        outbox.put(event)
+    assert await outbox.close() is False
+
+
+def test_the_close_grace_grows_with_what_is_queued_within_its_bound() -> None:
+    assert close_grace(0) == CLOSE_GRACE
+    assert close_grace(100) > close_grace(10) > CLOSE_GRACE
+    assert close_grace(10**9) == CLOSE_GRACE_FACTOR * CLOSE_GRACE
+    assert close_grace(10**9, 0.5) == CLOSE_GRACE_FACTOR * 0.5

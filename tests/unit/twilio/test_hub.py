@@ -11,6 +11,7 @@ from streamer.codecs.twilio_media import CallInfo
 from streamer.twilio.hub import CallHub, CallPublisher, HubFull, Subscription
 
 CALL = CallInfo("MZ1", "CA1", ("inbound",))
+KEYS = CallHub.keys(CALL)
 
 
 async def drain(subscription: Subscription) -> list[str]:
@@ -23,12 +24,12 @@ async def drain(subscription: Subscription) -> list[str]:
 async def test_early_and_late_subscribers_get_every_final_then_the_end() -> None:
     hub = CallHub()
     early = hub.subscribe("call:CA1")
-    hub.opened(CALL)
-    hub.publish(CALL, "interim", final=False)
-    hub.publish(CALL, "final-1", final=True)
+    hub.opened(KEYS)
+    hub.publish(KEYS, "interim", final=False)
+    hub.publish(KEYS, "final-1", final=True)
     late = hub.subscribe("stream:MZ1")
-    hub.publish(CALL, "final-2", final=True)
-    hub.closed(CALL)
+    hub.publish(KEYS, "final-2", final=True)
+    hub.closed(KEYS)
     after = hub.subscribe("call:CA1")
     assert await drain(early) == ["interim", "final-1", "final-2"]
     assert await drain(late) == ["final-1", "final-2"]
@@ -38,14 +39,14 @@ async def test_early_and_late_subscribers_get_every_final_then_the_end() -> None
 
 async def test_the_replay_is_bounded_and_ended_calls_are_retained_up_to_a_count() -> None:
     hub = CallHub(replay=2, retain=1)
-    hub.opened(CALL)
+    hub.opened(KEYS)
     for n in range(5):
-        hub.publish(CALL, f"f{n}", final=True)
-    hub.closed(CALL)
+        hub.publish(KEYS, f"f{n}", final=True)
+    hub.closed(KEYS)
     assert await drain(hub.subscribe("call:CA1")) == ["f3", "f4"]
     other = CallInfo("MZ2", "CA2", ("inbound",))
-    hub.opened(other)
-    hub.closed(other)
+    hub.opened(CallHub.keys(other))
+    hub.closed(CallHub.keys(other))
     waiting = hub.subscribe("call:CA1")  # forgotten: a wait for a new call of that id
     assert not waiting.ended
     hub.unsubscribe(waiting)
@@ -55,9 +56,9 @@ async def test_the_replay_is_bounded_and_ended_calls_are_retained_up_to_a_count(
 async def test_a_subscriber_that_falls_behind_is_cut_off() -> None:
     hub = CallHub(queue=3)
     slow = hub.subscribe("call:CA1")
-    hub.opened(CALL)
+    hub.opened(KEYS)
     for n in range(5):
-        hub.publish(CALL, f"e{n}", final=False)
+        hub.publish(KEYS, f"e{n}", final=False)
     assert await slow.next() is None and slow.overflowed
 
 
