@@ -73,9 +73,9 @@ class ServerSettings(BaseModel):
         default=5.0,
         ge=0,
         description="A stream sent in real time whose results come this much later than "
-        "its audio was sent (time spent waiting to be read counts) is told so: a "
-        "falling_behind error event with the lag, at most once per this many seconds; "
-        "0: never.",
+        "the message carrying its audio was sent (time spent waiting to be read counts) "
+        "is told so: a falling_behind error event with the lag, at most once per this many "
+        "seconds; 0: never.",
     )
     drain_seconds: float = Field(default=10.0, ge=0, description="Grace for open streams.")
     shutdown_timeout_seconds: float = Field(

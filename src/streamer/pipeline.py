@@ -1,8 +1,11 @@
-"""One stream's wiring: bytes -> decoder -> resamplers -> per channel chunker or segmenter
--> scheduler -> events, in audio order.
+"""One stream's async shell: bytes -> decoder -> the route (sans-I/O) -> its work carried
+out against the shared engines (the VAD, the inference backend) -> events, in audio order.
 
-Transport-agnostic: the WebSocket and gRPC handlers both drive a ``StreamPipeline`` and
-forward the events it emits.
+The route decides everything per stream (``streamer.route``); the pipeline is the one part
+that awaits: it hands the route's VAD frames to the engine and their probabilities back,
+submits the route's inferences, withdraws what the route withdraws, and sends every event
+in the order the route produced it. Transport-agnostic: every front-end drives a
+``StreamPipeline`` and forwards the events it emits.
 """
 
 from __future__ import annotations
@@ -20,27 +23,17 @@ from numpy.typing import NDArray
 
 from streamer.audio.decode import Decoder
 from streamer.audio.formats import AudioFormat
-from streamer.audio.framing import Framer
-from streamer.audio.resample import ChannelResamplers
 from streamer.errors import ErrorCode, InferenceError, ShuttingDown
-from streamer.events import (
-    Done,
-    Event,
-    Finalized,
-    Route,
-    SegmentResult,
-    SpeechEnded,
-    SpeechStarted,
-    StreamError,
-    Turn,
-    TurnWord,
-)
+from streamer.events import Done, Event, Route, SegmentResult, StreamError, Turn, TurnWord
+from streamer.inference.backend import InferenceBackend, Ticket
 from streamer.inference.model import shift_words
 from streamer.inference.output import OutputError, json_safe
-from streamer.inference.scheduler import Job, JobState, Scheduler
 from streamer.observability.stream import StreamObserver
-from streamer.segmentation import segmenter
-from streamer.segmentation.segmenter import Segment, Segmenter, VadParams
+from streamer.route.lag import LagWatch
+from streamer.route.segmented import Frames, SegmentedRoute
+from streamer.route.simple import SimpleRoute
+from streamer.route.work import Infer, Post, Work
+from streamer.segmentation.segmenter import VadParams
 from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE, VadEngine, VadReply
 from streamer.turn.engine import TurnEngine, TurnStream
 from streamer.turn.stage import ForceEnd, TurnEvent, TurnSettings, WithdrawScore, Word
@@ -73,20 +66,19 @@ class StreamOptions:
     mark_finalize: bool = False
     """Mark the finals a ``finalize`` forces (``SegmentResult.forced``) and follow each
     channel's with ``Finalized``, for front-ends that tell their clients so."""
+    max_lag: float = 0.0
+    """Seconds results may lag their audio's arrival before the stream is told
+    (``falling_behind``, at most once per this many seconds); 0: never."""
     turns: TurnSettings | None = None
     """Detect each channel's turns and emit ``Turn`` events (segmented route only)."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
-    """A result that will leave once its job is done (and everything before it has left)."""
+    """A result that will leave once its ticket is done (and everything before it has left)."""
 
-    job: Job
-    channel: int
-    start: int
-    end: int
-    final: bool
-    forced: bool = False
+    ticket: Ticket
+    infer: Infer
 
 
 class StreamPipeline:
@@ -97,53 +89,60 @@ class StreamPipeline:
         stream_id: str,
         options: StreamOptions,
         *,
-        scheduler: Scheduler,
+        backend: InferenceBackend,
         emit: Emit,
         vad: VadEngine | None = None,
         observer: StreamObserver | None = None,
+        pressed: Callable[[], bool] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
         turns: TurnEngine | None = None,
     ) -> None:
+        """``pressed``: whether the server measures that it is not keeping up now (for
+        ``falling_behind``); ``clock``: seconds, for the lag of results."""
         self.stream_id = stream_id
         self.options = options
-        self._scheduler = scheduler
+        self._backend = backend
         self.observer = observer or StreamObserver()
         self._emit = self.observer.watch(emit)
         fmt = options.fmt
         self._decoder = Decoder(fmt)
-        work_rate = VAD_SAMPLE_RATE if options.route is Route.SEGMENTED else options.model_rate
-        self._work_rate = work_rate
-        self._resamplers = ChannelResamplers(fmt.channels, fmt.sample_rate, work_rate)
         self._order: asyncio.Queue[Event | _Pending | None] = asyncio.Queue()
         self._in_flight = asyncio.Semaphore(options.max_in_flight)
-        self._channels: Sequence[_SimpleChannel | _SegmentedChannel]
-        self._segmented: list[_SegmentedChannel] = []  # the same channels, if segmented
+        self._interims: dict[int, Ticket] = {}  # by key: what the route may withdraw
+        self._lag = LagWatch(options.max_lag, clock, pressed) if options.max_lag > 0 else None
         self._vad = vad
+        self._turns: list[_ChannelTurns] = []
+        """Each channel's turn detection, when the stream asked for it."""
+        self._route: SimpleRoute | SegmentedRoute
         if options.route is Route.SEGMENTED:
             if vad is None:
                 raise ValueError("the segmented route needs a VAD engine")
-            params = options.vad_params or VadParams()
-            if options.turns is not None and turns is None:
-                raise ValueError("turn detection needs a turn engine")
-            self._segmented = [
-                _SegmentedChannel(
-                    self,
-                    c,
-                    vad,
-                    params,
-                    options.interim,
-                    None
-                    if options.turns is None or turns is None
-                    else _ChannelTurns(self, c, turns, options.turns, params),
-                )
-                for c in range(fmt.channels)
-            ]
-            self._channels = self._segmented
+            self._route = SegmentedRoute(
+                fmt.channels,
+                fmt.sample_rate,
+                options.model_rate,
+                options.vad_params or VadParams(),
+                interim=options.interim,
+                mark_finalize=options.mark_finalize,
+            )
+            self._vad_streams = [vad.open_stream() for _ in range(fmt.channels)]
+            if options.turns is not None:
+                if turns is None:
+                    raise ValueError("turn detection needs a turn engine")
+                params = options.vad_params or VadParams()
+                self._turns = [
+                    _ChannelTurns(self, c, turns, options.turns, params)
+                    for c in range(fmt.channels)
+                ]
         else:
-            chunk = max(1, round(options.chunk_seconds * work_rate))
-            self._channels = [_SimpleChannel(self, c, chunk) for c in range(fmt.channels)]
+            self._route = SimpleRoute(
+                fmt.channels,
+                fmt.sample_rate,
+                options.model_rate,
+                options.chunk_seconds,
+                mark_finalize=options.mark_finalize,
+            )
         self._emitter: asyncio.Task[None] | None = None
-        self._forcing = False  # a finalize is cutting the finals now queued
-        self._forced = 0
         self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         """Done when the stream broke on a server fault (logged): it must be aborted."""
 
@@ -163,57 +162,75 @@ class StreamPipeline:
         if block.shape[1] == 0:
             return
         decoded = time.perf_counter()
-        resampled = self._resamplers.process(block)
-        self.observer.fed(
-            block.shape[1] / self.options.fmt.sample_rate,
-            self.audio_seconds,
-            decoded - began,
-            time.perf_counter() - decoded,
-        )
-        if len(self._segmented) > 1:
-            await self._push_segmented(resampled)
-            return
-        for channel, samples in zip(self._channels, resampled, strict=True):
-            await channel.push(samples)
+        route = self._route
+        if isinstance(route, SimpleRoute):
+            work = route.push(block)  # resampled and chunked
+            self._fed(block.shape[1], began, decoded)
+            await self._carry(work)
+        else:
+            frames = route.push(block)  # resampled and framed
+            self._fed(block.shape[1], began, decoded)
+            await self._segment(route, frames)
 
-    async def _push_segmented(self, resampled: list[NDArray[np.float32]]) -> None:
+    def _fed(self, samples: int, began: float, decoded: float) -> None:
+        """A message of ``samples`` per channel was decoded by ``decoded`` and resampled
+        (and framed or chunked) by now."""
+        total = self.audio_seconds
+        media = samples / self.options.fmt.sample_rate
+        self.observer.fed(media, total, decoded - began, time.perf_counter() - decoded)
+        if self._lag is not None:
+            self._lag.fed(total)
+
+    async def _segment(self, route: SegmentedRoute, frames: list[Frames]) -> None:
         """Every channel's VAD frames go in together, then each channel takes its own: one
         VAD step serves the message, rather than a step per channel (each waiting for the
         engine to stop expecting the next)."""
-        channels = self._segmented
-        frames = [c.frames(samples) for c, samples in zip(channels, resampled, strict=True)]
         assert self._vad is not None
         began = time.perf_counter()
-        replies = self._vad.submit_all(
-            [(c.vad_stream, f) for c, f in zip(channels, frames, strict=True)]
-        )
-        for channel, framed, reply in zip(channels, frames, replies, strict=True):
+        replies = self._vad.submit_all(list(zip(self._vad_streams, frames, strict=True)))
+        for channel, (framed, reply) in enumerate(zip(frames, replies, strict=True)):
             if len(framed):
-                await channel.segment(framed, reply, began)
+                await self._classified(route, channel, framed, reply, began)
+
+    async def _classified(
+        self, route: SegmentedRoute, channel: int, frames: Frames, reply: VadReply, began: float
+    ) -> None:
+        """A channel's frames handed to the VAD (since ``began``): their probabilities back
+        into the route, and its work carried out."""
+        probs = await reply.get()
+        self.observer.vad(
+            len(frames) * FRAME_SAMPLES / VAD_SAMPLE_RATE, time.perf_counter() - began
+        )
+        if work := route.segment(channel, frames, probs):  # most messages make none
+            await self._carry(work)
+        if self._turns:
+            await self._turns[channel].push(frames, probs.tolist())
 
     async def finalize(self) -> None:
         """Force final results for the audio so far; the stream goes on."""
         self.observer.flushed(self.audio_seconds)
-        for index, channel in enumerate(self._channels):
-            self._forcing = self.options.mark_finalize
-            self._forced = 0
-            try:
-                await channel.finalize()
-            finally:
-                self._forcing = False
-            if self.options.mark_finalize:
-                self.post(Finalized(index, round(self.audio_seconds, 6), self._forced))
+        await self._carry(self._route.finalize())
 
     async def steer(self, command: object) -> None:
         """A front-end's instruction: new turn thresholds (``TurnDetection``, anything
         with their three fields), or end the open turns now (``ForceEnd``)."""
-        for channel in self._segmented:
-            if channel.turns is None:
-                continue
+        for turns in self._turns:
             if isinstance(command, ForceEnd):
-                await channel.turns.force_end()
+                await turns.force_end()
             else:
-                channel.turns.retune(command)
+                turns.retune(command)
+
+    def post(self, event: Event) -> None:
+        """Send ``event`` once everything before it has been sent."""
+        self._order.put_nowait(event)
+
+    def decode(self, audio: NDArray[np.float32]) -> Ticket:
+        """Recognize a turn's audio (16 kHz), with word times, outside the order of
+        results: its text goes to the turn, not to a segment. The ticket to await."""
+        rate = self.options.model_rate
+        if rate != VAD_SAMPLE_RATE:
+            audio = soxr.resample(audio, VAD_SAMPLE_RATE, rate).astype(np.float32, copy=False)
+        return self._backend.submit(self.stream_id, audio, final=True, words=True)
 
     async def finish(self) -> None:
         """End of audio: process what is left, wait for every result, then send ``done``."""
@@ -236,12 +253,19 @@ class StreamPipeline:
                     ),
                 )
             )
-        for channel, tail in zip(self._channels, self._resamplers.flush(), strict=True):
-            await channel.push(tail)
-            await channel.end()
-        for segmented in self._segmented:
-            if segmented.turns is not None:
-                await segmented.turns.finish()
+        route = self._route
+        if isinstance(route, SimpleRoute):
+            await self._carry(route.end())
+        else:
+            assert self._vad is not None
+            for channel, framed in enumerate(route.drain()):
+                if len(framed):
+                    began = time.perf_counter()
+                    reply = self._vad.submit(self._vad_streams[channel], framed)
+                    await self._classified(route, channel, framed, reply, began)
+                await self._carry(route.end_channel(channel))
+            for turns in self._turns:
+                await turns.finish()
         self._order.put_nowait(None)
         if self._emitter is not None:
             await self._emitter
@@ -249,63 +273,48 @@ class StreamPipeline:
 
     async def abort(self) -> None:
         """The client went away: withdraw queued work and stop emitting."""
-        self._scheduler.cancel_stream(self.stream_id)
-        for segmented in self._segmented:
-            if segmented.turns is not None:
-                await segmented.turns.abort()
+        self._backend.cancel_stream(self.stream_id)
+        for turns in self._turns:
+            await turns.abort()
         if self._emitter is not None:
             self._emitter.cancel()
             await asyncio.gather(self._emitter, return_exceptions=True)
         self.observer.ended("aborted")
 
-    # Used by the channel processors.
+    async def _carry(self, work: Sequence[Work]) -> None:
+        """Carry out the route's work, in order; a final waits while the stream has
+        ``max_in_flight`` of them running."""
+        order = self._order
+        for item in work:
+            if isinstance(item, Post):
+                order.put_nowait(item.event)
+            elif isinstance(item, Infer):
+                if item.final:
+                    await self._in_flight.acquire()
+                    if self.failed.done():
+                        raise StreamBroken(f"stream {self.stream_id} broke and takes no more audio")
+                ticket = self._backend.submit(
+                    self.stream_id,
+                    item.audio,
+                    final=item.final,
+                    words=item.final and self.options.words,
+                )
+                if not item.final:
+                    self._interims[item.key] = ticket
+                if not ticket.done():  # an interim dropped on submission never runs
+                    self._observe(ticket, item)
+                order.put_nowait(_Pending(ticket, item))
+            else:
+                withdrawn = self._interims.pop(item.key, None)
+                if withdrawn is not None:
+                    withdrawn.cancel()
 
-    def seconds(self, samples: int) -> float:
-        return round(samples / self._work_rate, 6)
-
-    def post(self, event: Event) -> None:
-        self._order.put_nowait(event)
-
-    async def infer(self, channel: int, start: int, audio: NDArray[np.float32]) -> None:
-        """Queue a final inference; waits while the stream has too many in flight."""
-        await self._in_flight.acquire()
-        if self.failed.done():
-            raise StreamBroken(f"stream {self.stream_id} broke and takes no more audio")
-        self._order.put_nowait(self._submit(channel, start, audio, final=True))
-
-    def infer_interim(self, channel: int, start: int, audio: NDArray[np.float32]) -> Job:
-        """Queue an interim inference without waiting; the caller coalesces."""
-        pending = self._submit(channel, start, audio, final=False)
-        self._order.put_nowait(pending)
-        return pending.job
-
-    def _submit(
-        self, channel: int, start: int, audio: NDArray[np.float32], *, final: bool
-    ) -> _Pending:
-        end = start + len(audio)
-        forced = final and self._forcing
-        self._forced += forced
-        if self._work_rate != self.options.model_rate:
-            audio = soxr.resample(audio, self._work_rate, self.options.model_rate).astype(
-                np.float32, copy=False
+    def _observe(self, ticket: Ticket, item: Infer) -> None:
+        span = self.observer.inference(item.channel, item.start, item.end, item.final)
+        if span is not None:
+            ticket.add_done_callback(
+                lambda t: span(None if t.cancelled() else t.exception(), t.cancelled())
             )
-        job = self._scheduler.submit(
-            self.stream_id, audio, final=final, words=final and self.options.words
-        )
-        self.observer.inference(job, channel, self.seconds(start), self.seconds(end), final)
-        return _Pending(job, channel, start, end, final, forced)
-
-    def cancel(self, job: Job) -> bool:
-        return self._scheduler.cancel(job)
-
-    def decode(self, audio: NDArray[np.float32]) -> Job:
-        """Recognize a turn's audio (at the work rate), with word times, outside the
-        order of results: its text goes to the turn, not to a segment."""
-        if self._work_rate != self.options.model_rate:
-            audio = soxr.resample(audio, self._work_rate, self.options.model_rate).astype(
-                np.float32, copy=False
-            )
-        return self._scheduler.submit(self.stream_id, audio, final=True, words=True)
 
     async def _emit_in_order(self) -> None:
         try:
@@ -315,7 +324,7 @@ class StreamPipeline:
         except Exception:
             # A server fault: say so and stop, never leave the stream silent.
             log.exception("stream %s failed while emitting its results", self.stream_id)
-            self._scheduler.cancel_stream(self.stream_id)
+            self._backend.cancel_stream(self.stream_id)
             if not self.failed.done():
                 self.failed.set_result(None)
             for _ in range(self.options.max_in_flight):
@@ -327,140 +336,66 @@ class StreamPipeline:
             if not isinstance(item, _Pending):
                 self._emit(item)
                 continue
-            await asyncio.wait({item.job.future})
-            if item.final:
+            infer = item.infer
+            ticket = item.ticket
+            output: object
+            try:
+                output = await ticket
+            except asyncio.CancelledError:
+                if not ticket.cancelled():
+                    raise  # this task itself is cancelled
+                output = None
+            except Exception as exc:
+                output = exc
+            if infer.final:
                 self._in_flight.release()
-            if item.job.state is JobState.CANCELLED:
+            else:
+                self._interims.pop(infer.key, None)
+            if ticket.cancelled():
                 continue  # a superseded interim
-            self._emit(self._result(item))
+            event = self._result(infer, output)
+            self._emit(event)
+            if (
+                self._lag is not None
+                and isinstance(event, SegmentResult)
+                and (lag := self._lag.behind(infer.end)) is not None
+            ):
+                self._emit(
+                    StreamError(
+                        ErrorCode.FALLING_BEHIND.value,
+                        f"this stream's results are {lag:.1f} s behind its audio (the "
+                        f"server's bound: {self._lag.max_lag:g} s); the server is overloaded",
+                        retryable=True,
+                    )
+                )
 
-    def _result(self, item: _Pending) -> Event:
+    def _result(self, infer: Infer, output: object) -> Event:
         """The event for a finished inference: its result, or an error for its audio."""
-        start, end = self.seconds(item.start), self.seconds(item.end)
-        exc = item.job.future.exception()
-        if isinstance(exc, InferenceError):
+        start, end = infer.start, infer.end
+        if isinstance(output, InferenceError):
             return StreamError(
-                code=exc.code,
-                message=exc.message,
-                channel=item.channel,
+                code=output.code,
+                message=output.message,
+                channel=infer.channel,
                 start=start,
                 end=end,
-                retryable=exc.retryable,
+                retryable=output.retryable,
             )
-        if exc is not None:
-            raise exc
+        if isinstance(output, BaseException):
+            raise output
         try:
-            output = shift_words(json_safe(item.job.future.result()), start)
+            result = shift_words(json_safe(output), start)
         except OutputError as error:
             log.warning("unusable model output: %s", error)
             return StreamError(
                 code=ErrorCode.MODEL_ERROR,
                 message=str(error),
-                channel=item.channel,
+                channel=infer.channel,
                 start=start,
                 end=end,
                 retryable=False,
             )
-        return SegmentResult(item.channel, start, end, item.final, output, item.forced)
-
-
-class _SimpleChannel:
-    """Cuts one channel into chunks of a fixed duration; every chunk is inferred."""
-
-    def __init__(self, pipeline: StreamPipeline, index: int, chunk: int) -> None:
-        self._pipeline = pipeline
-        self._index = index
-        self._framer = Framer(chunk)
-        self._position = 0
-
-    async def _send(self, audio: NDArray[np.float32]) -> None:
-        await self._pipeline.infer(self._index, self._position, audio)
-        self._position += len(audio)
-
-    async def push(self, samples: NDArray[np.float32]) -> None:
-        for chunk in self._framer.push(samples):
-            await self._send(chunk)
-
-    async def finalize(self) -> None:
-        tail = self._framer.take_tail()
-        if len(tail):
-            await self._send(tail)
-
-    async def end(self) -> None:
-        await self.finalize()
-
-
-class _SegmentedChannel:
-    """Runs one channel through the shared VAD and its own segmenter."""
-
-    def __init__(
-        self,
-        pipeline: StreamPipeline,
-        index: int,
-        vad: VadEngine,
-        params: VadParams,
-        interim: bool,
-        turns: _ChannelTurns | None = None,
-    ) -> None:
-        self.turns = turns
-        self._pipeline = pipeline
-        self._index = index
-        self._vad = vad
-        self.vad_stream = vad.open_stream()
-        self._framer = Framer(FRAME_SAMPLES)
-        self._segmenter = Segmenter(params, interim=interim, sample_rate=VAD_SAMPLE_RATE)
-        self._interim: Job | None = None
-
-    async def push(self, samples: NDArray[np.float32]) -> None:
-        frames = self.frames(samples)
-        if len(frames):
-            began = time.perf_counter()
-            await self.segment(frames, self._vad.submit(self.vad_stream, frames), began)
-
-    def frames(self, samples: NDArray[np.float32]) -> NDArray[np.float32]:
-        """The whole VAD frames the samples complete, ``(k, 512)`` (``k`` may be 0)."""
-        return self._framer.push_block(samples)
-
-    async def segment(self, frames: NDArray[np.float32], reply: VadReply, began: float) -> None:
-        """Run frames handed to the VAD (``reply``, since ``began``) through the segmenter."""
-        probs = await reply.get()
-        self._pipeline.observer.vad(len(frames), time.perf_counter() - began)
-        push = self._segmenter.push
-        values = probs.tolist()
-        for frame, prob in zip(frames, values, strict=True):
-            if events := push(frame, prob):
-                await self._handle(events)
-        if self.turns is not None:
-            await self.turns.push(frames, values)
-
-    async def finalize(self) -> None:
-        # Everything received so far counts, the partial VAD frame included.
-        await self._handle(self._segmenter.flush(self._framer.take_tail()))
-
-    async def end(self) -> None:
-        await self.finalize()
-
-    async def _handle(
-        self, events: list[segmenter.SpeechStarted | segmenter.SpeechEnded | Segment]
-    ) -> None:
-        pipeline = self._pipeline
-        for event in events:
-            if isinstance(event, segmenter.SpeechStarted):
-                pipeline.post(SpeechStarted(self._index, pipeline.seconds(event.start)))
-            elif isinstance(event, segmenter.SpeechEnded):
-                pipeline.post(SpeechEnded(self._index, pipeline.seconds(event.end)))
-            elif event.is_final:
-                self._drop_interim()
-                await pipeline.infer(self._index, event.start, event.audio)
-            else:
-                self._drop_interim()
-                self._interim = pipeline.infer_interim(self._index, event.start, event.audio)
-
-    def _drop_interim(self) -> None:
-        """Only the newest interim of a segment is worth running."""
-        if self._interim is not None and self._interim.state is JobState.QUEUED:
-            self._pipeline.cancel(self._interim)
-        self._interim = None
+        return SegmentResult(infer.channel, start, end, infer.final, result, infer.forced)
 
 
 class _ChannelTurns:
@@ -582,17 +517,13 @@ class _ChannelTurns:
 
     async def _decode(self, decode: Decode, done: asyncio.Future[None]) -> None:
         try:
-            job = self._pipeline.decode(decode.audio)
-            await asyncio.wait({job.future})
-            exc = job.future.exception()
-            if exc is None:
-                output = shift_words(json_safe(job.future.result()), decode.start)
-                text, words = _transcript(output)
-                self._carry(self.tracker.transcript(decode.key, text, words))
-            elif isinstance(exc, InferenceError):
-                log.warning("a turn's transcript failed: %s", exc.message)
-            else:
-                raise exc
+            try:
+                output = await self._pipeline.decode(decode.audio)
+            except InferenceError as error:
+                log.warning("a turn's transcript failed: %s", error.message)
+                return
+            text, words = _transcript(shift_words(json_safe(output), decode.start))
+            self._carry(self.tracker.transcript(decode.key, text, words))
         except OutputError as error:
             log.warning("unusable model output for a turn: %s", error)
         finally:

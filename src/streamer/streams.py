@@ -114,11 +114,12 @@ class StreamFactory:
             pipeline = StreamPipeline(
                 stream_id,
                 options,
-                scheduler=self.scheduler,
+                backend=self.scheduler,
                 emit=emit,
                 vad=self.vad,
                 turns=self.turns,
                 observer=self.telemetry(route, stream_id, request.trace_id, connection),
+                pressed=self.admission.pressed if self.admission.pressure is not None else None,
             )
         except BaseException:
             self.admission.stream_ended(route, "error", stream_id)
@@ -183,7 +184,6 @@ class StreamFactory:
         if valid is None and connection is not None and connection.ignored_traceparent:
             ignored = True
         parent, links = self.tracing.stream_parent(valid, connection)
-        pressed = self.admission.pressed if self.admission.pressure is not None else None
         return StreamTelemetry(
             stream_id,
             route.value,
@@ -193,8 +193,6 @@ class StreamFactory:
             links=links,
             client_traceparent=valid,
             trace_ignored=ignored,
-            max_lag=self.bounds.max_lag_seconds,
-            pressed=pressed,
         )
 
     def options(self, route: Route, request: StartRequest) -> StreamOptions:
@@ -247,4 +245,5 @@ class StreamFactory:
             vad_params=params,
             words=request.word_times,
             turns=turns,
+            max_lag=bounds.max_lag_seconds,
         )

@@ -2,14 +2,16 @@
 
 Simple route: final segments that tile the audio from 0 to its end at the model's rate.
 Segmented route: the exact ``(start, end)`` spans of the final segments, found by running
-the same decoder, resampler, Silero VAD and segmenter over the whole file. The resampler's
-output and the segmenter's decisions do not depend on how the audio is split into
-messages, and the VAD gives the same probability for a row whatever batch it runs in, so
-the spans are exactly those the server must send.
+the server's own decoder and segmented route (``streamer.route``) over the whole file,
+with the Silero VAD called on this thread instead of the shared engine. The route's output
+does not depend on how the audio is split into messages, and the VAD gives the same
+probability for a row whatever batch it runs in, so the spans are exactly those the server
+must send.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,10 +19,11 @@ import numpy as np
 from streamer.audio.decode import Decoder
 from streamer.audio.formats import AudioFormat, Encoding
 from streamer.audio.resample import ChannelResamplers
-from streamer.segmentation.segmenter import Segment, Segmenter, VadParams
+from streamer.route.segmented import Frames, SegmentedRoute
+from streamer.route.work import Infer, Work
+from streamer.segmentation.segmenter import VadParams
 from streamer.segmentation.vad import (
     CONTEXT_SAMPLES,
-    FRAME_SAMPLES,
     STATE_SHAPE,
     VAD_SAMPLE_RATE,
     SileroVad,
@@ -67,25 +70,52 @@ def decode_channels(data: bytes, fmt: dict[str, object], rate: int) -> list[np.n
     return [np.concatenate((h, t)).astype(np.float32) for h, t in zip(heads, tails, strict=True)]
 
 
+class BlockingVad:
+    """The Silero VAD for one stream's channels, run on the calling thread, a frame a call
+    (each channel with its own recurrent state, as the engine keeps it)."""
+
+    def __init__(self, vad: SileroVad, channels: int) -> None:
+        self._vad = vad
+        self._state = [
+            np.zeros((STATE_SHAPE[0], 1, STATE_SHAPE[1]), dtype=np.float32) for _ in range(channels)
+        ]
+        self._context = [np.zeros((1, CONTEXT_SAMPLES), dtype=np.float32) for _ in range(channels)]
+
+    def probabilities(self, channel: int, frames: Frames) -> np.ndarray:
+        probs = np.empty(len(frames), dtype=np.float32)
+        for index, frame in enumerate(frames):
+            prob, self._state[channel], self._context[channel] = self._vad.run(
+                frame[None, :], self._state[channel], self._context[channel]
+            )
+            probs[index] = prob[0]
+        return probs
+
+
 def segment_spans(
-    samples: np.ndarray, vad: SileroVad, params: VadParams | None = None
-) -> tuple[Span, ...]:
-    """The final spans the segmenter gives for one channel at 16 kHz."""
-    segmenter = Segmenter(params or VadParams(), interim=False, sample_rate=VAD_SAMPLE_RATE)
-    whole = len(samples) // FRAME_SAMPLES
-    frames = samples[: whole * FRAME_SAMPLES].reshape(whole, FRAME_SAMPLES)
-    state = np.zeros((STATE_SHAPE[0], 1, STATE_SHAPE[1]), dtype=np.float32)
-    context = np.zeros((1, CONTEXT_SAMPLES), dtype=np.float32)
-    events = []
-    for frame in frames:
-        probs, state, context = vad.run(frame[None, :], state, context)
-        events.extend(segmenter.push(frame, float(probs[0])))
-    events.extend(segmenter.flush(samples[whole * FRAME_SAMPLES :]))
-    return tuple(
-        (seconds(e.start, VAD_SAMPLE_RATE), seconds(e.end, VAD_SAMPLE_RATE))
-        for e in events
-        if isinstance(e, Segment) and e.is_final
-    )
+    data: bytes, fmt: dict[str, object], vad: SileroVad, params: VadParams | None = None
+) -> tuple[tuple[Span, ...], ...]:
+    """Each channel's final spans: the whole stream through the segmented route."""
+    af = audio_format(fmt)
+    route = SegmentedRoute(af.channels, af.sample_rate, VAD_SAMPLE_RATE, params or VadParams())
+    blocking = BlockingVad(vad, af.channels)
+    spans: list[list[Span]] = [[] for _ in range(af.channels)]
+
+    def take(work: Sequence[Work]) -> None:
+        for item in work:
+            if isinstance(item, Infer) and item.final:
+                spans[item.channel].append((item.start, item.end))
+
+    def segment(frames: list[Frames]) -> None:
+        for channel, framed in enumerate(frames):
+            if len(framed):
+                take(route.segment(channel, framed, blocking.probabilities(channel, framed)))
+
+    segment(route.push(Decoder(af).feed(data)))
+    for channel, framed in enumerate(route.drain()):
+        if len(framed):
+            take(route.segment(channel, framed, blocking.probabilities(channel, framed)))
+        take(route.end_channel(channel))
+    return tuple(tuple(channel) for channel in spans)
 
 
 class ExpectedResults:
@@ -106,8 +136,7 @@ class ExpectedResults:
         if segmented:
             if self._vad is None:
                 self._vad = SileroVad()
-            channels = decode_channels(data, fmt, VAD_SAMPLE_RATE)
-            spans = tuple(segment_spans(c, self._vad) for c in channels)
+            spans = segment_spans(data, fmt, self._vad)
         expected = Expected(frames=frames, sample_rate=af.sample_rate, spans=spans)
         self._cache[(key, segmented)] = expected
         return expected

@@ -1,9 +1,11 @@
 """The inference scheduler shared by every stream.
 
-Streams submit jobs; one dispatcher task forms batches and hands them to the worker pool.
-Finals go before interims, streams are served round-robin (no stream starves behind a busy
-one), and a queued interim can be cancelled when a newer one supersedes it. Each job's
-result arrives on its own future; streams restore audio order themselves.
+Streams submit jobs and hold tickets (``backend.Ticket``: awaitable, ``cancel()``); the
+scheduler is the local ``InferenceBackend``, over any worker pool (threads, processes, Ray
+Serve). One dispatcher task forms batches (``plan_batch`` picks them: finals before
+interims, streams round-robin, so no stream starves behind a busy one) and hands them to
+the pool. A queued interim can be withdrawn when a newer one supersedes it. Streams restore
+audio order themselves. A job's state is the scheduler's own.
 
 The queue is bounded: past ``max_queued`` jobs, new interims are dropped at once (they are
 only previews; the final of the same audio follows). Finals are always queued: each stream
@@ -27,52 +29,137 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
 from enum import Enum
+from functools import partial
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from streamer.errors import InferenceTimeout, ModelCrashed, ModelFailed, StreamerError
+from streamer.inference.backend import Ticket
 from streamer.inference.model import ModelFailure, Output
 from streamer.inference.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
 
-class JobState(Enum):
+class _JobState(Enum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     CANCELLED = "cancelled"
 
 
-@dataclass(eq=False, slots=True)
-class Job:
-    """One inference request of one stream."""
+class _Job:
+    """One inference request of one stream, and the ticket its submitter holds."""
 
-    stream: str
-    audio: NDArray[np.float32]
-    final: bool
-    future: asyncio.Future[Output]
-    words: bool = False
-    """Whether the result should carry word times (for a model that gives them)."""
-    enqueued: float = field(default_factory=time.perf_counter)
-    state: JobState = JobState.QUEUED
-    expires: float | None = None
-    """``perf_counter`` time past which the job fails with ``inference_timeout``."""
-    timer: asyncio.TimerHandle | None = None
+    __slots__ = (
+        "_future", "_scheduler", "audio", "enqueued", "expires", "final", "state", "stream",
+        "timer", "words",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        stream: str,
+        audio: NDArray[np.float32],
+        final: bool,
+        future: asyncio.Future[Output],
+        words: bool,
+    ) -> None:
+        self._scheduler = scheduler
+        self._future = future
+        self.stream = stream
+        self.audio = audio
+        self.final = final
+        self.words = words
+        """Whether the result should carry word times (for a model that gives them)."""
+        self.enqueued = time.perf_counter()
+        self.state = _JobState.QUEUED
+        self.expires: float | None = None
+        """``perf_counter`` time past which the job fails with ``inference_timeout``."""
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- the ticket (``backend.Ticket``) ---------------------------------------------------
+
+    def __await__(self) -> Generator[Any, None, Output]:
+        # Through a waiter of its own: cancelling the task that awaits withdraws nothing
+        # (only ``cancel`` does), as with ``asyncio.wait``.
+        future = self._future
+        if not future.done():
+            waiter = future.get_loop().create_future()
+            future.add_done_callback(partial(_wake, waiter))
+            yield from waiter
+        return future.result()
 
     def cancel(self) -> bool:
         """Withdraw the job if no worker has taken it yet."""
-        if self.state is not JobState.QUEUED:
-            return False
-        self.state = JobState.CANCELLED
-        self.future.cancel()
+        return self._scheduler._withdraw(self)
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def cancelled(self) -> bool:
+        return self._future.cancelled()
+
+    def exception(self) -> BaseException | None:
+        return self._future.exception()
+
+    def add_done_callback(self, callback: Callable[[Ticket], None]) -> None:
+        self._future.add_done_callback(lambda _: callback(self))
+
+    # -- the scheduler's side --------------------------------------------------------------
+
+    def _drop(self) -> None:
+        self.state = _JobState.CANCELLED
+        self._future.cancel()
         if self.timer is not None:
             self.timer.cancel()
-        return True
+
+    def _resolve(self, result: Output | StreamerError) -> None:
+        self.state = _JobState.DONE
+        if self.timer is not None:
+            self.timer.cancel()
+        if self._future.done():
+            return
+        if isinstance(result, StreamerError):
+            self._future.set_exception(result)
+        else:
+            self._future.set_result(result)
+
+
+def _wake(waiter: asyncio.Future[None], _: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def plan_batch(
+    finals: Mapping[str, int], interims: Mapping[str, int], limit: int, *, interims_allowed: bool
+) -> list[str]:
+    """Which streams the next batch takes a job from, one entry per job, in order.
+
+    ``finals`` and ``interims`` are the jobs each stream has waiting, in round-robin order
+    (the stream served longest ago first). Finals only while any wait; else interims, when
+    ``interims_allowed``. Each round takes one job per stream, so no stream starves behind
+    a busy one; up to ``limit`` jobs.
+    """
+    waiting = finals if finals else interims if interims_allowed else {}
+    picks: list[str] = []
+    depth = 0
+    while len(picks) < limit:
+        taken = len(picks)
+        for stream, count in waiting.items():
+            if count > depth:
+                picks.append(stream)
+                if len(picks) >= limit:
+                    break
+        if len(picks) == taken:
+            break
+        depth += 1
+    return picks
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +213,9 @@ class Scheduler:
         self.on_expired = on_expired
         self.interims_skipped = 0
         """Queued interims skipped because they waited past ``interim_max_wait``."""
-        self._finals: OrderedDict[str, deque[Job]] = OrderedDict()
-        self._interims: OrderedDict[str, deque[Job]] = OrderedDict()
+        # Only jobs still waiting, per stream, in round-robin order (withdrawn ones leave).
+        self._finals: OrderedDict[str, deque[_Job]] = OrderedDict()
+        self._interims: OrderedDict[str, deque[_Job]] = OrderedDict()
         self._queued = 0
         self._busy = 0
         self._wakeup = asyncio.Event()
@@ -156,21 +244,12 @@ class Scheduler:
         oldest = now
         for queues in (self._finals, self._interims):
             for queue in queues.values():
-                for job in queue:
-                    if job.state is JobState.QUEUED:
-                        oldest = min(oldest, job.enqueued)
-                        break
+                oldest = min(oldest, queue[0].enqueued)
         return now - oldest
 
     def queued_for(self, stream: str) -> int:
         """Jobs of one stream still waiting (not cancelled)."""
-        return sum(
-            1
-            for queue in (self._finals.get(stream), self._interims.get(stream))
-            if queue
-            for job in queue
-            if job.state is JobState.QUEUED
-        )
+        return len(self._finals.get(stream, ())) + len(self._interims.get(stream, ()))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._dispatch(), name="scheduler-dispatch")
@@ -191,15 +270,15 @@ class Scheduler:
 
     def submit(
         self, stream: str, audio: NDArray[np.float32], *, final: bool = True, words: bool = False
-    ) -> Job:
-        """Queue one inference; the result (or a typed error) arrives on ``job.future``.
+    ) -> Ticket:
+        """Queue one inference; awaiting the ticket gives the result (or a typed error).
 
         An interim submitted while the queue is full comes back already cancelled.
         """
         loop = asyncio.get_running_loop()
-        job = Job(stream, audio, final, loop.create_future(), words)
+        job = _Job(self, stream, audio, final, loop.create_future(), words)
         if not final and self.full:
-            job.cancel()
+            job._drop()
             self.interims_dropped += 1
             return job
         if self.deadline is not None:
@@ -211,22 +290,34 @@ class Scheduler:
         self._wakeup.set()
         return job
 
-    def cancel(self, job: Job) -> bool:
-        """Withdraw a job no worker has taken yet (a superseded interim, say)."""
-        if not job.cancel():
+    def _withdraw(self, job: _Job) -> bool:
+        """Take a job no worker has taken yet out of its queue (``Ticket.cancel``)."""
+        if job.state is not _JobState.QUEUED:
             return False
-        self._queued -= 1
+        self._unqueue(job)
+        job._drop()
         return True
 
-    def _expire(self, job: Job) -> None:
-        """A queued job's deadline passed before any worker took it."""
-        if job.state is not JobState.QUEUED:
-            return  # running: its batch keeps the time
+    def _unqueue(self, job: _Job) -> None:
+        """Out of its queue, if it is still there (not taken into a batch being formed)."""
+        queues = self._finals if job.final else self._interims
+        queue = queues.get(job.stream)
+        if queue is None or job not in queue:
+            return
+        queue.remove(job)
+        if not queue:
+            del queues[job.stream]
         self._queued -= 1
+
+    def _expire(self, job: _Job) -> None:
+        """A queued job's deadline passed before any worker took it."""
+        if job.state is not _JobState.QUEUED:
+            return  # running: its batch keeps the time
+        self._unqueue(job)
         self.expired += 1
         if self.on_expired is not None:
             self.on_expired(1)
-        self._resolve(job, InferenceTimeout(self._timeout_message("waiting for a worker")))
+        job._resolve(InferenceTimeout(self._timeout_message("waiting for a worker")))
 
     def _timeout_message(self, doing: str) -> str:
         return f"no result within the deadline of {self.deadline} s ({doing})"
@@ -236,41 +327,47 @@ class Scheduler:
         count = 0
         for queues in (self._finals, self._interims):
             for job in queues.pop(stream, ()):
-                count += self.cancel(job)
+                job._drop()
+                count += 1
+        self._queued -= count
         return count
 
-    def _take(self, limit: int, *, interims: bool = True) -> list[Job]:
-        """Up to ``limit`` jobs, one per stream per round: finals, or else interims (when
-        ``interims`` allows them)."""
-        batch: list[Job] = []
+    def _take(self, limit: int, *, interims: bool = True) -> list[_Job]:
+        """Up to ``limit`` jobs as ``plan_batch`` picks them: finals, or else interims
+        (when ``interims`` allows them)."""
         self._skip_stale_interims()
-        for queues in (self._finals, self._interims):
-            if queues is self._interims and (batch or not interims):
-                break
-            while len(batch) < limit and queues:
-                for stream in list(queues):
-                    queue = queues[stream]
-                    while queue and queue[0].state is not JobState.QUEUED:
-                        queue.popleft()
-                    if queue:
-                        job = queue.popleft()
-                        self._queued -= 1
-                        batch.append(job)
-                        queues.move_to_end(stream)
-                    if not queue:
-                        del queues[stream]
-                    if len(batch) >= limit:
-                        break
+        finals, waiting = self._finals, self._interims
+        picks = plan_batch(
+            {stream: len(queue) for stream, queue in finals.items()},
+            # Counted only when they may go: no final waits and interims are allowed.
+            {stream: len(queue) for stream, queue in waiting.items()}
+            if interims and not finals
+            else {},
+            limit,
+            interims_allowed=interims,
+        )
+        queues = finals if finals else waiting
+        batch: list[_Job] = []
+        for stream in picks:
+            queue = queues[stream]
+            batch.append(queue.popleft())
+            if queue:
+                queues.move_to_end(stream)
+            else:
+                del queues[stream]
+        self._queued -= len(batch)
         return batch
 
     def _skip_stale_interims(self) -> None:
         if self.interim_max_wait is None:
             return
         too_old = time.perf_counter() - self.interim_max_wait
-        for queue in self._interims.values():
-            for job in queue:
-                if job.enqueued < too_old and self.cancel(job):
-                    self.interims_skipped += 1
+        stale = [
+            job for queue in self._interims.values() for job in queue if job.enqueued < too_old
+        ]
+        for job in stale:
+            self._withdraw(job)
+        self.interims_skipped += len(stale)
 
     def _interims_allowed(self) -> bool:
         """Whether an interim batch may start: no final runs, and fewer than
@@ -304,8 +401,13 @@ class Scheduler:
                     else:  # finals came: they go first, the interims wait
                         self._requeue(batch)
                         batch = more
+                # Withdrawn or expired while the batch formed: not run.
+                batch = [job for job in batch if job.state is _JobState.QUEUED]
+                if not batch:
+                    self._slots.release()
+                    continue
             for job in batch:
-                job.state = JobState.RUNNING
+                job.state = _JobState.RUNNING
             # Counted now, not when the task starts: the next dispatch must see them.
             self._busy += 1
             self._interim_busy += not batch[0].final
@@ -313,13 +415,15 @@ class Scheduler:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    def _requeue(self, jobs: list[Job]) -> None:
+    def _requeue(self, jobs: list[_Job]) -> None:
         """Put taken interims back at the head of their streams' queues."""
         for job in reversed(jobs):
+            if job.state is not _JobState.QUEUED:
+                continue  # withdrawn or expired meanwhile
             self._interims.setdefault(job.stream, deque()).appendleft(job)
             self._queued += 1
 
-    async def _execute(self, batch: list[Job]) -> None:
+    async def _execute(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
         waits = tuple(started - job.enqueued for job in batch)
         words = [job.words for job in batch] if any(job.words for job in batch) else None
@@ -331,7 +435,7 @@ class Scheduler:
                 results = await asyncio.wait_for(asyncio.shield(run), left)
             except TimeoutError:
                 for job in batch:
-                    self._resolve(job, InferenceTimeout(self._timeout_message("running")))
+                    job._resolve(InferenceTimeout(self._timeout_message("running")))
                 self._observe(batch, waits, started, timeouts=len(batch))
                 # The pool gives the worker's place back: a process is killed, a thread
                 # written off and replaced. A thread it cannot replace keeps the place
@@ -350,9 +454,9 @@ class Scheduler:
                     error = self._classify(result)
                     failures += isinstance(error, ModelFailed)
                     crashes += not isinstance(error, ModelFailed)
-                    self._resolve(job, error)
+                    job._resolve(error)
                 else:
-                    self._resolve(job, result)
+                    job._resolve(result)
             self._observe(batch, waits, started, failures=failures, crashes=crashes)
         finally:
             self._busy -= 1
@@ -362,7 +466,7 @@ class Scheduler:
 
     def _observe(
         self,
-        batch: list[Job],
+        batch: list[_Job],
         waits: tuple[float, ...],
         started: float,
         *,
@@ -392,15 +496,3 @@ class Scheduler:
             return ModelFailed(str(exc) or "the model failed on this input")
         log.error("model crashed", exc_info=exc)
         return ModelCrashed("inference failed inside the model")
-
-    @staticmethod
-    def _resolve(job: Job, result: Output | StreamerError) -> None:
-        job.state = JobState.DONE
-        if job.timer is not None:
-            job.timer.cancel()
-        if job.future.done():
-            return
-        if isinstance(result, StreamerError):
-            job.future.set_exception(result)
-        else:
-            job.future.set_result(result)

@@ -13,16 +13,12 @@ in step (``observability/gauges.py``, which also shares them across front-end pr
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streamer.errors import ErrorCode
 from streamer.observability.gauges import ROUTES, RuntimeCollector, RuntimeSources, SharedRuntime
-from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE
-
-if TYPE_CHECKING:
-    from streamer.inference.scheduler import BatchStats
 
 __all__ = [
     "EVENT_TYPES",
@@ -33,6 +29,30 @@ __all__ = [
     "RuntimeSources",
     "new_registry",
 ]
+
+VAD_FRAME_SECONDS: Final = 0.032
+"""Audio per row of a batched VAD call: one Silero frame, 512 samples at 16 kHz."""
+
+
+class BatchFigures(Protocol):
+    """What ``Metrics.observe_batch`` reads of one dispatched inference batch (the
+    scheduler's ``BatchStats``)."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def queue_wait(self) -> tuple[float, ...]: ...
+    @property
+    def run_seconds(self) -> float: ...
+    @property
+    def audio_seconds(self) -> float: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def crashes(self) -> int: ...
+    @property
+    def timeouts(self) -> int: ...
+
 
 STAGES: Final = ("decode", "resample", "vad", "model")
 """The pipeline stages with media, processing and real-time-factor histograms."""
@@ -365,7 +385,7 @@ class Metrics:
         if media_seconds > 0:
             rtf.observe(processing_seconds / media_seconds)
 
-    def observe_batch(self, stats: BatchStats) -> None:
+    def observe_batch(self, stats: BatchFigures) -> None:
         """The scheduler's observer: one dispatched batch."""
         self.batch_size.observe(stats.size)
         for wait in stats.queue_wait:
@@ -383,7 +403,7 @@ class Metrics:
     def observe_vad_batch(self, rows: int, seconds: float) -> None:
         """The VAD engine's hook (called on its thread): one batched model call."""
         self.vad_batch_size.observe(rows)
-        self.observe_stage("vad", rows * FRAME_SAMPLES / VAD_SAMPLE_RATE, seconds)
+        self.observe_stage("vad", rows * VAD_FRAME_SECONDS, seconds)
 
     def observe_turn_call(self, rows: int, seconds: float) -> None:
         """The turn engine's hook (called on its thread): one call of the model."""

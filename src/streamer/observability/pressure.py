@@ -31,10 +31,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
-
-if TYPE_CHECKING:
-    from streamer.inference.scheduler import BatchStats
+from typing import Final, Protocol
 
 __all__ = ["CPU_BUDGET", "Ceilings", "Pressure", "WindowMax"]
 
@@ -126,7 +123,7 @@ class Pressure:
     def observe_vad_delay(self, seconds: float) -> None:
         self.vad_delay.observe(seconds)
 
-    def observe_batch(self, stats: BatchStats) -> None:
+    def observe_batch(self, stats: _Waits) -> None:
         if stats.queue_wait:
             self.queue_wait.observe(max(stats.queue_wait))
 
@@ -199,6 +196,13 @@ class Pressure:
             "queue_wait": round(self.queue_wait.value(), 4),
             "cpu_cores": round(self.cpu_rate, 3),
         }
+
+
+class _Waits(Protocol):
+    """What ``observe_batch`` reads of the scheduler's figures for one batch."""
+
+    @property
+    def queue_wait(self) -> tuple[float, ...]: ...
 
 
 def _never() -> float:

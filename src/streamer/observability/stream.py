@@ -1,8 +1,9 @@
 """What one stream reports about itself: latency as users feel it, stage costs, spans.
 
 ``StreamPipeline`` calls a ``StreamObserver`` at a handful of points (audio fed, a VAD
-call, an inference submitted, results flushed, the stream ended) and passes every event it
-emits through ``watch``. The base class ignores everything; ``StreamTelemetry`` turns the
+call, an inference submitted and its outcome, results flushed, the stream ended) and passes
+every event it emits through ``watch``; it reads nothing of the pipeline, the model or the
+VAD but these calls. The base class ignores everything; ``StreamTelemetry`` turns the
 calls into metrics and spans.
 
 Cost is kept off the per-message path, which runs about ten times a second per stream:
@@ -34,21 +35,14 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
-from streamer.errors import ErrorCode
 from streamer.events import SegmentResult, SpeechStarted, StreamError
-from streamer.inference.scheduler import JobState
 from streamer.observability.logging import bind_stream, unbind_stream
 from streamer.observability.tracing import format_traceparent, parse_traceparent
-from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE
 
 if TYPE_CHECKING:
-    import asyncio
-
-    from streamer.inference.model import Output
-    from streamer.inference.scheduler import Job
     from streamer.observability.metrics import Metrics
 
-__all__ = ["ArrivalClock", "StreamObserver", "StreamTelemetry"]
+__all__ = ["ArrivalClock", "InferenceDone", "StreamObserver", "StreamTelemetry"]
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +56,9 @@ ARRIVAL_HORIZON: Final = 120.0
 """Seconds of audio whose arrival times are kept; older results go unmeasured."""
 _EPSILON: Final = 1e-6  # event times are rounded to microseconds
 
-
-AHEAD_MARGIN: Final = 0.5
-"""Seconds of audio ahead of the wall clock (since its first audio) past which a stream
-is taken to be sent faster than real time, and is not told it is behind."""
+InferenceDone = Callable[[BaseException | None, bool], None]
+"""Told an inference's outcome: the error it failed with (or None), and whether it was
+withdrawn."""
 
 
 class ArrivalClock:
@@ -89,17 +82,26 @@ class ArrivalClock:
             self._pruned = totals.popleft()
             self._times.popleft()
 
+    def carried_to(self, seconds: float) -> float | None:
+        """Where the message that carried the audio at ``seconds`` ended; None if unseen."""
+        totals = self._totals
+        if not totals or seconds <= self._pruned + _EPSILON:
+            return None
+        index = bisect_left(totals, seconds - _EPSILON)
+        return totals[index] if index < len(totals) else None
+
     def sent_by(self, seconds: float) -> float | None:
         """The latest time a client sending in real time (with pauses, never ahead) can
-        have sent the audio at ``seconds``, from when later audio arrived: for any later
-        point ``y`` that arrived at ``t``, ``t - (y - seconds)``. None when unseen."""
+        have sent the message that carried the audio at ``seconds``, whose audio ends at
+        ``x``: a message goes once its audio is whole, so for it and any later one, whose
+        audio ends at ``y`` and which arrived at ``t``, ``t - (y - x)``. None when unseen."""
         totals, times = self._totals, self._times
         if not totals or seconds <= self._pruned + _EPSILON:
             return None
         index = bisect_left(totals, seconds - _EPSILON)
         if index >= len(totals):
             return None
-        return min(times[i] - totals[i] for i in range(index, len(totals))) + seconds
+        return min(times[i] - totals[i] for i in range(index, len(totals))) + totals[index]
 
     def arrival(self, seconds: float) -> float | None:
         """When the audio at ``seconds`` arrived; ``None`` if unseen or forgotten.
@@ -134,11 +136,15 @@ class StreamObserver:
         """``media`` more seconds of audio arrived (``total`` so far), decoded in ``decode``
         and resampled in ``resample`` seconds."""
 
-    def vad(self, frames: int, seconds: float) -> None:
-        """The stream waited ``seconds`` for VAD probabilities of ``frames`` frames."""
+    def vad(self, media: float, seconds: float) -> None:
+        """The stream waited ``seconds`` for VAD probabilities of ``media`` seconds of audio."""
 
-    def inference(self, job: Job, channel: int, start: float, end: float, final: bool) -> None:
-        """An inference of ``[start, end)`` seconds of a channel was submitted."""
+    def inference(
+        self, channel: int, start: float, end: float, final: bool
+    ) -> InferenceDone | None:
+        """An inference of ``[start, end)`` seconds of a channel was submitted (and not
+        dropped at once); the callback returned, if any, is told its outcome."""
+        return None
 
     def flushed(self, total: float) -> None:
         """``stop`` or ``finalize``: results up to ``total`` seconds are forced out now."""
@@ -213,8 +219,6 @@ class StreamTelemetry(StreamObserver):
         client_traceparent: str | None = None,
         trace_ignored: bool = False,
         clock: Callable[[], float] = time.perf_counter,
-        max_lag: float = 0.0,
-        pressed: Callable[[], bool] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.route = route
@@ -255,14 +259,6 @@ class StreamTelemetry(StreamObserver):
         self._first = False
         self._audio = 0.0
         self._errors = 0
-        self.max_lag = max_lag
-        """Seconds of lag behind the audio past which the stream is told (0: never)."""
-        self._behind: float | None = None
-        self._offset: float | None = None
-        self._pressed = pressed
-        self._ahead = False
-        """Audio came faster than real time (a file, say): real-time lag means nothing."""
-        self._next_warning = 0.0
         self._window_media = 0.0
         self._window_decode = 0.0
         self._window_resample = 0.0
@@ -274,16 +270,6 @@ class StreamTelemetry(StreamObserver):
         def watched(event: E) -> None:
             self._sent(event)
             emit(event)
-            if self._behind is not None:
-                lag, self._behind = self._behind, None
-                notice = StreamError(
-                    ErrorCode.FALLING_BEHIND.value,
-                    f"this stream's results are {lag:.1f} s behind its audio (the server's "
-                    f"bound: {self.max_lag:g} s); the server is overloaded",
-                    retryable=True,
-                )
-                self._sent(notice)
-                emit(notice)  # type: ignore[arg-type]
 
         return watched
 
@@ -292,14 +278,7 @@ class StreamTelemetry(StreamObserver):
         log.info("stream started", extra={"route": self.route})
 
     def fed(self, media: float, total: float, decode: float, resample: float) -> None:
-        now = self._now()
-        self._arrivals.record(total, now)
-        if self.max_lag and not self._ahead:
-            offset = now - total
-            if self._offset is None:
-                self._offset = offset
-            elif offset < self._offset - AHEAD_MARGIN:
-                self._ahead = True
+        self._arrivals.record(total, self._now())
         self._audio = total
         metrics = self._metrics
         if metrics is not None:
@@ -311,13 +290,15 @@ class StreamTelemetry(StreamObserver):
         if self._recording:
             self._decode_span.add(media, decode, resample)
 
-    def vad(self, frames: int, seconds: float) -> None:
+    def vad(self, media: float, seconds: float) -> None:
         if self._recording:
-            self._vad_span.add(frames * FRAME_SAMPLES / VAD_SAMPLE_RATE, seconds)
+            self._vad_span.add(media, seconds)
 
-    def inference(self, job: Job, channel: int, start: float, end: float, final: bool) -> None:
-        if not self._recording or job.state is not JobState.QUEUED:
-            return  # an interim dropped on submission never ran
+    def inference(
+        self, channel: int, start: float, end: float, final: bool
+    ) -> InferenceDone | None:
+        if not self._recording:
+            return None
         span = self._tracer.start_span(
             "streamer.inference",
             context=self._context,
@@ -329,15 +310,15 @@ class StreamTelemetry(StreamObserver):
             },
         )
 
-        def done(future: asyncio.Future[Output]) -> None:
-            if future.cancelled():
+        def done(error: BaseException | None, cancelled: bool) -> None:
+            if cancelled:
                 span.set_attribute("streamer.cancelled", True)
-            elif (exc := future.exception()) is not None:
-                span.set_attribute("streamer.error_code", str(getattr(exc, "code", "error")))
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            elif error is not None:
+                span.set_attribute("streamer.error_code", str(getattr(error, "code", "error")))
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             span.end()
 
-        job.future.add_done_callback(done)
+        return done
 
     def flushed(self, total: float) -> None:
         self._flushed_at = self._now()
@@ -391,25 +372,10 @@ class StreamTelemetry(StreamObserver):
     def _result(self, event: SegmentResult) -> None:
         now = self._now()
         self._first_result(now)
-        if self._metrics is None and not self.max_lag:
+        if self._metrics is None:
             return
         arrived = self._arrivals.arrival(event.end)
         if arrived is None:
-            return
-        if self.max_lag and not self._ahead and now >= self._next_warning:
-            # Behind real time: from when a real-time client sent the audio (audio that
-            # waited in the socket while the server was starved counts) to its result.
-            sent = self._arrivals.sent_by(event.end)
-            if self._offset is not None and self._pressed is not None and self._pressed():
-                # While the server measures it is not keeping up, audio that has not
-                # arrived yet is taken to be waiting to be read: a live source's audio was
-                # sent at its pace from the first (pauses in sending count as lag here).
-                paced = self._offset + event.end
-                sent = paced if sent is None else min(sent, paced)
-            if sent is not None and now - sent > self.max_lag:
-                self._behind = now - sent
-                self._next_warning = now + self.max_lag
-        if self._metrics is None:
             return
         if event.final and event.forced and self._flushed_at is not None:
             self._metrics.observe_finalize(self.route, max(0.0, now - self._flushed_at))

@@ -340,6 +340,14 @@ class Segmenter:
         return self._position
 
     @property
+    def earliest_start(self) -> int:
+        """The earliest sample the open segment, or any later one, may include (padding
+        included): audio before it will never be part of a segment."""
+        if self._state is not _State.SILENCE:
+            return self._start
+        return max(self._position - self._pad, self._prev_end, 0)
+
+    @property
     def active(self) -> bool:
         """Whether a segment has been announced and not yet ended."""
         return self._state is _State.SPEECH

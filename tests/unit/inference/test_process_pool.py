@@ -81,7 +81,7 @@ async def test_a_dead_worker_fails_only_its_request_and_is_replaced() -> None:
         before = set(pool.pids())
         busy = [sched.submit("busy", audio(100 + i)) for i in range(40)]
         victim = [sched.submit("victim", audio(n)) for n in (10, KILLER, 20, 30)]
-        results = await asyncio.gather(*(j.future for j in busy + victim), return_exceptions=True)
+        results = await asyncio.gather(*(j for j in busy + victim), return_exceptions=True)
         ok1, crashed, ok2, ok3 = results[-4:]
         assert isinstance(crashed, WorkerCrashed) and crashed.code == "worker_crashed"
         assert [ok1, ok2, ok3] == [{"count": 10}, {"count": 20}, {"count": 30}]
@@ -92,7 +92,7 @@ async def test_a_dead_worker_fails_only_its_request_and_is_replaced() -> None:
         after = set(pool.pids())
         assert len(after) == 2 and len(after - before) == 1  # one worker was replaced
         # The pool goes on serving on the replacement.
-        assert (await sched.submit("victim", audio(40)).future) == {"count": 40}
+        assert (await sched.submit("victim", audio(40))) == {"count": 40}
     finally:
         await sched.close()
 
@@ -114,8 +114,8 @@ async def test_the_scheduler_turns_crashes_and_model_errors_into_typed_errors() 
     sched.start()
     try:
         with pytest.raises(ModelCrashed):
-            await sched.submit("s", audio(KILLER)).future
-        assert (await sched.submit("s", audio(5)).future) == {"count": 5}
+            await sched.submit("s", audio(KILLER))
+        assert (await sched.submit("s", audio(5))) == {"count": 5}
     finally:
         await sched.close()
     pool = await make_pool(failure_rate=1.0)
@@ -123,7 +123,7 @@ async def test_the_scheduler_turns_crashes_and_model_errors_into_typed_errors() 
     sched.start()
     try:
         with pytest.raises(ModelFailed):
-            await sched.submit("s", audio(5)).future
+            await sched.submit("s", audio(5))
     finally:
         await sched.close()
 
@@ -137,7 +137,7 @@ async def test_past_the_deadline_the_worker_is_killed_and_replaced() -> None:
         loop = asyncio.get_running_loop()
         began = loop.time()
         with pytest.raises(InferenceTimeout):
-            await sched.submit("s", audio(10)).future
+            await sched.submit("s", audio(10))
         assert loop.time() - began < 5.0
         while sched.busy:  # noqa: ASYNC110 (the slot frees once the worker is gone)
             await asyncio.sleep(0.01)
@@ -167,4 +167,4 @@ async def test_the_scheduler_closes_even_when_no_worker_ever_starts() -> None:
     await asyncio.sleep(0.2)
     await sched.close(grace=0.2)
     with pytest.raises(WorkerCrashed):
-        await job.future
+        await job

@@ -11,9 +11,10 @@ import pytest
 from numpy.typing import NDArray
 
 from streamer.errors import InferenceTimeout, ModelCrashed, ModelFailed
+from streamer.inference.backend import Ticket
 from streamer.inference.model import ModelFailure, Output, TestModel
 from streamer.inference.pool import ThreadPool
-from streamer.inference.scheduler import BatchStats, JobState, Scheduler
+from streamer.inference.scheduler import BatchStats, Scheduler
 
 
 def audio(n: int) -> NDArray[np.float32]:
@@ -74,7 +75,7 @@ async def make(model: RecordingModel, workers: int = 1, **kw: float | int) -> Sc
 async def test_results_arrive_on_each_jobs_future() -> None:
     sched = await make(RecordingModel(), workers=2)
     jobs = [sched.submit("s", audio(n)) for n in range(1, 20)]
-    results = await asyncio.gather(*(j.future for j in jobs))
+    results = await asyncio.gather(*(j for j in jobs))
     assert [r["count"] for r in results] == list(range(1, 20))
     await sched.close()
 
@@ -82,11 +83,11 @@ async def test_results_arrive_on_each_jobs_future() -> None:
 async def test_failures_and_crashes_become_typed_errors() -> None:
     sched = await make(RecordingModel())
     ok, fail, crash = (sched.submit("s", audio(n)) for n in (5, 4242, 6666))
-    assert (await ok.future)["count"] == 5
+    assert (await ok)["count"] == 5
     with pytest.raises(ModelFailed, match="forty-two"):
-        await fail.future
+        await fail
     with pytest.raises(ModelCrashed) as info:
-        await crash.future
+        await crash
     assert "boom" not in info.value.message  # crashes get a generic message
     await sched.close()
 
@@ -103,7 +104,7 @@ async def test_finals_run_before_interims_and_streams_take_turns() -> None:
     sched.submit("quiet", audio(3))
     sched.submit("other", audio(4))
     model.gate.set()
-    await first.future
+    await first
     await until(lambda: not sched.queued and not sched.busy and len(model.calls) == 14)
     order = [c[0] for c in model.calls]
     assert order[0] == 1
@@ -124,7 +125,7 @@ async def test_batches_form_across_streams() -> None:
     await until(lambda: sched.busy == 1)
     jobs = [sched.submit(f"s{i}", audio(10 + i)) for i in range(12)]
     model.gate.set()
-    await asyncio.gather(blocker.future, *(j.future for j in jobs))
+    await asyncio.gather(blocker, *(j for j in jobs))
     assert [len(c) for c in model.calls] == [1, 8, 4]
     assert [s.size for s in stats] == [1, 8, 4]
     await sched.close()
@@ -137,12 +138,12 @@ async def test_a_queued_job_can_be_cancelled_but_a_running_one_cannot() -> None:
     running = sched.submit("s", audio(1))
     await asyncio.sleep(0.05)
     queued = sched.submit("s", audio(2), final=False)
-    assert sched.cancel(queued)
-    assert not sched.cancel(running)
-    assert queued.state is JobState.CANCELLED and queued.future.cancelled()
+    assert queued.cancel()
+    assert not running.cancel()
+    assert queued.cancelled()
     assert sched.queued == 0
     model.gate.set()
-    await running.future
+    await running
     assert model.calls == [[1]]
     await sched.close()
 
@@ -160,7 +161,7 @@ async def test_cancel_stream_withdraws_all_its_queued_work() -> None:
     assert sched.cancel_stream("gone") == 4
     assert sched.queued == 1
     model.gate.set()
-    await keep.future
+    await keep
     assert [c[0] for c in model.calls] == [1, 7]
     await sched.close()
 
@@ -178,7 +179,7 @@ async def test_an_inference_past_its_deadline_fails_with_inference_timeout() -> 
     sched.start()
     job = sched.submit("s", audio(4))
     with pytest.raises(InferenceTimeout):
-        await job.future
+        await job
     assert not model.calls  # failed at its deadline, not when the model returned
     model.gate.set()
     await sched.close()
@@ -222,7 +223,7 @@ async def test_a_busy_stream_delays_the_others_by_a_bounded_number_of_batches() 
         submitted_at[length] = len(model.calls)
         jobs.append(sched.submit(f"quiet{rng.integers(quiet_streams)}", audio(length)))
         length += 1
-    await asyncio.gather(*(j.future for j in jobs))
+    await asyncio.gather(*(j for j in jobs))
     await sched.close()
     started_in = {n: i for i, call in enumerate(model.calls) for n in call}
     waits = [started_in[n] - before for n, before in submitted_at.items()]
@@ -250,7 +251,7 @@ async def test_every_streams_results_arrive_in_audio_order_under_load() -> None:
     pipelines = {}
     for name in ["busy", *(f"quiet{i}" for i in range(15))]:
         events[name] = []
-        pipelines[name] = StreamPipeline(name, options, scheduler=sched, emit=events[name].append)
+        pipelines[name] = StreamPipeline(name, options, backend=sched, emit=events[name].append)
         pipelines[name].start()
     chunk = np.zeros(800, dtype="<i2").tobytes()  # 50 ms: one inference per chunk
 
@@ -280,12 +281,12 @@ async def test_a_full_queue_drops_new_interims_but_never_finals() -> None:
     finals = [sched.submit("s", audio(n)) for n in (2, 3, 4)]
     assert sched.full
     interim = sched.submit("t", audio(5), final=False)
-    assert interim.state is JobState.CANCELLED and interim.future.cancelled()
+    assert interim.cancelled()
     assert sched.interims_dropped == 1
     late_final = sched.submit("t", audio(6))
     assert sched.queued == 4 and sched.oldest_wait() > 0
     model.gate.set()
-    await asyncio.gather(running.future, *(j.future for j in finals), late_final.future)
+    await asyncio.gather(running, *(j for j in finals), late_final)
     assert sorted(c[0] for c in model.calls) == [1, 2, 3, 4, 6]
     assert not sched.full and sched.oldest_wait() == 0
     await sched.close()
@@ -315,7 +316,7 @@ async def test_a_jobs_word_times_request_reaches_the_model_with_its_batch() -> N
     await asyncio.sleep(0.05)
     jobs = [sched.submit(f"s{i}", audio(10 + i), words=i % 2 == 1) for i in range(4)]
     model.gate.set()
-    await asyncio.gather(blocker.future, *(j.future for j in jobs))
+    await asyncio.gather(blocker, *(j for j in jobs))
     # Nobody asked for the first batch's words, so the model got no flags at all.
     assert model.asked == [None, [False, True, False, True]]
     await sched.close()
@@ -325,7 +326,7 @@ async def test_a_model_without_word_times_is_never_asked() -> None:
     model = RecordingModel(max_batch_size=4)  # infer_batch takes the batch alone
     sched = await make(model)
     job = sched.submit("s", audio(7), words=True)
-    assert (await job.future) == {"count": 7}
+    assert (await job) == {"count": 7}
     await sched.close()
 
 
@@ -355,16 +356,16 @@ async def test_interims_leave_the_other_workers_to_finals() -> None:
     final = sched.submit("f", audio(5))
     await until(lambda: sched.busy == 2)  # the final took a free worker
     model.gate.set()
-    await asyncio.gather(final.future, *(j.future for j in interims))
+    await asyncio.gather(final, *(j for j in interims))
     assert [c[0] for c in model.calls].index(5) < 2
     # While a final runs, no interim starts.
     model.gate.clear()
     running = sched.submit("f", audio(6))
     later = sched.submit("s0", audio(200), final=False)
     await until(lambda: sched.busy == 1)
-    assert later.state is JobState.QUEUED
+    assert sched.queued_for("s0") == 1 and not later.done()
     model.gate.set()
-    await asyncio.gather(running.future, later.future)
+    await asyncio.gather(running, later)
     await sched.close()
 
 
@@ -378,9 +379,29 @@ async def test_an_interim_that_waited_too_long_is_skipped_and_finals_never_are()
     final = sched.submit("t", audio(3))
     await asyncio.sleep(0.1)  # both waited past 50 ms behind the blocked worker
     model.gate.set()
-    await asyncio.gather(running.future, final.future)
+    await asyncio.gather(running, final)
     await asyncio.sleep(0.02)
-    assert stale.state is JobState.CANCELLED and stale.future.cancelled()
+    assert stale.cancelled()
     assert sched.interims_skipped == 1
     assert [c[0] for c in model.calls] == [1, 3]
     await sched.close()
+
+
+async def test_cancelling_a_task_that_awaits_a_ticket_withdraws_nothing() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    sched = await make(model)
+    running = sched.submit("s", audio(1))
+    queued = sched.submit("s", audio(2))
+    waiter = asyncio.ensure_future(_wait(queued))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert not queued.cancelled() and sched.queued_for("s") == 1
+    model.gate.set()
+    assert (await running) == {"count": 1} and (await queued) == {"count": 2}
+    await sched.close()
+
+
+async def _wait(ticket: Ticket) -> Output:
+    return await ticket

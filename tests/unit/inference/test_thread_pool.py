@@ -61,15 +61,15 @@ async def test_a_stuck_thread_is_written_off_replaced_and_its_late_result_discar
     try:
         stuck = sched.submit("a", audio(13))
         with pytest.raises(InferenceTimeout, match="running"):
-            await stuck.future
+            await stuck
         await wait_for(lambda: pool.stuck_workers == 1)
         # A replacement took the stuck thread's place: the next job runs at once.
-        assert await sched.submit("b", audio(5)).future == {"count": 5}
+        assert await sched.submit("b", audio(5)) == {"count": 5}
         assert (pool.written_off, pool.stuck_workers, pool.available_workers) == (1, 1, 1)
         model.release.set()
         await wait_for(lambda: pool.stuck_workers == 0)
         assert pool.available_workers == 1  # the stuck thread left; its replacement serves
-        assert await sched.submit("c", audio(7)).future == {"count": 7}
+        assert await sched.submit("c", audio(7)) == {"count": 7}
         assert expired == []
     finally:
         model.release.set()
@@ -88,17 +88,17 @@ async def test_past_the_bound_capacity_is_lost_and_queued_jobs_expire_from_submi
         queued = sched.submit("b", audio(5))
         began = time.perf_counter()
         with pytest.raises(InferenceTimeout, match="running"):
-            await stuck.future
+            await stuck
         await wait_for(lambda: pool.stuck_workers == 1)  # the pool hears of it right after
         assert pool.available_workers == 0
         with pytest.raises(InferenceTimeout, match="waiting for a worker"):
-            await queued.future
+            await queued
         assert time.perf_counter() - began < 1.0  # its own deadline, not the stuck thread's
         assert expired == [1] and sched.queued == 0
         # When the stuck thread returns, it serves again: the capacity comes back.
         model.release.set()
         await wait_for(lambda: pool.available_workers == 1)
-        assert await sched.submit("c", audio(7)).future == {"count": 7}
+        assert await sched.submit("c", audio(7)) == {"count": 7}
     finally:
         model.release.set()
         await sched.close(grace=1)
@@ -114,5 +114,5 @@ async def test_closing_fails_what_a_stuck_thread_holds() -> None:
     began = time.perf_counter()
     await sched.close(grace=0.1)
     assert time.perf_counter() - began < 1.0
-    assert job.future.done() and isinstance(job.future.exception(), Exception)
+    assert job.done() and isinstance(job.exception(), Exception)
     model.release.set()

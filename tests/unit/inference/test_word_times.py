@@ -79,7 +79,7 @@ async def test_a_streams_finals_carry_words_in_stream_time() -> None:
     events: list[Event] = []
     fmt = AudioFormat(channels=1, sample_rate=16000, bit_depth=16, is_float=False)
     options = StreamOptions(Route.SIMPLE, fmt, 16000, chunk_seconds=1.0, words=True)
-    pipeline = StreamPipeline("s", options, scheduler=scheduler, emit=events.append)
+    pipeline = StreamPipeline("s", options, backend=scheduler, emit=events.append)
     pipeline.start()
     await pipeline.feed(bytes(2 * 16000 * 3))  # three chunks of a second
     await pipeline.finish()

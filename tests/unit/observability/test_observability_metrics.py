@@ -189,3 +189,10 @@ def test_turn_events_by_event_resumed_early_ends_and_the_turn_models_calls() -> 
     assert sample(registry, "streamer_turn_batch_size_sum") == 4
     assert sample(registry, "streamer_turn_model_seconds_count") == 2
     assert sample(registry, "streamer_turn_model_seconds_sum") == pytest.approx(0.16)
+
+
+def test_a_vad_row_is_one_silero_frame() -> None:
+    from streamer.observability.metrics import VAD_FRAME_SECONDS
+    from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE
+
+    assert FRAME_SAMPLES / VAD_SAMPLE_RATE == VAD_FRAME_SECONDS

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-import numpy as np
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
 from streamer.errors import ModelFailed
 from streamer.events import SegmentResult, SpeechStarted, StreamError
-from streamer.inference.scheduler import Job, JobState
 from streamer.observability.logging import current_ids
 from streamer.observability.metrics import Metrics
 from streamer.observability.stream import ArrivalClock, StreamObserver, StreamTelemetry
@@ -50,6 +47,19 @@ def test_arrival_is_the_message_that_carried_the_point() -> None:
     assert clock.arrival(0.1001) == 2.0
     assert clock.arrival(0.5) == 5.0
     assert clock.arrival(9.0) == 5.0  # past the end: the last message
+
+
+def test_a_message_was_sent_once_whole_and_no_later_than_later_ones_allow() -> None:
+    clock = ArrivalClock()
+    clock.record(5.0, 100.0)  # five seconds in one message
+    assert clock.carried_to(1.0) == 5.0
+    assert clock.sent_by(1.0) == 100.0  # not 96: the message went once its audio was whole
+    for i in range(1, 5):  # then half a second a message, all read at 110
+        clock.record(5.0 + i * 0.5, 110.0)
+    assert clock.carried_to(5.2) == 5.5
+    assert clock.sent_by(5.2) == 108.5  # the last (to 7 s) arrived 1.5 s of audio later
+    assert clock.sent_by(1.0) == 100.0
+    assert clock.sent_by(7.5) is None and clock.carried_to(7.5) is None
 
 
 def test_arrivals_older_than_the_horizon_are_forgotten() -> None:
@@ -183,23 +193,20 @@ async def test_spans_for_the_stream_its_inferences_and_its_windows() -> None:
     exporter = InMemorySpanExporter()
     tracing = Tracing.from_env({}, exporters=[exporter])
     telemetry = StreamTelemetry("s1", "segmented", tracer=tracing.tracer)
-    loop = asyncio.get_running_loop()
-    audio = np.zeros(16, dtype=np.float32)
-    ok = Job("s1", audio, True, loop.create_future())
-    failed = Job("s1", audio, True, loop.create_future())
-    dropped = Job("s1", audio, False, loop.create_future(), state=JobState.CANCELLED)
-    superseded = Job("s1", audio, False, loop.create_future())
-    for index, job in enumerate((ok, failed, dropped, superseded)):
-        telemetry.inference(job, 0, float(index), index + 1.0, job.final)
-    ok.future.set_result({"count": 16})
-    failed.future.set_exception(ModelFailed("no"))
-    superseded.cancel()
+    # The pipeline observes what it submitted, except an interim dropped on submission
+    # (start 2.0 here), which never runs.
+    ok, failed, superseded = (
+        telemetry.inference(0, float(index), index + 1.0, index < 2) for index in (0, 1, 3)
+    )
+    assert ok is not None and failed is not None and superseded is not None
+    ok(None, False)
+    failed(ModelFailed("no"), False)
+    superseded(None, True)
     total = 0.0
     for _ in range(25):
         total += 1.0
         telemetry.fed(1.0, total, 0.001, 0.001)
-        telemetry.vad(31, 0.002)
-    await asyncio.sleep(0)  # done callbacks run on the loop
+        telemetry.vad(31 * 512 / 16000, 0.002)
     telemetry.ended("completed")
     tracing.force_flush()
     spans = exporter.get_finished_spans()

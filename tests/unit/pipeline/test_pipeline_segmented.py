@@ -33,7 +33,7 @@ async def run(vad: VadEngine, audio: bytes) -> list[Event]:
     events: list[Event] = []
     fmt = AudioFormat(channels=2, sample_rate=16000, bit_depth=16, is_float=False)
     options = StreamOptions(Route.SEGMENTED, fmt, 16000)
-    pipeline = StreamPipeline("s", options, scheduler=scheduler, emit=events.append, vad=vad)
+    pipeline = StreamPipeline("s", options, backend=scheduler, emit=events.append, vad=vad)
     pipeline.start()
     step = MESSAGE * 2 * 2  # both channels, two bytes a sample
     for at in range(0, len(audio), step):
@@ -61,3 +61,29 @@ async def test_a_messages_channels_share_one_vad_step() -> None:
         expected = await run(eager, audio)
     assert spans(got) == spans(expected)
     assert {channel for channel, _, _ in spans(got)} == {0, 1}  # both channels have speech
+
+
+async def test_a_model_at_another_rate_gets_each_segment_at_its_rate_with_interims() -> None:
+    from streamer.inference.model import TestModel
+
+    model = TestModel.speedy(sample_rate=24000)
+    scheduler = Scheduler(ThreadPool(model, 1), sample_rate=24000, max_batch=4)
+    scheduler.start()
+    events: list[Event] = []
+    fmt = AudioFormat(channels=2, sample_rate=16000, bit_depth=16, is_float=False)
+    options = StreamOptions(Route.SEGMENTED, fmt, 24000, interim=True)
+    audio = stereo()
+    with VadEngine(SileroVad()) as vad:
+        pipeline = StreamPipeline("s", options, backend=scheduler, emit=events.append, vad=vad)
+        pipeline.start()
+        for at in range(0, len(audio), MESSAGE * 4):
+            await pipeline.feed(audio[at : at + MESSAGE * 4])
+        await pipeline.finish()
+    await scheduler.close()
+    results = [e for e in events if isinstance(e, SegmentResult)]
+    assert any(r.final for r in results) and any(not r.final for r in results)
+    for result in results:
+        assert result.output["count"] == round(result.end * 24000) - round(result.start * 24000)
+    for channel in (0, 1):
+        finals = [(r.start, r.end) for r in results if r.final and r.channel == channel]
+        assert finals and finals == sorted(finals)

@@ -46,7 +46,7 @@ async def run_stream(
         chunk_seconds=chunk_seconds,
         max_in_flight=max_in_flight,
     )
-    pipeline = StreamPipeline("s1", options, scheduler=scheduler, emit=events.append)
+    pipeline = StreamPipeline("s1", options, backend=scheduler, emit=events.append)
     pipeline.start()
     pos = 0
     for size in splits or [len(data)]:
