@@ -71,6 +71,9 @@ class StreamOptions:
     (``falling_behind``, at most once per this many seconds); 0: never."""
     turns: TurnSettings | None = None
     """Detect each channel's turns and emit ``Turn`` events (segmented route only)."""
+    segments: bool = True
+    """Infer and send the segmented route's segments (False: turns alone, no inference
+    for segments)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,7 @@ class StreamPipeline:
                 options.vad_params or VadParams(),
                 interim=options.interim,
                 mark_finalize=options.mark_finalize,
+                segments=options.segments,
             )
             self._vad_streams = [vad.open_stream() for _ in range(fmt.channels)]
             if options.turns is not None:

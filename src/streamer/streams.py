@@ -222,6 +222,10 @@ class StreamFactory:
             params, interim_interval_s=max(params.interim_interval_s, bounds.min_interim_interval)
         )
         turns: TurnSettings | None = None
+        if not request.segments and request.turn_detection is None:
+            raise InvalidMessage(
+                "segments: false needs turn_detection (the stream would have no results)"
+            )
         if request.turn_detection is not None:
             if route is not Route.SEGMENTED or self.turns is None:
                 raise InvalidMessage(
@@ -245,5 +249,6 @@ class StreamFactory:
             vad_params=params,
             words=request.word_times,
             turns=turns,
+            segments=request.segments,
             max_lag=bounds.max_lag_seconds,
         )

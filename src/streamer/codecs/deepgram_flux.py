@@ -102,6 +102,7 @@ class FluxParams:
                 },
                 "word_times": True,
                 "turn_detection": self.turns.model_dump(),
+                "segments": False,  # Flux shows turns only: the segments are not decoded
             }
         )
 

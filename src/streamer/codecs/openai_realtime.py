@@ -137,6 +137,7 @@ class SessionConfig:
         if isinstance(vad, SemanticVad):
             body["word_times"] = True
             body["turn_detection"] = vad.detection()
+            body["segments"] = False  # the turns are the items
             return Restart(parse_start(body), Route.SEGMENTED.value)
         body["interim_results"] = True
         body["vad"] = {

@@ -95,6 +95,8 @@ def config_to_start(config: pb.StreamConfig, traceparent: str | None = None) -> 
     if config.HasField("vad"):
         vad = config.vad
         start["vad"] = {name: getattr(vad, name) for name in _VAD_FIELDS if vad.HasField(name)}
+    if config.HasField("segments"):
+        start["segments"] = config.segments
     if config.HasField("turn_detection"):
         turns = config.turn_detection
         start["turn_detection"] = {
@@ -110,7 +112,7 @@ def start_to_config(start: Mapping[str, Any]) -> pb.StreamConfig:
     """The config for a WebSocket ``start`` request (as a dict); ``ValueError`` if it has
     fields the config cannot carry."""
     unknown = set(start) - {"request", "format", "interim_results", "interim_interval"}
-    unknown -= {"vad", "trace_id", "word_times", "turn_detection"}
+    unknown -= {"vad", "trace_id", "word_times", "turn_detection", "segments"}
     if unknown:
         raise ValueError(f"the gRPC config has no field {sorted(unknown)[0]!r}")
     config = pb.StreamConfig(
@@ -137,6 +139,8 @@ def start_to_config(start: Mapping[str, Any]) -> pb.StreamConfig:
         for name, value in vad.items():
             if value is not None:
                 setattr(config.vad, name, value)
+    if start.get("segments") is not None:
+        config.segments = bool(start["segments"])
     if (turns := start.get("turn_detection")) is not None:
         extra = set(turns) - set(_TURN_FIELDS)
         if extra:

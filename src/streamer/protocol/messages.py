@@ -125,6 +125,11 @@ class StartRequest(_Strict):
         description="Detect the end of each turn with the end-of-turn model and emit "
         "`turn` events (segmented route only).",
     )
+    segments: bool = Field(
+        default=True,
+        description="False: no `segment` events, and no inference for them; with "
+        "`turn_detection` (which it needs), the `turn` events alone carry the transcript.",
+    )
 
 
 class StopRequest(_Strict):

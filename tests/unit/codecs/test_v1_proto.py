@@ -182,6 +182,7 @@ _starts = st.fixed_dictionaries(
         "trace_id": st.just(TRACEPARENT),
         "word_times": st.just(True),  # false is the default, which the config leaves out
         "turn_detection": _turns,
+        "segments": st.booleans(),
     },
 )
 

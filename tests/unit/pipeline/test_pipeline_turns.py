@@ -275,3 +275,33 @@ async def test_a_v1_segmented_stream_with_turn_detection_sends_turn_events() -> 
     labels = {"route": "segmented", "event": "EndOfTurn"}
     assert registry.get_sample_value("streamer_turn_events_total", labels) == len(ends)
     assert (registry.get_sample_value("streamer_turn_model_seconds_count") or 0) >= 1
+
+
+async def test_a_stream_of_turns_alone_infers_no_segments() -> None:
+    """``segments: false`` (what ``/v2/listen`` and ``semantic_vad`` ask): speech events
+    and turns, no segment and no inference of one; without turn detection it is refused."""
+    body: dict[str, Any] = {
+        "request": "start",
+        "format": {"channels": 1, "sample_rate": 16000, "bit_depth": 16},
+        "turn_detection": {},
+        "segments": False,
+    }
+    model = Saying()
+    async with running_services(model=model) as services:
+        outcome = await run_connection(
+            services,
+            Route.SEGMENTED,
+            [json.dumps(body), _speech(), bytes(64000), '{"request": "stop"}'],
+        )
+        refused = await run_connection(
+            services,
+            Route.SEGMENTED,
+            [json.dumps({**body, "turn_detection": None})],
+        )
+    sent = [json.loads(frame) for frame in outcome.sent]
+    kinds = {m["type"] for m in sent}
+    assert "segment" not in kinds and {"turn", "active", "inactive", "done"} <= kinds
+    ends = [m for m in sent if m["type"] == "turn" and m["event"] == "end"]
+    assert ends and all(m["transcript"] for m in ends)
+    [error] = [json.loads(frame) for frame in refused.sent]
+    assert error["code"] == "invalid_message" and "segments" in error["message"]

@@ -34,7 +34,7 @@ class StreamRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., audio: _Optional[bytes] = ..., finalize: _Optional[_Union[Finalize, _Mapping]] = ..., stop: _Optional[_Union[Stop, _Mapping]] = ..., keepalive: _Optional[_Union[Keepalive, _Mapping]] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("format", "interim_results", "interim_interval", "vad", "trace_id", "word_times", "turn_detection")
+    __slots__ = ("format", "interim_results", "interim_interval", "vad", "trace_id", "word_times", "turn_detection", "segments")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
     INTERIM_INTERVAL_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class StreamConfig(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     WORD_TIMES_FIELD_NUMBER: _ClassVar[int]
     TURN_DETECTION_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     format: AudioFormat
     interim_results: bool
     interim_interval: float
@@ -49,7 +50,8 @@ class StreamConfig(_message.Message):
     trace_id: str
     word_times: bool
     turn_detection: TurnDetection
-    def __init__(self, format: _Optional[_Union[AudioFormat, _Mapping]] = ..., interim_results: _Optional[bool] = ..., interim_interval: _Optional[float] = ..., vad: _Optional[_Union[VadOptions, _Mapping]] = ..., trace_id: _Optional[str] = ..., word_times: _Optional[bool] = ..., turn_detection: _Optional[_Union[TurnDetection, _Mapping]] = ...) -> None: ...
+    segments: bool
+    def __init__(self, format: _Optional[_Union[AudioFormat, _Mapping]] = ..., interim_results: _Optional[bool] = ..., interim_interval: _Optional[float] = ..., vad: _Optional[_Union[VadOptions, _Mapping]] = ..., trace_id: _Optional[str] = ..., word_times: _Optional[bool] = ..., turn_detection: _Optional[_Union[TurnDetection, _Mapping]] = ..., segments: _Optional[bool] = ...) -> None: ...
 
 class TurnDetection(_message.Message):
     __slots__ = ("eot_threshold", "eager_eot_threshold", "eot_timeout_ms")
