@@ -252,10 +252,11 @@ class InferenceSettings(BaseModel):
         description="`local`: the model runs in this process's pool; `ray`: on Ray Serve "
         "([ray] settings; the ray extra).",
     )
-    pool: Literal["thread", "process"] = Field(
+    pool: Literal["thread", "process", "shared"] = Field(
         default="thread",
         description="Threads for models that release the GIL; processes for GIL-bound or "
-        "crash-prone ones.",
+        "crash-prone ones; `shared`: one model process for every front-end process "
+        "(`--workers`), as on a GPU, reached over a local socket.",
     )
     workers: int = Field(default=4, ge=1, le=256)
     max_batch: int = Field(
@@ -315,6 +316,12 @@ class RaySettings(BaseModel):
     )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local cluster.")
     replica_cpus: float = Field(default=1.0, gt=0, description="CPUs per model replica.")
+    replica_gpus: float = Field(
+        default=0.0,
+        ge=0,
+        description="GPUs per model replica (a fraction shares one GPU between replicas); "
+        "0: none, and whisper.device = 'auto' then runs on the replica's CPU.",
+    )
     replicas: int = Field(default=1, ge=1, description="Replicas, without autoscaling.")
     autoscaling: dict[str, Any] | None = Field(
         default=None,
@@ -322,7 +329,12 @@ class RaySettings(BaseModel):
         "max_replicas, target_ongoing_requests, ...).",
     )
     max_ongoing_requests: int = Field(default=64, ge=1)
-    max_batch_size: int = Field(default=8, ge=1, description="@serve.batch max_batch_size.")
+    max_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="@serve.batch max_batch_size; none: the model's own (Whisper's is "
+        "larger on a GPU).",
+    )
     batch_wait_ms: float = Field(default=5.0, ge=0, description="@serve.batch wait.")
 
 

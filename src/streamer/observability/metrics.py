@@ -211,6 +211,14 @@ class Metrics:
             "Inferences lost to a crash inside the model or its worker.",
             registry=registry,
         )
+        self.model_info = Gauge(
+            "streamer_model_info",
+            "1, labelled with the model's name and the device it runs on (cpu, cuda:0).",
+            ["model", "device"],
+            registry=registry,
+            # The same labels in every front-end process: one series, not one per process.
+            multiprocess_mode="max",
+        )
         self.inference_timeouts = Counter(
             "streamer_inference_timeouts",
             "Inferences failed for running past inference.deadline_seconds.",
