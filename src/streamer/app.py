@@ -45,6 +45,7 @@ from streamer.segmentation.vad import VadEngine
 from streamer.services import Connection, Services
 from streamer.streams import StreamBounds, StreamFactory
 from streamer.transport.deepgram import serve_listen
+from streamer.transport.deepgram_flux import serve_flux
 from streamer.transport.grant import grant_endpoint
 from streamer.transport.grpc import GrpcServer, start_grpc_server
 from streamer.transport.limits import grpc_server_options
@@ -52,6 +53,8 @@ from streamer.transport.realtime import serve_realtime
 from streamer.transport.subscribe import serve_subscriber
 from streamer.transport.twilio import serve_media_stream
 from streamer.transport.websocket import serve_websocket
+from streamer.turn.engine import TurnEngine
+from streamer.turn.stage import TurnSettings
 from streamer.twilio.bus import make_bus
 from streamer.twilio.callbacks import CallbackPoster
 from streamer.twilio.hub import CallHub, CallPublisher
@@ -242,6 +245,17 @@ def build_services(
         ),
         metrics=metrics,
         tracing=tracing,
+        turns=TurnEngine(
+            threads=settings.turn.threads,
+            max_batch=settings.turn.max_batch,
+            max_wait=settings.turn.max_wait_ms / 1000,
+            on_call=metrics.observe_turn_call,
+        ),  # its model is loaded by the first stream that detects turns
+        turn_defaults=TurnSettings(
+            min_pause_ms=settings.turn.min_pause_ms,
+            rescore_ms=settings.turn.rescore_ms or None,
+            update_ms=settings.turn.update_ms,
+        ),
     )
     written_off = (lambda: pool.written_off) if isinstance(pool, ThreadPool) else (lambda: 0)
     sources = metrics.sources
@@ -442,6 +456,8 @@ def create_app(
             await services.streams.scheduler.close(grace=share)
             await bus.close()
             services.streams.vad.close()
+            if services.streams.turns is not None:
+                services.streams.turns.close(timeout=share)
             await monitor.close()
             if tracing is None:
                 own_tracing.shutdown()  # exports what is still buffered
@@ -475,6 +491,9 @@ def create_app(
 
     async def listen(ws: WebSocket) -> None:
         await serve_listen(ws, ws.app.state.services)
+
+    async def flux(ws: WebSocket) -> None:
+        await serve_flux(ws, ws.app.state.services)
 
     def call_sink() -> CallPublisher:
         poster = callbacks[0] if callbacks else None
@@ -519,6 +538,7 @@ def create_app(
             Mount("/demo", StaticFiles(directory=WEB), name="demo"),
             # Deepgram's live API, so that its clients need only a base URL.
             WebSocketRoute("/v1/listen", listen),
+            WebSocketRoute("/v2/listen", flux),
             WebSocketRoute("/v1/twilio", twilio),
             WebSocketRoute("/v1/twilio/calls/{sid}/events", call_events),
             WebSocketRoute("/v1/twilio/streams/{sid}/events", stream_events),

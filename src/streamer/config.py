@@ -196,6 +196,47 @@ class StreamSettings(BaseModel):
     )
 
 
+class TurnEngineSettings(BaseModel):
+    """The end-of-turn model shared by every stream that asks for turn detection (Flux's
+    ``/v2/listen``, ``turn_detection`` in a v1 ``start``). It is loaded on the first such
+    stream, so a server that never serves one never loads it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threads: int = Field(default=1, ge=1, le=64, description="Intra-op threads of the model.")
+    max_batch: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Most pauses scored in one call (batching pays only on a large machine "
+        "or a GPU; on a small CPU a window costs as much alone as in a batch).",
+    )
+    max_wait_ms: float = Field(
+        default=2000.0,
+        gt=0,
+        le=60_000,
+        description="A pause waiting longer than this to be scored is dropped (its turn "
+        "then ends by eot_timeout_ms).",
+    )
+    min_pause_ms: int = Field(
+        default=200,
+        ge=0,
+        le=5000,
+        description="The model is asked once a pause is this long; shorter ones are gaps "
+        "between words.",
+    )
+    rescore_ms: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="Ask the model again each time a pause grows by this much; 0: once a "
+        "pause (measured in docs/turns.md: asking again buys little).",
+    )
+    update_ms: int = Field(
+        default=250, ge=0, le=10_000, description="Least transcribed audio between Updates."
+    )
+
+
 class InferenceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -307,6 +348,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     stream: StreamSettings = StreamSettings()
     inference: InferenceSettings = InferenceSettings()
+    turn: TurnEngineSettings = TurnEngineSettings()
     model: TestModelParams = TestModelParams()
     whisper: WhisperParams = WhisperParams()
     ray: RaySettings = RaySettings()
