@@ -62,7 +62,7 @@ class SegmentedRoute:
     """Decoded blocks in, VAD frames out; frames and their probabilities in, work out."""
 
     __slots__ = (
-        "_channels", "_forcing", "_keys", "_mark", "_resamplers",
+        "_channels", "_forcing", "_keys", "_mark", "_resamplers", "_segments",
         "input_rate", "samples_in",
     )  # fmt: skip
 
@@ -75,8 +75,12 @@ class SegmentedRoute:
         *,
         interim: bool = False,
         mark_finalize: bool = False,
+        segments: bool = True,
     ) -> None:
+        """``segments`` False: speech starts and ends only, no inference of segments (a
+        stream whose turns carry the transcript)."""
         params = params or VadParams()
+        self._segments = segments
         self.input_rate = input_rate
         self.samples_in = 0
         """Samples per channel taken so far, at the input's rate."""
@@ -174,6 +178,8 @@ class SegmentedRoute:
                 out.append(Post(SpeechStarted(channel, _seconds(event.start))))
             elif isinstance(event, segmenter.SpeechEnded):
                 out.append(Post(SpeechEnded(channel, _seconds(event.end))))
+            elif not self._segments:
+                continue
             else:
                 # Only the newest interim of a segment is worth running.
                 if state.interim is not None:
