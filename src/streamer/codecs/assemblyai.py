@@ -12,9 +12,11 @@ AssemblyAI reports a bad query after the upgrade (an ``Error`` with 3006 and tha
 code), not as an HTTP status, so a malformed query here becomes the connection's one opening
 input: a refusal the machine tells and closes on.
 
-Turns: the codec speaks of a turn's words so far and of its end, whatever decides them.
-Until a turn stage drives a route, a segment of the VAD is a turn: its interims are the
-turn's partial ``Turn`` messages and its final the end of the turn (see :class:`TurnView`).
+Turns are the stream's turn detection (``docs/turns.md``): the end-of-turn model decides
+when a pause ends a turn. ``StartOfTurn`` is ``SpeechStarted``; ``Update`` a partial
+``Turn``; ``EagerEndOfTurn`` a partial ``Turn`` with its ``utterance`` filled (clients
+start their reply early on it); ``EndOfTurn`` the end-of-turn ``Turn``s. The VAD's segments
+are not turns here and are not sent.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from streamer.audio.formats import MAX_SAMPLE_RATE, AudioFormat, Encoding
@@ -39,17 +41,19 @@ from streamer.events import (
     SpeechEnded,
     SpeechStarted,
     StreamError,
+    Turn,
 )
 from streamer.protocol.connection import Mode
-from streamer.protocol.inputs import Audio, Finish, Input, Invalid
+from streamer.protocol.inputs import Audio, Finish, Input, Invalid, Steer
 from streamer.protocol.messages import (
     MAX_OPTION_MS,
-    FinalizeRequest,
     KeepaliveRequest,
     StartRequest,
     StopRequest,
+    TurnDetection,
     parse_start,
 )
+from streamer.turn.stage import ForceEnd
 
 ENCODINGS: dict[str, tuple[Encoding, int]] = {
     "pcm_s16le": (Encoding.PCM, 16),
@@ -125,6 +129,20 @@ MAX_CHUNK_MS = 1000.0
 DEFAULT_SESSION_SECONDS = 3 * 3600.0
 """A session's longest life where the server sets none (AssemblyAI's three hours)."""
 
+DEFAULT_MAX_TURN_SILENCE_MS = 1280
+"""AssemblyAI's default ``max_turn_silence``: a pause this long ends the turn."""
+EAGER_MARGIN = 0.2
+"""The early end is announced this far below the end-of-turn threshold."""
+EOT_RANGE = (0.5, 0.9)
+EAGER_MIN = 0.3
+TIMEOUT_RANGE = (500, 10_000)
+"""``TurnDetection``'s bounds: AssemblyAI's values outside them are brought inside."""
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    return min(max(value, low), high)
+
+
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 _PUNCTUATION = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
 
@@ -159,8 +177,24 @@ class StreamingParams:
         encoding, bits = ENCODINGS[self.encoding]
         return AudioFormat(1, self.sample_rate, bits, False, encoding)
 
+    def turn_detection(self) -> TurnDetection:
+        """The stream's turn detection, from AssemblyAI's parameters, within its bounds:
+        ``end_of_turn_confidence_threshold`` is the end-of-turn threshold (0.7 unset),
+        the early end comes ``EAGER_MARGIN`` below it, and ``max_turn_silence`` is the
+        pause that ends a turn whatever the model says."""
+        threshold = self.end_of_turn_confidence_threshold
+        eot = 0.7 if threshold is None else _clamp(threshold, *EOT_RANGE)
+        eager = round(max(EAGER_MIN, eot - EAGER_MARGIN), 3)
+        silence = self.max_turn_silence
+        timeout = DEFAULT_MAX_TURN_SILENCE_MS if silence is None else silence
+        return TurnDetection(
+            eot_threshold=eot,
+            eager_eot_threshold=min(eager, eot),
+            eot_timeout_ms=int(_clamp(timeout, *TIMEOUT_RANGE)),
+        )
+
     def start_request(self) -> StartRequest:
-        """The stream's ``start``: partial turns need interims, word times for ``words``."""
+        """The stream's ``start``: turn detection, word times for ``words``."""
         fmt = self.audio_format()
         body: dict[str, Any] = {
             "format": {
@@ -170,12 +204,9 @@ class StreamingParams:
                 "is_float": False,
                 "encoding": fmt.encoding,
             },
-            "interim_results": True,
             "word_times": True,
+            "turn_detection": self.turn_detection().model_dump(),
         }
-        if self.max_turn_silence is not None:
-            # The silence that ends a turn whatever else is heard: the VAD's endpoint.
-            body["vad"] = {"min_silence_ms": self.max_turn_silence}
         return parse_start(body)
 
 
@@ -291,15 +322,12 @@ UPDATABLE = {
 
 @dataclass(slots=True)
 class TurnView:
-    """The open turn as AssemblyAI numbers it: its order, and whether it has words yet.
-
-    The codec's only notion of a turn. It takes transport-neutral facts (words of the turn
-    so far; the turn ended, with its text, words and confidence), so that whatever decides
-    turns (the VAD's segments today, a turn stage tomorrow) feeds the same two calls.
-    """
+    """The open turn as AssemblyAI numbers it: its order, and whether its early end (and
+    so its ``utterance``) was sent."""
 
     order: int = 0
     started: bool = False
+    eager_sent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,12 +395,11 @@ class StreamingCodec:
         if self._held:  # a short chunk that was not the last one
             self._held_refused()
         if kind == "ForceEndpoint":
-            return FinalizeRequest(request="finalize")
+            return Steer(ForceEnd())
         if kind == "KeepAlive":
             return KeepaliveRequest(request="keepalive")
         if kind == "UpdateConfiguration":
-            self._update(body)
-            return KeepaliveRequest(request="keepalive")
+            return self._update(body)
         raise InvalidMessage(
             f"unknown message type {kind!r}; expected one of "
             "ForceEndpoint, KeepAlive, UpdateConfiguration, Terminate"
@@ -405,7 +432,9 @@ class StreamingCodec:
             f"{self._min_chunk:g} and {self._max_chunk:g} ms of audio per message"
         )
 
-    def _update(self, body: Mapping[str, Any]) -> None:
+    def _update(self, body: Mapping[str, Any]) -> Input:
+        """Keep what changed; new turn thresholds are handed to the stream."""
+        before = self.params
         for name, kind in UPDATABLE.items():
             if name not in body or body[name] is None:
                 continue
@@ -421,8 +450,28 @@ class StreamingCodec:
             if not ok:
                 raise InvalidMessage(f"UpdateConfiguration: {name} has the wrong type")
             self.updates[name] = value
-        if "format_turns" in self.updates:
-            self._format_turns = bool(self.updates["format_turns"])
+        updates = self.updates
+        if "format_turns" in updates:
+            self._format_turns = bool(updates["format_turns"])
+        silence = updates.get(
+            "min_turn_silence", updates.get("min_end_of_turn_silence_when_confident")
+        )
+        self.params = replace(
+            self.params,
+            end_of_turn_confidence_threshold=updates.get(
+                "end_of_turn_confidence_threshold", before.end_of_turn_confidence_threshold
+            ),
+            min_turn_silence=before.min_turn_silence if silence is None else int(silence),
+            max_turn_silence=(
+                int(updates["max_turn_silence"])
+                if "max_turn_silence" in updates
+                else before.max_turn_silence
+            ),
+        )
+        turns = self.params.turn_detection()
+        if turns != before.turn_detection():
+            return Steer(turns)
+        return KeepaliveRequest(request="keepalive")
 
     # Outbound.
 
@@ -444,17 +493,10 @@ class StreamingCodec:
                 # Reported back as asked; the server's own model runs whatever it is.
                 begin["configuration"] = {"model": self.params.speech_model}
             return [begin]
-        if isinstance(event, SpeechStarted):
-            return [{"type": "SpeechStarted", "timestamp": _ms(event.time)}]
-        if isinstance(event, SegmentResult):
-            words = _turn_words(event.output)
-            if words is None:
-                return []
-            if event.final:
-                return self.turn_ended(words)
-            return self.turn_words(words)
-        if isinstance(event, SpeechEnded | Finalized):
-            return []
+        if isinstance(event, Turn):
+            return self._turn_event(event)
+        if isinstance(event, SegmentResult | SpeechStarted | SpeechEnded | Finalized):
+            return []  # the VAD's segments: turns speak for them here
         if isinstance(event, StreamError):
             return self._error(event)
         if isinstance(event, Done):
@@ -469,22 +511,56 @@ class StreamingCodec:
             ]
         raise TypeError(f"no AssemblyAI form for {type(event).__name__}")
 
-    def turn_words(self, words: TurnWords) -> list[dict[str, Any]]:
-        """A partial ``Turn``: the open turn's words so far."""
+    def _turn_event(self, event: Turn) -> list[dict[str, Any]]:
+        words = TurnWords(
+            event.transcript,
+            tuple(
+                {"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence}
+                for w in event.words
+            ),
+        )
+        confidence = round(event.end_of_turn_confidence, 4)
+        kind = event.event
+        if kind == "StartOfTurn":
+            return [{"type": "SpeechStarted", "timestamp": _ms(event.audio_window_start)}]
+        if kind == "Update":
+            return self.turn_words(words, confidence)
+        if kind == "EagerEndOfTurn":
+            return self.turn_words(words, confidence, eager=True)
+        if kind == "EndOfTurn":
+            return self.turn_ended(words, confidence)
+        return []  # TurnResumed: the partials go on
+
+    def turn_words(
+        self, words: TurnWords, confidence: float = 0.0, *, eager: bool = False
+    ) -> list[dict[str, Any]]:
+        """A partial ``Turn``: the open turn's words so far (none while it has none). At
+        an early end its ``utterance`` is filled, so that clients can start a reply."""
+        if not words.text.strip():
+            return []
         self.turn.started = True
-        return [self._turn(words, end=False, formatted=False, confidence=0.0)]
+        sent = self._turn(words, end=False, formatted=False, confidence=confidence)
+        if eager:
+            sent["utterance"] = words.text.strip()
+            self.turn.eager_sent = True
+        return [sent]
 
     def turn_ended(self, words: TurnWords, confidence: float = 1.0) -> list[dict[str, Any]]:
         """The end-of-turn ``Turn``s: unformatted, then (``format_turns``) formatted, both of
         one ``turn_order``; a model that formats its turns itself sends the formatted one
-        alone. ``utterance`` is filled on the first, so that clients can start early."""
+        alone. ``utterance`` is filled on the first unless the early end had it. A turn
+        that ends with no words (noise) sends nothing and keeps its order for the next."""
+        if not words.text.strip():
+            self.turn = TurnView(order=self.turn.order)
+            return []
         if self.params.always_formatted and not self._format_turns:
             sent = [self._turn(words, end=True, formatted=True, confidence=confidence)]
         else:
             sent = [self._turn(words, end=True, formatted=False, confidence=confidence)]
             if self._format_turns:
                 sent.append(self._turn(words, end=True, formatted=True, confidence=confidence))
-        sent[0]["utterance"] = words.text.strip()
+        if not self.turn.eager_sent:
+            sent[0]["utterance"] = words.text.strip()
         self.turn = TurnView(order=self.turn.order + 1)
         return sent
 
@@ -550,30 +626,6 @@ def _uuid(session_id: str) -> str:
         return str(uuid.UUID(session_id))
     except ValueError:
         return session_id
-
-
-def _turn_words(output: Mapping[str, Any]) -> TurnWords | None:
-    """The model's text and words, or None when it heard nothing (no Turn is sent)."""
-    text = output.get("text")
-    if not isinstance(text, str) or not text.strip():
-        return None
-    words: list[Mapping[str, Any]] = []
-    raw = output.get("words")
-    for item in raw if isinstance(raw, list) else ():
-        if not isinstance(item, Mapping) or not isinstance(item.get("word"), str):
-            continue
-        try:
-            words.append(
-                {
-                    "word": item["word"],
-                    "start": float(item.get("start", 0.0)),
-                    "end": float(item.get("end", 0.0)),
-                    "confidence": float(item.get("confidence", item.get("probability", 1.0))),
-                }
-            )
-        except (TypeError, ValueError):
-            continue
-    return TurnWords(text, tuple(words))
 
 
 def codec_for(

@@ -25,7 +25,7 @@ from streamer.tokens import TokenIssuer
 from streamer.transport.websocket import CodecFactory, WsCodec, serve_websocket
 
 ROUTE = Route.SEGMENTED
-"""The pipeline a ``/v3/ws`` stream runs: VAD segmentation, its segments as turns."""
+"""The pipeline a ``/v3/ws`` stream runs: VAD segmentation, with turn detection."""
 NAME = "assemblyai"
 """The route the policy sees (and a token's audience)."""
 TOKEN_ROUTE = "assemblyai_token"
@@ -60,7 +60,6 @@ def streaming_codec(bounds: ChunkBounds = ChunkBounds()) -> CodecFactory:
             codec.encode,
             opening=codec.opening,
             close_code=codec.close_code,
-            mark_finalize=True,
             mode=assemblyai.MODE,
         )
 

@@ -31,26 +31,33 @@ from streamer.events import (
     SpeechEnded,
     SpeechStarted,
     StreamError,
+    Turn,
+    TurnWord,
 )
 from streamer.inference.model import TestModel
 from streamer.pipeline import Route
-from streamer.protocol.inputs import Audio, Finish, Input, Invalid
+from streamer.protocol.inputs import Audio, Finish, Input, Invalid, Steer
 from streamer.protocol.messages import (
-    FinalizeRequest,
     KeepaliveRequest,
     StartRequest,
     StopRequest,
+    TurnDetection,
 )
 from streamer.testing import Pause, run_connection, running_services
+from streamer.turn.stage import ForceEnd
 
 ROOT = Path(__file__).resolve().parents[3]
 VENVS = ROOT / ".venv-clients"
 
-WORDS = [
-    {"word": " Hello,", "start": 0.5, "end": 0.8, "confidence": 0.9},
-    {"word": " World!", "start": 0.9, "end": 1.25, "probability": 0.8},
-]
-SAID = SegmentResult(0, 0.4, 1.4, True, {"text": " Hello, World!", "words": WORDS})
+WORDS = (TurnWord(" Hello,", 0.9, 0.5, 0.8), TurnWord(" World!", 0.8, 0.9, 1.25))
+
+
+def turn(event: str, text: str = " Hello, World!", confidence: float = 0.0, index: int = 0) -> Turn:
+    words = WORDS if text == " Hello, World!" else WORDS[:1] if text else ()
+    return Turn(0, event, index, text, words, 0.4, 1.4, confidence)
+
+
+SAID = turn("EndOfTurn", confidence=0.93)
 
 
 def codec(*items: tuple[str, str], **kwargs: Any) -> StreamingCodec:
@@ -90,8 +97,32 @@ def test_a_full_query_is_read_and_json_array_values_are_taken() -> None:
     assert params.inactivity_timeout == 30 and params.ignored == ("language_detection",)
     start = params.start_request()
     assert start.format.encoding == "mulaw" and start.format.sample_rate == 8000
-    assert start.interim_results and start.word_times
-    assert start.vad is not None and start.vad.min_silence_ms == 1200
+    assert start.word_times
+    # The threshold and the pause within the turn detection's bounds; the early end below.
+    assert start.turn_detection == TurnDetection(
+        eot_threshold=0.5, eager_eot_threshold=0.3, eot_timeout_ms=1200
+    )
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        ([], (0.7, 0.5, 1280)),
+        (
+            [("end_of_turn_confidence_threshold", "1.0"), ("max_turn_silence", "100")],
+            (0.9, 0.7, 500),
+        ),
+        (
+            [("end_of_turn_confidence_threshold", "0.8"), ("max_turn_silence", "60000")],
+            (0.8, 0.6, 10000),
+        ),
+    ],
+)
+def test_turn_detection_from_assemblyais_parameters(
+    items: list[tuple[str, str]], expected: tuple[float, float, int]
+) -> None:
+    turns = parse_query(items).turn_detection()
+    assert (turns.eot_threshold, turns.eager_eot_threshold, turns.eot_timeout_ms) == expected
 
 
 def test_the_defaults_are_assemblyais() -> None:
@@ -132,11 +163,15 @@ def test_a_malformed_query_is_refused_once_open_with_3006(
 
 def test_control_messages() -> None:
     c = codec()
-    assert c.decode_text('{"type": "ForceEndpoint"}') == FinalizeRequest(request="finalize")
+    assert c.decode_text('{"type": "ForceEndpoint"}') == Steer(ForceEnd())
     assert c.decode_text('{"type": "KeepAlive"}') == KeepaliveRequest(request="keepalive")
     update = '{"type": "UpdateConfiguration", "format_turns": true, "max_turn_silence": 900}'
-    assert c.decode_text(update) == KeepaliveRequest(request="keepalive")
+    assert c.decode_text(update) == Steer(
+        TurnDetection(eot_threshold=0.7, eager_eot_threshold=0.5, eot_timeout_ms=900)
+    )
     assert c.updates == {"format_turns": True, "max_turn_silence": 900}
+    # Nothing the stream uses changed: nothing to hand it.
+    assert c.decode_text(update) == KeepaliveRequest(request="keepalive")
     assert not c.terminated
     assert c.decode_text('{"type": "Terminate"}') == StopRequest(request="stop", disconnect=True)
     assert c.terminated
@@ -199,7 +234,7 @@ def test_the_chunk_limits_are_settings() -> None:
 # Messages out.
 
 
-def test_begin_speech_started_and_nothing_for_the_rest() -> None:
+def test_begin_the_start_of_a_turn_and_nothing_for_the_vads_own_events() -> None:
     c = codec()
     (begin,) = c.messages(ready())
     assert begin == {
@@ -207,9 +242,12 @@ def test_begin_speech_started_and_nothing_for_the_rest() -> None:
         "id": "0f8fad5b-d9cb-469f-a165-70867728950e",
         "expires_at": 1000 + 3 * 3600,
     }
-    assert c.messages(SpeechStarted(0, 1.2346)) == [{"type": "SpeechStarted", "timestamp": 1235}]
+    start = Turn(0, "StartOfTurn", 0, "", (), 1.2346, 1.2346, 0.0)
+    assert c.messages(start) == [{"type": "SpeechStarted", "timestamp": 1235}]
+    assert c.messages(SpeechStarted(0, 1.2)) == []
     assert c.messages(SpeechEnded(0, 2.0)) == []
     assert c.messages(Finalized(0, 2.0, 1)) == []
+    assert c.messages(SegmentResult(0, 0.4, 1.4, True, {"text": "Hello"})) == []
     assert codec(max_session_seconds=60).messages(ready())[0]["expires_at"] == 1060
     (asked,) = codec(("speech_model", "u3-rt-pro")).messages(ready())
     assert asked["configuration"] == {"model": "u3-rt-pro"}
@@ -217,15 +255,18 @@ def test_begin_speech_started_and_nothing_for_the_rest() -> None:
 
 def test_partials_then_the_end_of_turn_unformatted_then_formatted() -> None:
     c = codec(("format_turns", "true"))
-    (partial,) = c.messages(SegmentResult(0, 0.4, 1.0, False, {"text": " Hello,", "words": []}))
+    assert c.messages(turn("Update", "")) == []  # no words yet: nothing to say
+    (partial,) = c.messages(turn("Update", " Hello,", 0.12))
     assert partial == {
         "type": "Turn",
         "turn_order": 0,
         "turn_is_formatted": False,
         "end_of_turn": False,
         "transcript": "hello",
-        "end_of_turn_confidence": 0.0,
-        "words": [],
+        "end_of_turn_confidence": 0.12,
+        "words": [
+            {"start": 500, "end": 800, "confidence": 0.9, "text": "hello", "word_is_final": False}
+        ],
         "utterance": "",
     }
     raw, formatted = c.messages(SAID)
@@ -234,13 +275,32 @@ def test_partials_then_the_end_of_turn_unformatted_then_formatted() -> None:
     assert (formatted["end_of_turn"], formatted["turn_is_formatted"]) == (True, True)
     assert raw["transcript"] == "hello world" and formatted["transcript"] == "Hello, World!"
     assert raw["utterance"] == "Hello, World!" and formatted["utterance"] == ""
+    assert raw["end_of_turn_confidence"] == formatted["end_of_turn_confidence"] == 0.93
     assert formatted["words"] == [
         {"start": 500, "end": 800, "confidence": 0.9, "text": "Hello,", "word_is_final": True},
         {"start": 900, "end": 1250, "confidence": 0.8, "text": "World!", "word_is_final": True},
     ]
     assert [w["text"] for w in raw["words"]] == ["hello", "world"]
-    (after,) = c.messages(SegmentResult(0, 2.0, 3.0, False, {"text": "Next"}))
+    (after,) = c.messages(turn("Update", " Hello,", index=1))
     assert after["turn_order"] == 1
+
+
+def test_the_early_end_fills_the_utterance_and_the_end_then_does_not() -> None:
+    c = codec()
+    (eager,) = c.messages(turn("EagerEndOfTurn", confidence=0.55))
+    assert not eager["end_of_turn"] and eager["utterance"] == "Hello, World!"
+    assert eager["end_of_turn_confidence"] == 0.55
+    assert c.messages(turn("TurnResumed")) == []
+    (end,) = c.messages(SAID)
+    assert end["end_of_turn"] and end["utterance"] == ""
+    (next_end,) = c.messages(turn("EndOfTurn", index=1))
+    assert next_end["turn_order"] == 1 and next_end["utterance"] == "Hello, World!"
+
+
+def test_a_turn_that_ends_without_words_sends_nothing_and_keeps_its_order() -> None:
+    c = codec()
+    assert c.messages(turn("EndOfTurn", "")) == []
+    assert c.messages(SAID)[0]["turn_order"] == 0
 
 
 def test_without_format_turns_one_unformatted_end_and_u3_models_format_their_own() -> None:
@@ -258,10 +318,8 @@ def test_update_configuration_turns_formatting_on_live() -> None:
     assert [m["turn_is_formatted"] for m in c.messages(SAID)] == [False, True]
 
 
-def test_silence_and_failed_spans_make_no_turn() -> None:
+def test_failed_spans_send_no_error() -> None:
     c = codec()
-    assert c.messages(SegmentResult(0, 0.0, 1.0, True, {"text": "  "})) == []
-    assert c.messages(SegmentResult(0, 0.0, 1.0, True, {"count": 16000})) == []
     assert c.messages(StreamError("model_error", "failed", 0, 0.0, 1.0)) == []
     assert c.turn.order == 0
 
@@ -308,8 +366,8 @@ def test_unformatted_text() -> None:
 
 def _sample_messages() -> list[dict[str, Any]]:
     c = codec(("format_turns", "true"), ("speech_model", "universal-streaming-english"))
-    sent = c.messages(ready()) + c.messages(SpeechStarted(0, 0.4))
-    sent += c.messages(SegmentResult(0, 0.4, 1.0, False, {"text": "Hello", "words": WORDS[:1]}))
+    sent = c.messages(ready()) + c.messages(turn("StartOfTurn", ""))
+    sent += c.messages(turn("Update", " Hello,")) + c.messages(turn("EagerEndOfTurn"))
     sent += c.messages(SAID)
     c.decode_text('{"type": "Terminate"}')
     return sent + c.messages(Done(audio_seconds=1.5))
