@@ -6,8 +6,8 @@ The clients run from their own environments (the Makefile's ``.venv-clients``, a
 a pipeline, LiveKit's ``assemblyai.STT``, and the JS SDK under Node (behind a TLS proxy:
 it speaks ``wss://`` only). Temporary tokens and bad input use plain HTTP and WebSocket.
 
-End of turn comes from the VAD's segment ends (a segment is a turn) until a turn stage
-drives the route.
+Turns end by the stream's turn detection (the end-of-turn model at pauses, or the
+client's ``ForceEndpoint``).
 """
 
 from __future__ import annotations
@@ -284,7 +284,13 @@ class TlsProxy:
             with contextlib.suppress(Exception):
                 sink.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:  # also when the proxy stops: no socket outlives it
+            for end in (up_writer, writer):
+                end.close()
+                with contextlib.suppress(Exception):
+                    await end.wait_closed()
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -206,6 +206,7 @@ class StreamingParams:
             },
             "word_times": True,
             "turn_detection": self.turn_detection().model_dump(),
+            "segments": False,  # the turns carry the transcript: no work for segments
         }
         return parse_start(body)
 
