@@ -327,7 +327,6 @@ class TurnView:
     so its ``utterance``) was sent."""
 
     order: int = 0
-    started: bool = False
     eager_sent: bool = False
 
 
@@ -539,7 +538,6 @@ class StreamingCodec:
         an early end its ``utterance`` is filled, so that clients can start a reply."""
         if not words.text.strip():
             return []
-        self.turn.started = True
         sent = self._turn(words, end=False, formatted=False, confidence=confidence)
         if eager:
             sent["utterance"] = words.text.strip()
@@ -593,8 +591,8 @@ class StreamingCodec:
 
     def _error(self, event: StreamError) -> list[dict[str, Any]]:
         if event.channel is not None:
-            # One span of audio failed (the model on one segment); the stream goes on, and
-            # AssemblyAI's clients end the session on any Error: no Turn for that span.
+            # One span of audio failed (the recognizer on a turn); the stream goes on, and
+            # AssemblyAI's clients end the session on any Error: the turn keeps its text.
             return []
         code = self.error_code(ErrorCode(event.code))
         return [{"type": "Error", "error_code": code, "error": event.message}]
