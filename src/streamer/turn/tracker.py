@@ -97,6 +97,7 @@ class TurnTracker:
         self._speaking = False
         self._onset: int | None = None  # first sample of the speech frames being counted
         self._run = 0
+        self._forced_at: int | None = None  # a forced end cut speech here (no pad before)
         self._speech_end = 0  # sample where the current pause began
         self._decoded_to: int | None = None  # the turn's audio decoded up to this sample
         self._decodes = 0
@@ -167,16 +168,27 @@ class TurnTracker:
         return self._decode(end)
 
     def force_end(self) -> list[Step]:
-        """End the open turn now (the client's ``ForceEndTurn``, or the end of the audio)."""
-        return self._handle(ForceEnd())
+        """End the open turn now (the client's ``ForceEndTurn``, or the end of the audio).
+
+        Speech that goes on past a forced end opens the next turn with its next frame, from
+        the cut on (no pad before it: that audio was the ended turn's), so none of it is
+        lost waiting for a pause and a new onset."""
+        steps = self._handle(ForceEnd())
+        if self._speaking and not self.open:
+            self._speaking = False
+            self._onset, self._run = self.position, self.min_speech_frames - 1
+            self._forced_at = self.position
+        return steps
 
     # -- internals ----------------------------------------------------------------------
 
     def _keep_turn_from(self, onset: int) -> None:
         """A turn opens at ``onset``: its audio is the frames from there on (and the pad
         before)."""
-        frames = (self.position - onset) // self.frame_samples + self.pad_frames
-        kept = list(self._turn)[-frames:]
+        pad = 0 if onset == self._forced_at else self.pad_frames
+        self._forced_at = None
+        frames = (self.position - onset) // self.frame_samples + pad
+        kept = list(self._turn)[-frames:] if frames else []
         self._turn.clear()
         self._turn.extend(kept)
         self._decoded_to = None

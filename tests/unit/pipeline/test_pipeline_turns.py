@@ -106,6 +106,35 @@ def test_a_long_pause_ends_the_turn_by_timeout_and_the_window_is_the_last_8_s() 
     assert not any(isinstance(s, ScoreTurn) for s in steps)
 
 
+def test_speech_going_on_past_a_forced_end_opens_the_next_turn_from_the_cut() -> None:
+    tracker = TurnTracker(TurnSettings(min_pause_ms=200), min_speech_frames=3, pad_frames=2)
+    tracker.push(frames(5, 0.0), [SILENCE] * 5)
+    tracker.push(frames(20), [SPEECH] * 20)
+    assert kinds(tracker.force_end()) == ["EndOfTurn"]
+    [start] = tracker.push(frames(1), [SPEECH])  # the speaker goes on: a turn at once
+    assert isinstance(start, TurnEvent) and start.kind is TurnEventKind.START_OF_TURN
+    assert start.audio_window_start == pytest.approx(25 * FRAME / 16000)
+    tracker.push(frames(9), [SPEECH] * 9)
+    steps = tracker.push(frames(7, 0.0), [SILENCE] * 7)
+    [score] = [s for s in steps if isinstance(s, Score)]
+    assert score.decode is not None
+    # Its audio starts at the cut (the ended turn had what came before) and goes on.
+    assert score.decode.start == pytest.approx(25 * FRAME / 16000)
+    assert score.decode.end == pytest.approx(35 * FRAME / 16000)
+
+
+def test_a_forced_end_in_a_pause_or_at_the_end_opens_nothing() -> None:
+    tracker = TurnTracker(TurnSettings(min_pause_ms=200), min_speech_frames=3)
+    tracker.push(frames(20), [SPEECH] * 20)
+    tracker.push(frames(2, 0.0), [SILENCE] * 2)
+    assert kinds(tracker.force_end()) == ["EndOfTurn"]
+    assert tracker.push(frames(5, 0.0), [SILENCE] * 5) == []
+    assert not tracker.open
+    tracker.push(frames(20), [SPEECH] * 20)
+    assert kinds(tracker.force_end()) == ["EndOfTurn"]
+    assert not tracker.open  # nothing opens until more speech comes
+
+
 # Over the real pipeline.
 
 
