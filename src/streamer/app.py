@@ -208,6 +208,7 @@ def build_services(
             min_interim_interval=stream.min_interim_interval,
             max_samples_per_second=stream.max_samples_per_second,
             max_lag_seconds=server.max_stream_lag_seconds,
+            speculative_finals=stream.speculative_finals,
         ),
         metrics=metrics,
         tracing=tracing,

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from streamer.audio.decode import Decoder
 from streamer.audio.formats import AudioFormat
@@ -27,7 +27,7 @@ from streamer.observability.stream import StreamObserver
 from streamer.route.lag import LagWatch
 from streamer.route.segmented import Frames, SegmentedRoute
 from streamer.route.simple import SimpleRoute
-from streamer.route.work import Infer, Post, Work
+from streamer.route.work import Adopt, Infer, Post, Work
 from streamer.segmentation.segmenter import VadParams
 from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE, VadEngine, VadReply
 
@@ -61,6 +61,9 @@ class StreamOptions:
     max_lag: float = 0.0
     """Seconds results may lag their audio's arrival before the stream is told
     (``falling_behind``, at most once per this many seconds); 0: never."""
+    speculate: bool = False
+    """The segmented route decodes each segment's final ahead, at a pause
+    (``SegmentedRoute``'s ``speculate``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,7 @@ class StreamPipeline:
         self._order: asyncio.Queue[Event | _Pending | None] = asyncio.Queue()
         self._in_flight = asyncio.Semaphore(options.max_in_flight)
         self._interims: dict[int, Ticket] = {}  # by key: what the route may withdraw
+        self._speculative: dict[int, _Pending] = {}  # by key: kept aside until adopted
         self._lag = LagWatch(options.max_lag, clock, pressed) if options.max_lag > 0 else None
         self._vad = vad
         self._route: SimpleRoute | SegmentedRoute
@@ -111,6 +115,7 @@ class StreamPipeline:
                 options.vad_params or VadParams(),
                 interim=options.interim,
                 mark_finalize=options.mark_finalize,
+                speculate=options.speculate,
             )
             self._vad_streams = [vad.open_stream() for _ in range(fmt.channels)]
         else:
@@ -240,8 +245,16 @@ class StreamPipeline:
         for item in work:
             if isinstance(item, Post):
                 order.put_nowait(item.event)
+            elif isinstance(item, Adopt):
+                pending = self._speculative.pop(item.key)
+                self.observer.speculated(used=True)
+                await self._in_flight.acquire()
+                if self.failed.done():
+                    raise StreamBroken(f"stream {self.stream_id} broke and takes no more audio")
+                infer = pending.infer
+                order.put_nowait(_Pending(pending.ticket, replace(infer, forced=item.forced)))
             elif isinstance(item, Infer):
-                if item.final:
+                if item.final and not item.speculative:
                     await self._in_flight.acquire()
                     if self.failed.done():
                         raise StreamBroken(f"stream {self.stream_id} broke and takes no more audio")
@@ -255,11 +268,18 @@ class StreamPipeline:
                     self._interims[item.key] = ticket
                 if not ticket.done():  # an interim dropped on submission never runs
                     self._observe(ticket, item)
-                order.put_nowait(_Pending(ticket, item))
-            else:
-                withdrawn = self._interims.pop(item.key, None)
-                if withdrawn is not None:
-                    withdrawn.cancel()
+                if item.speculative:
+                    # A withdrawn one's error is nobody's to see: retrieve it so asyncio
+                    # does not report it as never retrieved.
+                    ticket.add_done_callback(_retrieve)
+                    self._speculative[item.key] = _Pending(ticket, item)
+                else:
+                    order.put_nowait(_Pending(ticket, item))
+            elif (withdrawn := self._interims.pop(item.key, None)) is not None:
+                withdrawn.cancel()
+            elif (speculation := self._speculative.pop(item.key, None)) is not None:
+                speculation.ticket.cancel()  # if a worker has it, its result goes unsent
+                self.observer.speculated(used=False)
 
     def _observe(self, ticket: Ticket, item: Infer) -> None:
         span = self.observer.inference(item.channel, item.start, item.end, item.final)
@@ -348,3 +368,8 @@ class StreamPipeline:
                 retryable=False,
             )
         return SegmentResult(infer.channel, start, end, infer.final, result, infer.forced)
+
+
+def _retrieve(ticket: Ticket) -> None:
+    if not ticket.cancelled():
+        ticket.exception()

@@ -45,6 +45,7 @@ class StreamBounds:
     min_interim_interval: float
     max_samples_per_second: int
     max_lag_seconds: float
+    speculative_finals: bool = False
 
 
 class StreamFactory:
@@ -218,4 +219,5 @@ class StreamFactory:
             vad_params=params,
             words=request.word_times,
             max_lag=bounds.max_lag_seconds,
+            speculate=bounds.speculative_finals,
         )

@@ -39,6 +39,8 @@ from numpy.typing import NDArray
 
 __all__ = [
     "Event",
+    "Paused",
+    "Resumed",
     "Segment",
     "Segmenter",
     "SpeechEnded",
@@ -188,7 +190,23 @@ class Segment:
     is_final: bool
 
 
-Event = SpeechStarted | SpeechEnded | Segment
+@dataclass(frozen=True, slots=True, eq=False)
+class Paused:
+    """Speech paused and the end padding has arrived: were the open segment to close in
+    this pause (at its natural end, a forced split, or ``flush``), it would be exactly
+    ``[start, end)`` with ``audio``. Only with ``speculate``; once per pause."""
+
+    start: int
+    end: int
+    audio: Float32Array
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """Speech came back in the pause a ``Paused`` announced: the segment goes on past it."""
+
+
+Event = SpeechStarted | SpeechEnded | Segment | Paused | Resumed
 
 
 class _State(Enum):
@@ -276,13 +294,18 @@ class Segmenter:
         params: VadParams,
         *,
         interim: bool = False,
+        speculate: bool = False,
         sample_rate: int = 16000,
         frame_samples: int = 512,
     ) -> None:
+        """``speculate``: announce each pause of an open segment once its end padding is in
+        (``Paused``), and speech resuming after it (``Resumed``), so that the segment's
+        final can be decoded before it is asked for."""
         if sample_rate <= 0 or frame_samples <= 0:
             raise ValueError("sample_rate and frame_samples must be positive")
         self.params = params
         self.interim = interim
+        self.speculate = speculate
         self.sample_rate = sample_rate
         self.frame_samples = frame_samples
         self._threshold = params.threshold
@@ -307,6 +330,7 @@ class Segmenter:
         self._pause: int | None = None  # first sample of the pause under way, if any
         self._next_interim = 0  # segment length at which the next interim is due
         self._continues = False  # a forced split just ended a segment in mid-speech
+        self._paused = False  # a Paused was announced for the pause under way
 
     def _samples(self, seconds: float) -> int:
         return round(seconds * self.sample_rate)
@@ -375,6 +399,9 @@ class Segmenter:
         else:
             self._audio.append(frame)
             if prob >= self._threshold or (self._pause is None and prob >= self._exit):
+                if self._paused:
+                    self._paused = False
+                    events.append(Resumed())
                 self._pause = None
                 if self._state is _State.PENDING and end - self._voiced_start >= self._min_speech:
                     self._confirm(events)
@@ -385,6 +412,17 @@ class Segmenter:
                     if self._state is _State.SPEECH:
                         self._close(min(self._pause + self._pad, end), events)
                     self._state = _State.SILENCE
+                elif (
+                    self.speculate
+                    and not self._paused
+                    and self._state is _State.SPEECH
+                    and end >= self._pause + self._pad
+                ):
+                    # Any close in this pause ends here now: the same samples, so a decode
+                    # of them now stands for the final.
+                    self._paused = True
+                    cut = self._pause + self._pad
+                    events.append(Paused(self._start, cut, self._audio.head(cut - self._start)))
 
         self._ring.write(frame)
         self._position = end
@@ -453,6 +491,7 @@ class Segmenter:
         events.append(SpeechStarted(self._start))
 
     def _close(self, end: int, events: list[Event]) -> None:
+        self._paused = False
         events.append(SpeechEnded(end))
         events.append(Segment(self._start, end, self._audio.head(end - self._start), True))
         self._prev_end = end
