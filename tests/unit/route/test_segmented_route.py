@@ -95,6 +95,8 @@ def described(work: Sequence[Work]) -> list[tuple[object, ...]]:
             )
         elif isinstance(item, Withdraw):
             out.append(("withdraw", item.key))
+        elif isinstance(item, Adopt):
+            out.append(("adopt", item.key, item.forced))
         else:
             out.append(("post", item.event))
     return out
@@ -106,8 +108,8 @@ def unkeyed(work: Sequence[Work]) -> list[tuple[object, ...]]:
     for item in described(work):
         if item[0] == "infer":
             out.append(("infer", *item[3:]))
-        elif item[0] == "withdraw":
-            out.append(("withdraw",))
+        elif item[0] in ("withdraw", "adopt"):
+            out.append((item[0], *item[2:]))
         else:
             out.append(("post", dataclasses.replace(item[1], channel=0)))  # type: ignore[type-var]
     return out
