@@ -251,6 +251,8 @@ class StreamPipeline:
                 await self._in_flight.acquire()
                 if self.failed.done():
                     raise StreamBroken(f"stream {self.stream_id} broke and takes no more audio")
+                if item.forced:
+                    pending.ticket.hasten()  # someone waits on it now
                 infer = pending.infer
                 order.put_nowait(_Pending(pending.ticket, replace(infer, forced=item.forced)))
             elif isinstance(item, Infer):
@@ -263,6 +265,7 @@ class StreamPipeline:
                     item.audio,
                     final=item.final,
                     words=item.final and self.options.words,
+                    forced=item.forced,
                 )
                 if not item.final:
                     self._interims[item.key] = ticket
