@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
+import pytest
 import soundfile as sf
 from model_factories import Loudness
 from numpy.typing import NDArray
@@ -92,15 +95,23 @@ async def test_a_model_at_another_rate_gets_each_segment_at_its_rate_with_interi
         assert finals and finals == sorted(finals)
 
 
-class Counted(Loudness):
-    """Loudness, counting the inputs it decodes."""
+class Counted:
+    """A model, counting the inputs it decodes."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.name = model.name
+        self.sample_rate = model.sample_rate
+        self.max_batch_size = model.max_batch_size
         self.decoded = 0
 
     def infer(self, audio: NDArray[np.float32]) -> Output:
         self.decoded += 1
-        return super().infer(audio)
+        return cast(Output, self.model.infer(audio))
+
+    def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
+        self.decoded += len(batch)
+        return cast(list[Output | Exception], self.model.infer_batch(batch))
 
 
 class Speculations(StreamObserver):
@@ -114,10 +125,11 @@ class Speculations(StreamObserver):
             self.discarded += 1
 
 
-async def speech_with_finalizes(speculate: bool) -> tuple[list[Event], Counted, Speculations]:
+async def speech_with_finalizes(
+    model: Counted, speculate: bool
+) -> tuple[list[Event], Counted, Speculations]:
     """jfk.wav in 100 ms messages with a finalize every 1.5 s (some in pauses, some in
     speech), as an agent's client sends them."""
-    model = Counted()
     scheduler = Scheduler(ThreadPool(model, 1), sample_rate=16000, max_batch=4)
     scheduler.start()
     events: list[Event] = []
@@ -140,9 +152,17 @@ async def speech_with_finalizes(speculate: bool) -> tuple[list[Event], Counted, 
     return events, model, observer
 
 
-async def test_speculative_finals_send_exactly_what_plain_decodes_send() -> None:
-    plain, plain_model, none = await speech_with_finalizes(speculate=False)
-    ahead, ahead_model, seen = await speech_with_finalizes(speculate=True)
+@pytest.mark.parametrize("model", ["loudness", "whisper"])
+async def test_speculative_finals_send_exactly_what_plain_decodes_send(model: str) -> None:
+    def made() -> Counted:
+        if model == "loudness":
+            return Counted(Loudness())
+        from streamer.inference.whisper import WhisperRecognizer
+
+        return Counted(WhisperRecognizer())  # the same text, alone or in any batch
+
+    plain, plain_model, none = await speech_with_finalizes(made(), speculate=False)
+    ahead, ahead_model, seen = await speech_with_finalizes(made(), speculate=True)
     finals = [e for e in ahead if isinstance(e, SegmentResult) and e.final]
     # Every final (forced or not), every Finalized and every other event in the same
     # order, each with the output of the same samples.
