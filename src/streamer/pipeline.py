@@ -248,11 +248,11 @@ class StreamPipeline:
             elif isinstance(item, Adopt):
                 pending = self._speculative.pop(item.key)
                 self.observer.speculated(used=True)
+                if item.forced:
+                    pending.ticket.hasten()  # someone waits on it now
                 await self._in_flight.acquire()
                 if self.failed.done():
                     raise StreamBroken(f"stream {self.stream_id} broke and takes no more audio")
-                if item.forced:
-                    pending.ticket.hasten()  # someone waits on it now
                 infer = pending.infer
                 order.put_nowait(_Pending(pending.ticket, replace(infer, forced=item.forced)))
             elif isinstance(item, Infer):
