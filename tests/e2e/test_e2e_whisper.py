@@ -168,6 +168,8 @@ async def test_turns_finalized_on_one_socket_come_back_once_each_without_repeats
     used = [
         line
         for line in metrics.splitlines()
-        if line.startswith('streamer_speculative_finals_total{route="segmented",outcome="used"}')
+        if line.startswith("streamer_speculative_finals_total{")
+        and 'outcome="used"' in line
+        and 'route="segmented"' in line
     ]
     assert used and float(used[0].split()[-1]) >= 1, used
