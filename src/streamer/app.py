@@ -209,6 +209,7 @@ def build_services(
             max_samples_per_second=stream.max_samples_per_second,
             max_lag_seconds=server.max_stream_lag_seconds,
             speculative_finals=stream.speculative_finals,
+            speculative_pad_ms=stream.speculative_pad_ms,
         ),
         metrics=metrics,
         tracing=tracing,

@@ -186,6 +186,14 @@ class StreamSettings(BaseModel):
         "speech resuming withdraws it. Costs a decode per pause that turns out not to end "
         "the segment.",
     )
+    speculative_pad_ms: float | None = Field(
+        default=None,
+        ge=0,
+        description="How much of a pause must be in before its final is decoded ahead "
+        "(at most the VAD's speech_pad_ms, which is the default). Shorter starts the decode "
+        "sooner after the speaker stops, so a finalize finds it further along; a segment "
+        "that closes in that pause then ends there, its end padding this long.",
+    )
     max_samples_per_second: int = Field(
         default=192_000,
         ge=8000,

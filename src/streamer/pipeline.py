@@ -64,6 +64,9 @@ class StreamOptions:
     speculate: bool = False
     """The segmented route decodes each segment's final ahead, at a pause
     (``SegmentedRoute``'s ``speculate``)."""
+    speculate_pad_ms: float | None = None
+    """How much of a pause is in when the final is decoded ahead (``None``: the VAD's
+    ``speech_pad_ms``); a segment closing in that pause ends there."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,7 @@ class StreamPipeline:
                 interim=options.interim,
                 mark_finalize=options.mark_finalize,
                 speculate=options.speculate,
+                speculate_pad_ms=options.speculate_pad_ms,
             )
             self._vad_streams = [vad.open_stream() for _ in range(fmt.channels)]
         else:

@@ -46,6 +46,7 @@ class StreamBounds:
     max_samples_per_second: int
     max_lag_seconds: float
     speculative_finals: bool = False
+    speculative_pad_ms: float | None = None
 
 
 class StreamFactory:
@@ -220,4 +221,5 @@ class StreamFactory:
             words=request.word_times,
             max_lag=bounds.max_lag_seconds,
             speculate=bounds.speculative_finals,
+            speculate_pad_ms=bounds.speculative_pad_ms,
         )

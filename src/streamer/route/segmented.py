@@ -67,7 +67,14 @@ class _Speculation:
 class _Channel:
     __slots__ = ("framer", "held", "interim", "segmenter", "speculation", "tap")
 
-    def __init__(self, params: VadParams, interim: bool, model_rate: int, speculate: bool) -> None:
+    def __init__(
+        self,
+        params: VadParams,
+        interim: bool,
+        model_rate: int,
+        speculate: bool,
+        speculate_pad_ms: float | None,
+    ) -> None:
         self.framer = Framer(FRAME_SAMPLES)
         self.tap = ModelRateTap(model_rate) if model_rate != VAD_SAMPLE_RATE else None
         self.segmenter = Segmenter(
@@ -75,6 +82,7 @@ class _Channel:
             interim=interim,
             # A speculative cut would have to wait for the resampler like any other.
             speculate=speculate and self.tap is None,
+            speculate_pad_ms=speculate_pad_ms,
             sample_rate=VAD_SAMPLE_RATE,
         )
         self.interim: int | None = None  # the key of the channel's outstanding interim
@@ -100,14 +108,20 @@ class SegmentedRoute:
         interim: bool = False,
         mark_finalize: bool = False,
         speculate: bool = False,
+        speculate_pad_ms: float | None = None,
     ) -> None:
-        """``speculate``: decode each segment's final ahead at a pause (see the module)."""
+        """``speculate``: decode each segment's final ahead at a pause (see the module),
+        once ``speculate_pad_ms`` of it is in (by default the VAD's ``speech_pad_ms``; a
+        segment closing in that pause then ends there)."""
         params = params or VadParams()
         self.input_rate = input_rate
         self.samples_in = 0
         """Samples per channel taken so far, at the input's rate."""
         self._resamplers = ChannelResamplers(channels, input_rate, VAD_SAMPLE_RATE)
-        self._channels = [_Channel(params, interim, model_rate, speculate) for _ in range(channels)]
+        self._channels = [
+            _Channel(params, interim, model_rate, speculate, speculate_pad_ms)
+            for _ in range(channels)
+        ]
         self._keys = 0
         self._mark = mark_finalize
         self._forcing = False

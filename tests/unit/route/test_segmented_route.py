@@ -435,3 +435,25 @@ def test_the_segmenter_announces_the_cut_any_close_in_the_pause_makes(pad_ms: in
     assert kinds == [Paused, Resumed, Paused, Segment]
     assert (paused[-1].start, paused[-1].end) == (final.start, final.end)
     assert np.array_equal(paused[-1].audio, final.audio)
+
+
+@pytest.mark.parametrize("speculate_pad_ms", [0, 32])
+def test_a_shorter_speculation_pad_ends_the_segment_where_the_pause_was_announced(
+    speculate_pad_ms: int,
+) -> None:
+    params = VadParams(min_speech_ms=64, min_silence_ms=160, speech_pad_ms=96)
+    machine = Segmenter(params, speculate=True, speculate_pad_ms=speculate_pad_ms)
+    probs = [0.9, 0.9, 0.9, 0, 0, 0, 0, 0, 0]
+    frames = stream(probs, tail=0).reshape(len(probs), -1)
+    events = machine.push_frames(frames, vad(frames))
+    (paused,) = [e for e in events if isinstance(e, Paused)]
+    (final,) = [e for e in events if isinstance(e, Segment)]
+    # Announced at the pause's first frame plus the pad, and the natural close (after
+    # 160 ms) ends there too, not at the VAD's 96 ms padding.
+    assert paused.end == 3 * FRAME + speculate_pad_ms * RATE // 1000
+    assert (final.start, final.end) == (paused.start, paused.end)
+    assert np.array_equal(final.audio, paused.audio)
+    # Without speculation, the VAD's padding.
+    plain = Segmenter(params).push_frames(frames, vad(frames))
+    (plain_final,) = [e for e in plain if isinstance(e, Segment)]
+    assert plain_final.end == 3 * FRAME + 96 * RATE // 1000
