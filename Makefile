@@ -8,6 +8,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 CLIENTS := .venv-clients
 CLIENT_STAMPS := $(CLIENTS)/deepgram/.installed $(CLIENTS)/pipecat/.installed \
 	$(CLIENTS)/livekit/.installed $(CLIENTS)/openai/.installed \
+	$(CLIENTS)/assemblyai/.installed \
 	tests/e2e/js/node_modules/.installed
 
 .PHONY: run test lint typecheck unit schema proto system-deps clean clients
@@ -56,9 +57,9 @@ proto: $(STAMP)
 clean:
 	rm -rf $(VENV) $(CLIENTS) tests/e2e/js/node_modules .pytest_cache .mypy_cache .ruff_cache
 
-# The vendor clients the tests drive (Deepgram's SDKs, Pipecat, LiveKit, openai, twilio),
-# each in an environment of its own: their pins clash with the project's and with each
-# other's (protobuf, numpy, websockets).
+# The vendor clients the tests drive (Deepgram's and AssemblyAI's SDKs, Pipecat, LiveKit,
+# openai, twilio), each in an environment of its own: their pins clash with the project's
+# and with each other's (protobuf, numpy, websockets).
 
 $(CLIENTS)/%/.installed: tests/e2e/clients/requirements-%.txt
 	test -x $(CLIENTS)/$*/bin/python || python3 -m venv $(CLIENTS)/$*

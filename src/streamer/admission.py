@@ -37,6 +37,8 @@ class Admission:
         pressure: Pressure | None = None,
         fleet: FleetSlot | None = None,
         within_estimate: bool = False,
+        model_name: str = "",
+        device: str = "",
     ) -> None:
         """``max_streams``: live streams of the whole server; ``max_backlog``: queued
         inferences past which new streams wait. ``draining``: set when the server stops
@@ -45,7 +47,8 @@ class Admission:
         while any is past (None: streams and backlog alone decide). ``fleet``: this
         process's row in the table shared by all front-end processes (``--workers``).
         ``within_estimate``: also refuse once the capacity estimate reaches 0
-        (``server.admit_within_estimate``)."""
+        (``server.admit_within_estimate``). ``model_name`` and ``device``: the model that
+        serves and where it runs, as health reports them."""
         self.max_streams = max_streams
         self.max_backlog = max_backlog
         self.scheduler = scheduler
@@ -55,6 +58,8 @@ class Admission:
         self.pressure = pressure
         self.fleet = fleet
         self.within_estimate = within_estimate
+        self.model_name = model_name
+        self.device = device
         self.streams: Counter[Route] = Counter()
         """Live streams per route."""
         self.quota_use: Counter[str] = Counter()
@@ -178,6 +183,8 @@ class Admission:
             "workers": pool.workers,
             "available_workers": available,
             "stuck_workers": pool.stuck_workers,
+            "model": self.model_name,
+            "device": self.device,
             "capacity": self.capacity(),
             **({"reason": why} if why is not None else {}),
             **({"pressure": self.pressure.readings()} if self.pressure is not None else {}),

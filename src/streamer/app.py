@@ -25,7 +25,9 @@ from streamer.admission import Admission
 from streamer.auth import issuer_from_settings, policy_from_settings
 from streamer.config import ServerSettings, Settings
 from streamer.fleet import FleetSlot
+from streamer.inference.device import Placement, check_compute_type, model_device, place
 from streamer.inference.model import Model, TestModel, UnsupportedModel, make_model
+from streamer.inference.model_server import ModelServer, SharedPool
 from streamer.inference.pool import ThreadPool, WorkerPool
 from streamer.inference.process_pool import ModelFactory, ProcessPool
 from streamer.inference.scheduler import BatchStats, Scheduler
@@ -42,7 +44,9 @@ from streamer.protocol.connection import Limits
 from streamer.segmentation.vad import VadEngine
 from streamer.services import Connection, Services
 from streamer.streams import StreamBounds, StreamFactory
+from streamer.transport.assemblyai import ChunkBounds, serve_streaming, token_endpoint
 from streamer.transport.deepgram import serve_listen
+from streamer.transport.deepgram_flux import serve_flux
 from streamer.transport.grant import grant_endpoint
 from streamer.transport.grpc import GrpcServer, start_grpc_server
 from streamer.transport.limits import grpc_server_options
@@ -50,6 +54,8 @@ from streamer.transport.realtime import serve_realtime
 from streamer.transport.subscribe import serve_subscriber
 from streamer.transport.twilio import serve_media_stream
 from streamer.transport.websocket import serve_websocket
+from streamer.turn.engine import TurnEngine
+from streamer.turn.stage import TurnSettings
 from streamer.twilio.bus import make_bus
 from streamer.twilio.callbacks import CallbackPoster
 from streamer.twilio.hub import CallHub, CallPublisher
@@ -75,13 +81,26 @@ def model_factory(settings: Settings) -> ModelFactory:
     build its own."""
     inference = settings.inference
     if inference.model == "whisper":
-        # Threads share one model with a replica per worker; a process has one worker.
-        workers = inference.workers if inference.pool == "thread" else 1
+        # Threads (of this process, or of the shared model process) share one model with a
+        # replica per worker; a worker process has one.
+        workers = inference.workers if inference.pool != "process" else 1
         model_directory(settings.whisper)  # fails here, clearly, without the extra
         return functools.partial(WhisperRecognizer, settings.whisper, workers=workers)
     if inference.model == "test":
         return functools.partial(TestModel, settings.model)
     return import_factory(inference.model)
+
+
+def device_placement(settings: Settings) -> Placement | None:
+    """Where this machine would run the Whisper model the settings name (None for another
+    model, or one on Ray, whose replicas choose on their own machines); raises
+    ``DeviceUnavailable`` for a GPU that cannot be used, or a compute type the device
+    does not run."""
+    if settings.inference.model != "whisper" or settings.inference.backend != "local":
+        return None
+    placement = place(settings.whisper.device)
+    check_compute_type(placement, settings.whisper.compute_type)
+    return placement
 
 
 def import_factory(reference: str) -> ModelFactory:
@@ -124,23 +143,35 @@ def build_services(
     tracing: Tracing | None = None,
     policy: ConnectionPolicy = allow_all,
     fleet: FleetSlot | None = None,
+    model_server: tuple[str, bytes] | None = None,
 ) -> Services:
     """Create the shared parts; call inside a running event loop.
 
     ``metrics`` defaults to a fresh registry of its own; ``tracing`` to none at all;
-    ``policy`` (who may connect) lets everyone in.
+    ``policy`` (who may connect) lets everyone in. ``model_server``: the address and key
+    of the model process that ``inference.pool = "shared"`` uses (the supervisor's); none:
+    this process starts its own.
     """
     metrics = metrics or Metrics(CollectorRegistry())
     inference = settings.inference
-    if inference.pool == "process" and model is not None:
-        raise ValueError("a process pool builds its model from the settings; pass none")
+    if inference.pool in ("process", "shared") and model is not None:
+        raise ValueError(f"a {inference.pool} pool builds its model from the settings; pass none")
     handle: Any = None
     if inference.backend == "ray":
         from streamer.inference.ray_backend import remote_model
 
         handle = deploy_on_ray(settings)  # the model runs on Ray Serve; only its metadata here
         model = model or remote_model(handle)
+    shared: SharedPool | None = None
+    if inference.pool == "shared" and handle is None:
+        owned: ModelServer | None = None
+        if model_server is None:
+            owned = ModelServer(model_factory(settings))
+            owned.start()
+            model_server = (owned.address, owned.authkey)
+        shared, model = SharedPool.open(*model_server, inference.workers, server=owned)
     model = model or build_model(settings)
+    metrics.model_info.labels(model.name, model_device(model)).set(1)
     server = settings.server
     pressure = Pressure(
         Ceilings(
@@ -159,6 +190,8 @@ def build_services(
         from streamer.inference.ray_backend import RayPool
 
         pool = RayPool(handle, inference.workers, batch_size=metrics.ray_batch_size.observe)
+    elif shared is not None:
+        pool = shared
     elif inference.pool == "process":
         pool = ProcessPool(model_factory(settings), inference.workers)
     else:
@@ -194,6 +227,8 @@ def build_services(
         pressure=pressure,
         fleet=fleet,
         within_estimate=server.admit_within_estimate,
+        model_name=model.name,
+        device=model_device(model),
     )
     stream = settings.stream
     streams = StreamFactory(
@@ -213,6 +248,17 @@ def build_services(
         ),
         metrics=metrics,
         tracing=tracing,
+        turns=TurnEngine(
+            threads=settings.turn.threads,
+            max_batch=settings.turn.max_batch,
+            max_wait=settings.turn.max_wait_ms / 1000,
+            on_call=metrics.observe_turn_call,
+        ),  # its model is loaded by the first stream that detects turns
+        turn_defaults=TurnSettings(
+            min_pause_ms=settings.turn.min_pause_ms,
+            rescore_ms=settings.turn.rescore_ms or None,
+            update_ms=settings.turn.update_ms,
+        ),
     )
     written_off = (lambda: pool.written_off) if isinstance(pool, ThreadPool) else (lambda: 0)
     sources = metrics.sources
@@ -291,6 +337,7 @@ def create_app(
     tracing: Tracing | None = None,
     policy: ConnectionPolicy | None = None,
     fleet: FleetSlot | None = None,
+    model_server: tuple[str, bytes] | None = None,
 ) -> Starlette:
     """The ASGI application; ``app.state.services`` exists while the lifespan runs.
 
@@ -303,6 +350,8 @@ def create_app(
     ``fleet``: this process's row when it is one of several front-end processes
     (``streamer serve --workers``); admission and health then count the whole server, and
     with prometheus-client's multiprocess mode on, ``/metrics`` serves every process's.
+    ``model_server``: the model process of ``inference.pool = "shared"`` (the supervisor
+    passes its own; by default this process starts one).
     """
     settings = settings or Settings()
     tokens = issuer_from_settings(settings.auth)
@@ -347,7 +396,13 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_tracing = tracing or Tracing.from_env()
         services = build_services(
-            settings, model, metrics=metrics, tracing=own_tracing, policy=policy, fleet=fleet
+            settings,
+            model,
+            metrics=metrics,
+            tracing=own_tracing,
+            policy=policy,
+            fleet=fleet,
+            model_server=model_server,
         )
         services.streams.scheduler.start()
         services.streams.vad.start()
@@ -404,6 +459,8 @@ def create_app(
             await services.streams.scheduler.close(grace=share)
             await bus.close()
             services.streams.vad.close()
+            if services.streams.turns is not None:
+                services.streams.turns.close(timeout=share)
             await monitor.close()
             if tracing is None:
                 own_tracing.shutdown()  # exports what is still buffered
@@ -437,6 +494,18 @@ def create_app(
 
     async def listen(ws: WebSocket) -> None:
         await serve_listen(ws, ws.app.state.services)
+
+    assemblyai_bounds = ChunkBounds(
+        settings.assemblyai.min_chunk_ms,
+        settings.assemblyai.max_chunk_ms,
+        max_session_seconds=settings.stream.max_wall_seconds,
+    )
+
+    async def assemblyai_streaming(ws: WebSocket) -> None:
+        await serve_streaming(ws, ws.app.state.services, assemblyai_bounds)
+
+    async def flux(ws: WebSocket) -> None:
+        await serve_flux(ws, ws.app.state.services)
 
     def call_sink() -> CallPublisher:
         poster = callbacks[0] if callbacks else None
@@ -481,6 +550,10 @@ def create_app(
             Mount("/demo", StaticFiles(directory=WEB), name="demo"),
             # Deepgram's live API, so that its clients need only a base URL.
             WebSocketRoute("/v1/listen", listen),
+            # AssemblyAI's Universal-Streaming v3 and its temporary tokens, likewise.
+            WebSocketRoute("/v3/ws", assemblyai_streaming),
+            HttpRoute("/v3/token", token_endpoint(tokens), methods=["GET"]),
+            WebSocketRoute("/v2/listen", flux),
             WebSocketRoute("/v1/twilio", twilio),
             WebSocketRoute("/v1/twilio/calls/{sid}/events", call_events),
             WebSocketRoute("/v1/twilio/streams/{sid}/events", stream_events),

@@ -8,7 +8,9 @@ A client presents a key the ways the clients people use send one:
   ``Sec-WebSocket-Protocol: token, <key>`` (or ``bearer, <key>``): the server accepts the
   connection with ``token`` (or ``bearer``) as its subprotocol and never echoes the key;
 - OpenAI Realtime's browser form, the subprotocols ``realtime`` and
-  ``openai-insecure-api-key.<key>``: accepted with ``realtime``.
+  ``openai-insecure-api-key.<key>``: accepted with ``realtime``;
+- on AssemblyAI's routes (``BARE_KEY_ROUTES``), the bare header ``Authorization: <key>``
+  (or a token), with no scheme, as AssemblyAI's clients send it.
 
 A browser may instead present a short-lived token minted from a key
 (``streamer.tokens``): the same subprotocol pair, or ``?token=<token>`` in the URL. A
@@ -41,6 +43,8 @@ SCHEMES = ("token", "bearer")
 REALTIME_SUBPROTOCOL = "realtime"
 REALTIME_KEY_PREFIX = "openai-insecure-api-key."
 """OpenAI Realtime's browser subprotocols: ``realtime`` and this prefix before the key."""
+BARE_KEY_ROUTES = frozenset(("assemblyai", "assemblyai_token"))
+"""Routes whose clients send the key (or token) as the whole Authorization header."""
 
 
 class ApiKey(BaseModel):
@@ -102,6 +106,8 @@ def presented(request: ConnectionRequest) -> Credential | None:
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() in SCHEMES and value.strip():
         return Credential(value.strip())
+    if request.route in BARE_KEY_ROUTES and scheme and not value.strip():
+        return Credential(scheme)
     offered = [p.strip() for p in request.subprotocols]
     for name, secret in itertools.pairwise(offered):
         if name.lower() in SCHEMES and secret:

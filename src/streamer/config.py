@@ -211,6 +211,47 @@ class StreamSettings(BaseModel):
     )
 
 
+class TurnEngineSettings(BaseModel):
+    """The end-of-turn model shared by every stream that asks for turn detection (Flux's
+    ``/v2/listen``, ``turn_detection`` in a v1 ``start``). It is loaded on the first such
+    stream, so a server that never serves one never loads it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threads: int = Field(default=1, ge=1, le=64, description="Intra-op threads of the model.")
+    max_batch: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Most pauses scored in one call (batching pays only on a large machine "
+        "or a GPU; on a small CPU a window costs as much alone as in a batch).",
+    )
+    max_wait_ms: float = Field(
+        default=2000.0,
+        gt=0,
+        le=60_000,
+        description="A pause waiting longer than this to be scored is dropped (its turn "
+        "then ends by eot_timeout_ms).",
+    )
+    min_pause_ms: int = Field(
+        default=200,
+        ge=0,
+        le=5000,
+        description="The model is asked once a pause is this long; shorter ones are gaps "
+        "between words.",
+    )
+    rescore_ms: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="Ask the model again each time a pause grows by this much; 0: once a "
+        "pause (measured in docs/turns.md: asking again buys little).",
+    )
+    update_ms: int = Field(
+        default=250, ge=0, le=10_000, description="Least transcribed audio between Updates."
+    )
+
+
 class InferenceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -226,10 +267,11 @@ class InferenceSettings(BaseModel):
         description="`local`: the model runs in this process's pool; `ray`: on Ray Serve "
         "([ray] settings; the ray extra).",
     )
-    pool: Literal["thread", "process"] = Field(
+    pool: Literal["thread", "process", "shared"] = Field(
         default="thread",
         description="Threads for models that release the GIL; processes for GIL-bound or "
-        "crash-prone ones.",
+        "crash-prone ones; `shared`: one model process for every front-end process "
+        "(`--workers`), as on a GPU, reached over a local socket.",
     )
     workers: int = Field(default=4, ge=1, le=256)
     max_batch: int = Field(
@@ -289,6 +331,12 @@ class RaySettings(BaseModel):
     )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local cluster.")
     replica_cpus: float = Field(default=1.0, gt=0, description="CPUs per model replica.")
+    replica_gpus: float = Field(
+        default=0.0,
+        ge=0,
+        description="GPUs per model replica (a fraction shares one GPU between replicas); "
+        "0: none, and whisper.device = 'auto' then runs on the replica's CPU.",
+    )
     replicas: int = Field(default=1, ge=1, description="Replicas, without autoscaling.")
     autoscaling: dict[str, Any] | None = Field(
         default=None,
@@ -296,8 +344,26 @@ class RaySettings(BaseModel):
         "max_replicas, target_ongoing_requests, ...).",
     )
     max_ongoing_requests: int = Field(default=64, ge=1)
-    max_batch_size: int = Field(default=8, ge=1, description="@serve.batch max_batch_size.")
+    max_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="@serve.batch max_batch_size; none: the model's own (Whisper's is "
+        "larger on a GPU).",
+    )
     batch_wait_ms: float = Field(default=5.0, ge=0, description="@serve.batch wait.")
+
+
+class AssemblyAISettings(BaseModel):
+    """AssemblyAI's Universal-Streaming v3 route (``/v3/ws``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_chunk_ms: float = Field(
+        default=50.0, gt=0, description="Shortest binary audio message; shorter is error 3007."
+    )
+    max_chunk_ms: float = Field(
+        default=1000.0, gt=0, description="Longest binary audio message; longer is error 3007."
+    )
 
 
 class Settings(BaseSettings):
@@ -310,11 +376,13 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     stream: StreamSettings = StreamSettings()
     inference: InferenceSettings = InferenceSettings()
+    turn: TurnEngineSettings = TurnEngineSettings()
     model: TestModelParams = TestModelParams()
     whisper: WhisperParams = WhisperParams()
     ray: RaySettings = RaySettings()
     auth: AuthSettings = AuthSettings()
     twilio: TwilioSettings = TwilioSettings()
+    assemblyai: AssemblyAISettings = AssemblyAISettings()
     bus: BusSettings = BusSettings()
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     log_json: bool = False

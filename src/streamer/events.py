@@ -90,6 +90,47 @@ class Finalized:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnWord:
+    """A word of a turn's transcript: its text, confidence and times (seconds)."""
+
+    word: str
+    confidence: float
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """What a channel's turn did (streams that asked for turn detection only).
+
+    ``event`` is one of ``TURN_EVENTS``; ``transcript`` and ``words`` are the turn's so
+    far, ``audio_window_start``/``end`` its audio (seconds), ``end_of_turn_confidence`` the
+    end-of-turn model's latest probability, and ``trigger`` (``EndOfTurn`` only) why it
+    ended: ``model``, ``timeout`` or ``manual``.
+    """
+
+    kind: ClassVar[str] = "turn"
+    channel: int
+    event: str
+    turn_index: int
+    transcript: str
+    words: tuple[TurnWord, ...]
+    audio_window_start: float
+    audio_window_end: float
+    end_of_turn_confidence: float
+    trigger: str | None = None
+
+
+TURN_EVENTS = ("StartOfTurn", "Update", "EagerEndOfTurn", "TurnResumed", "EndOfTurn")
+"""The values of ``Turn.event``, in the order a turn may give them."""
+
+V1_TURN_EVENTS = dict(
+    zip(TURN_EVENTS, ("start", "update", "eager_end", "resumed", "end"), strict=True)
+)
+"""``Turn.event`` -> the ``event`` of protocol v1's ``turn`` event."""
+
+
+@dataclass(frozen=True, slots=True)
 class StreamError:
     """A failure the client can act on. With a channel and times, it stands for the result
     of that span of audio (a failed inference); without, for the stream or the connection."""
@@ -112,5 +153,5 @@ class Done:
     audio_seconds: float
 
 
-Event = Ready | SegmentResult | SpeechStarted | SpeechEnded | Finalized | StreamError | Done
+Event = Ready | SegmentResult | SpeechStarted | SpeechEnded | Finalized | Turn | StreamError | Done
 """Everything a stream emits, in the order its audio produced it."""

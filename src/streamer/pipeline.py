@@ -13,13 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import soxr
+from numpy.typing import NDArray
 
 from streamer.audio.decode import Decoder
 from streamer.audio.formats import AudioFormat
-from streamer.errors import ErrorCode, InferenceError
-from streamer.events import Done, Event, Route, SegmentResult, StreamError
+from streamer.errors import ErrorCode, InferenceError, ShuttingDown
+from streamer.events import Done, Event, Route, SegmentResult, StreamError, Turn, TurnWord
 from streamer.inference.backend import InferenceBackend, Ticket
 from streamer.inference.model import shift_words
 from streamer.inference.output import OutputError, json_safe
@@ -30,6 +35,9 @@ from streamer.route.simple import SimpleRoute
 from streamer.route.work import Adopt, Infer, Post, Work
 from streamer.segmentation.segmenter import VadParams
 from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE, VadEngine, VadReply
+from streamer.turn.engine import TurnEngine, TurnStream
+from streamer.turn.stage import ForceEnd, TurnEvent, TurnSettings, WithdrawScore, Word
+from streamer.turn.tracker import Decode, Score, Step, TurnTracker
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,11 @@ class StreamOptions:
     speculate_pad_ms: float | None = None
     """How much of a pause is in when the final is decoded ahead (``None``: the VAD's
     ``speech_pad_ms``); a segment closing in that pause ends there."""
+    turns: TurnSettings | None = None
+    """Detect each channel's turns and emit ``Turn`` events (segmented route only)."""
+    segments: bool = True
+    """Infer and send the segmented route's segments (False: turns alone, no inference
+    for segments)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +104,7 @@ class StreamPipeline:
         observer: StreamObserver | None = None,
         pressed: Callable[[], bool] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        turns: TurnEngine | None = None,
     ) -> None:
         """``pressed``: whether the server measures that it is not keeping up now (for
         ``falling_behind``); ``clock``: seconds, for the lag of results."""
@@ -107,6 +121,8 @@ class StreamPipeline:
         self._speculative: dict[int, _Pending] = {}  # by key: kept aside until adopted
         self._lag = LagWatch(options.max_lag, clock, pressed) if options.max_lag > 0 else None
         self._vad = vad
+        self._turns: list[_ChannelTurns] = []
+        """Each channel's turn detection, when the stream asked for it."""
         self._route: SimpleRoute | SegmentedRoute
         if options.route is Route.SEGMENTED:
             if vad is None:
@@ -120,8 +136,17 @@ class StreamPipeline:
                 mark_finalize=options.mark_finalize,
                 speculate=options.speculate,
                 speculate_pad_ms=options.speculate_pad_ms,
+                segments=options.segments,
             )
             self._vad_streams = [vad.open_stream() for _ in range(fmt.channels)]
+            if options.turns is not None:
+                if turns is None:
+                    raise ValueError("turn detection needs a turn engine")
+                params = options.vad_params or VadParams()
+                self._turns = [
+                    _ChannelTurns(self, c, turns, options.turns, params)
+                    for c in range(fmt.channels)
+                ]
         else:
             self._route = SimpleRoute(
                 fmt.channels,
@@ -191,11 +216,34 @@ class StreamPipeline:
         )
         if work := route.segment(channel, frames, probs):  # most messages make none
             await self._carry(work)
+        if self._turns:
+            await self._turns[channel].push(frames, probs.tolist())
 
     async def finalize(self) -> None:
         """Force final results for the audio so far; the stream goes on."""
         self.observer.flushed(self.audio_seconds)
         await self._carry(self._route.finalize())
+
+    async def steer(self, command: object) -> None:
+        """A front-end's instruction: new turn thresholds (``TurnDetection``, anything
+        with their three fields), or end the open turns now (``ForceEnd``)."""
+        for turns in self._turns:
+            if isinstance(command, ForceEnd):
+                await turns.force_end()
+            else:
+                turns.retune(command)
+
+    def post(self, event: Event) -> None:
+        """Send ``event`` once everything before it has been sent."""
+        self._order.put_nowait(event)
+
+    def decode(self, audio: NDArray[np.float32]) -> Ticket:
+        """Recognize a turn's audio (16 kHz), with word times, outside the order of
+        results: its text goes to the turn, not to a segment. The ticket to await."""
+        rate = self.options.model_rate
+        if rate != VAD_SAMPLE_RATE:
+            audio = soxr.resample(audio, VAD_SAMPLE_RATE, rate).astype(np.float32, copy=False)
+        return self._backend.submit(self.stream_id, audio, final=True, words=True)
 
     async def finish(self) -> None:
         """End of audio: process what is left, wait for every result, then send ``done``."""
@@ -229,6 +277,8 @@ class StreamPipeline:
                     reply = self._vad.submit(self._vad_streams[channel], framed)
                     await self._classified(route, channel, framed, reply, began)
                 await self._carry(route.end_channel(channel))
+            for turns in self._turns:
+                await turns.finish()
         self._order.put_nowait(None)
         if self._emitter is not None:
             await self._emitter
@@ -237,6 +287,8 @@ class StreamPipeline:
     async def abort(self) -> None:
         """The client went away: withdraw queued work and stop emitting."""
         self._backend.cancel_stream(self.stream_id)
+        for turns in self._turns:
+            await turns.abort()
         if self._emitter is not None:
             self._emitter.cancel()
             await asyncio.gather(self._emitter, return_exceptions=True)
@@ -375,6 +427,175 @@ class StreamPipeline:
                 retryable=False,
             )
         return SegmentResult(infer.channel, start, end, infer.final, result, infer.forced)
+
+
+class _ChannelTurns:
+    """One channel's turn detection carried out: its tracker's steps become ``Turn``
+    events, requests to the shared turn engine, and decodes of the turn's audio."""
+
+    def __init__(
+        self,
+        pipeline: StreamPipeline,
+        index: int,
+        engine: TurnEngine,
+        settings: TurnSettings,
+        params: VadParams,
+    ) -> None:
+        self._pipeline = pipeline
+        self._index = index
+        self._engine = engine
+        self._stream: TurnStream = engine.open_stream()
+        neg = params.neg_threshold
+        self.tracker = TurnTracker(
+            settings,
+            threshold=params.threshold,
+            neg_threshold=max(0.01, params.threshold - 0.15) if neg is None else neg,
+            # As the segmenter's: a click or a breath does not open a turn.
+            min_speech_frames=max(
+                1, -(-params.min_speech_ms * VAD_SAMPLE_RATE // 1000 // FRAME_SAMPLES)
+            ),
+            frame_samples=FRAME_SAMPLES,
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._decoding: asyncio.Future[None] | None = None
+        """The newest decode of the turn's audio, until its transcript is in."""
+
+    async def push(self, frames: NDArray[np.float32], probs: list[float]) -> None:
+        """The channel's next frames, one at a time: while a pause waits for its decode,
+        the next silent frame waits too, so that a pause cannot reach the timeout (and end
+        the turn) before the turn's transcript is in. Audio sent faster than real time
+        is held back by the recognizer; audio in real time rarely is."""
+        for index, prob in enumerate(probs):
+            pending = self._decoding
+            if pending is not None and not pending.done() and self.tracker.paused:
+                await asyncio.shield(pending)
+            self._carry(self.tracker.push(frames[index : index + 1], [prob]))
+
+    def retune(self, command: object) -> None:
+        """New thresholds (the three of Flux), the other settings kept."""
+        settings = self.tracker.stage.settings
+        self.tracker.settings(
+            TurnSettings(
+                eot_threshold=getattr(command, "eot_threshold", settings.eot_threshold),
+                eager_eot_threshold=getattr(
+                    command, "eager_eot_threshold", settings.eager_eot_threshold
+                ),
+                eot_timeout_ms=getattr(command, "eot_timeout_ms", settings.eot_timeout_ms),
+                min_pause_ms=settings.min_pause_ms,
+                rescore_ms=settings.rescore_ms,
+                update_ms=settings.update_ms,
+            )
+        )
+
+    async def force_end(self) -> None:
+        """End the open turn with its transcript brought up to now."""
+        decode = self.tracker.end_decode()
+        if decode is not None:
+            await self._decode(decode, self._decode_started())
+        elif self._decoding is not None:
+            await asyncio.shield(self._decoding)
+        self._carry(self.tracker.force_end())
+
+    async def finish(self) -> None:
+        """End of audio: every answer in, then a turn still open ends."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.tracker.open:
+            await self.force_end()
+        self._engine.withdraw(self._stream)
+
+    async def abort(self) -> None:
+        self._engine.withdraw(self._stream)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _carry(self, steps: list[Step]) -> None:
+        for step in steps:
+            if isinstance(step, TurnEvent):
+                self._pipeline.post(self._event(step))
+            elif isinstance(step, WithdrawScore):
+                self._engine.withdraw(self._stream)
+            else:
+                done = None if step.decode is None else self._decode_started()
+                task = asyncio.create_task(self._answer(step, done), name="turn-answer")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _decode_started(self) -> asyncio.Future[None]:
+        """A decode is on its way: what waits for its transcript waits on this."""
+        self._decoding = asyncio.get_running_loop().create_future()
+        return self._decoding
+
+    async def _answer(self, score: Score, decoded: asyncio.Future[None] | None) -> None:
+        """The engine's answer to a score, after the transcript it must follow."""
+        try:
+            reply = self._engine.submit(self._stream, score.window)
+        except ShuttingDown:
+            if decoded is not None and not decoded.done():
+                decoded.set_result(None)
+            return
+        if score.decode is not None and decoded is not None:
+            await self._decode(score.decode, decoded)
+        elif self._decoding is not None:
+            await asyncio.shield(self._decoding)
+        try:
+            answer = await reply.get()
+        except ShuttingDown:
+            return
+        if answer is not None:
+            self._carry(self.tracker.probability(score.request, answer.probability))
+
+    async def _decode(self, decode: Decode, done: asyncio.Future[None]) -> None:
+        try:
+            try:
+                output = await self._pipeline.decode(decode.audio)
+            except InferenceError as error:
+                log.warning("a turn's transcript failed: %s", error.message)
+                return
+            text, words = _transcript(shift_words(json_safe(output), decode.start))
+            self._carry(self.tracker.transcript(decode.key, text, words))
+        except OutputError as error:
+            log.warning("unusable model output for a turn: %s", error)
+        finally:
+            if not done.done():
+                done.set_result(None)
+
+    def _event(self, event: TurnEvent) -> Turn:
+        return Turn(
+            channel=self._index,
+            event=event.kind.value,
+            turn_index=event.turn_index,
+            transcript=event.transcript,
+            words=tuple(TurnWord(w.word, w.confidence, w.start, w.end) for w in event.words),
+            audio_window_start=round(event.audio_window_start, 6),
+            audio_window_end=round(event.audio_window_end, 6),
+            end_of_turn_confidence=event.end_of_turn_confidence,
+            trigger=None if event.trigger is None else event.trigger.value,
+        )
+
+
+def _transcript(output: Mapping[str, Any]) -> tuple[str, tuple[Word, ...]]:
+    """The text of a model's output and its words (times already in the stream's)."""
+    text = output.get("text")
+    raw = output.get("words")
+    words: list[Word] = []
+    if isinstance(raw, list):
+        for item in raw:
+            if not isinstance(item, Mapping) or not isinstance(item.get("word"), str):
+                continue
+            try:
+                words.append(
+                    Word(
+                        item["word"].strip(),
+                        float(item.get("confidence", item.get("probability", 1.0))),
+                        float(item.get("start", 0.0)),
+                        float(item.get("end", 0.0)),
+                    )
+                )
+            except (TypeError, ValueError):
+                continue
+    return (text.strip() if isinstance(text, str) else ""), tuple(w for w in words if w.word)
 
 
 def _retrieve(ticket: Ticket) -> None:

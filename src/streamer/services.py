@@ -14,7 +14,7 @@ from typing import Protocol
 
 from streamer.admission import Admission
 from streamer.errors import ConnectionDenied
-from streamer.events import Event, Route, StreamError
+from streamer.events import Event, Route, StreamError, Turn
 from streamer.observability.metrics import Metrics
 from streamer.observability.tracing import ConnectionTrace, Tracing
 from streamer.policy import ConnectionPolicy, ConnectionRequest, Principal, allow_all
@@ -69,6 +69,8 @@ class Services:
         self.metrics.event_sent(
             route, event.kind, event.code if isinstance(event, StreamError) else None
         )
+        if isinstance(event, Turn):
+            self.metrics.turn_event(route, event.event)
 
     def interim_dropped(self, route: Route, event: Event) -> None:
         """An interim result was dropped for a client that is not reading."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from streamer.admission import Admission
-from streamer.errors import InvalidFormat
+from streamer.errors import InvalidFormat, InvalidMessage
 from streamer.events import Ready, Route
 from streamer.inference.model import Model
 from streamer.inference.scheduler import Scheduler
@@ -32,6 +32,8 @@ from streamer.policy import ANONYMOUS, Principal
 from streamer.protocol.messages import StartRequest
 from streamer.segmentation.segmenter import VadParams, clamp
 from streamer.segmentation.vad import VadEngine
+from streamer.turn.engine import TurnEngine
+from streamer.turn.stage import TurnSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,8 @@ class StreamFactory:
         bounds: StreamBounds,
         metrics: Metrics,
         tracing: Tracing,
+        turns: TurnEngine | None = None,
+        turn_defaults: TurnSettings | None = None,
     ) -> None:
         self.admission = admission
         self.model = model
@@ -69,6 +73,11 @@ class StreamFactory:
         """The shared inference queue (started and closed by the composition root)."""
         self.vad = vad
         """The shared voice detector (started and closed by the composition root)."""
+        self.turns = turns
+        """The shared end-of-turn engine (closed by the composition root; started, which
+        loads its model, by the first stream that detects turns). None: no turns."""
+        self.turn_defaults = turn_defaults or TurnSettings()
+        """A stream's turn settings but the thresholds its ``turn_detection`` gives."""
         self.bounds = bounds
         self.metrics = metrics
         self.tracing = tracing
@@ -102,12 +111,15 @@ class StreamFactory:
                 options = dataclasses.replace(options, chunk_seconds=chunk_seconds)
             if mark_finalize:
                 options = dataclasses.replace(options, mark_finalize=True)
+            if options.turns is not None and self.turns is not None:
+                self.turns.start()  # loads the model once, on the first stream that asks
             pipeline = StreamPipeline(
                 stream_id,
                 options,
                 backend=self.scheduler,
                 emit=emit,
                 vad=self.vad,
+                turns=self.turns,
                 observer=self.telemetry(route, stream_id, request.trace_id, connection),
                 pressed=self.admission.pressed if self.admission.pressure is not None else None,
             )
@@ -188,7 +200,8 @@ class StreamFactory:
     def options(self, route: Route, request: StartRequest) -> StreamOptions:
         """Resolve one stream's options from the request, within the server's bounds.
 
-        Raises ``InvalidFormat`` for a format past the stream's input budget.
+        Raises ``InvalidFormat`` for a format past the stream's input budget, and
+        ``InvalidMessage`` for turn detection where there is none.
         """
         bounds = self.bounds
         fmt = request.format
@@ -210,6 +223,24 @@ class StreamFactory:
         params = replace(
             params, interim_interval_s=max(params.interim_interval_s, bounds.min_interim_interval)
         )
+        turns: TurnSettings | None = None
+        if not request.segments and request.turn_detection is None:
+            raise InvalidMessage(
+                "segments: false needs turn_detection (the stream would have no results)"
+            )
+        if request.turn_detection is not None:
+            if route is not Route.SEGMENTED or self.turns is None:
+                raise InvalidMessage(
+                    "turn_detection: turn detection needs the segmented route "
+                    "(/api/v1/segmented, gRPC's segmented streams, /v2/listen)"
+                )
+            detection = request.turn_detection
+            turns = replace(
+                self.turn_defaults,
+                eot_threshold=detection.eot_threshold,
+                eager_eot_threshold=detection.eager_eot_threshold,
+                eot_timeout_ms=detection.eot_timeout_ms,
+            )
         return StreamOptions(
             route=route,
             fmt=request.format.to_audio_format(),
@@ -219,6 +250,8 @@ class StreamFactory:
             interim=request.interim_results,
             vad_params=params,
             words=request.word_times,
+            turns=turns,
+            segments=request.segments,
             max_lag=bounds.max_lag_seconds,
             speculate=bounds.speculative_finals,
             speculate_pad_ms=bounds.speculative_pad_ms,

@@ -76,6 +76,8 @@ async def running_services(
     finally:
         await services.streams.scheduler.close()
         services.streams.vad.close()
+        if services.streams.turns is not None:
+            services.streams.turns.close()
 
 
 _END = object()

@@ -23,7 +23,7 @@ def _env(**more: str) -> dict[str, str]:
     return {"PYTHONPATH": path, "STREAMER_INFERENCE__MODEL": "model_factories:loudness", **more}
 
 
-@pytest.mark.parametrize("pool", ["thread", "process"])
+@pytest.mark.parametrize("pool", ["thread", "process", "shared"])
 async def test_the_server_runs_a_model_named_by_its_factory(tmp_path: Path, pool: str) -> None:
     server = start_server(tmp_path, env=_env(STREAMER_INFERENCE__POOL=pool))
     try:

@@ -99,11 +99,18 @@ async def test_whisper_on_ray_gives_the_local_backends_transcripts(
 ) -> None:
     # One input a call on either backend: a batch of several may differ from one alone
     # in a letter's case, say (docs/benchmarks.md), and batches form by timing.
-    whisper = {"STREAMER_INFERENCE__MODEL": "whisper", "STREAMER_WHISPER__MAX_BATCH_SIZE": "1"}
+    # On the CPU on both: a replica without ray.replica_gpus is shown no GPU.
+    whisper = {
+        "STREAMER_INFERENCE__MODEL": "whisper",
+        "STREAMER_WHISPER__MAX_BATCH_SIZE": "1",
+        "STREAMER_WHISPER__DEVICE": "cpu",
+    }
     # Ray runs a replica of under one CPU with OMP_NUM_THREADS=1, which can change a
     # letter's case in int8 decoding (docs/scaling.md): the local server runs so too.
     local = launch(env={**whisper, "OMP_NUM_THREADS": "1"})
-    remote = launch(env={**RAY, **whisper})
+    remote = launch(env={**RAY, **whisper, "STREAMER_WHISPER__DEVICE": "auto"})
+    # The replica says where it runs the model; the front-end reports it.
+    assert health(remote)["device"] == health(local)["device"] == "cpu"
     audio = load_audio(AUDIO / "jfk.wav")
     for route in ("simple", "segmented"):
         here, there = await asyncio.gather(

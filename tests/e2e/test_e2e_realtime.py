@@ -50,6 +50,7 @@ def session(
     real_time: bool = False,
     commit: bool = False,
     api_key: str = KEY,
+    settle: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Run one SDK session; the server events it received, in order."""
     assert CLIENTS_PYTHON.exists(), "the clients' environment is missing: run `make clients`"
@@ -73,6 +74,7 @@ def session(
         command.append("--real-time")
     if commit:
         command.append("--commit")
+    command += ["--settle", str(settle)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=100)
     assert done.returncode == 0, done.stderr[-3000:] + server.output()[-2000:]
     events = [json.loads(line) for line in done.stdout.splitlines()]
@@ -158,6 +160,45 @@ def test_server_vad_session_transcribes_real_speech(
     assert not of(events, "error")
 
 
+@pytest.mark.parametrize("eagerness", ["high", "auto"])
+def test_semantic_vad_session_commits_and_completes_each_turn(
+    whisper_server: ServerProcess, tmp_path: Path, eagerness: str
+) -> None:
+    """The end-of-turn model decides each item: jfk's two sentences are two turns (its
+    pause after "Americans" scores 0.96), each committed and completed once."""
+    update = {
+        "format": {"type": "audio/pcm", "rate": 24000},
+        "turn_detection": {"type": "semantic_vad", "eagerness": eagerness},
+    }
+    events = session(
+        whisper_server,
+        tmp_path,
+        audio=pcm24k("jfk.wav", silence_after=2.5),
+        updates=[transcription(update)],
+        real_time=True,
+        # A commit ends a turn still open; the session waits for what the server still
+        # owes (on a busy machine its recognizer may be seconds behind the audio).
+        commit=True,
+        settle=5.0,
+    )
+    (updated,) = of(events, "session.updated")
+    assert updated["session"]["audio"]["input"]["turn_detection"] == {
+        "type": "semantic_vad",
+        "eagerness": eagerness,
+    }
+    check_ids(events)
+    started = of(events, "input_audio_buffer.speech_started")
+    committed = of(events, "input_audio_buffer.committed")
+    completed = of(events, "conversation.item.input_audio_transcription.completed")
+    assert len(started) == len(committed) == len(completed) >= 2, [e["type"] for e in events]
+    items = [e["item_id"] for e in started]
+    assert [e["item_id"] for e in committed] == items == [e["item_id"] for e in completed]
+    assert all(e["transcript"] for e in completed)
+    text = " ".join(e["transcript"] for e in completed)
+    assert word_error_rate(SAID["jfk.wav"], text) <= 0.15, text
+    assert not of(events, "error")
+
+
 def test_manual_commit_ends_the_item(whisper_server: ServerProcess, tmp_path: Path) -> None:
     update = {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None}
     events = session(
@@ -183,7 +224,7 @@ def test_bad_updates_are_errors_and_the_session_goes_on(
 ) -> None:
     updates = [
         transcription({"format": {"type": "audio/pcm", "rate": 16000}}),
-        transcription({"turn_detection": {"type": "semantic_vad"}}),
+        transcription({"turn_detection": {"type": "semantic_vad", "eagerness": "very"}}),
         transcription({"turn_detection": {**VAD, "threshold": 7}}),
         transcription({"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None}),
     ]
@@ -192,7 +233,7 @@ def test_bad_updates_are_errors_and_the_session_goes_on(
     errors = of(events, "error")
     assert [e["error"]["param"] for e in errors] == [
         "session.audio.input.format.rate",
-        "session.audio.input.turn_detection.type",
+        "session.audio.input.turn_detection.eagerness",
     ]
     assert all(e["error"]["type"] == "invalid_request_error" for e in errors)
     first, second = of(events, "session.updated")

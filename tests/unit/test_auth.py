@@ -87,3 +87,18 @@ def test_openai_realtime_browsers_send_the_key_in_a_prefixed_subprotocol() -> No
     assert principal.subprotocol == "realtime"
     with pytest.raises(ConnectionDenied):
         KeyPolicy([ApiKey(key=KEY)])(request(subprotocols=("realtime", "openai-insecure-api-key.")))
+
+
+@pytest.mark.parametrize("route", ["assemblyai", "assemblyai_token"])
+def test_assemblyais_routes_take_the_bare_key_as_the_whole_header(route: str) -> None:
+    policy = KeyPolicy([ApiKey(key=KEY, name="team-a")])
+    bare = ConnectionRequest(route, "websocket", {"authorization": KEY})
+    assert policy(bare).name == "team-a"
+    assert policy(ConnectionRequest(route, "websocket", {"authorization": f"Token {KEY}"}))
+    with pytest.raises(ConnectionDenied, match="not valid"):
+        policy(ConnectionRequest(route, "websocket", {"authorization": OTHER}))
+
+
+def test_other_routes_do_not_take_a_bare_key() -> None:
+    with pytest.raises(ConnectionDenied, match="required"):
+        KeyPolicy([ApiKey(key=KEY)])(request({"authorization": KEY}))

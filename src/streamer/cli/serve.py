@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamer.app import model_factory
+from streamer.app import device_placement, model_factory
 from streamer.config import SettingsError, load_settings
 from streamer.inference.model import UnsupportedModel
 from streamer.observability.logging import configure_logging
@@ -52,7 +52,8 @@ def serve(
     configure_logging(settings.log_level, json_lines=settings.log_json)
     try:
         model_factory(settings)  # the model can be found; it is built once serving starts
-    except UnsupportedModel as error:
+        placement = device_placement(settings)  # and its device can be used
+    except UnsupportedModel as error:  # DeviceUnavailable too: one line, status 2
         log.error("cannot serve: %s", error)
         raise SystemExit(2) from None
     server = settings.server
@@ -66,6 +67,15 @@ def serve(
             )
             raise SystemExit(2)
     count = server.workers if server.workers is not None else usable_cores()
+    if placement is not None:
+        log.info("the whisper model runs on %s (%s)", placement.name, placement.reason)
+        if placement.kind == "cuda" and count > 1 and settings.inference.pool != "shared":
+            log.info(
+                "each of the %d front-end processes loads its own copy of the model on %s; "
+                "inference.pool = 'shared' has them share one",
+                count,
+                placement.name,
+            )
     if count > 1:
         from streamer.cli.workers import run_fleet
 

@@ -16,6 +16,8 @@ kernel spreads new connections across them) and running the whole single-process
   and exits once all have;
 - with the Ray Serve backend, deploys the model once (starting a local cluster when no
   ``ray.address`` is set), and its processes join that cluster and share the deployment;
+- with ``inference.pool = "shared"``, starts the one model process its processes connect
+  to (``streamer.inference.model_server``), and starts it again if it exits;
 - restarts a process that exits while the server is not stopping. That process's
   connections close with it (the kernel resets them: clients see the connection end,
   WebSocket 1006, gRPC UNAVAILABLE), the other processes' streams go on.
@@ -38,6 +40,7 @@ from typing import Any, Final
 
 from streamer.config import Settings
 from streamer.fleet import Fleet
+from streamer.inference.model_server import ModelServer
 from streamer.twilio.bus import BusRelay
 
 log = logging.getLogger(__name__)
@@ -86,7 +89,14 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def worker_main(settings: Settings, index: int, array: Any, parent: int, bus: str) -> None:
+def worker_main(
+    settings: Settings,
+    index: int,
+    array: Any,
+    parent: int,
+    bus: str,
+    model_server: tuple[str, bytes] | None = None,
+) -> None:
     """One front-end process (the target of each spawned process)."""
     # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which passes
     # one signal on, rather than every process seeing two.
@@ -103,12 +113,22 @@ def worker_main(settings: Settings, index: int, array: Any, parent: int, bus: st
     server = settings.server
     sock = _bind(server.host, server.port, listen=True)
     log.info("front-end process %d (pid %d) serving", index, os.getpid())
-    run_server(settings, app=create_app(settings, fleet=slot), sockets=[sock])
+    app = create_app(settings, fleet=slot, model_server=model_server)
+    run_server(settings, app=app, sockets=[sock])
 
 
 class _Supervisor:
-    def __init__(self, settings: Settings, workers: int, metrics_dir: str, bus: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        workers: int,
+        metrics_dir: str,
+        bus: str,
+        model_server: ModelServer | None = None,
+    ) -> None:
         self.settings = settings
+        self.model_server = model_server
+        self.model_exits: list[float] = []
         self.fleet = Fleet(workers, bus=bus)
         self.metrics_dir = metrics_dir
         self.context = multiprocessing.get_context("spawn")
@@ -120,11 +140,40 @@ class _Supervisor:
     def start(self, index: int) -> None:
         process = self.context.Process(
             target=worker_main,
-            args=(self.settings, index, self.fleet.array, os.getpid(), self.fleet.bus),
+            args=(
+                self.settings,
+                index,
+                self.fleet.array,
+                os.getpid(),
+                self.fleet.bus,
+                self._model_address(),
+            ),
             name=f"streamer-frontend-{index}",
         )
         process.start()
         self.processes[index] = process
+
+    def _model_address(self) -> tuple[str, bytes] | None:
+        server = self.model_server
+        return None if server is None else (server.address, server.authkey)
+
+    def _watch_model(self) -> bool:
+        """Start the model process again if it exited; False once it keeps exiting."""
+        server = self.model_server
+        if server is None or not server.exited or self.stopping:
+            return True
+        now = time.monotonic()
+        self.model_exits = [t for t in self.model_exits if now - t < RESTART_WINDOW] + [now]
+        if len(self.model_exits) >= MAX_RESTARTS:
+            log.error(
+                "the model process exited %d times in %.0f s; stopping the server",
+                MAX_RESTARTS,
+                RESTART_WINDOW,
+            )
+            return False
+        log.error("the model process exited with %s; starting it again", server.exitcode)
+        server.start()
+        return True
 
     def on_signal(self, sig: int, frame: FrameType | None) -> None:
         self.signals += 1
@@ -150,6 +199,9 @@ class _Supervisor:
             if self.stopping and not alive:
                 break
             wait([p.sentinel for p in alive], timeout=0.5)
+            if not self._watch_model():
+                gave_up = True
+                self.on_signal(signal.SIGTERM, None)
             for index, process in enumerate(self.processes):
                 if process is None or process.exitcode is None:
                     continue
@@ -218,11 +270,19 @@ def run_fleet(settings: Settings, workers: int) -> int:
         # The processes join that cluster and use that deployment.
         joined = {"address": cluster_address(settings.ray), "deploy": False}
         settings = settings.model_copy(update={"ray": settings.ray.model_copy(update=joined)})
+    model_server: ModelServer | None = None
+    if settings.inference.pool == "shared" and settings.inference.backend == "local":
+        # One model process for every front-end process: the model is loaded once (on a
+        # GPU, one copy and one CUDA context), and each front-end connects to it.
+        from streamer.app import model_factory
+
+        model_server = ModelServer(model_factory(settings))
+        model_server.start()
     metrics_dir = tempfile.mkdtemp(prefix="streamer-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # the workers inherit it
     relay = BusRelay(os.path.join(metrics_dir, "bus.sock"))
     relay.start()
-    supervisor = _Supervisor(settings, workers, metrics_dir, relay.path)
+    supervisor = _Supervisor(settings, workers, metrics_dir, relay.path, model_server)
     signal.signal(signal.SIGTERM, supervisor.on_signal)
     signal.signal(signal.SIGINT, supervisor.on_signal)
     log.info(
@@ -235,6 +295,8 @@ def run_fleet(settings: Settings, workers: int) -> int:
     try:
         return supervisor.run()
     finally:
+        if model_server is not None:
+            model_server.stop()
         relay.close()
         for sock in held:
             sock.close()

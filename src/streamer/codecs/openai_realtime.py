@@ -32,10 +32,12 @@ from streamer.events import (
     SpeechEnded,
     SpeechStarted,
     StreamError,
+    Turn,
 )
-from streamer.protocol.inputs import Audio, Commit, Input, Reply, Restart
+from streamer.protocol.inputs import Audio, Commit, Input, Reply, Restart, Steer
 from streamer.protocol.messages import FinalizeRequest, KeepaliveRequest, parse_start
 from streamer.segmentation.segmenter import VadParams, clamp
+from streamer.turn.stage import ForceEnd
 
 RATE = 24_000
 """The only ``audio/pcm`` rate the protocol has."""
@@ -73,6 +75,32 @@ class ServerVad:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class SemanticVad:
+    """Items end when the end-of-turn model says the speaker finished, not at a fixed
+    pause: the stream detects turns, and each turn is one item."""
+
+    eagerness: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "semantic_vad", "eagerness": self.eagerness}
+
+    def detection(self) -> dict[str, Any]:
+        """The stream's ``turn_detection``: the longest wait (OpenAI's: 8, 4 and 2 s for
+        low, medium and high), and a threshold that asks for more certainty from a less
+        eager session."""
+        threshold, timeout_ms = EAGERNESS[self.eagerness]
+        return {"eot_threshold": threshold, "eot_timeout_ms": timeout_ms}
+
+
+EAGERNESS: dict[str, tuple[float, int]] = {
+    "low": (0.85, 8000),
+    "medium": (0.7, 4000),
+    "auto": (0.7, 4000),
+    "high": (0.5, 2000),
+}
+"""``semantic_vad`` eagerness -> (end-of-turn threshold, longest wait in ms)."""
+
 DEFAULT_VAD = VadParams()
 
 
@@ -81,7 +109,7 @@ class SessionConfig:
     """A transcription session's effective configuration."""
 
     format: str = "audio/pcm"
-    turn_detection: ServerVad | None = ServerVad(
+    turn_detection: ServerVad | SemanticVad | None = ServerVad(
         DEFAULT_VAD.threshold, DEFAULT_VAD.speech_pad_ms, DEFAULT_VAD.min_silence_ms
     )
     transcription: Mapping[str, Any] = field(default_factory=lambda: {"model": "whisper-1"})
@@ -106,6 +134,11 @@ class SessionConfig:
         vad = self.turn_detection
         if vad is None:
             return Restart(parse_start(body), Route.SIMPLE.value, MAX_ITEM_SECONDS)
+        if isinstance(vad, SemanticVad):
+            body["word_times"] = True
+            body["turn_detection"] = vad.detection()
+            body["segments"] = False  # the turns are the items
+            return Restart(parse_start(body), Route.SEGMENTED.value)
         body["interim_results"] = True
         body["vad"] = {
             "threshold": vad.threshold,
@@ -196,15 +229,24 @@ def updated_config(current: SessionConfig, session: Any) -> SessionConfig:
     return config
 
 
-def _turn_detection(value: Any) -> ServerVad | None:
+def _turn_detection(value: Any) -> ServerVad | SemanticVad | None:
     if value is None:
         return None
     vad = _object(value, "session.audio.input.turn_detection")
     kind = vad.get("type", "server_vad")
+    if kind == "semantic_vad":
+        eagerness = vad.get("eagerness", "auto")
+        if eagerness not in EAGERNESS:
+            raise SessionError(
+                "invalid_value",
+                f"eagerness {eagerness!r} is not one of low, medium, high, auto",
+                "session.audio.input.turn_detection.eagerness",
+            )
+        return SemanticVad(eagerness)
     if kind != "server_vad":
         raise SessionError(
             "invalid_value",
-            f"turn_detection {kind!r} is not supported; use server_vad or null",
+            f"turn_detection {kind!r} is not supported; use server_vad, semantic_vad or null",
             "session.audio.input.turn_detection.type",
         )
     try:
@@ -353,6 +395,8 @@ class RealtimeCodec:
         return KeepaliveRequest(request="keepalive")
 
     def _commit(self) -> Input:
+        if isinstance(self.config.turn_detection, SemanticVad):
+            return Steer(ForceEnd())  # the open turn ends its item now
         if self.config.turn_detection is not None:
             return FinalizeRequest(request="finalize")  # the open speech ends its item
         if not self._buffer:
@@ -417,6 +461,12 @@ class RealtimeCodec:
             return []
         if isinstance(event, Done):
             return []
+        if isinstance(event, Turn):
+            return self._turn(event)
+        if isinstance(self.config.turn_detection, SemanticVad) and isinstance(
+            event, SpeechStarted | SpeechEnded | SegmentResult
+        ):
+            return []  # the turns are the items: the VAD's segments are not shown
         if isinstance(event, SpeechStarted):
             item = self._open = _Item(self._new_item_id(), self._ms(event.time))
             return [
@@ -469,6 +519,49 @@ class RealtimeCodec:
                 "content_index": 0,
                 "transcript": text,
                 "usage": {"type": "duration", "seconds": round(result.end - result.start, 3)},
+            }
+        )
+        return out
+
+    def _turn(self, turn: Turn) -> list[Mapping[str, Any]]:
+        """``semantic_vad``: a turn is an item. It opens at ``StartOfTurn``; ``Update``s
+        carry its deltas; ``EndOfTurn`` stops, commits and completes it."""
+        if turn.event == "StartOfTurn":
+            opened = self._open = _Item(self._new_item_id(), self._ms(turn.audio_window_start))
+            return [
+                {
+                    "type": "input_audio_buffer.speech_started",
+                    "audio_start_ms": opened.start_ms,
+                    "item_id": opened.id,
+                }
+            ]
+        item = self._open
+        if item is None:
+            return []
+        text = turn.transcript
+        if turn.event != "EndOfTurn":
+            if text and text.startswith(item.sent) and text != item.sent:
+                return [self._delta(item, text)]
+            return []
+        self._open = None
+        out: list[Mapping[str, Any]] = [
+            {
+                "type": "input_audio_buffer.speech_stopped",
+                "audio_end_ms": self._ms(turn.audio_window_end),
+                "item_id": item.id,
+            },
+            self._committed(item),
+        ]
+        if text and text.startswith(item.sent) and text != item.sent:
+            out.append(self._delta(item, text))
+        seconds = round(turn.audio_window_end - turn.audio_window_start, 3)
+        out.append(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": item.id,
+                "content_index": 0,
+                "transcript": text,
+                "usage": {"type": "duration", "seconds": seconds},
             }
         )
         return out

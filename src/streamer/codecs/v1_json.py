@@ -13,6 +13,7 @@ from typing import Any
 
 from streamer.events import (
     SEGMENT_FIELDS,
+    V1_TURN_EVENTS,
     Done,
     Event,
     Ready,
@@ -20,6 +21,8 @@ from streamer.events import (
     SpeechEnded,
     SpeechStarted,
     StreamError,
+    Turn,
+    TurnWord,
 )
 from streamer.protocol.inputs import Audio, Input
 from streamer.protocol.messages import parse_client_message
@@ -78,6 +81,24 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         return body
     if isinstance(event, Done):
         return {"type": "done", "audio_seconds": event.audio_seconds}
+    if isinstance(event, Turn):
+        body = {
+            "type": "turn",
+            "channel": event.channel,
+            "event": V1_TURN_EVENTS[event.event],
+            "turn_index": event.turn_index,
+            "transcript": event.transcript,
+            "words": [
+                {"word": w.word, "confidence": w.confidence, "start": w.start, "end": w.end}
+                for w in event.words
+            ],
+            "start_time": event.audio_window_start,
+            "end_time": event.audio_window_end,
+            "confidence": event.end_of_turn_confidence,
+        }
+        if event.trigger is not None:
+            body["trigger"] = event.trigger
+        return body
     raise TypeError(f"no v1 form for {type(event).__name__}")
 
 
@@ -129,4 +150,20 @@ def event_from_dict(body: Mapping[str, Any]) -> Event | None:
         )
     if kind == "done":
         return Done(audio_seconds=_number(body, "audio_seconds"))
+    if kind == "turn":
+        names = {v: k for k, v in V1_TURN_EVENTS.items()}
+        return Turn(
+            channel=int(body["channel"]),
+            event=names[str(body["event"])],
+            turn_index=int(body["turn_index"]),
+            transcript=str(body["transcript"]),
+            words=tuple(
+                TurnWord(str(w["word"]), float(w["confidence"]), float(w["start"]), float(w["end"]))
+                for w in body.get("words", ())
+            ),
+            audio_window_start=_number(body, "start_time"),
+            audio_window_end=_number(body, "end_time"),
+            end_of_turn_confidence=_number(body, "confidence"),
+            trigger=body.get("trigger"),
+        )
     return None

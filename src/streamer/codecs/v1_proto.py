@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from streamer.errors import InvalidMessage
 from streamer.events import (
     SEGMENT_FIELDS,
+    V1_TURN_EVENTS,
     Done,
     Event,
     Ready,
@@ -23,6 +24,7 @@ from streamer.events import (
     SpeechEnded,
     SpeechStarted,
     StreamError,
+    Turn,
 )
 from streamer.protocol.inputs import Audio, Input
 from streamer.protocol.messages import (
@@ -41,6 +43,7 @@ _ENCODINGS: dict[pb.Encoding, str] = {
 _ENCODING_VALUES = {name: value for value, name in _ENCODINGS.items()}
 _FORMAT_FIELDS = ("channels", "sample_rate", "bit_depth", "is_float")
 _VAD_FIELDS = ("threshold", "min_speech_ms", "min_silence_ms", "speech_pad_ms", "max_segment_s")
+_TURN_FIELDS = ("eot_threshold", "eager_eot_threshold", "eot_timeout_ms")
 _MAX_EXACT_INT = 2**53
 """Struct numbers are doubles: whole ones below this were integers on the WebSocket."""
 
@@ -92,6 +95,13 @@ def config_to_start(config: pb.StreamConfig, traceparent: str | None = None) -> 
     if config.HasField("vad"):
         vad = config.vad
         start["vad"] = {name: getattr(vad, name) for name in _VAD_FIELDS if vad.HasField(name)}
+    if config.HasField("segments"):
+        start["segments"] = config.segments
+    if config.HasField("turn_detection"):
+        turns = config.turn_detection
+        start["turn_detection"] = {
+            name: getattr(turns, name) for name in _TURN_FIELDS if turns.HasField(name)
+        }
     trace = config.trace_id or traceparent
     if trace:
         start["trace_id"] = trace
@@ -102,7 +112,7 @@ def start_to_config(start: Mapping[str, Any]) -> pb.StreamConfig:
     """The config for a WebSocket ``start`` request (as a dict); ``ValueError`` if it has
     fields the config cannot carry."""
     unknown = set(start) - {"request", "format", "interim_results", "interim_interval"}
-    unknown -= {"vad", "trace_id", "word_times"}
+    unknown -= {"vad", "trace_id", "word_times", "turn_detection", "segments"}
     if unknown:
         raise ValueError(f"the gRPC config has no field {sorted(unknown)[0]!r}")
     config = pb.StreamConfig(
@@ -129,6 +139,16 @@ def start_to_config(start: Mapping[str, Any]) -> pb.StreamConfig:
         for name, value in vad.items():
             if value is not None:
                 setattr(config.vad, name, value)
+    if start.get("segments") is not None:
+        config.segments = bool(start["segments"])
+    if (turns := start.get("turn_detection")) is not None:
+        extra = set(turns) - set(_TURN_FIELDS)
+        if extra:
+            raise ValueError(f"the gRPC turn detection has no field {sorted(extra)[0]!r}")
+        config.turn_detection.SetInParent()
+        for name, value in turns.items():
+            if value is not None:
+                setattr(config.turn_detection, name, value)
     if start.get("trace_id"):
         config.trace_id = str(start["trace_id"])
     return config
@@ -178,6 +198,23 @@ def event_to_proto(event: Event) -> pb.StreamEvent:
         )
     if isinstance(event, Done):
         return pb.StreamEvent(done=pb.Done(audio_seconds=event.audio_seconds))
+    if isinstance(event, Turn):
+        return pb.StreamEvent(
+            turn=pb.Turn(
+                channel=event.channel,
+                event=V1_TURN_EVENTS[event.event],
+                turn_index=event.turn_index,
+                transcript=event.transcript,
+                words=[
+                    pb.TurnWord(word=w.word, confidence=w.confidence, start=w.start, end=w.end)
+                    for w in event.words
+                ],
+                start_time=event.audio_window_start,
+                end_time=event.audio_window_end,
+                confidence=event.end_of_turn_confidence,
+                trigger=event.trigger,
+            )
+        )
     raise TypeError(f"no protobuf form for {type(event).__name__}")
 
 
@@ -205,6 +242,13 @@ def event_to_dict(message: pb.StreamEvent) -> dict[str, Any] | None:
     event: dict[str, Any] = {"type": kind}
     for field in body.DESCRIPTOR.fields:
         if field.name == "output":
+            continue
+        if kind == "turn" and field.name == "words":
+            event["words"] = [json_format.MessageToDict(w) for w in body.words]
+            for word in event["words"]:
+                for name in ("confidence", "start", "end"):
+                    word[name] = float(word.get(name, 0.0))
+                word.setdefault("word", "")
             continue
         if field.has_presence and not body.HasField(field.name):
             continue  # None on the WebSocket, which leaves it out

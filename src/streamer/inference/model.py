@@ -159,6 +159,7 @@ class TestModel:
     __test__ = False  # not a pytest class
 
     name = "test"
+    device = "cpu"
 
     def __init__(self, params: TestModelParams | None = None) -> None:
         self.params = params or TestModelParams()

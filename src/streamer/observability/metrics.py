@@ -211,6 +211,14 @@ class Metrics:
             "Inferences lost to a crash inside the model or its worker.",
             registry=registry,
         )
+        self.model_info = Gauge(
+            "streamer_model_info",
+            "1, labelled with the model's name and the device it runs on (cpu, cuda:0).",
+            ["model", "device"],
+            registry=registry,
+            # The same labels in every front-end process: one series, not one per process.
+            multiprocess_mode="max",
+        )
         self.inference_timeouts = Counter(
             "streamer_inference_timeouts",
             "Inferences failed for running past inference.deadline_seconds.",
@@ -240,6 +248,33 @@ class Metrics:
         self.vad_batch_size = Histogram(
             "streamer_vad_batch_size",
             "Frames (one per stream) per batched VAD model call.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+
+        # Turn detection.
+        self.turn_events = Counter(
+            "streamer_turn_events_total",
+            "Turn events sent to clients, by route and event (StartOfTurn, Update, "
+            "EagerEndOfTurn, TurnResumed, EndOfTurn).",
+            ["route", "event"],
+            registry=registry,
+        )
+        self.turn_eager_resumed = Counter(
+            "streamer_turn_eager_resumed_total",
+            "Early ends of turn (EagerEndOfTurn) that the speaker took back (TurnResumed).",
+            ["route"],
+            registry=registry,
+        )
+        self.turn_model_seconds = Histogram(
+            "streamer_turn_model_seconds",
+            "Seconds of one call of the end-of-turn model (features and model).",
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.turn_batch_size = Histogram(
+            "streamer_turn_batch_size",
+            "Pauses scored per call of the end-of-turn model.",
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
@@ -387,6 +422,17 @@ class Metrics:
         """The VAD engine's hook (called on its thread): one batched model call."""
         self.vad_batch_size.observe(rows)
         self.observe_stage("vad", rows * VAD_FRAME_SECONDS, seconds)
+
+    def observe_turn_call(self, rows: int, seconds: float) -> None:
+        """The turn engine's hook (called on its thread): one call of the model."""
+        self.turn_batch_size.observe(rows)
+        self.turn_model_seconds.observe(seconds)
+
+    def turn_event(self, route: str, event: str) -> None:
+        """One turn event handed to a client."""
+        self.turn_events.labels(route, event).inc()
+        if event == "TurnResumed":
+            self.turn_eager_resumed.labels(route).inc()
 
     def observe_latency(self, route: str, seconds: float, *, final: bool) -> None:
         (self.final_latency if final else self.interim_latency).labels(route).observe(seconds)

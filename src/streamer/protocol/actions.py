@@ -82,6 +82,21 @@ class Close:
     send: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class SteerStream:
+    """Hand a codec's ``command`` to the open stream (``StreamPipeline.steer``)."""
+
+    command: object
+
+
 Action: TypeAlias = (
-    OpenStream | Feed | Finalize | FinishStream | AbortStream | EmitError | Close | Send
+    OpenStream
+    | Feed
+    | Finalize
+    | FinishStream
+    | AbortStream
+    | EmitError
+    | Close
+    | Send
+    | SteerStream
 )

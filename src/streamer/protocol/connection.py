@@ -41,6 +41,7 @@ from streamer.protocol.actions import (
     FinishStream,
     OpenStream,
     Send,
+    SteerStream,
 )
 from streamer.protocol.inputs import (
     Audio,
@@ -58,6 +59,7 @@ from streamer.protocol.inputs import (
     RateExceeded,
     Reply,
     Restart,
+    Steer,
     StreamFailed,
     StreamRefused,
     Tick,
@@ -350,6 +352,10 @@ def _reply(m: ConnectionMachine, reply: Reply) -> list[Action]:
     return [Send(reply.payload)]
 
 
+def _steer(m: ConnectionMachine, steer: Steer) -> list[Action]:
+    return [SteerStream(steer.command), *([] if steer.reply is None else [Send(steer.reply)])]
+
+
 def _finish(m: ConnectionMachine, finish: Finish) -> list[Action]:
     fed: list[Action] = [Feed(finish.data)] if finish.data else []
     return [*fed, FinishStream(), Close()]
@@ -435,6 +441,7 @@ RULES: dict[tuple[State, type], tuple[Rule, ...]] = {
     (_S, Commit): (Rule(_C, _commit_to_limit, _past_audio_limit), Rule(_S, _commit)),
     (_I, Reply): (Rule(_I, _reply),),
     (_S, Reply): (Rule(_S, _reply),),
+    (_S, Steer): (Rule(_S, _steer),),
     # A client that ends its stream and its connection in one message.
     (_I, Finish): (Rule(_C, _close),),
     (_S, Finish): (Rule(_C, _finish),),
@@ -451,6 +458,7 @@ ERRORS: dict[tuple[State, type], type[ClientError]] = {
     (_I, StopRequest): NotStarted,
     (_I, FinalizeRequest): NotStarted,
     (_I, Commit): NotStarted,
+    (_I, Steer): NotStarted,
     (_S, StartRequest): AlreadyStarted,
 }
 """Client messages out of order, and the error each gets (any other: ``InvalidMessage``)."""

@@ -126,6 +126,15 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True)
+class Steer:
+    """An instruction for the open stream that only the codec and the stream understand
+    (new turn thresholds, end the turn now); ``reply`` is sent once it is handed over."""
+
+    command: object
+    reply: CodecReply | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """The client's last audio (what a codec still held), then the end of its stream and
     of the connection: a phone call that hung up (Twilio's ``stop``)."""
@@ -142,6 +151,7 @@ ClientInput: TypeAlias = (
     | Restart
     | Commit
     | Reply
+    | Steer
     | Finish
 )
 Notice: TypeAlias = (

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from streamer.audio.formats import MAX_CHANNELS, MAX_SAMPLE_RATE, AudioFormat, Encoding
 from streamer.errors import ClientError, InvalidFormat, InvalidJson, InvalidMessage
@@ -69,6 +76,28 @@ class VadOptions(_Strict):
     max_segment_s: float | None = _finite(gt=0.0, le=MAX_OPTION_SECONDS)
 
 
+class TurnDetection(_Strict):
+    """Turn detection for a segmented stream: the end-of-turn model decides when a pause
+    ends the speaker's turn, and the stream emits ``turn`` events.
+
+    Deepgram Flux's thresholds: a probability at or above ``eot_threshold`` ends the turn;
+    at or above ``eager_eot_threshold`` (when set, and not above ``eot_threshold``) an
+    early end is announced; a pause of ``eot_timeout_ms`` ends the turn whatever the model
+    says.
+    """
+
+    eot_threshold: float = Field(default=0.7, ge=0.5, le=0.9, allow_inf_nan=False)
+    eager_eot_threshold: float | None = _finite(ge=0.3, le=0.9)
+    eot_timeout_ms: int = Field(default=5000, ge=500, le=10_000)
+
+    @model_validator(mode="after")
+    def _eager_below_end(self) -> TurnDetection:
+        eager = self.eager_eot_threshold
+        if eager is not None and eager > self.eot_threshold:
+            raise ValueError("eager_eot_threshold must not be above eot_threshold")
+        return self
+
+
 class StartRequest(_Strict):
     """Begin a stream: the audio format and the options of this stream."""
 
@@ -90,6 +119,16 @@ class StartRequest(_Strict):
     )
     trace_id: str | None = Field(
         default=None, description="W3C traceparent; becomes the parent of the stream's span."
+    )
+    turn_detection: TurnDetection | None = Field(
+        default=None,
+        description="Detect the end of each turn with the end-of-turn model and emit "
+        "`turn` events (segmented route only).",
+    )
+    segments: bool = Field(
+        default=True,
+        description="False: no `segment` events, and no inference for them; with "
+        "`turn_detection` (which it needs), the `turn` events alone carry the transcript.",
     )
 
 
@@ -228,6 +267,47 @@ class InactiveEvent(_Event):
     time: float
 
 
+class TurnWordModel(BaseModel):
+    """A word of a turn's transcript."""
+
+    model_config = ConfigDict(frozen=True, title="TurnWord")
+
+    word: str
+    confidence: float
+    start: float = Field(description="Seconds of the channel's audio.")
+    end: float
+
+
+class TurnEventModel(_Event):
+    """What a channel's turn did (streams that asked for ``turn_detection``).
+
+    A turn opens with ``start``; ``update`` carries its transcript as it grows;
+    ``eager_end`` says it has probably ended (when ``eager_eot_threshold`` is set), and
+    ``resumed`` takes that back; ``end`` closes it, with the transcript of its
+    ``eager_end`` unless ``resumed`` came between. ``turn_index`` grows after each end.
+    """
+
+    model_config = ConfigDict(frozen=True, title="TurnEvent")
+
+    type: Literal["turn"] = "turn"
+    channel: int
+    event: Literal["start", "update", "eager_end", "resumed", "end"]
+    turn_index: int
+    transcript: str = Field(description="The turn's transcript so far.")
+    words: list[TurnWordModel]
+    start_time: float = Field(description="Where the turn's audio begins (seconds).")
+    end_time: float = Field(description="Where the audio transcribed or judged so far ends.")
+    confidence: float = Field(
+        description="The end-of-turn model's latest probability that the turn has ended."
+    )
+    trigger: Literal["model", "timeout", "manual"] | None = Field(
+        default=None,
+        description="On `end` only: the model's probability reached `eot_threshold`, the "
+        "pause reached `eot_timeout_ms`, or the turn was ended by the client or the end "
+        "of the audio.",
+    )
+
+
 class ErrorEvent(_Event):
     """A failure the client can act on, with a typed code."""
 
@@ -251,7 +331,13 @@ class DoneEvent(_Event):
 
 
 ServerEvent = Annotated[
-    ReadyEvent | SegmentEvent | ActiveEvent | InactiveEvent | ErrorEvent | DoneEvent,
+    ReadyEvent
+    | SegmentEvent
+    | ActiveEvent
+    | InactiveEvent
+    | TurnEventModel
+    | ErrorEvent
+    | DoneEvent,
     Field(discriminator="type"),
 ]
 

@@ -94,7 +94,7 @@ class SegmentedRoute:
     """Decoded blocks in, VAD frames out; frames and their probabilities in, work out."""
 
     __slots__ = (
-        "_channels", "_forcing", "_keys", "_mark", "_resamplers",
+        "_channels", "_forcing", "_keys", "_mark", "_resamplers", "_segments",
         "input_rate", "samples_in",
     )  # fmt: skip
 
@@ -107,19 +107,23 @@ class SegmentedRoute:
         *,
         interim: bool = False,
         mark_finalize: bool = False,
+        segments: bool = True,
         speculate: bool = False,
         speculate_pad_ms: float | None = None,
     ) -> None:
-        """``speculate``: decode each segment's final ahead at a pause (see the module),
-        once ``speculate_pad_ms`` of it is in (by default the VAD's ``speech_pad_ms``; a
-        segment closing in that pause then ends there)."""
+        """``segments`` False: speech starts and ends only, no inference of segments (a
+        stream whose turns carry the transcript). ``speculate``: decode each segment's
+        final ahead at a pause (see the module), once ``speculate_pad_ms`` of it is in (by
+        default the VAD's ``speech_pad_ms``; a segment closing in that pause then ends
+        there)."""
         params = params or VadParams()
+        self._segments = segments
         self.input_rate = input_rate
         self.samples_in = 0
         """Samples per channel taken so far, at the input's rate."""
         self._resamplers = ChannelResamplers(channels, input_rate, VAD_SAMPLE_RATE)
         self._channels = [
-            _Channel(params, interim, model_rate, speculate, speculate_pad_ms)
+            _Channel(params, interim, model_rate, speculate and segments, speculate_pad_ms)
             for _ in range(channels)
         ]
         self._keys = 0
@@ -217,6 +221,8 @@ class SegmentedRoute:
                 out.append(Post(SpeechStarted(channel, _seconds(event.start))))
             elif isinstance(event, segmenter.SpeechEnded):
                 out.append(Post(SpeechEnded(channel, _seconds(event.end))))
+            elif not self._segments:
+                continue
             elif isinstance(event, segmenter.Paused):
                 self._keys += 1
                 state.speculation = _Speculation(self._keys, event.start, event.end)

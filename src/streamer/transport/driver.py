@@ -29,6 +29,7 @@ from streamer.protocol.actions import (
     FinishStream,
     OpenStream,
     Send,
+    SteerStream,
 )
 from streamer.protocol.connection import (
     SLOW_CONSUMER_MESSAGE,
@@ -321,6 +322,9 @@ class ConnectionDriver:
             self.emit(StreamError(code=action.code, message=action.message))
         elif isinstance(action, Send):
             self._outbox.put_reply(action.payload)
+        elif isinstance(action, SteerStream):
+            assert stream is not None
+            await self._unless_gone(stream.steer(action.command))
 
     async def _unless_gone(self, work: Coroutine[Any, Any, None]) -> None:
         """Await ``work`` (which may wait on a busy stream); raise ``_PeerGone`` and cancel

@@ -174,9 +174,9 @@ async def serve_websocket(
         interruptible=True,  # a cancelled receive leaves the next message queued
     )
     close = await driver.run()
-    if close.code is ErrorCode.SLOW_CONSUMER:
-        outbox.cancel()  # it reads nothing: what is queued cannot be written
-    elif await outbox.close() and close.send:
+    if close.code is ErrorCode.SLOW_CONSUMER or not close.send:
+        outbox.cancel()  # it reads nothing, or is gone: what is queued cannot be written
+    elif await outbox.close():
         close = unread_close(services, route)
     if codec.close_code is not None:
         code = codec.close_code(close.code)

@@ -162,18 +162,22 @@ class TurnEngine:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load the bundled model (unless one was given) and start the engine's thread."""
+        """Start the engine's thread, which first loads the bundled model (unless one was
+        given): a caller on the event loop does not wait for the load, and requests made
+        meanwhile wait for it."""
         with self._lock:
             if self._closed:
                 raise ShuttingDown("the turn engine is closed")
             if self._thread is not None:
                 return
-            if self._model is None:
-                from streamer.turn.model import SmartTurn
-
-                self._model = SmartTurn(threads=self.threads)
             self._thread = threading.Thread(target=self._serve, name=self.thread_name, daemon=True)
             self._thread.start()
+
+    def _load(self) -> None:
+        if self._model is None:
+            from streamer.turn.model import SmartTurn
+
+            self._model = SmartTurn(threads=self.threads)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop after the call in progress; waiting requests fail with ``ShuttingDown``."""
@@ -278,6 +282,7 @@ class TurnEngine:
     def _serve(self) -> None:
         failure: BaseException = ShuttingDown("the turn engine is closed")
         try:
+            self._load()
             while True:
                 taken = self._take()
                 if taken is None:
@@ -320,15 +325,15 @@ class TurnEngine:
             self.cost_per_window = per_window
         else:
             self.cost_per_window += COST_SMOOTHING * (per_window - self.cost_per_window)
-        for request, probability in zip(requests, probabilities, strict=True):
-            request.future.set_result(
-                TurnAnswer(float(probability), waited=waited_until - request.submitted, batch=rows)
-            )
-        if self.on_call is not None:
+        if self.on_call is not None:  # before the answers: a caller sees the call counted
             try:
                 self.on_call(rows, elapsed)
             except Exception:
                 log.exception("turn engine on_call callback failed")
+        for request, probability in zip(requests, probabilities, strict=True):
+            request.future.set_result(
+                TurnAnswer(float(probability), waited=waited_until - request.submitted, batch=rows)
+            )
 
     def _fail_waiting(self, error: BaseException) -> None:
         with self._lock:

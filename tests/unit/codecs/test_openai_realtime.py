@@ -6,9 +6,10 @@ import base64
 import json
 
 from streamer.codecs.openai_realtime import RealtimeCodec
-from streamer.events import Ready, SegmentResult, SpeechEnded, SpeechStarted, StreamError
-from streamer.protocol.inputs import Audio, Commit, Reply, Restart
+from streamer.events import Ready, SegmentResult, SpeechEnded, SpeechStarted, StreamError, Turn
+from streamer.protocol.inputs import Audio, Commit, Reply, Restart, Steer
 from streamer.protocol.messages import KeepaliveRequest
+from streamer.turn.stage import ForceEnd
 
 TURN = "session.audio.input.turn_detection"
 
@@ -78,7 +79,11 @@ def test_bad_values_name_their_param_and_change_nothing() -> None:
         (update(format={"type": "audio/pcm", "rate": 8000}), "session.audio.input.format.rate"),
         (update(format={"type": "audio/opus"}), "session.audio.input.format.type"),
         (
-            update(turn_detection={"type": "semantic_vad"}),
+            update(turn_detection={"type": "semantic_vad", "eagerness": "very"}),
+            "session.audio.input.turn_detection.eagerness",
+        ),
+        (
+            update(turn_detection={"type": "near_field_vad"}),
             "session.audio.input.turn_detection.type",
         ),
         ('{"type": "input_audio_buffer.append", "audio": "!!"}', "audio"),
@@ -115,3 +120,57 @@ def test_audio_in_vad_mode_goes_straight_to_the_stream() -> None:
     codec.opening()
     append = json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA"})
     assert codec.decode_text(append) == Audio(b"\x00\x00\x00")
+
+
+def _turn(event: str, text: str = "", end: float = 1.0, trigger: str | None = None) -> Turn:
+    return Turn(0, event, 0, text, (), 0.5, end, 0.9, trigger)
+
+
+def test_semantic_vad_opens_a_turn_detecting_stream_by_eagerness() -> None:
+    for eagerness, threshold, wait in [
+        ("low", 0.85, 8000),
+        ("medium", 0.7, 4000),
+        ("high", 0.5, 2000),
+        ("auto", 0.7, 4000),
+    ]:
+        codec = RealtimeCodec()
+        codec.opening()
+        restart = codec.decode_text(
+            update(turn_detection={"type": "semantic_vad", "eagerness": eagerness})
+        )
+        assert isinstance(restart, Restart) and restart.route == "segmented"
+        detection = restart.request.turn_detection
+        assert detection is not None
+        assert (detection.eot_threshold, detection.eot_timeout_ms) == (threshold, wait)
+        assert not restart.request.interim_results
+        session = restart.reply["session"]  # type: ignore[index]
+        assert session["audio"]["input"]["turn_detection"] == {
+            "type": "semantic_vad",
+            "eagerness": eagerness,
+        }
+
+
+def test_semantic_vad_items_are_turns_and_a_commit_ends_the_turn() -> None:
+    codec = RealtimeCodec()
+    codec.opening()
+    codec.decode_text(update(turn_detection={"type": "semantic_vad"}))
+    frames(codec, ready())
+    frames(codec, ready())
+    # The VAD's own segments are not items: the turns are.
+    assert frames(codec, SpeechStarted(0, 0.5)) == []
+    assert frames(codec, SpeechEnded(0, 1.0)) == []
+    assert frames(codec, SegmentResult(0, 0.5, 1.0, True, {"text": "hi"})) == []
+    (started,) = frames(codec, _turn("StartOfTurn"))
+    assert started["type"] == "input_audio_buffer.speech_started"
+    (delta,) = frames(codec, _turn("Update", "hi"))
+    assert delta["delta"] == "hi"
+    assert frames(codec, _turn("EagerEndOfTurn", "hi")) == []
+    stopped, committed, more, completed = frames(codec, _turn("EndOfTurn", "hi there", 2.0))
+    assert stopped["type"] == "input_audio_buffer.speech_stopped"
+    assert stopped["audio_end_ms"] == 2000
+    assert committed["type"] == "input_audio_buffer.committed"
+    assert more["delta"] == " there"
+    assert completed["transcript"] == "hi there"
+    assert started["item_id"] == committed["item_id"] == completed["item_id"]
+    assert completed["usage"] == {"type": "duration", "seconds": 1.5}
+    assert codec.decode_text('{"type": "input_audio_buffer.commit"}') == Steer(ForceEnd())

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.codecs.v1_json import encode_event
+from streamer.codecs.v1_json import encode_event, event_from_dict
 from streamer.codecs.v1_proto import (
     config_to_start,
     decode_request,
@@ -26,10 +26,12 @@ from streamer.events import (
     SpeechEnded,
     SpeechStarted,
     StreamError,
+    Turn,
+    TurnWord,
 )
 from streamer.protocol.actions import EmitError
 from streamer.protocol.connection import ConnectionMachine
-from streamer.protocol.messages import StartRequest, parse_client_message
+from streamer.protocol.messages import StartRequest, TurnEventModel, parse_client_message
 from streamer.protocol.proto import streamer_v1_pb2 as pb
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -164,6 +166,14 @@ _vads = st.fixed_dictionaries(
         "max_segment_s": st.floats(1, 60),
     },
 )
+_turns = st.fixed_dictionaries(
+    {},
+    optional={
+        "eot_threshold": st.floats(0.5, 0.9),
+        "eager_eot_threshold": st.floats(0.3, 0.5),
+        "eot_timeout_ms": st.integers(500, 10_000),
+    },
+)
 _starts = st.fixed_dictionaries(
     {"request": st.just("start"), "format": _formats, "interim_results": st.booleans()},
     optional={
@@ -171,6 +181,8 @@ _starts = st.fixed_dictionaries(
         "vad": _vads,
         "trace_id": st.just(TRACEPARENT),
         "word_times": st.just(True),  # false is the default, which the config leaves out
+        "turn_detection": _turns,
+        "segments": st.booleans(),
     },
 )
 
@@ -212,7 +224,29 @@ EVENTS: list[Event] = [
     StreamError(code="worker_crashed", message="died", channel=1, start=0, end=1, retryable=True),
     Done(audio_seconds=11.0),
     Done(audio_seconds=0.0),
+    Turn(0, "StartOfTurn", 0, "", (), 0.352, 0.352, 0.0),
+    Turn(
+        1,
+        "EndOfTurn",
+        3,
+        "Ask not.",
+        (TurnWord("Ask", 0.9, 3.3, 3.6), TurnWord("not.", 0.75, 3.6, 4.0)),
+        3.296,
+        4.1,
+        0.96,
+        "model",
+    ),
 ]
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda e: e.kind)
+def test_an_event_is_its_own_websocket_json_read_back(event: Event) -> None:
+    """The v1 JSON of an event, read back, is the event; and a turn event is what the
+    protocol's schema says."""
+    body = json.loads(encode_event(event))
+    assert event_from_dict(body) == event
+    if isinstance(event, Turn):
+        TurnEventModel.model_validate(body)
 
 
 @pytest.mark.parametrize("event", EVENTS, ids=lambda e: e.kind)

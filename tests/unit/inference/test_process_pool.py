@@ -168,3 +168,18 @@ async def test_the_scheduler_closes_even_when_no_worker_ever_starts() -> None:
     await sched.close(grace=0.2)
     with pytest.raises(WorkerCrashed):
         await job
+
+
+def test_large_requests_pass_under_uvloop_as_the_server_runs_it() -> None:
+    # uvloop makes a watched pipe non-blocking; a request larger than the pipe's buffer
+    # (10 s of audio, twice) must still arrive whole.
+    import uvloop
+
+    async def run() -> list[Any]:
+        pool = await make_pool(1, batch_size=8)
+        try:
+            return await pool.run([audio(160_000), audio(160_001)])
+        finally:
+            await pool.close()
+
+    assert uvloop.run(run()) == [{"count": 160_000}, {"count": 160_001}]

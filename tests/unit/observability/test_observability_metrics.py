@@ -171,6 +171,26 @@ def test_the_default_registry_adds_process_metrics() -> None:
     assert families(new_registry(process=False)) == {}
 
 
+def test_turn_events_by_event_resumed_early_ends_and_the_turn_models_calls() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    for event in ("StartOfTurn", "EagerEndOfTurn", "TurnResumed", "EagerEndOfTurn", "EndOfTurn"):
+        metrics.turn_event("segmented", event)
+    assert (
+        sample(registry, "streamer_turn_events_total", route="segmented", event="StartOfTurn") == 1
+    )
+    eager = sample(
+        registry, "streamer_turn_events_total", route="segmented", event="EagerEndOfTurn"
+    )
+    assert eager == 2
+    assert sample(registry, "streamer_turn_eager_resumed_total", route="segmented") == 1
+    metrics.observe_turn_call(3, 0.12)
+    metrics.observe_turn_call(1, 0.04)
+    assert sample(registry, "streamer_turn_batch_size_sum") == 4
+    assert sample(registry, "streamer_turn_model_seconds_count") == 2
+    assert sample(registry, "streamer_turn_model_seconds_sum") == pytest.approx(0.16)
+
+
 def test_a_vad_row_is_one_silero_frame() -> None:
     from streamer.observability.metrics import VAD_FRAME_SECONDS
     from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE

@@ -20,6 +20,7 @@ from streamer.protocol.actions import (
     FinishStream,
     OpenStream,
     Send,
+    SteerStream,
 )
 from streamer.protocol.connection import (
     GRPC,
@@ -47,6 +48,7 @@ from streamer.protocol.inputs import (
     RateExceeded,
     Reply,
     Restart,
+    Steer,
     StreamFailed,
     StreamRefused,
     Tick,
@@ -215,6 +217,7 @@ INPUTS: dict[str, Input] = {
     **{k: decode(v) for k, v in MESSAGES.items()},
     **NOTICES,
     "finish": Finish(AUDIO),
+    "steer": Steer("retune", reply={"type": "ok"}),
 }
 
 
@@ -244,7 +247,7 @@ def test_every_sequence_of_messages_and_notices_keeps_the_invariants() -> None:
                         open_ = True
                     elif isinstance(action, FinishStream | AbortStream):
                         open_ = False
-                    elif isinstance(action, Feed | Finalize):
+                    elif isinstance(action, Feed | Finalize | SteerStream):
                         assert open_, seq
                     elif isinstance(action, Close):
                         closed = True
@@ -515,6 +518,19 @@ def test_a_commit_with_no_stream_is_not_started_and_a_reply_is_just_sent() -> No
     assert isinstance(error, EmitError) and error.code is ErrorCode.NOT_STARTED
     assert m.receive(Reply({"type": "error"})) == [Send({"type": "error"})]
     assert m.state is State.IDLE
+
+
+def test_a_steer_reaches_the_open_stream_then_its_reply_is_sent() -> None:
+    m = started()
+    assert m.receive(Steer("retune", reply={"type": "ok"})) == [
+        SteerStream("retune"),
+        Send({"type": "ok"}),
+    ]
+    assert m.receive(Steer("end turn")) == [SteerStream("end turn")]
+    assert m.state is State.STREAMING
+    idle = ConnectionMachine(WEBSOCKET)
+    (error,) = idle.receive(Steer("retune"))
+    assert isinstance(error, EmitError) and error.code is ErrorCode.NOT_STARTED
 
 
 def test_a_refused_restart_leaves_the_session_idle_and_an_overload_closes_it() -> None:

@@ -20,3 +20,4 @@ def test_schema_covers_every_message() -> None:
     for name in ("ReadyEvent", "SegmentEvent", "ActiveEvent", "InactiveEvent", "ErrorEvent"):
         assert name in text
     assert "DoneEvent" in text
+    assert "TurnEvent" in text and "TurnDetection" in text

@@ -22,6 +22,7 @@ from streamer.app import create_app, drain
 from streamer.client import load_audio
 from streamer.codecs.v1_proto import event_to_dict
 from streamer.config import ServerSettings, Settings
+from streamer.protocol.messages import TurnEventModel
 from streamer.protocol.proto import streamer_v1_pb2 as pb
 from streamer.protocol.proto import streamer_v1_pb2_grpc as pb_grpc
 from streamer.services import Services
@@ -154,6 +155,34 @@ async def test_the_segmented_route_finds_speech() -> None:
     assert kinds[0] == "ready" and kinds[-1] == "done"
     assert {"active", "segment", "inactive"} <= set(kinds)
     assert kinds.index("active") < kinds.index("inactive")
+
+
+async def test_the_segmented_route_detects_turns_when_the_config_asks() -> None:
+    """A real gRPC call with turn detection: the turns of real speech, each opened with
+    ``start`` and closed with ``end`` (its trigger), in the v1 JSON shape."""
+    audio = load_audio(AUDIO / "jfk.wav")
+    config = pb.StreamConfig(
+        format=pb.AudioFormat(channels=1, sample_rate=audio.sample_rate, bit_depth=16),
+        turn_detection=pb.TurnDetection(eager_eot_threshold=0.5, eot_threshold=0.8),
+    )
+    async with running() as server:
+        result = await stream(server.stub, requests(config, audio.data), route="Segmented")
+    assert result.code is grpc.StatusCode.OK
+    turns = [e for e in result.events if e["type"] == "turn"]
+    kinds = [e["event"] for e in turns]
+    assert kinds[0] == "start" and kinds[-1] == "end", kinds
+    assert kinds.count("start") == kinds.count("end")
+    for turn in turns:
+        TurnEventModel.model_validate(turn)
+        assert ("trigger" in turn) is (turn["event"] == "end")
+    assert result.types()[-1] == "done"
+
+
+async def test_turn_detection_on_the_simple_route_is_refused() -> None:
+    config = pb.StreamConfig(format=FORMAT, turn_detection=pb.TurnDetection())
+    async with running() as server:
+        result = await refused(server.stub, [pb.StreamRequest(config=config)])
+    assert result.error_code == "invalid_message" and "turn_detection" in result.details
 
 
 async def test_ending_the_requests_stops_the_stream() -> None:

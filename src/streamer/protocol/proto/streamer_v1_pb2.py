@@ -25,43 +25,49 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)streamer/protocol/proto/streamer_v1.proto\x12\x0bstreamer.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xd3\x01\n\rStreamRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.streamer.v1.StreamConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12)\n\x08\x66inalize\x18\x03 \x01(\x0b\x32\x15.streamer.v1.FinalizeH\x00\x12!\n\x04stop\x18\x04 \x01(\x0b\x32\x11.streamer.v1.StopH\x00\x12+\n\tkeepalive\x18\x05 \x01(\x0b\x32\x16.streamer.v1.KeepaliveH\x00\x42\t\n\x07request\"\xd1\x01\n\x0cStreamConfig\x12(\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x18.streamer.v1.AudioFormat\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x1d\n\x10interim_interval\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12$\n\x03vad\x18\x04 \x01(\x0b\x32\x17.streamer.v1.VadOptions\x12\x10\n\x08trace_id\x18\x05 \x01(\t\x12\x12\n\nword_times\x18\x06 \x01(\x08\x42\x13\n\x11_interim_interval\"\x82\x01\n\x0b\x41udioFormat\x12\x10\n\x08\x63hannels\x18\x01 \x01(\r\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x11\n\tbit_depth\x18\x03 \x01(\r\x12\x10\n\x08is_float\x18\x04 \x01(\x08\x12\'\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x15.streamer.v1.Encoding\"\xec\x01\n\nVadOptions\x12\x16\n\tthreshold\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rmin_speech_ms\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0emin_silence_ms\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x1a\n\rspeech_pad_ms\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x1a\n\rmax_segment_s\x18\x05 \x01(\x01H\x04\x88\x01\x01\x42\x0c\n\n_thresholdB\x10\n\x0e_min_speech_msB\x11\n\x0f_min_silence_msB\x10\n\x0e_speech_pad_msB\x10\n\x0e_max_segment_s\"\n\n\x08\x46inalize\"\x06\n\x04Stop\"\x0b\n\tKeepalive\"\xfe\x01\n\x0bStreamEvent\x12#\n\x05ready\x18\x01 \x01(\x0b\x32\x12.streamer.v1.ReadyH\x00\x12\'\n\x07segment\x18\x02 \x01(\x0b\x32\x14.streamer.v1.SegmentH\x00\x12%\n\x06\x61\x63tive\x18\x03 \x01(\x0b\x32\x13.streamer.v1.ActiveH\x00\x12)\n\x08inactive\x18\x04 \x01(\x0b\x32\x15.streamer.v1.InactiveH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.streamer.v1.ErrorH\x00\x12!\n\x04\x64one\x18\x06 \x01(\x0b\x32\x11.streamer.v1.DoneH\x00\x42\x07\n\x05\x65vent\"\x9c\x01\n\x05Ready\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x19\n\x11model_sample_rate\x18\x04 \x01(\r\x12\x10\n\x08\x63hannels\x18\x05 \x01(\r\x12\x15\n\x08trace_id\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x08warnings\x18\x07 \x03(\tB\x0b\n\t_trace_id\"{\n\x07Segment\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x12\n\nstart_time\x18\x02 \x01(\x01\x12\x10\n\x08\x65nd_time\x18\x03 \x01(\x01\x12\x10\n\x08is_final\x18\x04 \x01(\x08\x12\'\n\x06output\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\'\n\x06\x41\x63tive\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x0c\n\x04time\x18\x02 \x01(\x01\")\n\x08Inactive\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x0c\n\x04time\x18\x02 \x01(\x01\"\xba\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x07\x63hannel\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nstart_time\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08\x65nd_time\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\tretryable\x18\x06 \x01(\x08H\x03\x88\x01\x01\x42\n\n\x08_channelB\r\n\x0b_start_timeB\x0b\n\t_end_timeB\x0c\n\n_retryable\"\x1d\n\x04\x44one\x12\x15\n\raudio_seconds\x18\x01 \x01(\x01*]\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_PCM\x10\x01\x12\x12\n\x0e\x45NCODING_MULAW\x10\x02\x12\x11\n\rENCODING_ALAW\x10\x03\x32\x95\x01\n\x08Streamer\x12\x42\n\x06Simple\x12\x1a.streamer.v1.StreamRequest\x1a\x18.streamer.v1.StreamEvent(\x01\x30\x01\x12\x45\n\tSegmented\x12\x1a.streamer.v1.StreamRequest\x1a\x18.streamer.v1.StreamEvent(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)streamer/protocol/proto/streamer_v1.proto\x12\x0bstreamer.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xd3\x01\n\rStreamRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.streamer.v1.StreamConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12)\n\x08\x66inalize\x18\x03 \x01(\x0b\x32\x15.streamer.v1.FinalizeH\x00\x12!\n\x04stop\x18\x04 \x01(\x0b\x32\x11.streamer.v1.StopH\x00\x12+\n\tkeepalive\x18\x05 \x01(\x0b\x32\x16.streamer.v1.KeepaliveH\x00\x42\t\n\x07request\"\xa9\x02\n\x0cStreamConfig\x12(\n\x06\x66ormat\x18\x01 \x01(\x0b\x32\x18.streamer.v1.AudioFormat\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x1d\n\x10interim_interval\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12$\n\x03vad\x18\x04 \x01(\x0b\x32\x17.streamer.v1.VadOptions\x12\x10\n\x08trace_id\x18\x05 \x01(\t\x12\x12\n\nword_times\x18\x06 \x01(\x08\x12\x32\n\x0eturn_detection\x18\x07 \x01(\x0b\x32\x1a.streamer.v1.TurnDetection\x12\x15\n\x08segments\x18\x08 \x01(\x08H\x01\x88\x01\x01\x42\x13\n\x11_interim_intervalB\x0b\n\t_segments\"\xa7\x01\n\rTurnDetection\x12\x1a\n\reot_threshold\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13\x65\x61ger_eot_threshold\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1b\n\x0e\x65ot_timeout_ms\x18\x03 \x01(\x05H\x02\x88\x01\x01\x42\x10\n\x0e_eot_thresholdB\x16\n\x14_eager_eot_thresholdB\x11\n\x0f_eot_timeout_ms\"\x82\x01\n\x0b\x41udioFormat\x12\x10\n\x08\x63hannels\x18\x01 \x01(\r\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x11\n\tbit_depth\x18\x03 \x01(\r\x12\x10\n\x08is_float\x18\x04 \x01(\x08\x12\'\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x15.streamer.v1.Encoding\"\xec\x01\n\nVadOptions\x12\x16\n\tthreshold\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rmin_speech_ms\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1b\n\x0emin_silence_ms\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x1a\n\rspeech_pad_ms\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x1a\n\rmax_segment_s\x18\x05 \x01(\x01H\x04\x88\x01\x01\x42\x0c\n\n_thresholdB\x10\n\x0e_min_speech_msB\x11\n\x0f_min_silence_msB\x10\n\x0e_speech_pad_msB\x10\n\x0e_max_segment_s\"\n\n\x08\x46inalize\"\x06\n\x04Stop\"\x0b\n\tKeepalive\"\xa1\x02\n\x0bStreamEvent\x12#\n\x05ready\x18\x01 \x01(\x0b\x32\x12.streamer.v1.ReadyH\x00\x12\'\n\x07segment\x18\x02 \x01(\x0b\x32\x14.streamer.v1.SegmentH\x00\x12%\n\x06\x61\x63tive\x18\x03 \x01(\x0b\x32\x13.streamer.v1.ActiveH\x00\x12)\n\x08inactive\x18\x04 \x01(\x0b\x32\x15.streamer.v1.InactiveH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.streamer.v1.ErrorH\x00\x12!\n\x04\x64one\x18\x06 \x01(\x0b\x32\x11.streamer.v1.DoneH\x00\x12!\n\x04turn\x18\x07 \x01(\x0b\x32\x11.streamer.v1.TurnH\x00\x42\x07\n\x05\x65vent\"\x9c\x01\n\x05Ready\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x19\n\x11model_sample_rate\x18\x04 \x01(\r\x12\x10\n\x08\x63hannels\x18\x05 \x01(\r\x12\x15\n\x08trace_id\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x08warnings\x18\x07 \x03(\tB\x0b\n\t_trace_id\"{\n\x07Segment\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x12\n\nstart_time\x18\x02 \x01(\x01\x12\x10\n\x08\x65nd_time\x18\x03 \x01(\x01\x12\x10\n\x08is_final\x18\x04 \x01(\x08\x12\'\n\x06output\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\'\n\x06\x41\x63tive\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x0c\n\x04time\x18\x02 \x01(\x01\")\n\x08Inactive\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x0c\n\x04time\x18\x02 \x01(\x01\"\xba\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x07\x63hannel\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nstart_time\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08\x65nd_time\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\tretryable\x18\x06 \x01(\x08H\x03\x88\x01\x01\x42\n\n\x08_channelB\r\n\x0b_start_timeB\x0b\n\t_end_timeB\x0c\n\n_retryable\"\xd0\x01\n\x04Turn\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x12\n\nturn_index\x18\x03 \x01(\r\x12\x12\n\ntranscript\x18\x04 \x01(\t\x12$\n\x05words\x18\x05 \x03(\x0b\x32\x15.streamer.v1.TurnWord\x12\x12\n\nstart_time\x18\x06 \x01(\x01\x12\x10\n\x08\x65nd_time\x18\x07 \x01(\x01\x12\x12\n\nconfidence\x18\x08 \x01(\x01\x12\x14\n\x07trigger\x18\t \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_trigger\"H\n\x08TurnWord\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x01\x12\r\n\x05start\x18\x03 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x01\"\x1d\n\x04\x44one\x12\x15\n\raudio_seconds\x18\x01 \x01(\x01*]\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_PCM\x10\x01\x12\x12\n\x0e\x45NCODING_MULAW\x10\x02\x12\x11\n\rENCODING_ALAW\x10\x03\x32\x95\x01\n\x08Streamer\x12\x42\n\x06Simple\x12\x1a.streamer.v1.StreamRequest\x1a\x18.streamer.v1.StreamEvent(\x01\x30\x01\x12\x45\n\tSegmented\x12\x1a.streamer.v1.StreamRequest\x1a\x18.streamer.v1.StreamEvent(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'streamer.protocol.proto.streamer_v1_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENCODING']._serialized_start=1764
-  _globals['_ENCODING']._serialized_end=1857
+  _globals['_ENCODING']._serialized_start=2342
+  _globals['_ENCODING']._serialized_end=2435
   _globals['_STREAMREQUEST']._serialized_start=89
   _globals['_STREAMREQUEST']._serialized_end=300
   _globals['_STREAMCONFIG']._serialized_start=303
-  _globals['_STREAMCONFIG']._serialized_end=512
-  _globals['_AUDIOFORMAT']._serialized_start=515
-  _globals['_AUDIOFORMAT']._serialized_end=645
-  _globals['_VADOPTIONS']._serialized_start=648
-  _globals['_VADOPTIONS']._serialized_end=884
-  _globals['_FINALIZE']._serialized_start=886
-  _globals['_FINALIZE']._serialized_end=896
-  _globals['_STOP']._serialized_start=898
-  _globals['_STOP']._serialized_end=904
-  _globals['_KEEPALIVE']._serialized_start=906
-  _globals['_KEEPALIVE']._serialized_end=917
-  _globals['_STREAMEVENT']._serialized_start=920
-  _globals['_STREAMEVENT']._serialized_end=1174
-  _globals['_READY']._serialized_start=1177
-  _globals['_READY']._serialized_end=1333
-  _globals['_SEGMENT']._serialized_start=1335
-  _globals['_SEGMENT']._serialized_end=1458
-  _globals['_ACTIVE']._serialized_start=1460
-  _globals['_ACTIVE']._serialized_end=1499
-  _globals['_INACTIVE']._serialized_start=1501
-  _globals['_INACTIVE']._serialized_end=1542
-  _globals['_ERROR']._serialized_start=1545
-  _globals['_ERROR']._serialized_end=1731
-  _globals['_DONE']._serialized_start=1733
-  _globals['_DONE']._serialized_end=1762
-  _globals['_STREAMER']._serialized_start=1860
-  _globals['_STREAMER']._serialized_end=2009
+  _globals['_STREAMCONFIG']._serialized_end=600
+  _globals['_TURNDETECTION']._serialized_start=603
+  _globals['_TURNDETECTION']._serialized_end=770
+  _globals['_AUDIOFORMAT']._serialized_start=773
+  _globals['_AUDIOFORMAT']._serialized_end=903
+  _globals['_VADOPTIONS']._serialized_start=906
+  _globals['_VADOPTIONS']._serialized_end=1142
+  _globals['_FINALIZE']._serialized_start=1144
+  _globals['_FINALIZE']._serialized_end=1154
+  _globals['_STOP']._serialized_start=1156
+  _globals['_STOP']._serialized_end=1162
+  _globals['_KEEPALIVE']._serialized_start=1164
+  _globals['_KEEPALIVE']._serialized_end=1175
+  _globals['_STREAMEVENT']._serialized_start=1178
+  _globals['_STREAMEVENT']._serialized_end=1467
+  _globals['_READY']._serialized_start=1470
+  _globals['_READY']._serialized_end=1626
+  _globals['_SEGMENT']._serialized_start=1628
+  _globals['_SEGMENT']._serialized_end=1751
+  _globals['_ACTIVE']._serialized_start=1753
+  _globals['_ACTIVE']._serialized_end=1792
+  _globals['_INACTIVE']._serialized_start=1794
+  _globals['_INACTIVE']._serialized_end=1835
+  _globals['_ERROR']._serialized_start=1838
+  _globals['_ERROR']._serialized_end=2024
+  _globals['_TURN']._serialized_start=2027
+  _globals['_TURN']._serialized_end=2235
+  _globals['_TURNWORD']._serialized_start=2237
+  _globals['_TURNWORD']._serialized_end=2309
+  _globals['_DONE']._serialized_start=2311
+  _globals['_DONE']._serialized_end=2340
+  _globals['_STREAMER']._serialized_start=2438
+  _globals['_STREAMER']._serialized_end=2587
 # @@protoc_insertion_point(module_scope)

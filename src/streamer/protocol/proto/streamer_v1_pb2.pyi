@@ -34,20 +34,34 @@ class StreamRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., audio: _Optional[bytes] = ..., finalize: _Optional[_Union[Finalize, _Mapping]] = ..., stop: _Optional[_Union[Stop, _Mapping]] = ..., keepalive: _Optional[_Union[Keepalive, _Mapping]] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("format", "interim_results", "interim_interval", "vad", "trace_id", "word_times")
+    __slots__ = ("format", "interim_results", "interim_interval", "vad", "trace_id", "word_times", "turn_detection", "segments")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
     INTERIM_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     VAD_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     WORD_TIMES_FIELD_NUMBER: _ClassVar[int]
+    TURN_DETECTION_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     format: AudioFormat
     interim_results: bool
     interim_interval: float
     vad: VadOptions
     trace_id: str
     word_times: bool
-    def __init__(self, format: _Optional[_Union[AudioFormat, _Mapping]] = ..., interim_results: _Optional[bool] = ..., interim_interval: _Optional[float] = ..., vad: _Optional[_Union[VadOptions, _Mapping]] = ..., trace_id: _Optional[str] = ..., word_times: _Optional[bool] = ...) -> None: ...
+    turn_detection: TurnDetection
+    segments: bool
+    def __init__(self, format: _Optional[_Union[AudioFormat, _Mapping]] = ..., interim_results: _Optional[bool] = ..., interim_interval: _Optional[float] = ..., vad: _Optional[_Union[VadOptions, _Mapping]] = ..., trace_id: _Optional[str] = ..., word_times: _Optional[bool] = ..., turn_detection: _Optional[_Union[TurnDetection, _Mapping]] = ..., segments: _Optional[bool] = ...) -> None: ...
+
+class TurnDetection(_message.Message):
+    __slots__ = ("eot_threshold", "eager_eot_threshold", "eot_timeout_ms")
+    EOT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    EAGER_EOT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    EOT_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    eot_threshold: float
+    eager_eot_threshold: float
+    eot_timeout_ms: int
+    def __init__(self, eot_threshold: _Optional[float] = ..., eager_eot_threshold: _Optional[float] = ..., eot_timeout_ms: _Optional[int] = ...) -> None: ...
 
 class AudioFormat(_message.Message):
     __slots__ = ("channels", "sample_rate", "bit_depth", "is_float", "encoding")
@@ -90,20 +104,22 @@ class Keepalive(_message.Message):
     def __init__(self) -> None: ...
 
 class StreamEvent(_message.Message):
-    __slots__ = ("ready", "segment", "active", "inactive", "error", "done")
+    __slots__ = ("ready", "segment", "active", "inactive", "error", "done", "turn")
     READY_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     INACTIVE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
     ready: Ready
     segment: Segment
     active: Active
     inactive: Inactive
     error: Error
     done: Done
-    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., segment: _Optional[_Union[Segment, _Mapping]] = ..., active: _Optional[_Union[Active, _Mapping]] = ..., inactive: _Optional[_Union[Inactive, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ...) -> None: ...
+    turn: Turn
+    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., segment: _Optional[_Union[Segment, _Mapping]] = ..., active: _Optional[_Union[Active, _Mapping]] = ..., inactive: _Optional[_Union[Inactive, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., turn: _Optional[_Union[Turn, _Mapping]] = ...) -> None: ...
 
 class Ready(_message.Message):
     __slots__ = ("session_id", "route", "model", "model_sample_rate", "channels", "trace_id", "warnings")
@@ -168,6 +184,40 @@ class Error(_message.Message):
     end_time: float
     retryable: bool
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., channel: _Optional[int] = ..., start_time: _Optional[float] = ..., end_time: _Optional[float] = ..., retryable: _Optional[bool] = ...) -> None: ...
+
+class Turn(_message.Message):
+    __slots__ = ("channel", "event", "turn_index", "transcript", "words", "start_time", "end_time", "confidence", "trigger")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    TURN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    channel: int
+    event: str
+    turn_index: int
+    transcript: str
+    words: _containers.RepeatedCompositeFieldContainer[TurnWord]
+    start_time: float
+    end_time: float
+    confidence: float
+    trigger: str
+    def __init__(self, channel: _Optional[int] = ..., event: _Optional[str] = ..., turn_index: _Optional[int] = ..., transcript: _Optional[str] = ..., words: _Optional[_Iterable[_Union[TurnWord, _Mapping]]] = ..., start_time: _Optional[float] = ..., end_time: _Optional[float] = ..., confidence: _Optional[float] = ..., trigger: _Optional[str] = ...) -> None: ...
+
+class TurnWord(_message.Message):
+    __slots__ = ("word", "confidence", "start", "end")
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    word: str
+    confidence: float
+    start: float
+    end: float
+    def __init__(self, word: _Optional[str] = ..., confidence: _Optional[float] = ..., start: _Optional[float] = ..., end: _Optional[float] = ...) -> None: ...
 
 class Done(_message.Message):
     __slots__ = ("audio_seconds",)
