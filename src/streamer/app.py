@@ -243,6 +243,8 @@ def build_services(
             min_interim_interval=stream.min_interim_interval,
             max_samples_per_second=stream.max_samples_per_second,
             max_lag_seconds=server.max_stream_lag_seconds,
+            speculative_finals=stream.speculative_finals,
+            speculative_pad_ms=stream.speculative_pad_ms,
         ),
         metrics=metrics,
         tracing=tracing,

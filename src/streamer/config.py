@@ -179,6 +179,21 @@ class StreamSettings(BaseModel):
     max_in_flight: int = Field(default=4, ge=1, le=64, description="Inferences per stream.")
     interim_interval: float = Field(default=0.5, ge=0.1, le=10)
     min_interim_interval: float = Field(default=0.1, ge=0.05)
+    speculative_finals: bool = Field(
+        default=True,
+        description="Segmented streams decode a segment's final as soon as its pause has "
+        "its end padding, so that a finalize (or the segment's end) finds it decoded; "
+        "speech resuming withdraws it. Costs a decode per pause that turns out not to end "
+        "the segment.",
+    )
+    speculative_pad_ms: float | None = Field(
+        default=None,
+        ge=0,
+        description="How much of a pause must be in before its final is decoded ahead "
+        "(at most the VAD's speech_pad_ms, which is the default). Shorter starts the decode "
+        "sooner after the speaker stops, so a finalize finds it further along; a segment "
+        "that closes in that pause then ends there, its end padding this long.",
+    )
     max_samples_per_second: int = Field(
         default=192_000,
         ge=8000,

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from streamer.observability.stream import StreamObserver
 from streamer.route.lag import LagWatch
 from streamer.route.segmented import Frames, SegmentedRoute
 from streamer.route.simple import SimpleRoute
-from streamer.route.work import Infer, Post, Work
+from streamer.route.work import Adopt, Infer, Post, Work
 from streamer.segmentation.segmenter import VadParams
 from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE, VadEngine, VadReply
 from streamer.turn.engine import TurnEngine, TurnStream
@@ -69,6 +69,12 @@ class StreamOptions:
     max_lag: float = 0.0
     """Seconds results may lag their audio's arrival before the stream is told
     (``falling_behind``, at most once per this many seconds); 0: never."""
+    speculate: bool = False
+    """The segmented route decodes each segment's final ahead, at a pause
+    (``SegmentedRoute``'s ``speculate``)."""
+    speculate_pad_ms: float | None = None
+    """How much of a pause is in when the final is decoded ahead (``None``: the VAD's
+    ``speech_pad_ms``); a segment closing in that pause ends there."""
     turns: TurnSettings | None = None
     """Detect each channel's turns and emit ``Turn`` events (segmented route only)."""
     segments: bool = True
@@ -112,6 +118,7 @@ class StreamPipeline:
         self._order: asyncio.Queue[Event | _Pending | None] = asyncio.Queue()
         self._in_flight = asyncio.Semaphore(options.max_in_flight)
         self._interims: dict[int, Ticket] = {}  # by key: what the route may withdraw
+        self._speculative: dict[int, _Pending] = {}  # by key: kept aside until adopted
         self._lag = LagWatch(options.max_lag, clock, pressed) if options.max_lag > 0 else None
         self._vad = vad
         self._turns: list[_ChannelTurns] = []
@@ -127,6 +134,8 @@ class StreamPipeline:
                 options.vad_params or VadParams(),
                 interim=options.interim,
                 mark_finalize=options.mark_finalize,
+                speculate=options.speculate,
+                speculate_pad_ms=options.speculate_pad_ms,
                 segments=options.segments,
             )
             self._vad_streams = [vad.open_stream() for _ in range(fmt.channels)]
@@ -292,8 +301,18 @@ class StreamPipeline:
         for item in work:
             if isinstance(item, Post):
                 order.put_nowait(item.event)
+            elif isinstance(item, Adopt):
+                pending = self._speculative.pop(item.key)
+                self.observer.speculated(used=True)
+                if item.forced:
+                    pending.ticket.hasten()  # someone waits on it now
+                await self._in_flight.acquire()
+                if self.failed.done():
+                    raise StreamBroken(f"stream {self.stream_id} broke and takes no more audio")
+                infer = pending.infer
+                order.put_nowait(_Pending(pending.ticket, replace(infer, forced=item.forced)))
             elif isinstance(item, Infer):
-                if item.final:
+                if item.final and not item.speculative:
                     await self._in_flight.acquire()
                     if self.failed.done():
                         raise StreamBroken(f"stream {self.stream_id} broke and takes no more audio")
@@ -302,16 +321,24 @@ class StreamPipeline:
                     item.audio,
                     final=item.final,
                     words=item.final and self.options.words,
+                    forced=item.forced,
                 )
                 if not item.final:
                     self._interims[item.key] = ticket
                 if not ticket.done():  # an interim dropped on submission never runs
                     self._observe(ticket, item)
-                order.put_nowait(_Pending(ticket, item))
-            else:
-                withdrawn = self._interims.pop(item.key, None)
-                if withdrawn is not None:
-                    withdrawn.cancel()
+                if item.speculative:
+                    # A withdrawn one's error is nobody's to see: retrieve it so asyncio
+                    # does not report it as never retrieved.
+                    ticket.add_done_callback(_retrieve)
+                    self._speculative[item.key] = _Pending(ticket, item)
+                else:
+                    order.put_nowait(_Pending(ticket, item))
+            elif (withdrawn := self._interims.pop(item.key, None)) is not None:
+                withdrawn.cancel()
+            elif (speculation := self._speculative.pop(item.key, None)) is not None:
+                speculation.ticket.cancel()  # if a worker has it, its result goes unsent
+                self.observer.speculated(used=False)
 
     def _observe(self, ticket: Ticket, item: Infer) -> None:
         span = self.observer.inference(item.channel, item.start, item.end, item.final)
@@ -569,3 +596,8 @@ def _transcript(output: Mapping[str, Any]) -> tuple[str, tuple[Word, ...]]:
             except (TypeError, ValueError):
                 continue
     return (text.strip() if isinstance(text, str) else ""), tuple(w for w in words if w.word)
+
+
+def _retrieve(ticket: Ticket) -> None:
+    if not ticket.cancelled():
+        ticket.exception()

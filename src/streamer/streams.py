@@ -47,6 +47,8 @@ class StreamBounds:
     min_interim_interval: float
     max_samples_per_second: int
     max_lag_seconds: float
+    speculative_finals: bool = False
+    speculative_pad_ms: float | None = None
 
 
 class StreamFactory:
@@ -251,4 +253,6 @@ class StreamFactory:
             turns=turns,
             segments=request.segments,
             max_lag=bounds.max_lag_seconds,
+            speculate=bounds.speculative_finals,
+            speculate_pad_ms=bounds.speculative_pad_ms,
         )

@@ -163,3 +163,13 @@ async def test_turns_finalized_on_one_socket_come_back_once_each_without_repeats
         if line.startswith('streamer_finalize_seconds_count{route="segmented"}')
     ]
     assert counted and float(counted[0].split()[-1]) >= len(turns), counted
+    # The turns' trailing silence lets each final be decoded ahead, at the pause, and the
+    # Finalize adopt it (stream.speculative_finals, on by default).
+    used = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("streamer_speculative_finals_total{")
+        and 'outcome="used"' in line
+        and 'route="segmented"' in line
+    ]
+    assert used and float(used[0].split()[-1]) >= 1, used

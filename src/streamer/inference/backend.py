@@ -31,6 +31,11 @@ class Ticket(Protocol):
         """Withdraw the inference if no worker has taken it yet; whether it was."""
         ...
 
+    def hasten(self) -> None:
+        """A final now asked for by ``finalize``: if still queued, it goes ahead of every
+        other queued decode (as if submitted ``forced``)."""
+        ...
+
     def done(self) -> bool:
         """Whether the outcome is known (a result, an error, or withdrawn)."""
         ...
@@ -52,9 +57,18 @@ class InferenceBackend(Protocol):
     """Runs the inferences of every stream."""
 
     def submit(
-        self, stream: str, audio: NDArray[np.float32], *, final: bool = True, words: bool = False
+        self,
+        stream: str,
+        audio: NDArray[np.float32],
+        *,
+        final: bool = True,
+        words: bool = False,
+        forced: bool = False,
     ) -> Ticket:
-        """Queue one inference of ``stream``; an interim may come back already withdrawn."""
+        """Queue one inference of ``stream``; an interim may come back already withdrawn.
+
+        ``forced``: a final a ``finalize`` asked for, which someone is waiting on now: it
+        goes ahead of every other queued decode."""
         ...
 
     def cancel_stream(self, stream: str) -> int:

@@ -2,10 +2,11 @@
 
 Streams submit jobs and hold tickets (``backend.Ticket``: awaitable, ``cancel()``); the
 scheduler is the local ``InferenceBackend``, over any worker pool (threads, processes, Ray
-Serve). One dispatcher task forms batches (``plan_batch`` picks them: finals before
-interims, streams round-robin, so no stream starves behind a busy one) and hands them to
-the pool. A queued interim can be withdrawn when a newer one supersedes it. Streams restore
-audio order themselves. A job's state is the scheduler's own.
+Serve). One dispatcher task forms batches (``plan_batch`` picks them: the finals a
+``finalize`` forced before other finals, finals before interims, streams round-robin, so no
+stream starves behind a busy one) and hands them to the pool. A queued interim can be
+withdrawn when a newer one supersedes it, and a queued final hastened to a forced one
+(``Ticket.hasten``). Streams restore audio order themselves. A job's state is the scheduler's own.
 
 The queue is bounded: past ``max_queued`` jobs, new interims are dropped at once (they are
 only previews; the final of the same audio follows). Finals are always queued: each stream
@@ -57,8 +58,8 @@ class _Job:
     """One inference request of one stream, and the ticket its submitter holds."""
 
     __slots__ = (
-        "_future", "_scheduler", "audio", "enqueued", "expires", "final", "state", "stream",
-        "timer", "words",
+        "_future", "_scheduler", "audio", "enqueued", "expires", "final", "forced", "state",
+        "stream", "timer", "words",
     )  # fmt: skip
 
     def __init__(
@@ -69,12 +70,15 @@ class _Job:
         final: bool,
         future: asyncio.Future[Output],
         words: bool,
+        forced: bool = False,
     ) -> None:
         self._scheduler = scheduler
         self._future = future
         self.stream = stream
         self.audio = audio
         self.final = final
+        self.forced = forced
+        """A final a ``finalize`` asked for: queued ahead of every other job."""
         self.words = words
         """Whether the result should carry word times (for a model that gives them)."""
         self.enqueued = time.perf_counter()
@@ -98,6 +102,9 @@ class _Job:
     def cancel(self) -> bool:
         """Withdraw the job if no worker has taken it yet."""
         return self._scheduler._withdraw(self)
+
+    def hasten(self) -> None:
+        self._scheduler._hasten(self)
 
     def done(self) -> bool:
         return self._future.done()
@@ -137,16 +144,23 @@ def _wake(waiter: asyncio.Future[None], _: object) -> None:
 
 
 def plan_batch(
-    finals: Mapping[str, int], interims: Mapping[str, int], limit: int, *, interims_allowed: bool
+    finals: Mapping[str, int],
+    interims: Mapping[str, int],
+    limit: int,
+    *,
+    interims_allowed: bool,
+    forced: Mapping[str, int] | None = None,
 ) -> list[str]:
     """Which streams the next batch takes a job from, one entry per job, in order.
 
-    ``finals`` and ``interims`` are the jobs each stream has waiting, in round-robin order
-    (the stream served longest ago first). Finals only while any wait; else interims, when
-    ``interims_allowed``. Each round takes one job per stream, so no stream starves behind
-    a busy one; up to ``limit`` jobs.
+    ``forced``, ``finals`` and ``interims`` are the jobs each stream has waiting, in
+    round-robin order (the stream served longest ago first). Forced finals (a
+    ``finalize`` waits on them) only while any wait; else finals while any wait; else
+    interims, when ``interims_allowed``. One level a batch, so a forced final never waits
+    for a bigger batch's decode. Each round takes one job per stream, so no stream
+    starves behind a busy one; up to ``limit`` jobs.
     """
-    waiting = finals if finals else interims if interims_allowed else {}
+    waiting = forced if forced else finals if finals else interims if interims_allowed else {}
     picks: list[str] = []
     depth = 0
     while len(picks) < limit:
@@ -214,6 +228,7 @@ class Scheduler:
         self.interims_skipped = 0
         """Queued interims skipped because they waited past ``interim_max_wait``."""
         # Only jobs still waiting, per stream, in round-robin order (withdrawn ones leave).
+        self._forced: OrderedDict[str, deque[_Job]] = OrderedDict()
         self._finals: OrderedDict[str, deque[_Job]] = OrderedDict()
         self._interims: OrderedDict[str, deque[_Job]] = OrderedDict()
         self._queued = 0
@@ -242,14 +257,14 @@ class Scheduler:
         """Seconds the longest-waiting queued job has waited (0 when none waits)."""
         now = time.perf_counter()
         oldest = now
-        for queues in (self._finals, self._interims):
+        for queues in (self._forced, self._finals, self._interims):
             for queue in queues.values():
                 oldest = min(oldest, queue[0].enqueued)
         return now - oldest
 
     def queued_for(self, stream: str) -> int:
         """Jobs of one stream still waiting (not cancelled)."""
-        return len(self._finals.get(stream, ())) + len(self._interims.get(stream, ()))
+        return sum(len(q.get(stream, ())) for q in (self._forced, self._finals, self._interims))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._dispatch(), name="scheduler-dispatch")
@@ -259,7 +274,7 @@ class Scheduler:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for stream in {*self._finals, *self._interims}:
+        for stream in {*self._forced, *self._finals, *self._interims}:
             self.cancel_stream(stream)
         if self._running:
             await asyncio.wait(self._running, timeout=grace)
@@ -269,14 +284,21 @@ class Scheduler:
         await asyncio.gather(*self._running, return_exceptions=True)
 
     def submit(
-        self, stream: str, audio: NDArray[np.float32], *, final: bool = True, words: bool = False
+        self,
+        stream: str,
+        audio: NDArray[np.float32],
+        *,
+        final: bool = True,
+        words: bool = False,
+        forced: bool = False,
     ) -> Ticket:
         """Queue one inference; awaiting the ticket gives the result (or a typed error).
 
-        An interim submitted while the queue is full comes back already cancelled.
+        An interim submitted while the queue is full comes back already cancelled; a
+        ``forced`` final goes ahead of every other queued job.
         """
         loop = asyncio.get_running_loop()
-        job = _Job(self, stream, audio, final, loop.create_future(), words)
+        job = _Job(self, stream, audio, final, loop.create_future(), words, final and forced)
         if not final and self.full:
             job._drop()
             self.interims_dropped += 1
@@ -284,11 +306,26 @@ class Scheduler:
         if self.deadline is not None:
             job.expires = job.enqueued + self.deadline
             job.timer = loop.call_later(self.deadline, self._expire, job)
-        queues = self._finals if final else self._interims
-        queues.setdefault(stream, deque()).append(job)
+        self._queue_of(job).setdefault(stream, deque()).append(job)
         self._queued += 1
         self._wakeup.set()
         return job
+
+    def _queue_of(self, job: _Job) -> OrderedDict[str, deque[_Job]]:
+        return self._forced if job.forced else self._finals if job.final else self._interims
+
+    def _hasten(self, job: _Job) -> None:
+        """A queued final becomes a forced one (``Ticket.hasten``)."""
+        if job.state is not _JobState.QUEUED or job.forced or not job.final:
+            return
+        queue = self._finals.get(job.stream)
+        if queue is None or job not in queue:
+            return  # taken into a batch being formed
+        self._unqueue(job)
+        job.forced = True
+        self._forced.setdefault(job.stream, deque()).append(job)
+        self._queued += 1
+        self._wakeup.set()
 
     def _withdraw(self, job: _Job) -> bool:
         """Take a job no worker has taken yet out of its queue (``Ticket.cancel``)."""
@@ -300,7 +337,7 @@ class Scheduler:
 
     def _unqueue(self, job: _Job) -> None:
         """Out of its queue, if it is still there (not taken into a batch being formed)."""
-        queues = self._finals if job.final else self._interims
+        queues = self._queue_of(job)
         queue = queues.get(job.stream)
         if queue is None or job not in queue:
             return
@@ -325,7 +362,7 @@ class Scheduler:
     def cancel_stream(self, stream: str) -> int:
         """Withdraw every queued job of a stream (on disconnect); returns how many."""
         count = 0
-        for queues in (self._finals, self._interims):
+        for queues in (self._forced, self._finals, self._interims):
             for job in queues.pop(stream, ()):
                 job._drop()
                 count += 1
@@ -333,20 +370,21 @@ class Scheduler:
         return count
 
     def _take(self, limit: int, *, interims: bool = True) -> list[_Job]:
-        """Up to ``limit`` jobs as ``plan_batch`` picks them: finals, or else interims
-        (when ``interims`` allows them)."""
+        """Up to ``limit`` jobs as ``plan_batch`` picks them: forced finals, else finals,
+        else interims (when ``interims`` allows them)."""
         self._skip_stale_interims()
-        finals, waiting = self._finals, self._interims
+        forced, finals, waiting = self._forced, self._finals, self._interims
         picks = plan_batch(
             {stream: len(queue) for stream, queue in finals.items()},
             # Counted only when they may go: no final waits and interims are allowed.
             {stream: len(queue) for stream, queue in waiting.items()}
-            if interims and not finals
+            if interims and not finals and not forced
             else {},
             limit,
             interims_allowed=interims,
+            forced={stream: len(queue) for stream, queue in forced.items()},
         )
-        queues = finals if finals else waiting
+        queues = forced if forced else finals if finals else waiting
         batch: list[_Job] = []
         for stream in picks:
             queue = queues[stream]

@@ -317,6 +317,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.speculative_finals = Counter(
+            "streamer_speculative_finals",
+            "Finals decoded ahead, at a pause, by route and outcome: used (adopted as the "
+            "segment's final, so the final needed no decode of its own) or discarded "
+            "(speech resumed in the pause).",
+            ["route", "outcome"],
+            registry=registry,
+        )
         self.first_result = Histogram(
             "streamer_time_to_first_result_seconds",
             "From a stream's start to its first segment or active event.",
@@ -359,6 +367,8 @@ class Metrics:
             self.final_latency.labels(route)
             self.interim_latency.labels(route)
             self.finalize.labels(route)
+            for used in ("used", "discarded"):
+                self.speculative_finals.labels(route, used)
             self.first_result.labels(route)
             self.unread_closes.labels(route)
             self.interims_dropped.labels(route)
@@ -429,6 +439,9 @@ class Metrics:
 
     def observe_finalize(self, route: str, seconds: float) -> None:
         self.finalize.labels(route).observe(seconds)
+
+    def observe_speculative(self, route: str, *, used: bool) -> None:
+        self.speculative_finals.labels(route, "used" if used else "discarded").inc()
 
     def observe_first_result(self, route: str, seconds: float) -> None:
         self.first_result.labels(route).observe(seconds)

@@ -146,6 +146,9 @@ class StreamObserver:
         dropped at once); the callback returned, if any, is told its outcome."""
         return None
 
+    def speculated(self, *, used: bool) -> None:
+        """A speculative final was adopted as the final (``used``) or withdrawn."""
+
     def flushed(self, total: float) -> None:
         """``stop`` or ``finalize``: results up to ``total`` seconds are forced out now."""
 
@@ -319,6 +322,10 @@ class StreamTelemetry(StreamObserver):
             span.end()
 
         return done
+
+    def speculated(self, *, used: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_speculative(self.route, used=used)
 
     def flushed(self, total: float) -> None:
         self._flushed_at = self._now()

@@ -10,6 +10,14 @@ A model at another rate than 16 kHz gets each segment cut from the channel's aud
 resampled as it streams (``ModelRateTap``). The resampler's output lags its input by its
 filter's delay, so a segment whose audio has not all come out yet is held, with the
 channel's work after it, until a later message (or ``finalize``, or the end) completes it.
+
+Speculative finals (``speculate``, for a model at the VAD's 16 kHz): once an open segment's
+pause has its end padding in, the segment as any close in that pause would cut it is
+decoded at once (``Infer(speculative=True)``), so that its final is usually decoded when
+it is asked for, by ``finalize`` (v1 ``finalize``, Deepgram's ``Finalize``, OpenAI's
+commit) or by the segment's natural end. A final of exactly that audio adopts the
+speculative result (``Adopt``) instead of decoding again; speech resuming in the pause
+withdraws it.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from streamer.audio.framing import Framer
 from streamer.audio.resample import ChannelResamplers
 from streamer.events import Finalized, SpeechEnded, SpeechStarted
 from streamer.route.model_rate import ModelRateTap
-from streamer.route.work import Infer, Post, Withdraw, Work
+from streamer.route.work import Adopt, Infer, Post, Withdraw, Work
 from streamer.segmentation import segmenter
 from streamer.segmentation.segmenter import Segmenter, VadParams
 from streamer.segmentation.vad import FRAME_SAMPLES, VAD_SAMPLE_RATE
@@ -47,14 +55,38 @@ class _Cut:
     forced: bool
 
 
-class _Channel:
-    __slots__ = ("framer", "held", "interim", "segmenter", "tap")
+@dataclass(frozen=True, slots=True)
+class _Speculation:
+    """A speculative final of ``[start, end)`` (16 kHz samples) outstanding as ``key``."""
 
-    def __init__(self, params: VadParams, interim: bool, model_rate: int) -> None:
+    key: int
+    start: int
+    end: int
+
+
+class _Channel:
+    __slots__ = ("framer", "held", "interim", "segmenter", "speculation", "tap")
+
+    def __init__(
+        self,
+        params: VadParams,
+        interim: bool,
+        model_rate: int,
+        speculate: bool,
+        speculate_pad_ms: float | None,
+    ) -> None:
         self.framer = Framer(FRAME_SAMPLES)
-        self.segmenter = Segmenter(params, interim=interim, sample_rate=VAD_SAMPLE_RATE)
-        self.interim: int | None = None  # the key of the channel's outstanding interim
         self.tap = ModelRateTap(model_rate) if model_rate != VAD_SAMPLE_RATE else None
+        self.segmenter = Segmenter(
+            params,
+            interim=interim,
+            # A speculative cut would have to wait for the resampler like any other.
+            speculate=speculate and self.tap is None,
+            speculate_pad_ms=speculate_pad_ms,
+            sample_rate=VAD_SAMPLE_RATE,
+        )
+        self.interim: int | None = None  # the key of the channel's outstanding interim
+        self.speculation: _Speculation | None = None
         self.held: list[_Cut | Work] = []  # in order; only with a tap
 
 
@@ -76,16 +108,24 @@ class SegmentedRoute:
         interim: bool = False,
         mark_finalize: bool = False,
         segments: bool = True,
+        speculate: bool = False,
+        speculate_pad_ms: float | None = None,
     ) -> None:
         """``segments`` False: speech starts and ends only, no inference of segments (a
-        stream whose turns carry the transcript)."""
+        stream whose turns carry the transcript). ``speculate``: decode each segment's
+        final ahead at a pause (see the module), once ``speculate_pad_ms`` of it is in (by
+        default the VAD's ``speech_pad_ms``; a segment closing in that pause then ends
+        there)."""
         params = params or VadParams()
         self._segments = segments
         self.input_rate = input_rate
         self.samples_in = 0
         """Samples per channel taken so far, at the input's rate."""
         self._resamplers = ChannelResamplers(channels, input_rate, VAD_SAMPLE_RATE)
-        self._channels = [_Channel(params, interim, model_rate) for _ in range(channels)]
+        self._channels = [
+            _Channel(params, interim, model_rate, speculate and segments, speculate_pad_ms)
+            for _ in range(channels)
+        ]
         self._keys = 0
         self._mark = mark_finalize
         self._forcing = False
@@ -153,7 +193,10 @@ class SegmentedRoute:
         finally:
             self._forcing = False
         if self._mark:
-            forced = sum(isinstance(w, Infer) and w.final for w in work)
+            forced = sum(
+                isinstance(w, Adopt) or (isinstance(w, Infer) and w.final and not w.speculative)
+                for w in work
+            )
             work.append(
                 Post(Finalized(channel, round(self.samples_in / self.input_rate, 6), forced))
             )
@@ -180,15 +223,39 @@ class SegmentedRoute:
                 out.append(Post(SpeechEnded(channel, _seconds(event.end))))
             elif not self._segments:
                 continue
+            elif isinstance(event, segmenter.Paused):
+                self._keys += 1
+                state.speculation = _Speculation(self._keys, event.start, event.end)
+                out.append(
+                    Infer(
+                        self._keys,
+                        channel,
+                        _seconds(event.start),
+                        _seconds(event.end),
+                        event.audio,
+                        final=True,
+                        speculative=True,
+                    )
+                )
+            elif isinstance(event, segmenter.Resumed):
+                if state.speculation is not None:
+                    out.append(Withdraw(state.speculation.key))
+                    state.speculation = None
             else:
                 # Only the newest interim of a segment is worth running.
                 if state.interim is not None:
                     out.append(Withdraw(state.interim))
                     state.interim = None
+                forced = event.is_final and self._forcing
+                if event.is_final and (spec := state.speculation) is not None:
+                    state.speculation = None
+                    if (spec.start, spec.end) == (event.start, event.end):
+                        out.append(Adopt(spec.key, forced))  # the same samples: decoded
+                        continue
+                    out.append(Withdraw(spec.key))
                 self._keys += 1
                 if not event.is_final:
                     state.interim = self._keys
-                forced = event.is_final and self._forcing
                 tap = state.tap
                 if tap is None:
                     out.append(

@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 
 from streamer.events import Event
 
-__all__ = ["Infer", "Post", "Withdraw", "Work"]
+__all__ = ["Adopt", "Infer", "Post", "Withdraw", "Work"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,8 @@ class Infer:
 
     ``key`` names the inference for a later ``Withdraw``; a final is never withdrawn.
     ``forced``: a final cut by ``finalize`` (for front-ends that mark them).
+    ``speculative``: a final decoded ahead, at a pause: its result is kept aside, not
+    sent, until the route adopts it as the segment's final (``Adopt``) or withdraws it.
     """
 
     key: int
@@ -35,13 +37,24 @@ class Infer:
     audio: NDArray[np.float32]
     final: bool
     forced: bool = False
+    speculative: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Withdraw:
-    """The interim ``key`` is superseded: drop it if no worker has taken it yet."""
+    """The interim (or speculative final) ``key`` is superseded: drop it if no worker has
+    taken it yet, and never send its result."""
 
     key: int
 
 
-Work = Post | Infer | Withdraw
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """The speculative inference ``key`` decoded exactly this final's audio: its result
+    leaves in this place of the order as the final (``forced`` as a ``finalize`` cut)."""
+
+    key: int
+    forced: bool = False
+
+
+Work = Post | Infer | Withdraw | Adopt

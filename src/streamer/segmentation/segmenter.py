@@ -39,6 +39,8 @@ from numpy.typing import NDArray
 
 __all__ = [
     "Event",
+    "Paused",
+    "Resumed",
     "Segment",
     "Segmenter",
     "SpeechEnded",
@@ -188,7 +190,23 @@ class Segment:
     is_final: bool
 
 
-Event = SpeechStarted | SpeechEnded | Segment
+@dataclass(frozen=True, slots=True, eq=False)
+class Paused:
+    """Speech paused and the end padding has arrived: were the open segment to close in
+    this pause (at its natural end, a forced split, or ``flush``), it would be exactly
+    ``[start, end)`` with ``audio``. Only with ``speculate``; once per pause."""
+
+    start: int
+    end: int
+    audio: Float32Array
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """Speech came back in the pause a ``Paused`` announced: the segment goes on past it."""
+
+
+Event = SpeechStarted | SpeechEnded | Segment | Paused | Resumed
 
 
 class _State(Enum):
@@ -276,13 +294,21 @@ class Segmenter:
         params: VadParams,
         *,
         interim: bool = False,
+        speculate: bool = False,
+        speculate_pad_ms: float | None = None,
         sample_rate: int = 16000,
         frame_samples: int = 512,
     ) -> None:
+        """``speculate``: announce each pause of an open segment once ``speculate_pad_ms``
+        of it is in (``Paused``; at most, and by default, ``speech_pad_ms``), and speech
+        resuming after it (``Resumed``), so that the segment's final can be decoded before
+        it is asked for. A segment that closes in an announced pause ends where the
+        announcement said: with a shorter ``speculate_pad_ms`` its end padding is that."""
         if sample_rate <= 0 or frame_samples <= 0:
             raise ValueError("sample_rate and frame_samples must be positive")
         self.params = params
         self.interim = interim
+        self.speculate = speculate
         self.sample_rate = sample_rate
         self.frame_samples = frame_samples
         self._threshold = params.threshold
@@ -292,6 +318,9 @@ class Segmenter:
         self._pad = self._samples(params.speech_pad_ms / 1000)
         self._max = self._samples(params.max_segment_s)
         self._interval = max(self._samples(params.interim_interval_s), 1)
+        self._spec_pad = self._pad
+        if speculate_pad_ms is not None:
+            self._spec_pad = min(self._pad, max(0, self._samples(speculate_pad_ms / 1000)))
         self._check()
 
         self._ring = _Ring(self._pad)
@@ -307,6 +336,7 @@ class Segmenter:
         self._pause: int | None = None  # first sample of the pause under way, if any
         self._next_interim = 0  # segment length at which the next interim is due
         self._continues = False  # a forced split just ended a segment in mid-speech
+        self._paused: int | None = None  # the cut a Paused announced for this pause
 
     def _samples(self, seconds: float) -> int:
         return round(seconds * self.sample_rate)
@@ -375,6 +405,9 @@ class Segmenter:
         else:
             self._audio.append(frame)
             if prob >= self._threshold or (self._pause is None and prob >= self._exit):
+                if self._paused is not None:
+                    self._paused = None
+                    events.append(Resumed())
                 self._pause = None
                 if self._state is _State.PENDING and end - self._voiced_start >= self._min_speech:
                     self._confirm(events)
@@ -383,8 +416,18 @@ class Segmenter:
                     self._pause = begin
                 if end - self._pause >= self._min_silence:
                     if self._state is _State.SPEECH:
-                        self._close(min(self._pause + self._pad, end), events)
+                        self._close(self._pause_end(end), events)
                     self._state = _State.SILENCE
+                elif (
+                    self.speculate
+                    and self._paused is None
+                    and self._state is _State.SPEECH
+                    and end >= self._pause + self._spec_pad
+                ):
+                    # Any close in this pause ends here now: the same samples, so a decode
+                    # of them now stands for the final.
+                    cut = self._paused = self._pause + self._spec_pad
+                    events.append(Paused(self._start, cut, self._audio.head(cut - self._start)))
 
         self._ring.write(frame)
         self._position = end
@@ -432,7 +475,7 @@ class Segmenter:
         if self._state is _State.SPEECH:
             end = self._position
             if self._pause is not None:
-                end = min(self._pause + self._pad, end)
+                end = self._pause_end(end)
             self._close(end, events)
         self._state = _State.SILENCE
         self._pause = None
@@ -452,7 +495,15 @@ class Segmenter:
         self._next_interim = self._interval
         events.append(SpeechStarted(self._start))
 
+    def _pause_end(self, limit: int) -> int:
+        """Where a segment closing in the pause under way ends (by ``limit`` at most)."""
+        assert self._pause is not None
+        if self._paused is not None:
+            return self._paused
+        return min(self._pause + self._pad, limit)
+
     def _close(self, end: int, events: list[Event]) -> None:
+        self._paused = None
         events.append(SpeechEnded(end))
         events.append(Segment(self._start, end, self._audio.head(end - self._start), True))
         self._prev_end = end
@@ -465,7 +516,7 @@ class Segmenter:
         if the next frame is still speech a new segment starts with it, unpadded.
         """
         if self._pause is not None:
-            self._close(min(self._pause + self._pad, self._position), events)
+            self._close(self._pause_end(self._position), events)
         else:
             self._close(self._position, events)
             self._continues = True

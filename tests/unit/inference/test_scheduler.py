@@ -115,6 +115,28 @@ async def test_finals_run_before_interims_and_streams_take_turns() -> None:
     await sched.close()
 
 
+async def test_a_forced_final_and_a_hastened_one_go_ahead_of_every_queued_job() -> None:
+    model = RecordingModel(max_batch_size=4)
+    model.gate.clear()
+    sched = await make(model)
+    first = sched.submit("busy", audio(1))
+    await until(lambda: sched.busy == 1)
+    for n in range(100, 104):
+        sched.submit("busy", audio(n))
+    sched.submit("a", audio(5), final=False)
+    hastened = sched.submit("b", audio(6))
+    sched.submit("c", audio(7), forced=True)
+    hastened.hasten()
+    hastened.hasten()  # twice is once
+    model.gate.set()
+    await first
+    await until(lambda: not sched.queued and not sched.busy)
+    # The forced final and the hastened one ride alone, ahead of the queued finals (in
+    # their streams' turn), and the interim goes last.
+    assert model.calls == [[1], [7, 6], [100, 101, 102, 103], [5]]
+    await sched.close()
+
+
 async def test_batches_form_across_streams() -> None:
     model = RecordingModel(max_batch_size=8)
     model.gate.clear()

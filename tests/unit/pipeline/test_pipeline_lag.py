@@ -49,6 +49,9 @@ class FakeTicket:
     def cancel(self) -> bool:
         return self._future.cancel()
 
+    def hasten(self) -> None:
+        pass  # nothing queues here
+
     def done(self) -> bool:
         return self._future.done()
 
@@ -70,7 +73,13 @@ class HeldBackend:
         self.tickets: list[FakeTicket] = []
 
     def submit(
-        self, stream: str, audio: NDArray[np.float32], *, final: bool = True, words: bool = False
+        self,
+        stream: str,
+        audio: NDArray[np.float32],
+        *,
+        final: bool = True,
+        words: bool = False,
+        forced: bool = False,
     ) -> Ticket:
         ticket = FakeTicket(audio, final)
         if self.answer:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
+import pytest
 import soundfile as sf
 from model_factories import Loudness
+from numpy.typing import NDArray
 
 from streamer.audio.formats import AudioFormat
 from streamer.events import Event, SegmentResult
+from streamer.inference.model import Output
 from streamer.inference.pool import ThreadPool
 from streamer.inference.scheduler import Scheduler
+from streamer.observability.stream import StreamObserver
 from streamer.pipeline import Route, StreamOptions, StreamPipeline
 from streamer.segmentation.vad import SileroVad, VadEngine
 
@@ -87,3 +93,83 @@ async def test_a_model_at_another_rate_gets_each_segment_at_its_rate_with_interi
     for channel in (0, 1):
         finals = [(r.start, r.end) for r in results if r.final and r.channel == channel]
         assert finals and finals == sorted(finals)
+
+
+class Counted:
+    """A model, counting the inputs it decodes."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.name = model.name
+        self.sample_rate = model.sample_rate
+        self.max_batch_size = model.max_batch_size
+        self.decoded = 0
+
+    def infer(self, audio: NDArray[np.float32]) -> Output:
+        self.decoded += 1
+        return cast(Output, self.model.infer(audio))
+
+    def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
+        self.decoded += len(batch)
+        return cast(list[Output | Exception], self.model.infer_batch(batch))
+
+
+class Speculations(StreamObserver):
+    def __init__(self) -> None:
+        self.used = self.discarded = 0
+
+    def speculated(self, *, used: bool) -> None:
+        if used:
+            self.used += 1
+        else:
+            self.discarded += 1
+
+
+async def speech_with_finalizes(
+    model: Counted, speculate: bool
+) -> tuple[list[Event], Counted, Speculations]:
+    """jfk.wav in 100 ms messages with a finalize every 1.5 s (some in pauses, some in
+    speech), as an agent's client sends them."""
+    scheduler = Scheduler(ThreadPool(model, 1), sample_rate=16000, max_batch=4)
+    scheduler.start()
+    events: list[Event] = []
+    fmt = AudioFormat(channels=1, sample_rate=16000, bit_depth=16, is_float=False)
+    options = StreamOptions(Route.SEGMENTED, fmt, 16000, mark_finalize=True, speculate=speculate)
+    observer = Speculations()
+    audio, _ = sf.read(AUDIO / "jfk.wav", dtype="int16")
+    data = audio.tobytes()
+    with VadEngine(SileroVad()) as vad:
+        pipeline = StreamPipeline(
+            "s", options, backend=scheduler, emit=events.append, vad=vad, observer=observer
+        )
+        pipeline.start()
+        for n, at in enumerate(range(0, len(data), MESSAGE * 2)):
+            await pipeline.feed(data[at : at + MESSAGE * 2])
+            if n % 15 == 14:
+                await pipeline.finalize()
+        await pipeline.finish()
+    await scheduler.close()
+    return events, model, observer
+
+
+@pytest.mark.parametrize("model", ["loudness", "whisper"])
+async def test_speculative_finals_send_exactly_what_plain_decodes_send(model: str) -> None:
+    def made() -> Counted:
+        if model == "loudness":
+            return Counted(Loudness())
+        from streamer.inference.whisper import WhisperRecognizer
+
+        return Counted(WhisperRecognizer())  # the same text, alone or in any batch
+
+    plain, plain_model, none = await speech_with_finalizes(made(), speculate=False)
+    ahead, ahead_model, seen = await speech_with_finalizes(made(), speculate=True)
+    finals = [e for e in ahead if isinstance(e, SegmentResult) and e.final]
+    # Every final (forced or not), every Finalized and every other event in the same
+    # order, each with the output of the same samples.
+    assert ahead == plain
+    assert any(f.forced for f in finals) and any(not f.forced for f in finals)
+    assert seen.used > 0 and none.used == none.discarded == 0
+    # An adopted speculative final is the final's only decode: the extra decodes are at
+    # most the discarded ones (those a worker took before they were withdrawn).
+    assert plain_model.decoded == len(finals)
+    assert plain_model.decoded <= ahead_model.decoded <= plain_model.decoded + seen.discarded
