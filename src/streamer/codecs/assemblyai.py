@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from streamer.audio.formats import MAX_SAMPLE_RATE, AudioFormat, Encoding
+from streamer.codecs.query import format_body
 from streamer.errors import ClientError, ErrorCode, InvalidJson, InvalidMessage
 from streamer.events import (
     Done,
@@ -197,13 +198,7 @@ class StreamingParams:
         """The stream's ``start``: turn detection, word times for ``words``."""
         fmt = self.audio_format()
         body: dict[str, Any] = {
-            "format": {
-                "channels": 1,
-                "sample_rate": fmt.sample_rate,
-                "bit_depth": fmt.bit_depth,
-                "is_float": False,
-                "encoding": fmt.encoding,
-            },
+            "format": format_body(fmt),
             "word_times": True,
             "turn_detection": self.turn_detection().model_dump(),
             "segments": False,  # the turns carry the transcript: no work for segments

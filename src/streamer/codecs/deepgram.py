@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from streamer.audio.decode import Decoder
-from streamer.audio.formats import MAX_CHANNELS, MAX_SAMPLE_RATE, AudioFormat, Encoding
+from streamer.audio.formats import MAX_CHANNELS, AudioFormat, Encoding
+from streamer.codecs.query import Query, format_body
 from streamer.errors import (
     ENDINGS,
     BadHandshake,
@@ -98,7 +99,6 @@ IGNORED_PARAMETERS = frozenset(
 """Accepted (booleans among them checked) and ignored: the model decides these."""
 
 _BOOLEAN_IGNORED = ("punctuate", "smart_format", "numerals", "profanity_filter", "diarize")
-_BOOLEANS = {"true": True, "false": False}
 
 EXTENSION_KEY = "streamer_output"
 """Where a ``Results`` message carries the model's raw output when it has no text."""
@@ -172,13 +172,7 @@ class ListenParams:
         if self.mixed_down:  # the codec hands over mono float samples
             fmt = AudioFormat(1, self.sample_rate, 32, True, Encoding.PCM)
         body: dict[str, Any] = {
-            "format": {
-                "channels": fmt.channels,
-                "sample_rate": fmt.sample_rate,
-                "bit_depth": fmt.bit_depth,
-                "is_float": fmt.is_float,
-                "encoding": fmt.encoding,
-            },
+            "format": format_body(fmt),
             "interim_results": self.interim_results,
             # Deepgram's results carry words: ask the model for their times.
             "word_times": True,
@@ -199,81 +193,44 @@ def _refuse(parameter: str, message: str) -> BadHandshake:
     return BadHandshake(text, parameter, body)
 
 
-def _boolean(query: Mapping[str, str], name: str, default: bool = False) -> bool:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    value = _BOOLEANS.get(raw.strip().lower())
-    if value is None:
-        raise _refuse(name, f"must be true or false, got {raw!r}")
-    return value
-
-
-def _integer(query: Mapping[str, str], name: str, low: int, high: int) -> int | None:
-    raw = query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise _refuse(name, f"must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise _refuse(name, f"must be from {low} to {high}, got {value}")
-    return value
-
-
 def parse_query(items: Sequence[tuple[str, str]]) -> ListenParams:
     """Check a ``/v1/listen`` query (every item, repeated ones included).
 
     Unknown parameters are ignored, and so are those the model cannot honour; a
     malformed value raises ``BadHandshake`` naming the parameter.
     """
-    query: dict[str, str] = {}
-    repeated: dict[str, list[str]] = {}
-    for name, value in items:
-        query[name] = value
-        repeated.setdefault(name, []).append(value)
-    encoding = query.get("encoding")
-    if encoding is None:
-        raise _refuse(
-            "encoding",
-            "is required: the server takes raw audio only "
-            f"({', '.join(ENCODINGS)}), not containerised audio",
-        )
-    encoding = encoding.strip().lower()
-    if encoding not in ENCODINGS:
-        kind = "is not supported" if encoding in REFUSED_ENCODINGS else "is unknown"
-        raise _refuse(
-            "encoding", f"{encoding!r} {kind}; use one of {', '.join(ENCODINGS)} (raw audio)"
-        )
-    sample_rate = _integer(query, "sample_rate", 1, MAX_SAMPLE_RATE)
-    if sample_rate is None:
-        raise _refuse("sample_rate", "is required with encoding")
-    channels = _integer(query, "channels", 1, MAX_CHANNELS) or 1
+    query = Query(items, _refuse)
+    encoding, sample_rate = query.raw_audio(
+        ENCODINGS,
+        REFUSED_ENCODINGS,
+        "is required: the server takes raw audio only "
+        f"({', '.join(ENCODINGS)}), not containerised audio",
+    )
+    channels = query.integer("channels", 1, MAX_CHANNELS) or 1
     endpointing: int | None = None
     off = False
     raw = query.get("endpointing")
     if raw is not None and raw.strip().lower() == "false":
         off = True
     elif raw is not None and raw.strip().lower() != "true":
-        endpointing = _integer(query, "endpointing", 1, MAX_OPTION_MS)
-    utterance_end = _integer(query, "utterance_end_ms", 1, MAX_OPTION_MS)
+        endpointing = query.integer("endpointing", 1, MAX_OPTION_MS)
+    utterance_end = query.integer("utterance_end_ms", 1, MAX_OPTION_MS)
     for name in _BOOLEAN_IGNORED:
-        _boolean(query, name)
+        query.boolean(name)
     params = ListenParams(
         encoding=encoding,
         sample_rate=sample_rate,
         channels=channels,
-        multichannel=_boolean(query, "multichannel"),
-        interim_results=_boolean(query, "interim_results"),
+        multichannel=query.boolean("multichannel"),
+        interim_results=query.boolean("interim_results"),
         endpointing=endpointing,
         endpointing_off=off,
         utterance_end_ms=utterance_end,
-        vad_events=_boolean(query, "vad_events"),
+        vad_events=query.boolean("vad_events"),
         language=query.get("language"),
         model=query.get("model"),
-        tags=tuple(repeated.get("tag", ())),
-        keyterms=tuple(repeated.get("keyterm", ())) + tuple(repeated.get("keywords", ())),
+        tags=query.all("tag"),
+        keyterms=query.all("keyterm") + query.all("keywords"),
     )
     try:
         params.audio_format().validate()

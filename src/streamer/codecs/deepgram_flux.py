@@ -27,8 +27,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from streamer.audio.formats import MAX_SAMPLE_RATE, AudioFormat
+from streamer.audio.formats import AudioFormat
 from streamer.codecs.deepgram import ENCODINGS, REFUSED_ENCODINGS, close_code
+from streamer.codecs.query import Query, format_body
 from streamer.errors import BadHandshake, ClientError, InvalidJson, InvalidMessage
 from streamer.events import Done, Event, Ready, StreamError, Turn
 from streamer.protocol.inputs import Audio, Input, Reply, Steer
@@ -59,7 +60,6 @@ IGNORED_PARAMETERS = frozenset(
 )
 """Accepted (booleans among them checked) and ignored: the model decides these."""
 
-_BOOLEANS = {"true": True, "false": False}
 _BOOLEAN_IGNORED = ("mip_opt_out", "profanity_filter", "numerals")
 
 # Flux's documented ranges.
@@ -93,13 +93,7 @@ class FluxParams:
         fmt = self.audio_format()
         return parse_start(
             {
-                "format": {
-                    "channels": 1,
-                    "sample_rate": fmt.sample_rate,
-                    "bit_depth": fmt.bit_depth,
-                    "is_float": False,
-                    "encoding": fmt.encoding,
-                },
+                "format": format_body(fmt),
                 "word_times": True,
                 "turn_detection": self.turns.model_dump(),
                 "segments": False,  # Flux shows turns only: the segments are not decoded
@@ -118,83 +112,33 @@ def _refuse(parameter: str, message: str) -> BadHandshake:
     return BadHandshake(text, parameter, body)
 
 
-def _number(query: Mapping[str, str], name: str, low: float, high: float) -> float | None:
-    raw = query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise _refuse(name, f"must be a number, got {raw!r}") from None
-    if not low <= value <= high:  # NaN fails this too
-        raise _refuse(name, f"must be from {low:g} to {high:g}, got {raw.strip()}")
-    return value
-
-
-def _integer(query: Mapping[str, str], name: str, low: int, high: int) -> int | None:
-    raw = query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise _refuse(name, f"must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise _refuse(name, f"must be from {low} to {high}, got {value}")
-    return value
-
-
-def _boolean(query: Mapping[str, str], name: str) -> bool:
-    raw = query.get(name)
-    if raw is None:
-        return False
-    value = _BOOLEANS.get(raw.strip().lower())
-    if value is None:
-        raise _refuse(name, f"must be true or false, got {raw!r}")
-    return value
-
-
 def parse_query(items: Sequence[tuple[str, str]]) -> FluxParams:
     """Check a ``/v2/listen`` query (every item, repeated ones included).
 
     Unknown parameters are ignored; a malformed value raises ``BadHandshake`` naming the
     parameter.
     """
-    query: dict[str, str] = {}
-    repeated: dict[str, list[str]] = {}
-    for name, value in items:
-        query[name] = value
-        repeated.setdefault(name, []).append(value)
-    model = query.get("model", "").strip()
+    query = Query(items, _refuse)
+    model = (query.get("model") or "").strip()
     if not model:
         raise _refuse("model", f"is required (use {DEFAULT_MODEL})")
     if not model.startswith("flux-"):
         raise _refuse("model", f"{model!r} is not a Flux model; use {DEFAULT_MODEL}")
-    encoding = query.get("encoding")
-    if encoding is None:
-        raise _refuse(
-            "encoding",
-            f"is required: the server takes raw audio only ({', '.join(ENCODINGS)})",
-        )
-    encoding = encoding.strip().lower()
-    if encoding not in ENCODINGS:
-        kind = "is not supported" if encoding in REFUSED_ENCODINGS else "is unknown"
-        raise _refuse(
-            "encoding", f"{encoding!r} {kind}; use one of {', '.join(ENCODINGS)} (raw audio)"
-        )
-    sample_rate = _integer(query, "sample_rate", 1, MAX_SAMPLE_RATE)
-    if sample_rate is None:
-        raise _refuse("sample_rate", "is required with encoding")
-    eot = _number(query, "eot_threshold", *EOT_THRESHOLD)
-    eager = _number(query, "eager_eot_threshold", *EAGER_EOT_THRESHOLD)
-    timeout = _integer(query, "eot_timeout_ms", *EOT_TIMEOUT_MS)
+    encoding, sample_rate = query.raw_audio(
+        ENCODINGS,
+        REFUSED_ENCODINGS,
+        f"is required: the server takes raw audio only ({', '.join(ENCODINGS)})",
+    )
+    eot = query.number("eot_threshold", *EOT_THRESHOLD)
+    eager = query.number("eager_eot_threshold", *EAGER_EOT_THRESHOLD)
+    timeout = query.integer("eot_timeout_ms", *EOT_TIMEOUT_MS)
     eot = 0.7 if eot is None else eot
     if eager is not None and eager > eot:
         raise _refuse(
             "eager_eot_threshold", f"must not be above eot_threshold ({eot:g}), got {eager:g}"
         )
     for name in _BOOLEAN_IGNORED:
-        _boolean(query, name)
+        query.boolean(name)
     params = FluxParams(
         model=model,
         encoding=encoding,
@@ -204,9 +148,9 @@ def parse_query(items: Sequence[tuple[str, str]]) -> FluxParams:
             eager_eot_threshold=eager,
             eot_timeout_ms=5000 if timeout is None else timeout,
         ),
-        keyterms=tuple(repeated.get("keyterm", ())),
-        tags=tuple(repeated.get("tag", ())),
-        mip_opt_out=_boolean(query, "mip_opt_out"),
+        keyterms=query.all("keyterm"),
+        tags=query.all("tag"),
+        mip_opt_out=query.boolean("mip_opt_out"),
     )
     try:
         params.audio_format().validate()
