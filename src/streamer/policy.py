@@ -37,6 +37,11 @@ class ConnectionRequest:
     url: str | None = None
     """The URL the client requested, as the server saw it (a WebSocket's ``ws://...``)."""
 
+    def all_query_items(self) -> Sequence[tuple[str, str]]:
+        """Every query parameter, repeated ones included where the transport kept them
+        (else one of each, from ``query``)."""
+        return self.query_items or tuple(self.query.items())
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:

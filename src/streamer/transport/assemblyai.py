@@ -17,11 +17,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket
 
 from streamer.codecs import assemblyai
-from streamer.errors import ConnectionDenied
 from streamer.pipeline import Route
 from streamer.policy import ConnectionRequest
 from streamer.services import Services
 from streamer.tokens import TokenIssuer
+from streamer.transport.grant import MintRefused, minting_principal
 from streamer.transport.websocket import CodecFactory, WsCodec, serve_websocket
 
 ROUTE = Route.SEGMENTED
@@ -49,7 +49,7 @@ def streaming_codec(bounds: ChunkBounds = ChunkBounds()) -> CodecFactory:
 
     def make(request: ConnectionRequest) -> WsCodec:
         codec = assemblyai.codec_for(
-            request.query_items or tuple(request.query.items()),
+            request.all_query_items(),
             max_session_seconds=bounds.max_session_seconds,
             min_chunk_ms=bounds.min_chunk_ms,
             max_chunk_ms=bounds.max_chunk_ms,
@@ -84,21 +84,10 @@ def token_endpoint(issuer: TokenIssuer | None) -> Callable[[Request], Awaitable[
     ``/v3/ws`` only."""
 
     async def token(request: Request) -> Response:
-        services: Services = request.app.state.services
-        connection = ConnectionRequest(
-            route=TOKEN_ROUTE,
-            transport="http",
-            headers={k.lower(): v for k, v in request.headers.items()},
-            client=request.client.host if request.client else None,
-        )
         try:
-            principal = services.authorize(connection)
-        except ConnectionDenied as denied:
-            return _error(denied.status, denied.message)
-        if issuer is None:
-            return _error(404, "this server mints no tokens: set [auth] token_secret")
-        if "token_id" in principal.claims:
-            return _error(403, "a token cannot mint tokens")
+            minter, principal = minting_principal(request, TOKEN_ROUTE, issuer)
+        except MintRefused as refused:
+            return _error(refused.status, refused.message)
         raw = request.query_params.get("expires_in_seconds")
         try:
             expires = int(raw) if raw is not None else 0
@@ -109,7 +98,7 @@ def token_endpoint(issuer: TokenIssuer | None) -> Callable[[Request], Awaitable[
                 400, f"expires_in_seconds must be an integer from 1 to {MAX_EXPIRES_IN_SECONDS}"
             )
         try:
-            minted = issuer.mint(
+            minted = minter.mint(
                 principal.name,
                 ttl=float(expires),
                 routes=(NAME,),

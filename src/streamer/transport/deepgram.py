@@ -18,7 +18,7 @@ ROUTE = Route.SEGMENTED
 
 def listen_codec(request: ConnectionRequest) -> WsCodec:
     """The codec of one connection, from its query; raises ``BadHandshake`` (HTTP 400)."""
-    codec = deepgram.codec_for(request.query_items or tuple(request.query.items()))
+    codec = deepgram.codec_for(request.all_query_items())
     return WsCodec(
         codec.decode_text,
         codec.decode_bytes,

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from streamer.errors import ConnectionDenied, ErrorCode
-from streamer.policy import ConnectionRequest
+from streamer.policy import ConnectionRequest, Principal
 from streamer.services import Services
 from streamer.tokens import TokenIssuer
 
@@ -38,6 +38,40 @@ class GrantRequest(BaseModel):
     single_use: bool = False
 
 
+class MintRefused(Exception):
+    """A token request refused: the HTTP status, the error code and what was wrong."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def minting_principal(
+    request: Request, route: str, issuer: TokenIssuer | None
+) -> tuple[TokenIssuer, Principal]:
+    """Authorize a token request under ``route`` like a connection: the issuer and the
+    principal the key acts for. Raises ``MintRefused`` where the key is refused, the server
+    mints no tokens, or the key is itself a token (a token cannot mint tokens)."""
+    services: Services = request.app.state.services
+    connection = ConnectionRequest(
+        route=route,
+        transport="http",
+        headers={k.lower(): v for k, v in request.headers.items()},
+        client=request.client.host if request.client else None,
+    )
+    try:
+        principal = services.authorize(connection)
+    except ConnectionDenied as denied:
+        raise MintRefused(denied.status, str(denied.code), denied.message) from None
+    if issuer is None:
+        raise MintRefused(404, "not_found", "this server mints no tokens: set [auth] token_secret")
+    if "token_id" in principal.claims:
+        raise MintRefused(403, str(ErrorCode.FORBIDDEN), "a token cannot mint tokens")
+    return issuer, principal
+
+
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(
         {"type": "error", "code": code, "message": message},
@@ -52,21 +86,10 @@ def grant_endpoint(
     """The endpoint minting tokens of ``issuer`` for the stream ``routes`` it names."""
 
     async def grant(request: Request) -> Response:
-        services: Services = request.app.state.services
-        connection = ConnectionRequest(
-            route=GRANT_ROUTE,
-            transport="http",
-            headers={k.lower(): v for k, v in request.headers.items()},
-            client=request.client.host if request.client else None,
-        )
         try:
-            principal = services.authorize(connection)
-        except ConnectionDenied as denied:
-            return _error(denied.status, str(denied.code), denied.message)
-        if issuer is None:
-            return _error(404, "not_found", "this server mints no tokens: set [auth] token_secret")
-        if "token_id" in principal.claims:
-            return _error(403, str(ErrorCode.FORBIDDEN), "a token cannot mint tokens")
+            minter, principal = minting_principal(request, GRANT_ROUTE, issuer)
+        except MintRefused as refused:
+            return _error(refused.status, refused.code, refused.message)
         body = await request.body()
         try:
             asked = GrantRequest.model_validate(json.loads(body) if body.strip() else {})
@@ -80,7 +103,7 @@ def grant_endpoint(
                 f"unknown routes {unknown}: the routes are {sorted(routes)}",
             )
         try:
-            minted = issuer.mint(
+            minted = minter.mint(
                 principal.name,
                 ttl=asked.ttl_seconds,
                 routes=asked.routes or (),
