@@ -13,7 +13,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -67,6 +68,25 @@ class WordTimedModel(Model, Protocol):
     ) -> list[Output | Exception]:
         """As ``Model.infer_batch``; ``words[i]``: whether input ``i`` wants word times."""
         ...
+
+
+@dataclass(slots=True)
+class ModelElsewhere:
+    """A model's metadata, for a front-end whose model runs elsewhere: it cannot infer;
+    its pool sends the inputs where the model runs (``runs``)."""
+
+    runs: ClassVar[str] = "elsewhere"
+    name: str
+    sample_rate: int
+    max_batch_size: int
+    device: str = "unknown"
+    """Where the model that answered runs (``cpu``, ``cuda:0``)."""
+
+    def infer(self, audio: NDArray[np.float32]) -> Output:
+        raise RuntimeError(f"this model runs {self.runs}; the pool sends it inputs")
+
+    def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
+        raise RuntimeError(f"this model runs {self.runs}; the pool sends it inputs")
 
 
 def make_model(factory: Callable[[], object], name: str) -> Model:

@@ -42,13 +42,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from streamer.errors import WorkerCrashed
-from streamer.inference.model import Output, UnsupportedModel
+from streamer.inference.model import ModelElsewhere, Output, UnsupportedModel
 from streamer.inference.pool import call_model
 from streamer.inference.process_pool import ModelFactory, portable
 
@@ -61,19 +61,10 @@ _LAST_RETRY: Final = 1.0
 
 
 @dataclass(slots=True)
-class ServedModel:
+class ServedModel(ModelElsewhere):
     """The model's metadata, for a front-end whose model runs in the model process."""
 
-    name: str
-    sample_rate: int
-    max_batch_size: int
-    device: str = "unknown"
-
-    def infer(self, audio: NDArray[np.float32]) -> Output:
-        raise RuntimeError("this model runs in the model process; the pool sends it inputs")
-
-    def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
-        raise RuntimeError("this model runs in the model process; the pool sends it inputs")
+    runs: ClassVar[str] = "in the model process"
 
 
 # -- the model process -----------------------------------------------------------------------

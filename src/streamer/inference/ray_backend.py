@@ -30,7 +30,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 from streamer.errors import WorkerCrashed
 from streamer.inference.device import model_device
 from streamer.inference.model import (
+    ModelElsewhere,
     ModelFailure,
     ModelPanic,
     Output,
@@ -64,20 +65,10 @@ _FAILED: Final = "__streamer_model_failure__"
 
 
 @dataclass(slots=True)
-class RemoteModel:
-    """A model's metadata, for a front-end whose model runs elsewhere. It cannot infer."""
+class RemoteModel(ModelElsewhere):
+    """A model's metadata, for a front-end whose model runs on Ray Serve. It cannot infer."""
 
-    name: str
-    sample_rate: int
-    max_batch_size: int
-    device: str = "unknown"
-    """Where the replica that answered runs the model (``cpu``, ``cuda:0``)."""
-
-    def infer(self, audio: NDArray[np.float32]) -> Output:
-        raise RuntimeError("this model runs on Ray Serve; the pool sends it inputs")
-
-    def infer_batch(self, batch: Sequence[NDArray[np.float32]]) -> list[Output | Exception]:
-        raise RuntimeError("this model runs on Ray Serve; the pool sends it inputs")
+    runs: ClassVar[str] = "on Ray Serve"
 
 
 @serve.deployment(name=DEPLOYMENT)
