@@ -26,35 +26,25 @@ from typing import Any
 import httpx
 import pytest
 import soundfile as sf
+import vendor_clients
 import websockets
 from conftest import ServerProcess, start_server
 from transcripts import SAID, word_error_rate
+from vendor_clients import AUDIO, CLIENTS, JS
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-AUDIO = ROOT / "tests" / "fixtures" / "audio"
-CLIENTS = Path(__file__).resolve().parent / "clients"
-VENVS = ROOT / ".venv-clients"
-JS = Path(__file__).resolve().parent / "js"
 KEY = "aai-test-key-5e1d"
 SECRET = "aai-token-secret-0123456789abcdef0123"
 CLIENT_TIMEOUT = 120
 
 
 def python_of(client: str) -> Path:
-    python = VENVS / client / "bin" / "python"
-    if not python.exists():
-        pytest.fail(f"{python} is missing: `make clients` installs the AssemblyAI clients")
-    return python
+    return vendor_clients.python_of(client, "AssemblyAI")
 
 
 def run_client(command: list[str]) -> dict[str, Any]:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=CLIENT_TIMEOUT)
-    assert done.returncode == 0, done.stderr[-4000:]
-    result: dict[str, Any] = json.loads(done.stdout)
-    result["stderr"] = done.stderr
-    return result
+    return vendor_clients.run_client(command, CLIENT_TIMEOUT)
 
 
 @pytest.fixture(scope="module")

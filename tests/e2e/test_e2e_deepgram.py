@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,34 +22,24 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+import vendor_clients
 import websockets
 from conftest import ServerProcess, start_server
 from transcripts import SAID, word_error_rate
+from vendor_clients import AUDIO, CLIENTS, JS
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-AUDIO = ROOT / "tests" / "fixtures" / "audio"
-CLIENTS = Path(__file__).resolve().parent / "clients"
-VENVS = ROOT / ".venv-clients"
-JS = Path(__file__).resolve().parent / "js"
 KEY = "dg-test-key-7f3a9c"
 CLIENT_TIMEOUT = 90
 
 
 def python_of(client: str) -> Path:
-    python = VENVS / client / "bin" / "python"
-    if not python.exists():
-        pytest.fail(f"{python} is missing: `make clients` installs the Deepgram clients")
-    return python
+    return vendor_clients.python_of(client, "Deepgram")
 
 
 def run_client(command: list[str]) -> dict[str, Any]:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=CLIENT_TIMEOUT)
-    assert done.returncode == 0, done.stderr[-4000:]
-    result: dict[str, Any] = json.loads(done.stdout)
-    result["stderr"] = done.stderr
-    return result
+    return vendor_clients.run_client(command, CLIENT_TIMEOUT)
 
 
 def sdk(server: ServerProcess, audio: Path, query: dict[str, Any], *extra: str) -> dict[str, Any]:
