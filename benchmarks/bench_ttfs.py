@@ -57,7 +57,7 @@ from streamer.spawn import spawn_server
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT / "tests" / "fixtures" / "audio"
 sys.path.insert(0, str(ROOT / "tests"))
-from transcripts import SAID, words  # noqa: E402  (the references live beside the fixtures)
+from transcripts import SAID, edits, words  # noqa: E402  (the references live beside the fixtures)
 
 FILES = ["jfk.wav", "harvard_16k.wav", "cross_8k.wav", "big_dog_8k.wav", "front_center_48k.wav"]
 RATE = 16000
@@ -194,16 +194,6 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
         "p99": round(float(p99)),
         "max": round(float(ms.max())),
     }
-
-
-def edits(reference: list[str], hypothesis: list[str]) -> int:
-    """Word-level edit distance."""
-    row = list(range(len(hypothesis) + 1))
-    for i, r in enumerate(reference, 1):
-        previous, row[0] = row[0], i
-        for j, h in enumerate(hypothesis, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
-    return row[-1]
 
 
 async def run(url: str, streams: int, rounds: int, vad: SileroVad) -> dict[str, Any]:

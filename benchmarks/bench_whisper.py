@@ -58,7 +58,7 @@ from streamer.spawn import spawn_server
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT / "tests" / "fixtures" / "audio"
 sys.path.insert(0, str(ROOT / "tests"))
-from transcripts import SAID, words  # noqa: E402  (the references live beside the fixtures)
+from transcripts import SAID, edits, words  # noqa: E402  (the references live beside the fixtures)
 from ttfs_turns import make_turns, run_ttfs  # noqa: E402  (beside this file)
 
 FILES = ["jfk.wav", "harvard_16k.wav", "cross_8k.wav", "big_dog_8k.wav", "front_center_48k.wav"]
@@ -89,16 +89,6 @@ def medleys(folder: Path) -> dict[Path, str]:
         sf.write(path, audio, RATE, subtype="PCM_16")
         made[path] = " ".join(SAID[FILES[k]] for k in order)
     return made
-
-
-def edits(reference: list[str], hypothesis: list[str]) -> int:
-    """Word-level edit distance."""
-    row = list(range(len(hypothesis) + 1))
-    for i, r in enumerate(reference, 1):
-        previous, row[0] = row[0], i
-        for j, h in enumerate(hypothesis, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
-    return row[-1]
 
 
 def word_errors(result: RunResult, said: dict[str, str]) -> dict[str, Any]:
