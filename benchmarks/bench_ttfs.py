@@ -47,9 +47,7 @@ import websockets
 from streamer.bench.expected import decode_channels
 from streamer.cli.client import load_audio
 from streamer.segmentation.vad import (
-    CONTEXT_SAMPLES,
     FRAME_SAMPLES,
-    STATE_SHAPE,
     SileroVad,
 )
 from streamer.spawn import spawn_server
@@ -58,6 +56,9 @@ ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT / "tests" / "fixtures" / "audio"
 sys.path.insert(0, str(ROOT / "tests"))
 from transcripts import SAID, edits, words  # noqa: E402  (the references live beside the fixtures)
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from ttfs_turns import speech_probabilities  # noqa: E402  (beside this file)
 
 FILES = ["jfk.wav", "harvard_16k.wav", "cross_8k.wav", "big_dog_8k.wav", "front_center_48k.wav"]
 RATE = 16000
@@ -92,13 +93,10 @@ def vad_stops(audio: np.ndarray, vad: SileroVad) -> list[int]:
     frames_per_second = RATE / FRAME_SAMPLES
     start_frames = round(START_SECS * frames_per_second)
     stop_frames = round(STOP_SECS * frames_per_second)
-    state = np.zeros((STATE_SHAPE[0], 1, STATE_SHAPE[1]), dtype=np.float32)
-    context = np.zeros((1, CONTEXT_SAMPLES), dtype=np.float32)
     vad_state, count, stops = QUIET, 0, []
-    for end in range(FRAME_SAMPLES, len(audio) + 1, FRAME_SAMPLES):
-        frame = audio[end - FRAME_SAMPLES : end].reshape(1, FRAME_SAMPLES)
-        probs, state, context = vad.run(frame, state, context)
-        speaking = bool(probs[0] >= CONFIDENCE)
+    for k, probability in enumerate(speech_probabilities(audio, vad)):
+        end = (k + 1) * FRAME_SAMPLES
+        speaking = bool(probability >= CONFIDENCE)
         vad_state, goes_on = STEP[(vad_state, speaking)]
         count = count + 1 if goes_on else int(vad_state in (STARTING, STOPPING))
         if vad_state == STARTING and count >= start_frames:

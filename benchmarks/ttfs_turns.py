@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,16 +43,22 @@ class Turn:
     """Seconds into ``audio``."""
 
 
-def speech_end(audio: NDArray[np.float32], vad: SileroVad) -> float:
-    """Where the last frame the VAD holds for speech ends, in seconds."""
-    frames = len(audio) // FRAME_SAMPLES
+def speech_probabilities(audio: NDArray[np.float32], vad: SileroVad) -> Iterator[np.float32]:
+    """The VAD's speech probability of each whole frame of ``audio``, in order (float32, as
+    the model gives it, so a threshold compares as it would on the model's output)."""
     state = np.zeros((STATE_SHAPE[0], 1, STATE_SHAPE[1]), dtype=np.float32)
     context = np.zeros((1, CONTEXT_SAMPLES), dtype=np.float32)
-    last = 0
-    for k in range(frames):
+    for k in range(len(audio) // FRAME_SAMPLES):
         frame = audio[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES].reshape(1, -1)
         probs, state, context = vad.run(frame, state, context)
-        if probs[0] >= CONFIDENCE:
+        yield probs[0]
+
+
+def speech_end(audio: NDArray[np.float32], vad: SileroVad) -> float:
+    """Where the last frame the VAD holds for speech ends, in seconds."""
+    last = 0
+    for k, probability in enumerate(speech_probabilities(audio, vad)):
+        if probability >= CONFIDENCE:
             last = k + 1
     return last * FRAME_SAMPLES / RATE
 
