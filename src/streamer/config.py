@@ -180,7 +180,7 @@ class StreamSettings(BaseModel):
     interim_interval: float = Field(default=0.5, ge=0.1, le=10)
     min_interim_interval: float = Field(default=0.1, ge=0.05)
     speculative_finals: bool = Field(
-        default=True,
+        default=False,
         description="Segmented streams decode a segment's final as soon as its pause has "
         "its end padding, so that a finalize (or the segment's end) finds it decoded; "
         "speech resuming withdraws it. Costs a decode per pause that turns out not to end "
