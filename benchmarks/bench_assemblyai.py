@@ -23,28 +23,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import soundfile as sf
 import websockets
 
+from streamer.spawn import spawn_server
+
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT / "tests" / "fixtures" / "audio" / "jfk.wav"
 RATE = 16000
 STEP = RATE // 10 * 2  # 100 ms of 16-bit mono
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def one_stream(
@@ -125,38 +116,22 @@ def main() -> None:
     samples, rate = sf.read(SPEECH, dtype="int16")
     assert rate == RATE
     audio = samples.tobytes()
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        log = open(Path(tmp) / "server.log", "wb")
-        command = [sys.executable, "-m", "streamer.cli.main", "serve", "--port", str(port)]
-        command += ["--no-grpc", "--model", args.model]
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            for _ in range(300):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            url = f"ws://127.0.0.1:{port}"
-            ends: dict[tuple[str, int], list[float]] = {}
-            forces: dict[tuple[str, int], list[float]] = {}
-            for streams in args.streams:
-                for run in range(args.runs):
-                    order = ("v3", "segmented") if run % 2 == 0 else ("segmented", "v3")
-                    for route in order:
-                        got = asyncio.run(run_once(url, route, streams, audio, args.force_at))
-                        ends.setdefault((route, streams), []).extend(got[0])
-                        forces.setdefault((route, streams), []).extend(got[1])
-            print(f"seconds (model {args.model}, {args.runs} runs, jfk.wav 11 s)")
-            print(f"{'route':<20}{'streams':>8}  {'end of turn: n, median, p95':<27}  force")
-            for key, delays in ends.items():
-                name = "/v3/ws" if key[0] == "v3" else "/api/v1/segmented"
-                print(f"{name:<20}{key[1]:>8}  {_figures(delays)}  {_figures(forces[key])}")
-        finally:
-            server.terminate()
-            server.wait(20)
-            log.close()
+    with spawn_server(env={"STREAMER_INFERENCE__MODEL": args.model}) as server:
+        url = f"ws://{server.host}:{server.port}"
+        ends: dict[tuple[str, int], list[float]] = {}
+        forces: dict[tuple[str, int], list[float]] = {}
+        for streams in args.streams:
+            for run in range(args.runs):
+                order = ("v3", "segmented") if run % 2 == 0 else ("segmented", "v3")
+                for route in order:
+                    got = asyncio.run(run_once(url, route, streams, audio, args.force_at))
+                    ends.setdefault((route, streams), []).extend(got[0])
+                    forces.setdefault((route, streams), []).extend(got[1])
+        print(f"seconds (model {args.model}, {args.runs} runs, jfk.wav 11 s)")
+        print(f"{'route':<20}{'streams':>8}  {'end of turn: n, median, p95':<27}  force")
+        for key, delays in ends.items():
+            name = "/v3/ws" if key[0] == "v3" else "/api/v1/segmented"
+            print(f"{name:<20}{key[1]:>8}  {_figures(delays)}  {_figures(forces[key])}")
 
 
 if __name__ == "__main__":

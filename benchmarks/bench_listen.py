@@ -15,28 +15,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import soundfile as sf
 import websockets
 
+from streamer.spawn import spawn_server
+
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT / "tests" / "fixtures" / "audio" / "jfk.wav"
 RATE = 16000
 STEP = RATE // 10 * 2  # 100 ms of 16-bit mono
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def one_stream(url: str, route: str, audio: bytes) -> list[float]:
@@ -87,38 +78,22 @@ def main() -> None:
     samples, rate = sf.read(SPEECH, dtype="int16")
     assert rate == RATE
     audio = samples.tobytes()
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        log = open(Path(tmp) / "server.log", "wb")
-        command = [sys.executable, "-m", "streamer.cli.main", "serve", "--port", str(port)]
-        command += ["--no-grpc", "--model", args.model]
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            url = f"ws://127.0.0.1:{port}"
-            figures: dict[tuple[str, int], list[float]] = {}
-            for streams in args.streams:
-                for run in range(args.runs):
-                    order = ("listen", "segmented") if run % 2 == 0 else ("segmented", "listen")
-                    for route in order:
-                        delays = asyncio.run(run_once(url, route, streams, audio))
-                        figures.setdefault((route, streams), []).extend(delays)
-            print(f"final delay, seconds (model {args.model}, {args.runs} runs, jfk.wav 11 s)")
-            print(f"{'route':<22}{'streams':>8}{'finals':>8}{'median':>9}{'p95':>9}")
-            for (route, streams), delays in figures.items():
-                name = "/v1/listen" if route == "listen" else "/api/v1/segmented"
-                p95 = statistics.quantiles(delays, n=20)[-1] if len(delays) > 1 else delays[0]
-                median = statistics.median(delays)
-                print(f"{name:<22}{streams:>8}{len(delays):>8}{median:>9.3f}{p95:>9.3f}")
-        finally:
-            server.terminate()
-            server.wait(20)
-            log.close()
+    with spawn_server(env={"STREAMER_INFERENCE__MODEL": args.model}) as server:
+        url = f"ws://{server.host}:{server.port}"
+        figures: dict[tuple[str, int], list[float]] = {}
+        for streams in args.streams:
+            for run in range(args.runs):
+                order = ("listen", "segmented") if run % 2 == 0 else ("segmented", "listen")
+                for route in order:
+                    delays = asyncio.run(run_once(url, route, streams, audio))
+                    figures.setdefault((route, streams), []).extend(delays)
+        print(f"final delay, seconds (model {args.model}, {args.runs} runs, jfk.wav 11 s)")
+        print(f"{'route':<22}{'streams':>8}{'finals':>8}{'median':>9}{'p95':>9}")
+        for (route, streams), delays in figures.items():
+            name = "/v1/listen" if route == "listen" else "/api/v1/segmented"
+            p95 = statistics.quantiles(delays, n=20)[-1] if len(delays) > 1 else delays[0]
+            median = statistics.median(delays)
+            print(f"{name:<22}{streams:>8}{len(delays):>8}{median:>9.3f}{p95:>9.3f}")
 
 
 if __name__ == "__main__":
