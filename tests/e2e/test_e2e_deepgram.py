@@ -44,18 +44,28 @@ def run_client(command: list[str]) -> dict[str, Any]:
 
 def sdk(server: ServerProcess, audio: Path, query: dict[str, Any], *extra: str) -> dict[str, Any]:
     """The official Python SDK's ``listen.v1.connect(**query)`` streaming ``audio``."""
+    return deepgram_script(
+        "deepgram_python.py", server, KEY, audio, {"model": "nova-3", **query}, *extra
+    )
+
+
+def deepgram_script(
+    script: str, server: ServerProcess, key: str, audio: Path, query: dict[str, Any], *extra: str
+) -> dict[str, Any]:
+    """One of the Python SDK's client scripts (``clients/<script>``) streaming ``audio``
+    with ``query``, authenticated with ``key``."""
     return run_client(
         [
             str(python_of("deepgram")),
-            str(CLIENTS / "deepgram_python.py"),
+            str(CLIENTS / script),
             "--url",
             f"ws://127.0.0.1:{server.port}",
             "--key",
-            KEY,
+            key,
             "--audio",
             str(audio),
             "--query",
-            json.dumps({"model": "nova-3", **query}),
+            json.dumps(query),
             *extra,
         ]
     )

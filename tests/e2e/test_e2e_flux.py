@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import ServerProcess, start_server
-from test_e2e_deepgram import AUDIO, CLIENTS, _status, python_of, raw, run_client
+from test_e2e_deepgram import (
+    AUDIO,
+    CLIENTS,
+    _status,
+    deepgram_script,
+    python_of,
+    raw,
+    run_client,
+)
 from transcripts import SAID, word_error_rate
 
 pytestmark = pytest.mark.e2e
@@ -67,21 +75,7 @@ def raws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def sdk(server: ServerProcess, audio: Path, query: dict[str, Any], *extra: str) -> dict[str, Any]:
     """The official Python SDK's ``listen.v2.connect(**query)`` streaming ``audio``."""
-    return run_client(
-        [
-            str(python_of("deepgram")),
-            str(CLIENTS / "deepgram_flux_python.py"),
-            "--url",
-            f"ws://127.0.0.1:{server.port}",
-            "--key",
-            KEY,
-            "--audio",
-            str(audio),
-            "--query",
-            json.dumps(query),
-            *extra,
-        ]
-    )
+    return deepgram_script("deepgram_flux_python.py", server, KEY, audio, query, *extra)
 
 
 def turn_infos(result: dict[str, Any]) -> list[dict[str, Any]]:
