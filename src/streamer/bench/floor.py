@@ -124,6 +124,12 @@ class Floor:
         )
 
 
+def _significant(value: float, digits: int = 4) -> float:
+    """A share kept to its first significant digits: a fixed number of decimals would
+    round 2 streams against a floor of 670 to 0.003, 1% off."""
+    return float(f"{value:.{digits}g}")
+
+
 def against_floor(floor: Floor, summary: dict[str, Any]) -> dict[str, Any]:
     """A run's figures as ratios to the floor: server CPU per stream-second over the
     floor's, and the streams carried as a share of the floor's capacity on the cores left
@@ -142,7 +148,7 @@ def against_floor(floor: Floor, summary: dict[str, Any]) -> dict[str, Any]:
         "cores_left_beside_client": round(cores_left, 3),
         "floor_capacity_streams": round(capacity, 1),
         "streams": streams,
-        "share_of_floor_capacity": round(streams / capacity, 4) if capacity else None,
+        "share_of_floor_capacity": _significant(streams / capacity) if capacity else None,
     }
 
 

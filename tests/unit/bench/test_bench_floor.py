@@ -73,6 +73,12 @@ def test_a_run_against_the_floor() -> None:
     assert "1.27 x the floor" in line and "37% of the floor's capacity" in line
 
 
+def test_a_small_share_keeps_its_significant_digits() -> None:
+    figures = against_floor(floor(), summary(ok=2, client=0.0))
+    capacity = 2 * 1000 / 2.275  # 879 streams
+    assert figures["share_of_floor_capacity"] == pytest.approx(2 / capacity, rel=1e-3)
+
+
 def test_only_the_streams_carried_count_toward_the_share() -> None:
     s = summary(ok=100)
     s["streams"]["refused"] = 50
