@@ -30,6 +30,8 @@ equal the two events' sample indices. Segments never overlap.
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -215,70 +217,78 @@ class _State(Enum):
     SPEECH = "speech"  # announced; a segment is open
 
 
-class _Ring:
-    """The most recent ``capacity`` samples, for padding in front of a segment."""
+def _joined(parts: Iterable[Float32Array], n: int) -> Float32Array:
+    """A new array of the first ``n`` samples of ``parts`` laid end to end."""
+    out = np.empty(n, dtype=np.float32)
+    at = 0
+    for part in parts:
+        if at == n:
+            break
+        take = min(len(part), n - at)
+        out[at : at + take] = part[:take]
+        at += take
+    return out
 
-    __slots__ = ("_buf", "_fill", "_head")
+
+class _Ring:
+    """The most recent ``capacity`` samples, for padding in front of a segment.
+
+    It keeps the arrays written, not copies of them (the hot path: one write a frame), so
+    a caller must not change an array once written; ``last`` copies.
+    """
+
+    __slots__ = ("_cap", "_fill", "_parts")
 
     def __init__(self, capacity: int) -> None:
-        self._buf = np.zeros(capacity, dtype=np.float32)
-        self._head = 0  # where the next sample goes
-        self._fill = 0
+        self._cap = capacity
+        self._parts: deque[Float32Array] = deque()
+        self._fill = 0  # samples in _parts: at least what the ring holds, perhaps more
 
     def write(self, samples: Float32Array) -> None:
-        cap = len(self._buf)
         n = len(samples)
-        if cap == 0 or n == 0:
+        if self._cap == 0 or n == 0:
             return
-        if n >= cap:
-            self._buf[:] = samples[n - cap :]
-            self._head = 0
-            self._fill = cap
-            return
-        first = min(n, cap - self._head)
-        self._buf[self._head : self._head + first] = samples[:first]
-        self._buf[: n - first] = samples[first:]
-        self._head = (self._head + n) % cap
-        self._fill = min(self._fill + n, cap)
+        parts = self._parts
+        parts.append(samples)
+        self._fill += n
+        while self._fill - len(parts[0]) >= self._cap:
+            self._fill -= len(parts.popleft())
 
     def last(self, n: int) -> Float32Array:
         """A copy of the last ``n`` samples written (``n`` at most what is held)."""
-        if n > self._fill:
-            raise ValueError(f"asked for {n} samples, {self._fill} held")
-        start = (self._head - n) % len(self._buf) if n else self._head
-        if start + n <= len(self._buf):
-            return self._buf[start : start + n].copy()
-        return np.concatenate((self._buf[start:], self._buf[: self._head]))
+        if n > min(self._fill, self._cap):
+            raise ValueError(f"asked for {n} samples, {min(self._fill, self._cap)} held")
+        pieces: list[Float32Array] = []
+        need = n
+        for part in reversed(self._parts):
+            if need == 0:
+                break
+            take = min(len(part), need)
+            pieces.append(part[len(part) - take :])
+            need -= take
+        return _joined(reversed(pieces), n)
 
 
 class _Audio:
-    """A growing buffer for the open segment's samples, at most ``limit`` of them."""
+    """The open segment's samples so far, as the arrays appended (not copied, as the
+    ring: a caller must not change an array once appended); ``head`` copies."""
 
-    __slots__ = ("_buf", "_initial", "_limit", "size")
+    __slots__ = ("_parts", "size")
 
-    def __init__(self, initial: int, limit: int) -> None:
-        self._initial = max(initial, 1)
-        self._limit = max(limit, self._initial)
-        self._buf = np.empty(self._initial, dtype=np.float32)
+    def __init__(self) -> None:
+        self._parts: list[Float32Array] = []
         self.size = 0
 
     def reset(self, start: Float32Array) -> None:
-        if len(self._buf) > self._initial:  # give back what a long segment took
-            self._buf = np.empty(self._initial, dtype=np.float32)
-        self.size = 0
-        self.append(start)
+        self._parts = [start] if len(start) else []
+        self.size = len(start)
 
     def append(self, samples: Float32Array) -> None:
-        end = self.size + len(samples)
-        if end > len(self._buf):
-            grown = np.empty(max(end, min(2 * len(self._buf), self._limit)), dtype=np.float32)
-            grown[: self.size] = self._buf[: self.size]
-            self._buf = grown
-        self._buf[self.size : end] = samples
-        self.size = end
+        self._parts.append(samples)
+        self.size += len(samples)
 
     def head(self, n: int) -> Float32Array:
-        return self._buf[:n].copy()
+        return _joined(self._parts, n)
 
 
 class Segmenter:
@@ -324,10 +334,7 @@ class Segmenter:
         self._check()
 
         self._ring = _Ring(self._pad)
-        self._audio = _Audio(
-            self._pad + self._min_speech + self._min_silence + frame_samples,
-            self._max + frame_samples,
-        )
+        self._audio = _Audio()
         self._state = _State.SILENCE
         self._position = 0  # samples consumed: the index of the next sample
         self._prev_end = 0  # where the last segment ended; the next may not start before
@@ -383,7 +390,10 @@ class Segmenter:
         return self._state is _State.SPEECH
 
     def push(self, frame: Float32Array, prob: float) -> list[Event]:
-        """Add the next frame and its speech probability; return the events it causes."""
+        """Add the next frame and its speech probability; return the events it causes.
+
+        The segmenter keeps the frame itself, not a copy, until its segment is out: the
+        caller hands it over and must not change it afterwards."""
         if frame.shape != (self.frame_samples,):
             raise ValueError(f"a frame must be ({self.frame_samples},), got {frame.shape}")
         begin = self._position
@@ -443,7 +453,8 @@ class Segmenter:
         return events
 
     def push_frames(self, frames: Float32Array, probs: Float32Array) -> list[Event]:
-        """``push`` for ``k`` frames ``(k, frame_samples)`` and their ``k`` probabilities."""
+        """``push`` for ``k`` frames ``(k, frame_samples)`` and their ``k`` probabilities
+        (handed over, as there)."""
         if len(frames) != len(probs):
             raise ValueError(f"{len(frames)} frames but {len(probs)} probabilities")
         events: list[Event] = []

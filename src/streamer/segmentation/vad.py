@@ -331,7 +331,8 @@ class VadEngine:
 
     def submit(self, stream: VadStream, frames: Float32Array) -> VadReply:
         """``probabilities`` in two halves: the frames are handed in now, and the reply's
-        ``get`` waits for their probabilities."""
+        ``get`` waits for their probabilities. The engine reads the frames themselves
+        later, not a copy: the caller must not change them once handed in."""
         return self.submit_all([(stream, frames)])[0]
 
     def submit_all(self, requests: Sequence[tuple[VadStream, Float32Array]]) -> list[VadReply]:
@@ -378,7 +379,8 @@ class VadEngine:
     def _check(self, stream: VadStream, frames: Float32Array) -> Float32Array:
         if stream._engine is not self:
             raise ValueError("the stream was opened by another engine")
-        batch = np.array(frames, dtype=np.float32)  # the engine's own copy, read later
+        # Read later, on the engine's thread: the frames are handed over, not copied.
+        batch = np.asarray(frames, dtype=np.float32)
         if batch.ndim != 2 or batch.shape[1] != FRAME_SAMPLES:
             raise ValueError(f"frames must be (k, {FRAME_SAMPLES}), got {batch.shape}")
         return batch
