@@ -144,7 +144,9 @@ class StreamPipeline:
                     raise ValueError("turn detection needs a turn engine")
                 params = options.vad_params or VadParams()
                 self._turns = [
-                    _ChannelTurns(self, c, turns, options.turns, params)
+                    _ChannelTurns(
+                        c, turns, options.turns, params, post=self.post, decode=self.decode
+                    )
                     for c in range(fmt.channels)
                 ]
         else:
@@ -431,17 +433,21 @@ class StreamPipeline:
 
 class _ChannelTurns:
     """One channel's turn detection carried out: its tracker's steps become ``Turn``
-    events, requests to the shared turn engine, and decodes of the turn's audio."""
+    events (handed to ``post``, in the stream's order), requests to the shared turn
+    engine, and decodes of the turn's audio (``decode``: 16 kHz audio in, a ticket out)."""
 
     def __init__(
         self,
-        pipeline: StreamPipeline,
         index: int,
         engine: TurnEngine,
         settings: TurnSettings,
         params: VadParams,
+        *,
+        post: Callable[[Event], None],
+        decode: Callable[[NDArray[np.float32]], Ticket],
     ) -> None:
-        self._pipeline = pipeline
+        self._post = post
+        self._recognize = decode
         self._index = index
         self._engine = engine
         self._stream: TurnStream = engine.open_stream()
@@ -513,7 +519,7 @@ class _ChannelTurns:
     def _carry(self, steps: list[Step]) -> None:
         for step in steps:
             if isinstance(step, TurnEvent):
-                self._pipeline.post(self._event(step))
+                self._post(self._event(step))
             elif isinstance(step, WithdrawScore):
                 self._engine.withdraw(self._stream)
             else:
@@ -549,7 +555,7 @@ class _ChannelTurns:
     async def _decode(self, decode: Decode, done: asyncio.Future[None]) -> None:
         try:
             try:
-                output = await self._pipeline.decode(decode.audio)
+                output = await self._recognize(decode.audio)
             except InferenceError as error:
                 log.warning("a turn's transcript failed: %s", error.message)
                 return
