@@ -337,6 +337,7 @@ async def _session(url: str, sends: list[str | bytes]) -> tuple[list[dict[str, A
         ("sample_rate=16000", [bytes(64000)], 3007, "too long"),
         ("sample_rate=16000", [bytes(3200), "{not json"], 3006, "JSON"),
         ("sample_rate=16000", [bytes(3200), '{"type": "Reconfigure"}'], 3006, "Reconfigure"),
+        ("inactivity_timeout=4", [], 3006, "inactivity_timeout"),
     ],
 )
 def test_bad_input_gets_its_error_and_close_code(
@@ -348,6 +349,23 @@ def test_bad_input_gets_its_error_and_close_code(
     assert needle in got[-1]["error"] and close == code
     assert not [m for m in got if m["type"] == "Termination"]
     assert httpx.get(f"{whisper.http}/api/v1/health").status_code == 200
+
+
+def test_inactivity_timeout_terminates_the_session_after_its_last_turn(
+    whisper: ServerProcess, raws: dict[str, Path]
+) -> None:
+    """Speech, then no audio (KeepAlive only): after ``inactivity_timeout`` seconds the
+    session ends as AssemblyAI terminates one: the open turn flushed, ``Termination``,
+    close 1000."""
+    pcm = raws["jfk.wav"].read_bytes()[: 32000 * 3]  # three seconds of speech
+    chunks: list[str | bytes] = [pcm[i : i + 3200] for i in range(0, len(pcm), 3200)]
+    url = f"ws://127.0.0.1:{whisper.port}/v3/ws?sample_rate=16000&inactivity_timeout=5"
+    got, close = asyncio.run(_session(url, [*chunks, '{"type": "KeepAlive"}']))
+    assert got[-1]["type"] == "Termination" and close == 1000, got
+    assert got[-1]["audio_duration_seconds"] == 3
+    ends = [m for m in got if m["type"] == "Turn" and m["end_of_turn"]]
+    assert "americans" in " ".join(m["transcript"] for m in ends), got
+    assert not [m for m in got if m["type"] == "Error"]
 
 
 def test_a_reused_token_and_a_wrong_key_are_401_before_the_upgrade(

@@ -138,6 +138,9 @@ EOT_RANGE = (0.5, 0.9)
 EAGER_MIN = 0.3
 TIMEOUT_RANGE = (500, 10_000)
 """``TurnDetection``'s bounds: AssemblyAI's values outside them are brought inside."""
+INACTIVITY_RANGE = (5, 3600)
+"""AssemblyAI's bounds on ``inactivity_timeout`` (seconds); outside them: 3006."""
+INACTIVITY_MESSAGE = "no audio for {seconds} s (inactivity_timeout): the session is terminated"
 
 
 def _clamp(value: float, low: float, high: float) -> float:
@@ -294,7 +297,7 @@ def parse_query(items: Sequence[tuple[str, str]]) -> StreamingParams:
         min_turn_silence=min_silence,
         max_turn_silence=_integer(query, "max_turn_silence", 0, MAX_OPTION_MS),
         keyterms_prompt=_keyterms(query.get("keyterms_prompt")),
-        inactivity_timeout=_integer(query, "inactivity_timeout", 5, 3600),
+        inactivity_timeout=_integer(query, "inactivity_timeout", *INACTIVITY_RANGE),
         ignored=tuple(sorted(set(query) & IGNORED_PARAMETERS)),
     )
     try:
@@ -357,6 +360,8 @@ class StreamingCodec:
         self.session_id = str(uuid.uuid4())
         self.turn = TurnView()
         self.terminated = False
+        self.inactive = False
+        """The session ended for ``inactivity_timeout``."""
         self._format_turns = self.params.format_turns
         self._session_seconds = max_session_seconds or DEFAULT_SESSION_SECONDS
         self._min_chunk = min_chunk_ms
@@ -368,6 +373,10 @@ class StreamingCodec:
         self._bytes_per_ms = fmt.frame_bytes * fmt.sample_rate / 1000
         self._held = b""
         self._refusal: int | None = None
+        timeout = self.params.inactivity_timeout
+        self._inactivity = None if refused is not None or timeout is None else float(timeout)
+        self._inactive_at = self._opened + (self._inactivity or 0.0)
+        self._heard_at: float | None = None
         self.updates: dict[str, Any] = {}
         """The configuration the client updated live (its last value of each field)."""
 
@@ -376,6 +385,7 @@ class StreamingCodec:
     def decode_text(self, text: str) -> Input:
         """A text frame: ``ForceEndpoint``, ``KeepAlive``, ``UpdateConfiguration`` or
         ``Terminate``."""
+        self._heard_at = self._clock()
         try:
             body = json.loads(text)
         except ValueError as error:
@@ -384,9 +394,7 @@ class StreamingCodec:
             raise InvalidMessage("message must be a JSON object with a 'type'")
         kind = body.get("type")
         if kind == "Terminate":
-            self.terminated = True
-            held, self._held = self._held, b""
-            return Finish(held) if held else StopRequest(request="stop", disconnect=True)
+            return self._terminate()
         if self._held:  # a short chunk that was not the last one
             self._held_refused()
         if kind == "ForceEndpoint":
@@ -404,6 +412,8 @@ class StreamingCodec:
         """A binary frame: 50 to 1000 ms of audio. One shorter chunk is held, for a client
         may send its remainder just before ``Terminate``; any other message after it is
         3007."""
+        self._heard_at = now = self._clock()
+        self._inactive_at = now + (self._inactivity or 0.0)
         if self._held:
             self._held_refused()
         ms = len(data) / self._bytes_per_ms
@@ -417,6 +427,31 @@ class StreamingCodec:
             self._held = data
             return KeepaliveRequest(request="keepalive")
         return Audio(data)
+
+    def timeout(self) -> float | None:
+        """Seconds the client may still go without sending audio (``inactivity_timeout``;
+        None: no limit, or the session is ending). Asked each time the server waits for a
+        message: time the server spent on the last one is not the client's."""
+        if self._inactivity is None or self.terminated:
+            return None
+        now = self._clock()
+        if self._heard_at is not None:
+            self._inactive_at += now - self._heard_at
+            self._heard_at = None
+        return self._inactive_at - now
+
+    def timed_out(self) -> Input:
+        """The session ends for inactivity as AssemblyAI documents it (the session is
+        terminated): as on the client's ``Terminate``, every turn is flushed, then
+        ``Termination``, then close 1000."""
+        self.inactive = True
+        return self._terminate()
+
+    def _terminate(self) -> Input:
+        """Every turn flushed (with a short chunk still held), ``Termination``, close."""
+        self.terminated = True
+        held, self._held = self._held, b""
+        return Finish(held) if held else StopRequest(request="stop", disconnect=True)
 
     def _held_refused(self) -> None:
         ms = len(self._held) / self._bytes_per_ms
