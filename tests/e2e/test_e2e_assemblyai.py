@@ -368,6 +368,36 @@ def test_inactivity_timeout_terminates_the_session_after_its_last_turn(
     assert not [m for m in got if m["type"] == "Error"]
 
 
+@pytest.mark.parametrize(
+    ("query", "update"),
+    [
+        ("", None),
+        ("&min_turn_silence=2500", None),
+        ("&min_end_of_turn_silence_when_confident=2500", None),
+        ("", {"type": "UpdateConfiguration", "min_turn_silence": 2500}),
+    ],
+)
+def test_min_turn_silence_holds_the_models_end_until_the_pause_is_that_long(
+    whisper: ServerProcess, raws: dict[str, Path], query: str, update: dict[str, Any] | None
+) -> None:
+    """Four sentences with pauses of under a second between them, then 3 s of silence:
+    the model ends a turn at the pauses, unless ``min_turn_silence`` (here longer than any
+    of them) holds its end until the final silence."""
+    pcm = raws["harvard_16k.wav"].read_bytes() + bytes(32000 * 3)
+    chunks: list[str | bytes] = [pcm[i : i + 3200] for i in range(0, len(pcm), 3200)]
+    if update is not None:
+        chunks.insert(0, json.dumps(update))
+    url = f"ws://127.0.0.1:{whisper.port}/v3/ws?sample_rate=16000&max_turn_silence=10000{query}"
+    got, close = asyncio.run(_session(url, [*chunks, '{"type": "Terminate"}']))
+    assert close == 1000, got
+    ends = [m["transcript"] for m in got if m["type"] == "Turn" and m["end_of_turn"]]
+    held = bool(query) or update is not None
+    if held:
+        assert len(ends) == 1 and "canoe" in ends[0] and "steady work" in ends[0], ends
+    else:
+        assert len(ends) >= 2 and "canoe" in ends[0] and "canoe" not in ends[-1], ends
+
+
 def test_a_reused_token_and_a_wrong_key_are_401_before_the_upgrade(
     whisper: ServerProcess,
 ) -> None:

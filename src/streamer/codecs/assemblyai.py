@@ -137,6 +137,7 @@ EAGER_MARGIN = 0.2
 EOT_RANGE = (0.5, 0.9)
 EAGER_MIN = 0.3
 TIMEOUT_RANGE = (500, 10_000)
+MIN_SILENCE_RANGE = (0, 10_000)
 """``TurnDetection``'s bounds: AssemblyAI's values outside them are brought inside."""
 INACTIVITY_RANGE = (5, 3600)
 """AssemblyAI's bounds on ``inactivity_timeout`` (seconds); outside them: 3006."""
@@ -184,8 +185,9 @@ class StreamingParams:
     def turn_detection(self) -> TurnDetection:
         """The stream's turn detection, from AssemblyAI's parameters, within its bounds:
         ``end_of_turn_confidence_threshold`` is the end-of-turn threshold (0.7 unset),
-        the early end comes ``EAGER_MARGIN`` below it, and ``max_turn_silence`` is the
-        pause that ends a turn whatever the model says."""
+        the early end comes ``EAGER_MARGIN`` below it, ``min_turn_silence`` the least
+        pause after which the model's answer may end the turn (unset: none), and
+        ``max_turn_silence`` the pause that ends a turn whatever the model says."""
         threshold = self.end_of_turn_confidence_threshold
         eot = 0.7 if threshold is None else _clamp(threshold, *EOT_RANGE)
         eager = round(max(EAGER_MIN, eot - EAGER_MARGIN), 3)
@@ -195,6 +197,7 @@ class StreamingParams:
             eot_threshold=eot,
             eager_eot_threshold=min(eager, eot),
             eot_timeout_ms=int(_clamp(timeout, *TIMEOUT_RANGE)),
+            min_end_silence_ms=int(_clamp(self.min_turn_silence or 0, *MIN_SILENCE_RANGE)),
         )
 
     def start_request(self) -> StartRequest:

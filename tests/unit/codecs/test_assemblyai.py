@@ -100,7 +100,7 @@ def test_a_full_query_is_read_and_json_array_values_are_taken() -> None:
     assert start.word_times and not start.segments
     # The threshold and the pause within the turn detection's bounds; the early end below.
     assert start.turn_detection == TurnDetection(
-        eot_threshold=0.5, eager_eot_threshold=0.3, eot_timeout_ms=1200
+        eot_threshold=0.5, eager_eot_threshold=0.3, eot_timeout_ms=1200, min_end_silence_ms=160
     )
 
 
