@@ -420,6 +420,50 @@ def test_a_reused_token_and_a_wrong_key_are_401_before_the_upgrade(
     assert asyncio.run(status(url)) == 401
 
 
+def test_a_concurrent_session_limit_is_3009(tmp_path: Path) -> None:
+    """A key with ``max_streams = 1`` gets 3009 for its second session (AssemblyAI's too
+    many concurrent sessions), and so does anyone past the server's own stream limit."""
+    keys = [
+        {"key": "aai-key-one", "name": "one", "max_streams": 1},
+        {"key": "aai-key-two", "name": "two"},
+    ]
+    server = start_server(  # the test model
+        tmp_path,
+        env={"STREAMER_AUTH__API_KEYS": json.dumps(keys), "STREAMER_SERVER__MAX_STREAMS": "2"},
+    )
+    url = f"ws://127.0.0.1:{server.port}/v3/ws?sample_rate=16000"
+
+    async def second(first_key: str, second_key: str) -> tuple[list[dict[str, Any]], int | None]:
+        async with websockets.connect(url, additional_headers={"Authorization": first_key}) as ws:
+            assert json.loads(await ws.recv())["type"] == "Begin"
+            extra = {"Authorization": second_key}
+            got: list[dict[str, Any]] = []
+            async with websockets.connect(url, additional_headers=extra) as refused:
+                with contextlib.suppress(websockets.ConnectionClosed):  # after the Error
+                    async for message in refused:
+                        got.append(json.loads(message))
+                return got, refused.close_code
+
+    async def go() -> list[tuple[list[dict[str, Any]], int | None]]:
+        results = [await second("aai-key-one", "aai-key-one")]  # the key's quota
+        async with websockets.connect(
+            url, additional_headers={"Authorization": "aai-key-two"}
+        ) as ws:
+            assert json.loads(await ws.recv())["type"] == "Begin"
+            results.append(await second("aai-key-two", "aai-key-two"))  # the server's two streams
+        return results
+
+    try:
+        (quota, full) = asyncio.run(go())
+    finally:
+        server.stop()
+    for got, close in (quota, full):
+        assert [m["type"] for m in got] == ["Error"] and close == 3009, got
+        assert got[0]["error_code"] == 3009
+    assert "one is at its quota of 1" in quota[0][0]["error"]
+    assert "limit of 2 streams" in full[0][0]["error"]
+
+
 def test_the_chunk_limits_are_settings(tmp_path: Path) -> None:
     server = start_server(
         tmp_path, env={"STREAMER_ASSEMBLYAI__MAX_CHUNK_MS": "3000"}

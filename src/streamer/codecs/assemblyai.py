@@ -32,7 +32,7 @@ from typing import Any
 
 from streamer.audio.formats import MAX_SAMPLE_RATE, AudioFormat, Encoding
 from streamer.codecs.query import format_body
-from streamer.errors import ClientError, ErrorCode, InvalidJson, InvalidMessage
+from streamer.errors import STREAM_LIMIT, ClientError, ErrorCode, InvalidJson, InvalidMessage
 from streamer.events import (
     Done,
     Event,
@@ -121,7 +121,9 @@ ERROR_CODES: dict[ErrorCode | None, int] = {
     ErrorCode.FALLING_BEHIND: SERVER_ERROR,
 }
 """AssemblyAI's error (and close) code by the reason a connection ends; any other client
-error is 3006 (input validation)."""
+error is 3006 (input validation). A concurrent-stream limit (``StreamLimit``) is
+``overloaded`` too, but AssemblyAI's 3009 (too many concurrent sessions); 1013 is left to
+a server that is behind (its backlog, or its measured delays)."""
 
 MIN_CHUNK_MS = 50.0
 MAX_CHUNK_MS = 1000.0
@@ -627,6 +629,8 @@ class StreamingCodec:
             # One span of audio failed (the recognizer on a turn); the stream goes on, and
             # AssemblyAI's clients end the session on any Error: the turn keeps its text.
             return []
+        if event.reason == STREAM_LIMIT:
+            self._refusal = TOO_MANY_SESSIONS  # a concurrent-stream limit, not a busy server
         code = self.error_code(ErrorCode(event.code))
         return [{"type": "Error", "error_code": code, "error": event.message}]
 
@@ -634,8 +638,11 @@ class StreamingCodec:
         """The ``error_code`` (and close code) of a connection that ends for ``code``."""
         if code is None:
             return 1000
-        if self._refusal is not None and code is ErrorCode.INVALID_MESSAGE:
-            return self._refusal
+        refused = self._refusal
+        if refused == CHUNK_DURATION and code is ErrorCode.INVALID_MESSAGE:
+            return refused
+        if refused == TOO_MANY_SESSIONS and code is ErrorCode.OVERLOADED:
+            return refused
         return ERROR_CODES.get(code, INPUT_VALIDATION)
 
     def close_code(self, code: ErrorCode | None) -> int:

@@ -411,6 +411,16 @@ def test_error_and_close_codes(code: ErrorCode | None, expected: int) -> None:
         assert error == {"type": "Error", "error_code": expected, "error": "why"}
 
 
+def test_a_concurrent_stream_limit_is_3009_and_a_busy_server_1013() -> None:
+    limited = codec()
+    (error,) = limited.messages(StreamError(ErrorCode.OVERLOADED, "quota", reason="stream_limit"))
+    assert error == {"type": "Error", "error_code": 3009, "error": "quota"}
+    assert limited.close_code(ErrorCode.OVERLOADED) == 3009
+    busy = codec()
+    (error,) = busy.messages(StreamError(ErrorCode.OVERLOADED, "behind"))
+    assert error["error_code"] == 1013 and busy.close_code(ErrorCode.OVERLOADED) == 1013
+
+
 def test_unformatted_text() -> None:
     assert unformatted("  Don't STOP, it's 5 o'clock!  ") == "don't stop it's 5 o'clock"
     assert unformatted("'quoted' - dash") == "quoted dash"
