@@ -9,7 +9,9 @@ same settings: ``/v3/ws`` with its defaults (threshold 0.7, early end at 0.5, 12
 ``max_turn_silence``), v1 with that ``turn_detection`` in its ``start``. Each stream
 forces an end at ``--force-at`` seconds, mid-utterance: ``ForceEndpoint`` (v1: its
 ``finalize``, which forces a final segment; v1 has no forced end of turn, so its streams
-keep their segments, work ``/v3/ws`` does not do).
+keep their segments, work ``/v3/ws`` does not do). A third set of v1 streams asks for turns
+alone (``segments: false``), as ``/v3/ws`` does, and forces nothing: the end of turn with
+the same model work.
 
 - end of turn: when a turn's end arrived (``/v3/ws``: the formatted end-of-turn ``Turn``;
   v1: the ``turn`` event ``end``) less when the end of its last word was sent (the sender
@@ -46,7 +48,11 @@ RATE = 16000
 STEP = RATE // 10 * 2  # 100 ms of 16-bit mono
 TURNS = {"eot_threshold": 0.7, "eager_eot_threshold": 0.5, "eot_timeout_ms": 1280}
 """``/v3/ws``'s turn detection with AssemblyAI's defaults, as v1's ``turn_detection``."""
-ROUTES = {"v3": "/v3/ws", "segmented": "/api/v1/segmented"}
+ROUTES = {
+    "v3": "/v3/ws",
+    "segmented": "/api/v1/segmented",
+    "turns": "v1, segments: false",
+}
 
 
 @dataclass
@@ -82,9 +88,11 @@ async def one_stream(url: str, route: str, audio: bytes, force_at: float, into: 
     else:
         url = f"{url}/api/v1/segmented"
     async with websockets.connect(url, max_queue=None) as ws:
-        if route == "segmented":
+        if route != "v3":
             fmt = {"channels": 1, "sample_rate": RATE, "bit_depth": 16}
             start = {"format": fmt, "word_times": True, "turn_detection": TURNS}
+            if route == "turns":
+                start["segments"] = False
             await ws.send(json.dumps({"request": "start", **start}))
         began = time.monotonic()
 
@@ -112,7 +120,7 @@ async def one_stream(url: str, route: str, audio: bytes, force_at: float, into: 
         receiver = asyncio.create_task(receive())
         for i, offset in enumerate(range(0, len(audio), STEP)):
             await ws.send(audio[offset : offset + STEP])
-            if forced_sent is None and (i + 1) * 0.1 >= force_at:
+            if forced_sent is None and route != "turns" and (i + 1) * 0.1 >= force_at:
                 force = {"type": "ForceEndpoint"} if route == "v3" else {"request": "finalize"}
                 await ws.send(json.dumps(force))
                 forced_sent = time.monotonic()
@@ -151,7 +159,8 @@ def main() -> None:
         url = f"ws://{server.host}:{server.port}"
         for streams in args.streams:
             for run in range(args.runs):
-                order = ("v3", "segmented") if run % 2 == 0 else ("segmented", "v3")
+                order = ("v3", "segmented", "turns")
+                order = order if run % 2 == 0 else order[::-1]
                 for route in order:
                     got = asyncio.run(run_once(url, route, streams, audio, args.force_at))
                     delays = table.setdefault((route, streams), Delays())
@@ -160,10 +169,10 @@ def main() -> None:
     print(
         f"seconds (model {args.model}, {args.runs} runs, jfk.wav 11 s, force at {args.force_at} s)"
     )
-    print(f"{'route':<20}{'streams':>8}  {'end of turn: n, p50, p95':<24}  forced: n, p50, p95")
+    print(f"{'route':<22}{'streams':>8}  {'end of turn: n, p50, p95':<24}  forced: n, p50, p95")
     for (route, streams), delays in table.items():
         print(
-            f"{ROUTES[route]:<20}{streams:>8}  {_figures(delays.ends):<24}  "
+            f"{ROUTES[route]:<22}{streams:>8}  {_figures(delays.ends):<24}  "
             f"{_figures(delays.forced)}"
         )
 
