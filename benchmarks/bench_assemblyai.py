@@ -3,15 +3,16 @@
 
 Starts one server (Whisper by default: the test model gives no text, so no ``Turn``),
 then for each stream count streams real speech (``jfk.wav``, 11 s) in real time, 100 ms a
-message, on that many connections at once, through one route then the other (the order
-alternating), ``--runs`` times. Both routes end turns through the same turn stage with the
-same settings: ``/v3/ws`` with its defaults (threshold 0.7, early end at 0.5, 1280 ms
-``max_turn_silence``), v1 with that ``turn_detection`` in its ``start``. Each stream
-forces an end at ``--force-at`` seconds, mid-utterance: ``ForceEndpoint`` (v1: its
-``finalize``, which forces a final segment; v1 has no forced end of turn, so its streams
-keep their segments, work ``/v3/ws`` does not do). A third set of v1 streams asks for turns
-alone (``segments: false``), as ``/v3/ws`` does, and forces nothing: the end of turn with
-the same model work.
+message, on that many connections at once, through each route in turn (the order
+reversed every other run), ``--runs`` times, in two phases:
+
+- end of turn: nothing forced. Both routes end turns through the same turn stage with the
+  same settings and the same model work: ``/v3/ws`` with its defaults (threshold 0.7,
+  early end at 0.5, 1280 ms ``max_turn_silence``), v1 with that ``turn_detection`` and
+  turns alone (``segments: false``), as ``/v3/ws`` asks for its streams;
+- forced end: each stream forces an end at ``--force-at`` seconds, mid-utterance:
+  ``ForceEndpoint``, and v1's ``finalize`` (which forces a final segment: v1 has no
+  forced end of turn, so these v1 streams keep their segments, as ``finalize`` needs).
 
 - end of turn: when a turn's end arrived (``/v3/ws``: the formatted end-of-turn ``Turn``;
   v1: the ``turn`` event ``end``) less when the end of its last word was sent (the sender
@@ -48,11 +49,7 @@ RATE = 16000
 STEP = RATE // 10 * 2  # 100 ms of 16-bit mono
 TURNS = {"eot_threshold": 0.7, "eager_eot_threshold": 0.5, "eot_timeout_ms": 1280}
 """``/v3/ws``'s turn detection with AssemblyAI's defaults, as v1's ``turn_detection``."""
-ROUTES = {
-    "v3": "/v3/ws",
-    "segmented": "/api/v1/segmented",
-    "turns": "v1, segments: false",
-}
+ROUTES = {"v3": "/v3/ws", "v1": "/api/v1/segmented"}
 
 
 @dataclass
@@ -79,8 +76,11 @@ def _end_of(body: dict[str, Any]) -> tuple[str, float | None]:
     return "other", None
 
 
-async def one_stream(url: str, route: str, audio: bytes, force_at: float, into: Delays) -> None:
-    """Stream ``audio`` in real time, adding its delays to ``into``."""
+async def one_stream(
+    url: str, route: str, audio: bytes, force_at: float | None, into: Delays
+) -> None:
+    """Stream ``audio`` in real time, adding its delays to ``into``; ``force_at`` None:
+    nothing forced (v1: turns alone), else when (v1: with segments)."""
     forced_sent: float | None = None
     stopping = False  # the ends a stop flushes are not the model's
     if route == "v3":
@@ -91,7 +91,7 @@ async def one_stream(url: str, route: str, audio: bytes, force_at: float, into: 
         if route != "v3":
             fmt = {"channels": 1, "sample_rate": RATE, "bit_depth": 16}
             start = {"format": fmt, "word_times": True, "turn_detection": TURNS}
-            if route == "turns":
+            if force_at is None:
                 start["segments"] = False
             await ws.send(json.dumps({"request": "start", **start}))
         began = time.monotonic()
@@ -114,13 +114,13 @@ async def one_stream(url: str, route: str, audio: bytes, force_at: float, into: 
                         forced_seen = True
                         into.forced.append(now - forced_sent)
                     continue
-                if kind == "turn" and end is not None and not stopping:
+                if kind == "turn" and end is not None and not stopping and force_at is None:
                     into.ends.append(now - began - end)
 
         receiver = asyncio.create_task(receive())
         for i, offset in enumerate(range(0, len(audio), STEP)):
             await ws.send(audio[offset : offset + STEP])
-            if forced_sent is None and route != "turns" and (i + 1) * 0.1 >= force_at:
+            if force_at is not None and forced_sent is None and (i + 1) * 0.1 >= force_at:
                 force = {"type": "ForceEndpoint"} if route == "v3" else {"request": "finalize"}
                 await ws.send(json.dumps(force))
                 forced_sent = time.monotonic()
@@ -131,7 +131,9 @@ async def one_stream(url: str, route: str, audio: bytes, force_at: float, into: 
         await asyncio.wait_for(receiver, 60)
 
 
-async def run_once(url: str, route: str, streams: int, audio: bytes, force_at: float) -> Delays:
+async def run_once(
+    url: str, route: str, streams: int, audio: bytes, force_at: float | None
+) -> Delays:
     delays = Delays()
     await asyncio.gather(*(one_stream(url, route, audio, force_at, delays) for _ in range(streams)))
     return delays
@@ -159,10 +161,9 @@ def main() -> None:
         url = f"ws://{server.host}:{server.port}"
         for streams in args.streams:
             for run in range(args.runs):
-                order = ("v3", "segmented", "turns")
-                order = order if run % 2 == 0 else order[::-1]
-                for route in order:
-                    got = asyncio.run(run_once(url, route, streams, audio, args.force_at))
+                plan = [(r, f) for f in (None, args.force_at) for r in ROUTES]
+                for route, force_at in plan if run % 2 == 0 else plan[::-1]:
+                    got = asyncio.run(run_once(url, route, streams, audio, force_at))
                     delays = table.setdefault((route, streams), Delays())
                     delays.ends.extend(got.ends)
                     delays.forced.extend(got.forced)
