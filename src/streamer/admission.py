@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
-from streamer.errors import Overloaded, ShuttingDown
+from streamer.errors import Overloaded, ShuttingDown, StreamLimit
 from streamer.events import Route
 from streamer.fleet import FleetSlot
 from streamer.inference.scheduler import Scheduler
@@ -82,18 +82,20 @@ class Admission:
     ) -> None:
         """Count a new stream of ``principal`` in, or refuse it with a typed error.
 
-        A stream past one of the principal's quotas is refused as ``overloaded``, naming
-        the quota; other principals are not affected. With a ``stream_id``, the stream
-        holds its quotas until ``stream_ended`` is told the same id.
+        A stream past the server's stream limit or one of the principal's quotas is
+        refused as ``overloaded`` (``StreamLimit``), naming the limit; other principals
+        are not affected by a quota. With a ``stream_id``, the stream holds its quotas
+        until ``stream_ended`` is told the same id.
         """
         if self.draining.is_set():
             raise ShuttingDown("the server is shutting down; connect to another instance")
         if (why := self.overload()) is not None:
-            raise Overloaded(f"{why}; try again later")
+            limited = self.server_streams >= self.max_streams
+            raise (StreamLimit if limited else Overloaded)(f"{why}; try again later")
         accounts = principal.accounts()
         for account, limit in accounts:
             if self.quota_use[account] >= limit:
-                raise Overloaded(
+                raise StreamLimit(
                     f"{account} is at its quota of {limit} concurrent streams; "
                     "end one or try again later"
                 )

@@ -10,6 +10,7 @@
     │   ├── AlreadyStarted     already_started
     │   ├── InvalidFormat      invalid_format
     │   ├── Overloaded         overloaded (close 1013)
+    │   │   └── StreamLimit    overloaded, reason stream_limit (a concurrent-stream limit)
     │   ├── ShuttingDown       shutting_down (close 1001)
     │   ├── ConnectionDenied   unauthorized / forbidden (HTTP 401 / 403 before the upgrade)
     │   └── BadHandshake       invalid_message (HTTP 400 before the upgrade)
@@ -58,6 +59,10 @@ class ErrorCode(StrEnum):
     BUS_UNAVAILABLE = "bus_unavailable"
 
 
+STREAM_LIMIT = "stream_limit"
+"""The ``reason`` of a refusal by a concurrent-stream limit (``StreamLimit``)."""
+
+
 class CloseCode(IntEnum):
     """WebSocket close codes the server uses."""
 
@@ -81,6 +86,9 @@ class StreamerError(Exception):
 
 class ClientError(StreamerError):
     """The peer sent something the protocol does not allow."""
+
+    reason: str | None = None
+    """A finer cause than ``code``, for front-ends whose wire tells such causes apart."""
 
 
 class InvalidJson(ClientError):
@@ -109,6 +117,14 @@ class MessageTooBig(ClientError):
 
 class Overloaded(ClientError):
     code = ErrorCode.OVERLOADED
+
+
+class StreamLimit(Overloaded):
+    """A limit on concurrent streams (the server's, or a key's or token's quota) refused a
+    stream: ``overloaded``, told apart as ``stream_limit`` where a wire does (AssemblyAI's
+    3009, against its 1013 for a server that is behind)."""
+
+    reason = STREAM_LIMIT
 
 
 class ShuttingDown(ClientError):

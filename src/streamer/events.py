@@ -143,6 +143,9 @@ class StreamError:
     end: float | None = None
     retryable: bool | None = None
     """For a failed inference: whether the same audio may succeed if sent again."""
+    reason: str | None = None
+    """A finer cause than ``code`` (``ClientError.reason``), for front-ends whose wire
+    tells such causes apart; not part of the v1 protocol."""
 
 
 @dataclass(frozen=True, slots=True)

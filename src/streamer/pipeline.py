@@ -478,18 +478,20 @@ class _ChannelTurns:
             self._carry(self.tracker.push(frames[index : index + 1], [prob]))
 
     def retune(self, command: object) -> None:
-        """New thresholds (the three of Flux), the other settings kept."""
+        """New thresholds (the three of Flux, and the least pause a model's end needs),
+        the other settings kept."""
         settings = self.tracker.stage.settings
         self.tracker.settings(
-            TurnSettings(
+            replace(
+                settings,
                 eot_threshold=getattr(command, "eot_threshold", settings.eot_threshold),
                 eager_eot_threshold=getattr(
                     command, "eager_eot_threshold", settings.eager_eot_threshold
                 ),
                 eot_timeout_ms=getattr(command, "eot_timeout_ms", settings.eot_timeout_ms),
-                min_pause_ms=settings.min_pause_ms,
-                rescore_ms=settings.rescore_ms,
-                update_ms=settings.update_ms,
+                min_end_silence_ms=getattr(
+                    command, "min_end_silence_ms", settings.min_end_silence_ms
+                ),
             )
         )
 

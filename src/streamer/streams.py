@@ -240,6 +240,7 @@ class StreamFactory:
                 eot_threshold=detection.eot_threshold,
                 eager_eot_threshold=detection.eager_eot_threshold,
                 eot_timeout_ms=detection.eot_timeout_ms,
+                min_end_silence_ms=detection.min_end_silence_ms,
             )
         return StreamOptions(
             route=route,

@@ -337,6 +337,7 @@ async def _session(url: str, sends: list[str | bytes]) -> tuple[list[dict[str, A
         ("sample_rate=16000", [bytes(64000)], 3007, "too long"),
         ("sample_rate=16000", [bytes(3200), "{not json"], 3006, "JSON"),
         ("sample_rate=16000", [bytes(3200), '{"type": "Reconfigure"}'], 3006, "Reconfigure"),
+        ("inactivity_timeout=4", [], 3006, "inactivity_timeout"),
     ],
 )
 def test_bad_input_gets_its_error_and_close_code(
@@ -348,6 +349,53 @@ def test_bad_input_gets_its_error_and_close_code(
     assert needle in got[-1]["error"] and close == code
     assert not [m for m in got if m["type"] == "Termination"]
     assert httpx.get(f"{whisper.http}/api/v1/health").status_code == 200
+
+
+def test_inactivity_timeout_terminates_the_session_after_its_last_turn(
+    whisper: ServerProcess, raws: dict[str, Path]
+) -> None:
+    """Speech, then no audio (KeepAlive only): after ``inactivity_timeout`` seconds the
+    session ends as AssemblyAI terminates one: the open turn flushed, ``Termination``,
+    close 1000."""
+    pcm = raws["jfk.wav"].read_bytes()[: 32000 * 3]  # three seconds of speech
+    chunks: list[str | bytes] = [pcm[i : i + 3200] for i in range(0, len(pcm), 3200)]
+    url = f"ws://127.0.0.1:{whisper.port}/v3/ws?sample_rate=16000&inactivity_timeout=5"
+    got, close = asyncio.run(_session(url, [*chunks, '{"type": "KeepAlive"}']))
+    assert got[-1]["type"] == "Termination" and close == 1000, got
+    assert got[-1]["audio_duration_seconds"] == 3
+    ends = [m for m in got if m["type"] == "Turn" and m["end_of_turn"]]
+    assert "americans" in " ".join(m["transcript"] for m in ends), got
+    assert not [m for m in got if m["type"] == "Error"]
+
+
+@pytest.mark.parametrize(
+    ("query", "update"),
+    [
+        ("", None),
+        ("&min_turn_silence=2500", None),
+        ("&min_end_of_turn_silence_when_confident=2500", None),
+        ("", {"type": "UpdateConfiguration", "min_turn_silence": 2500}),
+    ],
+)
+def test_min_turn_silence_holds_the_models_end_until_the_pause_is_that_long(
+    whisper: ServerProcess, raws: dict[str, Path], query: str, update: dict[str, Any] | None
+) -> None:
+    """Four sentences with pauses of under a second between them, then 3 s of silence:
+    the model ends a turn at the pauses, unless ``min_turn_silence`` (here longer than any
+    of them) holds its end until the final silence."""
+    pcm = raws["harvard_16k.wav"].read_bytes() + bytes(32000 * 3)
+    chunks: list[str | bytes] = [pcm[i : i + 3200] for i in range(0, len(pcm), 3200)]
+    if update is not None:
+        chunks.insert(0, json.dumps(update))
+    url = f"ws://127.0.0.1:{whisper.port}/v3/ws?sample_rate=16000&max_turn_silence=10000{query}"
+    got, close = asyncio.run(_session(url, [*chunks, '{"type": "Terminate"}']))
+    assert close == 1000, got
+    ends = [m["transcript"] for m in got if m["type"] == "Turn" and m["end_of_turn"]]
+    held = bool(query) or update is not None
+    if held:
+        assert len(ends) == 1 and "canoe" in ends[0] and "steady work" in ends[0], ends
+    else:
+        assert len(ends) >= 2 and "canoe" in ends[0] and "canoe" not in ends[-1], ends
 
 
 def test_a_reused_token_and_a_wrong_key_are_401_before_the_upgrade(
@@ -370,6 +418,50 @@ def test_a_reused_token_and_a_wrong_key_are_401_before_the_upgrade(
     assert asyncio.run(status(f"{url}&token={token}")) == 401
     assert asyncio.run(status(url, additional_headers={"Authorization": "aai-wrong"})) == 401
     assert asyncio.run(status(url)) == 401
+
+
+def test_a_concurrent_session_limit_is_3009(tmp_path: Path) -> None:
+    """A key with ``max_streams = 1`` gets 3009 for its second session (AssemblyAI's too
+    many concurrent sessions), and so does anyone past the server's own stream limit."""
+    keys = [
+        {"key": "aai-key-one", "name": "one", "max_streams": 1},
+        {"key": "aai-key-two", "name": "two"},
+    ]
+    server = start_server(  # the test model
+        tmp_path,
+        env={"STREAMER_AUTH__API_KEYS": json.dumps(keys), "STREAMER_SERVER__MAX_STREAMS": "2"},
+    )
+    url = f"ws://127.0.0.1:{server.port}/v3/ws?sample_rate=16000"
+
+    async def second(first_key: str, second_key: str) -> tuple[list[dict[str, Any]], int | None]:
+        async with websockets.connect(url, additional_headers={"Authorization": first_key}) as ws:
+            assert json.loads(await ws.recv())["type"] == "Begin"
+            extra = {"Authorization": second_key}
+            got: list[dict[str, Any]] = []
+            async with websockets.connect(url, additional_headers=extra) as refused:
+                with contextlib.suppress(websockets.ConnectionClosed):  # after the Error
+                    async for message in refused:
+                        got.append(json.loads(message))
+                return got, refused.close_code
+
+    async def go() -> list[tuple[list[dict[str, Any]], int | None]]:
+        results = [await second("aai-key-one", "aai-key-one")]  # the key's quota
+        async with websockets.connect(
+            url, additional_headers={"Authorization": "aai-key-two"}
+        ) as ws:
+            assert json.loads(await ws.recv())["type"] == "Begin"
+            results.append(await second("aai-key-two", "aai-key-two"))  # the server's two streams
+        return results
+
+    try:
+        (quota, full) = asyncio.run(go())
+    finally:
+        server.stop()
+    for got, close in (quota, full):
+        assert [m["type"] for m in got] == ["Error"] and close == 3009, got
+        assert got[0]["error_code"] == 3009
+    assert "one is at its quota of 1" in quota[0][0]["error"]
+    assert "limit of 2 streams" in full[0][0]["error"]
 
 
 def test_the_chunk_limits_are_settings(tmp_path: Path) -> None:

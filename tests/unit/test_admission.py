@@ -7,7 +7,7 @@ import pytest
 
 from streamer.app import build_services
 from streamer.config import Settings
-from streamer.errors import Overloaded, ShuttingDown
+from streamer.errors import STREAM_LIMIT, Overloaded, ShuttingDown, StreamLimit
 from streamer.inference.process_pool import ProcessPool
 from streamer.observability.pressure import Ceilings, Pressure
 from streamer.pipeline import Route
@@ -20,9 +20,9 @@ async def test_a_stream_over_the_limit_is_refused_and_health_says_full() -> None
     services.admission.admit(Route.SIMPLE)
     services.admission.admit(Route.SEGMENTED)
     assert services.admission.health()["status"] == "full"
-    with pytest.raises(Overloaded, match="limit of 2 streams") as refused:
+    with pytest.raises(StreamLimit, match="limit of 2 streams") as refused:
         services.admission.admit(Route.SIMPLE)
-    assert refused.value.code == "overloaded"
+    assert refused.value.code == "overloaded" and refused.value.reason == STREAM_LIMIT
     assert services.admission.live_streams == 2  # the refused stream was never counted
     services.admission.stream_ended(Route.SIMPLE)
     assert services.admission.health()["status"] == "ok"
@@ -34,8 +34,9 @@ async def test_new_streams_are_refused_while_the_backlog_is_over_its_bound() -> 
     scheduler = services.streams.scheduler  # not started: what is submitted stays queued
     for _ in range(4):
         scheduler.submit("busy", np.zeros(16, dtype=np.float32))
-    with pytest.raises(Overloaded, match="inferences queued"):
+    with pytest.raises(Overloaded, match="inferences queued") as refused:
         services.admission.admit(Route.SEGMENTED)
+    assert refused.value.reason is None  # behind, not at a limit: try later
     health = services.admission.health()
     assert health["status"] == "full"
     assert health["queued_inferences"] == 4 and health["max_backlog"] == 3
@@ -65,7 +66,7 @@ async def test_a_principal_past_its_quota_is_refused_and_others_are_not() -> Non
     limited = Principal(name="web-app", max_streams=2)
     services.admission.admit(Route.SIMPLE, limited, "s1")
     services.admission.admit(Route.SEGMENTED, limited, "s2")
-    with pytest.raises(Overloaded, match="web-app is at its quota of 2 concurrent streams"):
+    with pytest.raises(StreamLimit, match="web-app is at its quota of 2 concurrent streams"):
         services.admission.admit(Route.SIMPLE, limited, "s3")
     services.admission.admit(Route.SIMPLE, Principal(name="other", max_streams=2), "s4")
     services.admission.admit(Route.SIMPLE, ANONYMOUS, "s5")
@@ -79,7 +80,7 @@ async def test_a_token_s_quota_is_counted_beside_its_key_s() -> None:
     services = build_services(Settings())
     token = Principal(name="web-app", max_streams=3, quotas=(("token abc", 1),))
     services.admission.admit(Route.SIMPLE, token, "t1")
-    with pytest.raises(Overloaded, match="token abc is at its quota of 1"):
+    with pytest.raises(StreamLimit, match="token abc is at its quota of 1"):
         services.admission.admit(Route.SIMPLE, token, "t2")
     services.admission.admit(Route.SIMPLE, Principal(name="web-app", max_streams=3), "k1")
     services.admission.stream_ended(Route.SIMPLE, "completed", "t1")

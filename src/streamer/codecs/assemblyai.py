@@ -32,7 +32,7 @@ from typing import Any
 
 from streamer.audio.formats import MAX_SAMPLE_RATE, AudioFormat, Encoding
 from streamer.codecs.query import format_body
-from streamer.errors import ClientError, ErrorCode, InvalidJson, InvalidMessage
+from streamer.errors import STREAM_LIMIT, ClientError, ErrorCode, InvalidJson, InvalidMessage
 from streamer.events import (
     Done,
     Event,
@@ -121,7 +121,9 @@ ERROR_CODES: dict[ErrorCode | None, int] = {
     ErrorCode.FALLING_BEHIND: SERVER_ERROR,
 }
 """AssemblyAI's error (and close) code by the reason a connection ends; any other client
-error is 3006 (input validation)."""
+error is 3006 (input validation). A concurrent-stream limit (``StreamLimit``) is
+``overloaded`` too, but AssemblyAI's 3009 (too many concurrent sessions); 1013 is left to
+a server that is behind (its backlog, or its measured delays)."""
 
 MIN_CHUNK_MS = 50.0
 MAX_CHUNK_MS = 1000.0
@@ -137,7 +139,11 @@ EAGER_MARGIN = 0.2
 EOT_RANGE = (0.5, 0.9)
 EAGER_MIN = 0.3
 TIMEOUT_RANGE = (500, 10_000)
+MIN_SILENCE_RANGE = (0, 10_000)
 """``TurnDetection``'s bounds: AssemblyAI's values outside them are brought inside."""
+INACTIVITY_RANGE = (5, 3600)
+"""AssemblyAI's bounds on ``inactivity_timeout`` (seconds); outside them: 3006."""
+INACTIVITY_MESSAGE = "no audio for {seconds} s (inactivity_timeout): the session is terminated"
 
 
 def _clamp(value: float, low: float, high: float) -> float:
@@ -181,8 +187,9 @@ class StreamingParams:
     def turn_detection(self) -> TurnDetection:
         """The stream's turn detection, from AssemblyAI's parameters, within its bounds:
         ``end_of_turn_confidence_threshold`` is the end-of-turn threshold (0.7 unset),
-        the early end comes ``EAGER_MARGIN`` below it, and ``max_turn_silence`` is the
-        pause that ends a turn whatever the model says."""
+        the early end comes ``EAGER_MARGIN`` below it, ``min_turn_silence`` the least
+        pause after which the model's answer may end the turn (unset: none), and
+        ``max_turn_silence`` the pause that ends a turn whatever the model says."""
         threshold = self.end_of_turn_confidence_threshold
         eot = 0.7 if threshold is None else _clamp(threshold, *EOT_RANGE)
         eager = round(max(EAGER_MIN, eot - EAGER_MARGIN), 3)
@@ -192,6 +199,7 @@ class StreamingParams:
             eot_threshold=eot,
             eager_eot_threshold=min(eager, eot),
             eot_timeout_ms=int(_clamp(timeout, *TIMEOUT_RANGE)),
+            min_end_silence_ms=int(_clamp(self.min_turn_silence or 0, *MIN_SILENCE_RANGE)),
         )
 
     def start_request(self) -> StartRequest:
@@ -294,7 +302,7 @@ def parse_query(items: Sequence[tuple[str, str]]) -> StreamingParams:
         min_turn_silence=min_silence,
         max_turn_silence=_integer(query, "max_turn_silence", 0, MAX_OPTION_MS),
         keyterms_prompt=_keyterms(query.get("keyterms_prompt")),
-        inactivity_timeout=_integer(query, "inactivity_timeout", 5, 3600),
+        inactivity_timeout=_integer(query, "inactivity_timeout", *INACTIVITY_RANGE),
         ignored=tuple(sorted(set(query) & IGNORED_PARAMETERS)),
     )
     try:
@@ -357,6 +365,8 @@ class StreamingCodec:
         self.session_id = str(uuid.uuid4())
         self.turn = TurnView()
         self.terminated = False
+        self.inactive = False
+        """The session ended for ``inactivity_timeout``."""
         self._format_turns = self.params.format_turns
         self._session_seconds = max_session_seconds or DEFAULT_SESSION_SECONDS
         self._min_chunk = min_chunk_ms
@@ -368,6 +378,10 @@ class StreamingCodec:
         self._bytes_per_ms = fmt.frame_bytes * fmt.sample_rate / 1000
         self._held = b""
         self._refusal: int | None = None
+        timeout = self.params.inactivity_timeout
+        self._inactivity = None if refused is not None or timeout is None else float(timeout)
+        self._inactive_at = self._opened + (self._inactivity or 0.0)
+        self._heard_at: float | None = None
         self.updates: dict[str, Any] = {}
         """The configuration the client updated live (its last value of each field)."""
 
@@ -376,6 +390,7 @@ class StreamingCodec:
     def decode_text(self, text: str) -> Input:
         """A text frame: ``ForceEndpoint``, ``KeepAlive``, ``UpdateConfiguration`` or
         ``Terminate``."""
+        self._heard_at = self._clock()
         try:
             body = json.loads(text)
         except ValueError as error:
@@ -384,9 +399,7 @@ class StreamingCodec:
             raise InvalidMessage("message must be a JSON object with a 'type'")
         kind = body.get("type")
         if kind == "Terminate":
-            self.terminated = True
-            held, self._held = self._held, b""
-            return Finish(held) if held else StopRequest(request="stop", disconnect=True)
+            return self._terminate()
         if self._held:  # a short chunk that was not the last one
             self._held_refused()
         if kind == "ForceEndpoint":
@@ -404,6 +417,8 @@ class StreamingCodec:
         """A binary frame: 50 to 1000 ms of audio. One shorter chunk is held, for a client
         may send its remainder just before ``Terminate``; any other message after it is
         3007."""
+        self._heard_at = now = self._clock()
+        self._inactive_at = now + (self._inactivity or 0.0)
         if self._held:
             self._held_refused()
         ms = len(data) / self._bytes_per_ms
@@ -417,6 +432,31 @@ class StreamingCodec:
             self._held = data
             return KeepaliveRequest(request="keepalive")
         return Audio(data)
+
+    def timeout(self) -> float | None:
+        """Seconds the client may still go without sending audio (``inactivity_timeout``;
+        None: no limit, or the session is ending). Asked each time the server waits for a
+        message: time the server spent on the last one is not the client's."""
+        if self._inactivity is None or self.terminated:
+            return None
+        now = self._clock()
+        if self._heard_at is not None:
+            self._inactive_at += now - self._heard_at
+            self._heard_at = None
+        return self._inactive_at - now
+
+    def timed_out(self) -> Input:
+        """The session ends for inactivity as AssemblyAI documents it (the session is
+        terminated): as on the client's ``Terminate``, every turn is flushed, then
+        ``Termination``, then close 1000."""
+        self.inactive = True
+        return self._terminate()
+
+    def _terminate(self) -> Input:
+        """Every turn flushed (with a short chunk still held), ``Termination``, close."""
+        self.terminated = True
+        held, self._held = self._held, b""
+        return Finish(held) if held else StopRequest(request="stop", disconnect=True)
 
     def _held_refused(self) -> None:
         ms = len(self._held) / self._bytes_per_ms
@@ -589,6 +629,8 @@ class StreamingCodec:
             # One span of audio failed (the recognizer on a turn); the stream goes on, and
             # AssemblyAI's clients end the session on any Error: the turn keeps its text.
             return []
+        if event.reason == STREAM_LIMIT:
+            self._refusal = TOO_MANY_SESSIONS  # a concurrent-stream limit, not a busy server
         code = self.error_code(ErrorCode(event.code))
         return [{"type": "Error", "error_code": code, "error": event.message}]
 
@@ -596,8 +638,11 @@ class StreamingCodec:
         """The ``error_code`` (and close code) of a connection that ends for ``code``."""
         if code is None:
             return 1000
-        if self._refusal is not None and code is ErrorCode.INVALID_MESSAGE:
-            return self._refusal
+        refused = self._refusal
+        if refused == CHUNK_DURATION and code is ErrorCode.INVALID_MESSAGE:
+            return refused
+        if refused == TOO_MANY_SESSIONS and code is ErrorCode.OVERLOADED:
+            return refused
         return ERROR_CODES.get(code, INPUT_VALIDATION)
 
     def close_code(self, code: ErrorCode | None) -> int:

@@ -65,10 +65,11 @@ class AbortStream:
 
 @dataclass(frozen=True, slots=True)
 class EmitError:
-    """Send an ``error`` event."""
+    """Send an ``error`` event (``reason``: the error's finer cause, ``ClientError.reason``)."""
 
     code: ErrorCode
     message: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,7 @@ class Close:
     message: str = ""
     tell: bool = False
     send: bool = True
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

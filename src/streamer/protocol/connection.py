@@ -263,7 +263,7 @@ def _close(m: ConnectionMachine, _: object) -> list[Action]:
 
 
 def _tell(m: ConnectionMachine, x: Invalid | StreamRefused) -> list[Action]:
-    return [EmitError(x.error.code, x.error.message)]
+    return [EmitError(x.error.code, x.error.message, x.error.reason)]
 
 
 def _tell_and_shut(m: ConnectionMachine, x: StreamRefused) -> list[Action]:
@@ -275,8 +275,11 @@ def _refuse_and_close(m: ConnectionMachine, x: Invalid | StreamRefused) -> list[
     """An error that ends the connection (no stream open): told in-band, then the close."""
     error = x.error
     if m.mode.tell_on_close:
-        return [Close(error.code, error.message, tell=True)]
-    return [EmitError(error.code, error.message), Close(error.code, error.message)]
+        return [Close(error.code, error.message, tell=True, reason=error.reason)]
+    return [
+        EmitError(error.code, error.message, error.reason),
+        Close(error.code, error.message, reason=error.reason),
+    ]
 
 
 def _abort_and_close(m: ConnectionMachine, x: Invalid) -> list[Action]:

@@ -83,12 +83,14 @@ class TurnDetection(_Strict):
     Deepgram Flux's thresholds: a probability at or above ``eot_threshold`` ends the turn;
     at or above ``eager_eot_threshold`` (when set, and not above ``eot_threshold``) an
     early end is announced; a pause of ``eot_timeout_ms`` ends the turn whatever the model
-    says.
+    says. ``min_end_silence_ms`` (AssemblyAI's ``min_turn_silence``): the model's answer
+    may end the turn only once the pause is this long.
     """
 
     eot_threshold: float = Field(default=0.7, ge=0.5, le=0.9, allow_inf_nan=False)
     eager_eot_threshold: float | None = _finite(ge=0.3, le=0.9)
     eot_timeout_ms: int = Field(default=5000, ge=500, le=10_000)
+    min_end_silence_ms: int = Field(default=0, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _eager_below_end(self) -> TurnDetection:

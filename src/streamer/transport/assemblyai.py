@@ -61,6 +61,8 @@ def streaming_codec(bounds: ChunkBounds = ChunkBounds()) -> CodecFactory:
             opening=codec.opening,
             close_code=codec.close_code,
             mode=assemblyai.MODE,
+            timeout=codec.timeout,
+            timed_out=codec.timed_out,
         )
 
     return make

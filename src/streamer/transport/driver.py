@@ -279,7 +279,7 @@ class ConnectionDriver:
         for action in self.machine.receive(event, self._clock()):
             if isinstance(action, Close):
                 if action.tell and action.code is not None:
-                    self.emit(StreamError(code=action.code, message=action.message))
+                    self.emit(StreamError(action.code, action.message, reason=action.reason))
                 return action
             if isinstance(action, OpenStream):
                 route = self.route if action.route is None else Route(action.route)
@@ -319,7 +319,7 @@ class ConnectionDriver:
         elif isinstance(action, AbortStream):
             await self._abort(action.outcome)
         elif isinstance(action, EmitError):
-            self.emit(StreamError(code=action.code, message=action.message))
+            self.emit(StreamError(action.code, action.message, reason=action.reason))
         elif isinstance(action, Send):
             self._outbox.put_reply(action.payload)
         elif isinstance(action, SteerStream):

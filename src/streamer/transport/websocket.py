@@ -6,6 +6,7 @@ run by the shared driver (``transport/driver.py``); this module only speaks ASGI
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -43,7 +44,10 @@ class WsCodec:
     (default ``errors.ENDINGS``). ``mark_finalize``: its streams tell which finals a
     finalize forced. ``mode``: how its connections differ (``WEBSOCKET_FINISHING``: a
     stream whose client goes away is finished, not withdrawn, for its results' other
-    readers).
+    readers). ``timeout`` and ``timed_out``: a front-end's own limit on the client's
+    silence (AssemblyAI's ``inactivity_timeout``): before each read, the seconds the client
+    still has (None: no limit); once they pass with nothing read, ``timed_out`` gives the
+    input the connection takes instead.
     """
 
     decode_text: Callable[[str], Input]
@@ -55,6 +59,8 @@ class WsCodec:
     mark_finalize: bool = False
     mode: Mode = WEBSOCKET
     encode_reply: Callable[[CodecReply], str | Sequence[str]] | None = None
+    timeout: Callable[[], float | None] | None = None
+    timed_out: Callable[[], Input] | None = None
 
 
 CodecFactory: TypeAlias = Callable[[ConnectionRequest], WsCodec]
@@ -143,11 +149,19 @@ async def serve_websocket(
     outbox.start(write)
     opening = list(codec.opening)
     decode_text, decode_bytes = codec.decode_text, codec.decode_bytes
+    timeout, timed_out = codec.timeout, codec.timed_out
 
     async def receive() -> Input | None:
         if opening:
             return opening.pop(0)
-        message = await ws.receive()
+        wait = None if timeout is None else timeout()
+        if wait is None or timed_out is None:
+            message = await ws.receive()
+        else:
+            try:
+                message = await asyncio.wait_for(ws.receive(), max(wait, 0.0))
+            except TimeoutError:
+                return timed_out()
         if message["type"] == "websocket.disconnect":
             return Disconnected()
         try:

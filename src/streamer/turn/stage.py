@@ -11,7 +11,9 @@ The rules are the table ``RULES``: (state, input kind) -> (next state, step), na
 next state of every pair. An input's kind depends on its values as well as its type (a
 probability above ``eot_threshold`` is an ``END`` and below it an ``EAGER`` or a ``LOW``;
 an answer to a withdrawn request is ``STALE``), so ``classify`` decides it first and the
-table never has to look at numbers. The rules keep Deepgram Flux's promises: a turn opens
+table never has to look at numbers (an answer ``>= eot_threshold`` about a pause shorter
+than ``min_end_silence_ms`` is not an ``END``, and a pause that then reaches it asks
+again). The rules keep Deepgram Flux's promises: a turn opens
 with ``StartOfTurn``; ``TurnResumed`` comes only after ``EagerEndOfTurn``; an
 ``EndOfTurn`` after an ``EagerEndOfTurn`` carries the same transcript (a transcript that
 changes meanwhile resumes the turn first); ``turn_index`` grows right after
@@ -67,6 +69,11 @@ class TurnSettings:
     """A pause this long ends the turn whatever the model says."""
     min_pause_ms: int = 200
     """The model is asked once a pause is this long: shorter ones are gaps between words."""
+    min_end_silence_ms: int = 0
+    """The model's answer may end the turn only when it was asked about a pause at least
+    this long (AssemblyAI's ``min_turn_silence``). A confident answer about a shorter one
+    counts as an early end (or as a low answer, without ``eager_eot_threshold``), and the
+    model is asked again once the pause reaches it."""
     rescore_ms: int | None = None
     """Ask the model again each time the pause grows by this much; None: once a pause."""
     update_ms: int = 250
@@ -78,10 +85,12 @@ class TurnSettings:
         eager = self.eager_eot_threshold
         if eager is not None and not 0 < eager <= self.eot_threshold:
             raise ValueError("eager_eot_threshold must be in (0, eot_threshold]")
-        if self.eot_timeout_ms <= 0 or self.min_pause_ms < 0 or self.update_ms < 0:
+        if self.eot_timeout_ms <= 0 or min(self.min_pause_ms, self.update_ms) < 0:
             raise ValueError(
                 "eot_timeout_ms must be positive, min_pause_ms and update_ms not negative"
             )
+        if self.min_end_silence_ms < 0:
+            raise ValueError("min_end_silence_ms must not be negative")
         if self.rescore_ms is not None and self.rescore_ms <= 0:
             raise ValueError("rescore_ms must be positive")
 
@@ -205,9 +214,9 @@ class Kind(Enum):
     PAUSE = "pause"  # silence, not yet long enough to ask the model (again)
     PAUSE_SCORE = "pause_score"  # silence long enough to ask the model
     PAUSE_TIMEOUT = "pause_timeout"  # silence of eot_timeout_ms
-    END = "end"  # probability >= eot_threshold
-    EAGER = "eager"  # eager_eot_threshold <= probability < eot_threshold
-    LOW = "low"  # below both
+    END = "end"  # probability >= eot_threshold, about a pause of min_end_silence_ms
+    EAGER = "eager"  # eager_eot_threshold <= probability, and not an END
+    LOW = "low"  # below both, or an END too soon without eager_eot_threshold
     STALE = "stale"  # an answer to a request that is no longer the open one
     TRANSCRIPT = "transcript"  # text to announce (an Update is due, or it changed the
     # early end's transcript)
@@ -312,6 +321,8 @@ def classify(stage: TurnStage, event: Input) -> Kind:
         asked = stage.asked_at
         if asked is None:
             return Kind.PAUSE_SCORE
+        if _held_end(stage, asked) and silence * 1000 >= settings.min_end_silence_ms:
+            return Kind.PAUSE_SCORE  # a confident answer came too soon: ask again now
         rescore = settings.rescore_ms
         if rescore is not None and (silence - asked) * 1000 >= rescore:
             return Kind.PAUSE_SCORE
@@ -319,7 +330,8 @@ def classify(stage: TurnStage, event: Input) -> Kind:
     if isinstance(event, Probability):
         if stage.request is None or event.request != stage.request:
             return Kind.STALE
-        if event.probability >= settings.eot_threshold:
+        asked = stage.asked_at or 0.0
+        if event.probability >= settings.eot_threshold and not _too_soon(stage, asked):
             return Kind.END
         eager = settings.eager_eot_threshold
         if eager is not None and event.probability >= eager:
@@ -329,6 +341,18 @@ def classify(stage: TurnStage, event: Input) -> Kind:
         return Kind.TRANSCRIPT if event.text != stage.eager_text else Kind.TRANSCRIPT_HOLD
     due = (event.audio_end - stage.last_update_end) * 1000 >= settings.update_ms
     return Kind.TRANSCRIPT if due and event.text != stage.text else Kind.TRANSCRIPT_HOLD
+
+
+def _too_soon(stage: TurnStage, asked: float) -> bool:
+    """An answer about a pause of ``asked`` seconds may not end the turn yet
+    (``min_end_silence_ms``)."""
+    return asked * 1000 < stage.settings.min_end_silence_ms
+
+
+def _held_end(stage: TurnStage, asked: float) -> bool:
+    """The last answer, about a pause of ``asked`` seconds, would have ended the turn but
+    for ``min_end_silence_ms``."""
+    return stage.confidence >= stage.settings.eot_threshold and _too_soon(stage, asked)
 
 
 # -- steps: what a rule does besides moving the state ---------------------------------------

@@ -100,7 +100,7 @@ def test_a_full_query_is_read_and_json_array_values_are_taken() -> None:
     assert start.word_times and not start.segments
     # The threshold and the pause within the turn detection's bounds; the early end below.
     assert start.turn_detection == TurnDetection(
-        eot_threshold=0.5, eager_eot_threshold=0.3, eot_timeout_ms=1200
+        eot_threshold=0.5, eager_eot_threshold=0.3, eot_timeout_ms=1200, min_end_silence_ms=160
     )
 
 
@@ -143,6 +143,9 @@ def test_the_defaults_are_assemblyais() -> None:
         ([("keyterms_prompt", "Americans")], "keyterms_prompt"),
         ([("end_of_turn_confidence_threshold", "2")], "end_of_turn_confidence_threshold"),
         ([("max_turn_silence", "nan")], "max_turn_silence"),
+        ([("inactivity_timeout", "4")], "inactivity_timeout"),
+        ([("inactivity_timeout", "3601")], "inactivity_timeout"),
+        ([("inactivity_timeout", "7.5")], "inactivity_timeout"),
     ],
 )
 def test_a_malformed_query_is_refused_once_open_with_3006(
@@ -318,6 +321,58 @@ def test_update_configuration_turns_formatting_on_live() -> None:
     assert [m["turn_is_formatted"] for m in c.messages(SAID)] == [False, True]
 
 
+class FakeClock:
+    """A clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_inactivity_timeout_counts_seconds_without_audio() -> None:
+    clock = FakeClock()
+    c = StreamingCodec(parse_query([("inactivity_timeout", "5")]), clock=clock)
+    assert c.timeout() == 5.0
+    clock.now += 3
+    assert c.timeout() == 2.0
+    c.decode_bytes(bytes(3200))  # audio: the five seconds start again
+    assert c.timeout() == 5.0
+    clock.now += 4
+    c.decode_text('{"type": "KeepAlive"}')  # not audio: the time runs on
+    assert c.timeout() == 1.0
+    clock.now += 1
+    assert c.timeout() == 0.0
+    # Ended as AssemblyAI ends a session: as Terminate, so Termination, then 1000.
+    assert c.timed_out() == StopRequest(request="stop", disconnect=True)
+    assert c.inactive and c.timeout() is None
+    (termination,) = c.messages(Done(audio_seconds=0.1))
+    assert termination["type"] == "Termination" and c.close_code(None) == 1000
+
+
+def test_the_servers_time_on_a_message_is_not_the_clients_inactivity() -> None:
+    clock = FakeClock()
+    c = StreamingCodec(parse_query([("inactivity_timeout", "5")]), clock=clock)
+    c.decode_bytes(bytes(3200))
+    clock.now += 4  # the server was busy with that audio before it listened again
+    assert c.timeout() == 5.0
+    clock.now += 2  # then waited: the client's time
+    assert c.timeout() == 3.0
+
+
+def test_a_short_chunk_held_when_the_session_times_out_is_taken() -> None:
+    clock = FakeClock()
+    c = StreamingCodec(parse_query([("inactivity_timeout", "5")]), clock=clock)
+    assert isinstance(c.decode_bytes(bytes(320)), KeepaliveRequest)
+    assert c.timed_out() == Finish(bytes(320))
+
+
+def test_without_inactivity_timeout_there_is_no_limit() -> None:
+    assert codec().timeout() is None
+    assert codec_for([("inactivity_timeout", "2")]).timeout() is None  # refused instead
+
+
 def test_failed_spans_send_no_error() -> None:
     c = codec()
     assert c.messages(StreamError("model_error", "failed", 0, 0.0, 1.0)) == []
@@ -354,6 +409,16 @@ def test_error_and_close_codes(code: ErrorCode | None, expected: int) -> None:
     if code is not None:
         (error,) = c.messages(StreamError(code, "why"))
         assert error == {"type": "Error", "error_code": expected, "error": "why"}
+
+
+def test_a_concurrent_stream_limit_is_3009_and_a_busy_server_1013() -> None:
+    limited = codec()
+    (error,) = limited.messages(StreamError(ErrorCode.OVERLOADED, "quota", reason="stream_limit"))
+    assert error == {"type": "Error", "error_code": 3009, "error": "quota"}
+    assert limited.close_code(ErrorCode.OVERLOADED) == 3009
+    busy = codec()
+    (error,) = busy.messages(StreamError(ErrorCode.OVERLOADED, "behind"))
+    assert error["error_code"] == 1013 and busy.close_code(ErrorCode.OVERLOADED) == 1013
 
 
 def test_unformatted_text() -> None:

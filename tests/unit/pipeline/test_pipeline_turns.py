@@ -94,6 +94,33 @@ def test_a_stale_decode_is_dropped_and_speech_after_an_early_end_resumes() -> No
     assert kinds(tracker.push(frames(1), [SPEECH])) == ["TurnResumed"]  # answered: no withdraw
 
 
+@pytest.mark.parametrize("min_end_silence_ms", [0, 600])
+def test_a_sure_model_ends_the_turn_only_once_the_pause_reaches_min_end_silence(
+    min_end_silence_ms: int,
+) -> None:
+    settings = TurnSettings(
+        eager_eot_threshold=0.5, min_pause_ms=200, min_end_silence_ms=min_end_silence_ms
+    )
+    tracker = TurnTracker(settings, min_speech_frames=1)
+    tracker.push(frames(20), [SPEECH] * 20)
+    silent = 0
+    while tracker.open and silent < 60:  # up to ~2 s of silence, a frame (32 ms) at a time
+        silent += 1
+        for step in tracker.push(frames(1, 0.0), [SILENCE]):
+            if isinstance(step, Score):
+                if step.decode is not None:
+                    tracker.transcript(step.decode.key, "Done.", ())
+                ends = tracker.probability(step.request, 0.95)
+                assert kinds(ends) == (
+                    ["EndOfTurn"]
+                    if silent * FRAME * 1000 >= min_end_silence_ms * 16000
+                    else ["EagerEndOfTurn"]
+                )
+    # The end came at the first frame whose pause reached the larger of the two minimums.
+    assert not tracker.open
+    assert silent == -(-max(200, min_end_silence_ms) * 16 // FRAME)
+
+
 def test_a_long_pause_ends_the_turn_by_timeout_and_the_window_is_the_last_8_s() -> None:
     tracker = TurnTracker(TurnSettings(eot_timeout_ms=1000), min_speech_frames=1)
     tracker.push(frames(300), [SPEECH] * 300)  # 9.6 s

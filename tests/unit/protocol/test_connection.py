@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from streamer.codecs.v1_json import decode_bytes, decode_text
-from streamer.errors import ClientError, ErrorCode, InvalidFormat, Overloaded, ShuttingDown
+from streamer.errors import (
+    STREAM_LIMIT,
+    ClientError,
+    ErrorCode,
+    InvalidFormat,
+    Overloaded,
+    ShuttingDown,
+    StreamLimit,
+)
 from streamer.protocol.actions import (
     AbortStream,
     Action,
@@ -279,6 +287,18 @@ def test_a_refused_start_goes_back_to_idle_or_closes_for_overload() -> None:
     down = started()
     actions = down.receive(StreamRefused(ShuttingDown("bye")))
     assert actions[-1] == Close(ErrorCode.SHUTTING_DOWN, "bye")
+
+
+def test_a_refusal_by_a_stream_limit_keeps_its_reason_for_the_front_end() -> None:
+    hard = started()
+    assert hard.receive(StreamRefused(StreamLimit("quota"))) == [
+        EmitError(ErrorCode.OVERLOADED, "quota", STREAM_LIMIT),
+        Close(ErrorCode.OVERLOADED, "quota", reason=STREAM_LIMIT),
+    ]
+    one = started(GRPC)
+    assert one.receive(StreamRefused(StreamLimit("quota"))) == [
+        Close(ErrorCode.OVERLOADED, "quota", tell=True, reason=STREAM_LIMIT)
+    ]
 
 
 def test_grpc_ends_the_call_on_any_client_error_telling_it_once() -> None:

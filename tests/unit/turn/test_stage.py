@@ -199,6 +199,56 @@ def test_a_forced_end_carries_the_transcript_and_the_manual_trigger() -> None:
     assert end.audio_window_end == 1.2
 
 
+def test_a_confident_answer_before_min_end_silence_is_an_early_end_then_asked_again() -> None:
+    turns = TurnSettings(eot_threshold=0.7, eager_eot_threshold=0.5, min_end_silence_ms=600)
+    stage = TurnStage(turns)
+    stage.handle(SpeechStarted(0.0))
+    stage.handle(Transcript("all done", audio_end=1.0))
+    assert stage.handle(Pause(speech_end=1.0, now=1.25)) == [ScoreTurn(0, 1.25)]
+    [eager] = stage.handle(Probability(0, 0.95))  # asked at 250 ms: too soon to end
+    assert isinstance(eager, TurnEvent) and eager.kind is E.EAGER_END_OF_TURN
+    assert eager.end_of_turn_confidence == 0.95 and stage.state is S.EAGER
+    assert stage.handle(Pause(speech_end=1.0, now=1.5)) == []
+    assert stage.handle(Pause(speech_end=1.0, now=1.6)) == [ScoreTurn(1, 1.6)]
+    assert stage.handle(Pause(speech_end=1.0, now=1.7)) == []  # asked once at 600 ms
+    [end] = stage.handle(Probability(1, 0.9))
+    assert isinstance(end, TurnEvent) and end.kind is E.END_OF_TURN
+    assert end.trigger is EndTrigger.MODEL and end.transcript == "all done"
+
+
+def test_without_early_ends_a_confident_answer_too_soon_waits_quietly() -> None:
+    stage = TurnStage(TurnSettings(min_end_silence_ms=500))
+    stage.handle(SpeechStarted(0.0))
+    assert stage.handle(Pause(speech_end=1.0, now=1.25)) == [ScoreTurn(0, 1.25)]
+    assert stage.handle(Probability(0, 0.99)) == []
+    assert stage.state is S.PAUSED
+    assert stage.handle(Pause(speech_end=1.0, now=1.5)) == [ScoreTurn(1, 1.5)]
+    [end] = stage.handle(Probability(1, 0.99))
+    assert isinstance(end, TurnEvent) and end.trigger is EndTrigger.MODEL
+
+
+def test_a_low_answer_before_min_end_silence_is_not_asked_again() -> None:
+    stage = TurnStage(TurnSettings(min_end_silence_ms=500))
+    stage.handle(SpeechStarted(0.0))
+    assert stage.handle(Pause(speech_end=1.0, now=1.25)) == [ScoreTurn(0, 1.25)]
+    assert stage.handle(Probability(0, 0.2)) == []
+    assert stage.handle(Pause(speech_end=1.0, now=1.75)) == []  # no rescore asked for
+
+
+@pytest.mark.parametrize(("min_end", "ends_at"), [(0, 0.25), (300, 0.375), (800, 0.875)])
+def test_a_longer_min_end_silence_ends_the_turn_later(min_end: int, ends_at: float) -> None:
+    """The same pause, observed every 125 ms, and a model that is always sure."""
+    stage = TurnStage(TurnSettings(min_end_silence_ms=min_end))
+    stage.handle(SpeechStarted(0.0))
+    for step in range(1, 40):
+        now = step / 8
+        for output in stage.handle(Pause(speech_end=0.0, now=now)):
+            if isinstance(output, ScoreTurn) and stage.handle(Probability(output.request, 0.9)):
+                assert now == ends_at and stage.state is S.IDLE
+                return
+    pytest.fail("the turn never ended")
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="eager"):
         TurnSettings(eot_threshold=0.5, eager_eot_threshold=0.6)
@@ -206,6 +256,8 @@ def test_settings_are_checked() -> None:
         TurnSettings(eot_threshold=0)
     with pytest.raises(ValueError, match="rescore"):
         TurnSettings(rescore_ms=0)
+    with pytest.raises(ValueError, match="min_end_silence_ms"):
+        TurnSettings(min_end_silence_ms=-1)
 
 
 # -- random sequences never break Flux's promises --------------------------------------------
@@ -250,6 +302,7 @@ settings_ = st.builds(
     min_pause_ms=st.sampled_from([0, 200, 500]),
     rescore_ms=st.sampled_from([None, 100, 400]),
     update_ms=st.sampled_from([0, 250]),
+    min_end_silence_ms=st.sampled_from([0, 0, 300, 1000]),
 )
 
 
@@ -257,6 +310,7 @@ def keeps_the_promises(stage: TurnStage, sequence: list[Input | AnswerOpen]) -> 
     """Run ``sequence`` through ``stage`` and check Flux's promises on what comes out."""
     events: list[TurnEvent] = []
     asked: list[int] = []
+    silences: dict[int, float] = {}  # the pause each request asked about
     for item in sequence:
         if isinstance(item, AnswerOpen):
             open_request = -1 if stage.request is None else stage.request
@@ -266,8 +320,13 @@ def keeps_the_promises(stage: TurnStage, sequence: list[Input | AnswerOpen]) -> 
         for output in stage.handle(event):
             if isinstance(output, TurnEvent):
                 events.append(output)
+                if output.trigger is EndTrigger.MODEL:  # never before min_end_silence_ms
+                    assert isinstance(event, Probability)
+                    assert silences[event.request] * 1000 >= stage.settings.min_end_silence_ms
             elif isinstance(output, ScoreTurn):
                 asked.append(output.request)
+                assert stage.asked_at is not None
+                silences[output.request] = stage.asked_at
             else:
                 assert output.request in asked  # only what was asked is withdrawn
     assert asked == sorted(set(asked))  # request ids are fresh each time
