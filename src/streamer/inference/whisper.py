@@ -123,10 +123,11 @@ class WhisperParams(BaseModel):
         default=5,
         ge=1,
         le=10,
-        description="A decode that loops (reaches its budget, or its text compresses past "
-        "``compression_ratio_threshold``) is decoded once more with this beam, within the "
-        "same budget; whatever still repeats (three times in a row, or twice to the end of "
-        "the budget) is cut after its first occurrence.",
+        description="A decode that loops (reaches its budget, repeats a phrase in a row, or "
+        "its text compresses past ``compression_ratio_threshold``) is decoded once more "
+        "with this beam, within the same budget; whatever still repeats (three times in a "
+        "row, a phrase in a row, or twice to the end of the budget) is cut after its first "
+        "occurrence.",
     )
 
 
@@ -180,6 +181,46 @@ def without_repeats(tokens: Sequence[int], repeats: int = 3) -> list[int]:
             ):
                 return list(tokens[: start + period])
     return list(tokens)
+
+
+REPEATED_TOKENS = 8
+"""Tokens of a block repeated in a row, beyond its first copy, that make a loop: a
+sentence said twice in a row, or a short phrase five times, is Whisper repeating itself
+(tiny.en does so on clean speech, with an ordinary compression ratio); a word said twice
+or three times ("no, no, no") is speech."""
+
+
+def _repeated_block(tokens: Sequence[int], least: int = REPEATED_TOKENS) -> int | None:
+    """Where the first block of two or more tokens ends whose copies in a row come to
+    ``least`` tokens past it; None when there is none."""
+    n = len(tokens)
+    if n < least + 2:
+        return None
+    found: int | None = None
+    t = np.asarray(tokens)
+    for period in range(2, n // 2 + 1):
+        # A run of ``k`` tokens each equal to the one ``period`` later: the block there
+        # repeats, its copies coming to ``k`` tokens past the first.
+        same = np.concatenate(([False], t[:-period] == t[period:], [False]))
+        edges = np.flatnonzero(same[1:] != same[:-1])
+        for start, end in zip(edges[::2], edges[1::2], strict=True):
+            if end - start >= max(least, period):
+                cut = int(start) + period
+                found = cut if found is None else min(found, cut)
+                break
+    return found
+
+
+def repeats_a_phrase(tokens: Sequence[int]) -> bool:
+    """Whether the decode repeats a block in a row to ``REPEATED_TOKENS`` past its first
+    copy: a loop, whatever its compression ratio."""
+    return _repeated_block(tokens) is not None
+
+
+def without_repeated_phrase(tokens: Sequence[int]) -> list[int]:
+    """The tokens up to the end of the first copy of a block ``repeats_a_phrase`` finds."""
+    cut = _repeated_block(tokens)
+    return list(tokens) if cut is None else list(tokens[:cut])
 
 
 def without_looping_tail(tokens: Sequence[int]) -> list[int]:
@@ -382,7 +423,11 @@ class WhisperRecognizer:
                 kept.append([])
             else:
                 kept.append(decode.tokens)
-                if not decode.ended or ratio > p.compression_ratio_threshold:
+                if (
+                    not decode.ended
+                    or ratio > p.compression_ratio_threshold
+                    or repeats_a_phrase(decode.tokens)
+                ):
                     again.append(i)
         if again and (p.fallback_beam_size != p.beam_size or p.temperature > 0):
             retried = self._generate(
@@ -397,7 +442,7 @@ class WhisperRecognizer:
                 kept[i] = decode.tokens
         for i in again:
             tokens = kept[i] if decodes[i].ended else without_looping_tail(kept[i])
-            kept[i] = without_repeats(tokens)
+            kept[i] = without_repeated_phrase(without_repeats(tokens))
         for i, tokens in enumerate(kept):
             text = self._tokenizer.decode(tokens).strip() if tokens else ""
             if not has_words(text):

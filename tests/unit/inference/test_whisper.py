@@ -21,8 +21,10 @@ from streamer.inference.whisper import (
     WhisperRecognizer,
     has_words,
     is_no_speech,
+    repeats_a_phrase,
     token_budget,
     without_looping_tail,
+    without_repeated_phrase,
     without_repeats,
 )
 
@@ -174,6 +176,45 @@ def test_the_clip_loops_when_nothing_bounds_the_decode(whisper: WhisperRecognize
     text = whisper._tokenizer.decode(decoded.tokens)
     assert not decoded.ended and len(decoded.tokens) == 224
     assert text.count("Gloobish") > 20, text
+
+
+def repeating_turn() -> np.ndarray:
+    """harvard_16k.wav from 2.592 s to 7.808 s, two sentences as a turn detector cut them
+    (a turn's pad, its speech, to the start of its pause). Greedy tiny.en says the second
+    one three times over, within its budget and at a compression ratio under 2.4."""
+    return speech("harvard_16k.wav")[41472:124928]
+
+
+def test_a_sentence_said_over_again_is_a_loop_too(whisper: WhisperRecognizer) -> None:
+    features = whisper._model.feature_extractor(repeating_turn())
+    frames = features.shape[-1] - 1
+    window = whisper._window(frames)
+    encoded = whisper._model.encode(np.stack([pad_or_trim(features[:, :frames], window)]))
+    [greedy] = whisper._generate(encoded, [list(whisper._prompt)], [60], 1, 0.0)
+    assert greedy.ended and whisper._tokenizer.decode(greedy.tokens).count("depth") == 3
+    text = whisper.infer(repeating_turn())["text"]
+    assert text.count("depth") == 1, text
+    said = "Glue the sheet to the dark blue background. It's easy to tell the depth of a well."
+    assert word_error_rate(said, text) <= 0.1, text
+
+
+@pytest.mark.parametrize(
+    ("tokens", "loop", "kept"),
+    [
+        (list(range(11)) * 2, True, list(range(11))),  # a sentence twice in a row
+        ([9, *range(11), *range(11), *range(11), 5], True, [9, *range(11)]),
+        ([1, 2] * 5, True, [1, 2]),  # "Hello? Hello? Hello? Hello? Hello?"
+        ([1, 2] * 4, False, [1, 2] * 4),  # a word or two, said again: speech
+        ([3, *range(6), *range(6)], False, [3, *range(6), *range(6)]),
+        (list(range(30)), False, list(range(30))),
+        ([], False, []),
+    ],
+)
+def test_a_phrase_repeated_in_a_row_is_found_and_cut_after_its_first_copy(
+    tokens: list[int], loop: bool, kept: list[int]
+) -> None:
+    assert repeats_a_phrase(tokens) is loop
+    assert without_repeated_phrase(tokens) == kept
 
 
 def test_a_looping_decode_is_cut_to_its_budget_and_decoded_again_without_repeats(
