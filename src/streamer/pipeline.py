@@ -222,9 +222,13 @@ class StreamPipeline:
             await self._turns[channel].push(frames, probs.tolist())
 
     async def finalize(self) -> None:
-        """Force final results for the audio so far; the stream goes on."""
+        """Force final results for the audio so far; the stream goes on. With turn
+        detection the open turns end too (trigger ``manual``), as a front-end's
+        ``ForceEnd`` ends them: all of the audio so far is final."""
         self.observer.flushed(self.audio_seconds)
         await self._carry(self._route.finalize())
+        for turns in self._turns:
+            await turns.force_end()
 
     async def steer(self, command: object) -> None:
         """A front-end's instruction: new turn thresholds (``TurnDetection``, anything

@@ -333,6 +333,38 @@ async def test_a_v1_segmented_stream_with_turn_detection_sends_turn_events() -> 
     assert (registry.get_sample_value("streamer_turn_model_seconds_count") or 0) >= 1
 
 
+async def test_a_v1_finalize_ends_the_open_turn_and_speech_after_it_opens_the_next() -> None:
+    body = {
+        "request": "start",
+        "format": {"channels": 1, "sample_rate": 16000, "bit_depth": 16},
+        # Only the end of the audio or a finalize can end a turn here.
+        "turn_detection": {"eot_threshold": 0.9, "eot_timeout_ms": 10000},
+        "segments": False,
+    }
+    speech = _speech()
+    half = len(speech) // 4 * 2
+    async with running_services(model=Saying()) as services:
+        outcome = await run_connection(
+            services,
+            Route.SEGMENTED,
+            [
+                json.dumps(body),
+                speech[:half],
+                '{"request": "finalize"}',
+                speech[half:],
+                '{"request": "stop"}',
+            ],
+        )
+    sent = [json.loads(frame) for frame in outcome.sent]
+    turns = [(m["event"], m["turn_index"], m.get("trigger")) for m in sent if m["type"] == "turn"]
+    first_end = turns.index(("end", 0, "manual"))  # at the finalize: no timeout, no 0.9
+    assert ("start", 1, None) in turns[first_end:], turns
+    [end] = [
+        m for m in sent if m["type"] == "turn" and m["event"] == "end" and m["turn_index"] == 0
+    ]
+    assert end["transcript"] and end["end_time"] <= half / 32000 + 0.05, end
+
+
 async def test_a_stream_of_turns_alone_infers_no_segments() -> None:
     """``segments: false`` (what ``/v2/listen`` and ``semantic_vad`` ask): speech events
     and turns, no segment and no inference of one; without turn detection it is refused."""
