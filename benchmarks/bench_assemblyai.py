@@ -11,16 +11,17 @@ reversed every other run), ``--runs`` times, in two phases:
   early end at 0.5, 1280 ms ``max_turn_silence``), v1 with that ``turn_detection`` and
   turns alone (``segments: false``), as ``/v3/ws`` asks for its streams;
 - forced end: each stream forces an end at ``--force-at`` seconds, mid-utterance:
-  ``ForceEndpoint``, and v1's ``finalize`` (which forces a final segment: v1 has no
-  forced end of turn, so these v1 streams keep their segments, as ``finalize`` needs).
+  ``ForceEndpoint``, and v1's ``finalize`` (which, with turn detection, ends the open
+  turn the same way), both streams of turns alone.
 
 - end of turn: when a turn's end arrived (``/v3/ws``: the formatted end-of-turn ``Turn``;
   v1: the ``turn`` event ``end``) less when the end of its last word was sent (the sender
   is paced, so that is the stream's start plus the word's end time): the pause that ends
   a turn is in it. Turns the model or the pause ended only (not the forced one, nor
   those the end of the audio flushes);
-- forced end: when the first final after the force arrived (``/v3/ws``: the formatted
-  ``Turn``; v1: the final segment) less when the force was sent.
+- forced end: when the turn's end the force brings arrived (``/v3/ws``: the formatted
+  ``Turn``; v1: the ``turn`` event ``end``, trigger ``manual``) less when the force was
+  sent.
 
 Prints the count, P50 and P95 per route and stream count, side by side.
 
@@ -67,10 +68,10 @@ def _end_of(body: dict[str, Any]) -> tuple[str, float | None]:
     words = body.get("words") or []
     if kind == "Turn" and body["end_of_turn"] and body["turn_is_formatted"]:
         return "final", words[-1]["end"] / 1000 if words else None
-    if kind == "turn" and body["event"] == "end" and body.get("trigger") != "manual":
+    if kind == "turn" and body["event"] == "end":
+        if body.get("trigger") == "manual":  # a finalize's, or the end of the audio's
+            return "forced", None
         return "turn", words[-1]["end"] if words else None
-    if kind == "segment" and body.get("is_final"):
-        return "forced", None
     if kind in ("done", "Termination"):
         return "done", None
     return "other", None
@@ -80,7 +81,7 @@ async def one_stream(
     url: str, route: str, audio: bytes, force_at: float | None, into: Delays
 ) -> None:
     """Stream ``audio`` in real time, adding its delays to ``into``; ``force_at`` None:
-    nothing forced (v1: turns alone), else when (v1: with segments)."""
+    nothing forced, else when."""
     forced_sent: float | None = None
     stopping = False  # the ends a stop flushes are not the model's
     if route == "v3":
@@ -91,8 +92,7 @@ async def one_stream(
         if route != "v3":
             fmt = {"channels": 1, "sample_rate": RATE, "bit_depth": 16}
             start = {"format": fmt, "word_times": True, "turn_detection": TURNS}
-            if force_at is None:
-                start["segments"] = False
+            start["segments"] = False  # turns alone, as /v3/ws asks for its streams
             await ws.send(json.dumps({"request": "start", **start}))
         began = time.monotonic()
 
