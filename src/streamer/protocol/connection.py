@@ -18,7 +18,7 @@ call is one stream, and a mistake ends it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeAlias
@@ -560,19 +560,26 @@ class ConnectionMachine:
         if self.state is State.CLOSED and not isinstance(event, Crashed):
             return []
         key = (self.state, type(event))
-        if key not in RULES:
+        rules = RULES.get(key)
+        if rules is None:
             error = ERRORS.get(key, InvalidMessage)
             event = Invalid(error(f"got {describe(type(event))}, expected {EXPECTED[self.state]}"))
+            rules = RULES[self.state, Invalid]
         try:
-            return self._take(event)
+            return self._take(event, rules)
         except ClientError as error:  # the step refused the input: a client error instead
             return self._take(Invalid(error))
 
-    def _take(self, event: Input) -> list[Action]:
-        """Apply the first rule of ``event``'s kind in this state whose guard holds."""
-        rule = next(
-            r for r in RULES[self.state, type(event)] if r.when is None or r.when(self, event)
-        )
+    def _take(self, event: Input, rules: Sequence[Rule] | None = None) -> list[Action]:
+        """Apply the first rule of ``event``'s kind in this state whose guard holds
+        (``rules``: those of its kind in this state, when already looked up)."""
+        if rules is None:
+            rules = RULES[self.state, type(event)]
+        for rule in rules:  # a loop, not next() over a generator: once per message
+            if rule.when is None or rule.when(self, event):
+                break
+        else:
+            raise AssertionError(f"no rule of {self.state} takes {type(event).__name__}")
         actions = rule.step(self, event)
         self.state = rule.next
         self.rule = rule
