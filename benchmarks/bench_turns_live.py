@@ -258,8 +258,16 @@ async def phase(
     else:
         chosen = [lives[i % len(lives)] for i in range(streams)]
         outcomes = list(await asyncio.gather(*(run(live) for live in chosen)))
+    # The engine may still be scoring pauses of streams that have ended (a backlog at
+    # many streams): that CPU is this phase's, not the next one's.
+    turn_1 = server_metric(http, TURN_CPU)
+    while turn_1 is not None:
+        await asyncio.sleep(1.0)
+        turn_1, settled = server_metric(http, TURN_CPU), turn_1
+        if turn_1 == settled:
+            break
     wall = time.monotonic() - began
-    cpu_1, turn_1 = meter.seconds(), server_metric(http, TURN_CPU)
+    cpu_1 = meter.seconds()
     figures = summary(outcomes)
     figures["route"] = route
     figures["streams"] = streams
