@@ -254,4 +254,6 @@ async def test_the_servers_own_capacity_estimate_is_read_from_its_metrics(server
     estimate = await asyncio.to_thread(estimated_capacity, server.ws("segmented"))
     # The gauge is the health report's capacity: never past the room under max_streams.
     assert estimate is not None and 0 <= estimate <= health["max_streams"]
+    turns = await asyncio.to_thread(estimated_capacity, server.ws("segmented"), turns=True)
+    assert turns is not None and 0 <= turns <= health["max_streams"]
     assert estimated_capacity("ws://127.0.0.1:9/api/v1/segmented", timeout=1.0) is None

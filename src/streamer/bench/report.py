@@ -143,7 +143,9 @@ def table(result: RunResult, floor: Floor | None = None) -> str:
     estimate = s.get("server_estimate") or {}
     if estimate.get("plateau_capacity") is not None:
         lines.append(
-            f"server's own estimate at the plateau: {estimate['plateau_live_mean']:.0f} live "
+            "server's own estimate"
+            + (" for streams with turns" if s.get("turn_detection") is not None else "")
+            + f" at the plateau: {estimate['plateau_live_mean']:.0f} live "
             f"+ {estimate['plateau_spare_mean']:.0f} it could still take = "
             f"{estimate['plateau_capacity']:.0f} streams"
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -172,10 +173,12 @@ def server_metric(url: str, name: str, timeout: float = 2.0) -> float | None:
     return None
 
 
-def estimated_capacity(url: str, timeout: float = 2.0) -> float | None:
+def estimated_capacity(url: str, timeout: float = 2.0, *, turns: bool = False) -> float | None:
     """The server's ``streamer_estimated_stream_capacity`` (the streams it reckons it can
-    still take, all its processes together) from ``/metrics``, or None."""
-    return server_metric(url, "streamer_estimated_stream_capacity", timeout)
+    still take, all its processes together) from ``/metrics``, or None; ``turns``: its
+    ``streamer_estimated_turn_stream_capacity``, for streams that detect turns."""
+    kind = "turn_stream" if turns else "stream"
+    return server_metric(url, f"streamer_estimated_{kind}_capacity", timeout)
 
 
 TURN_CPU: Final = "streamer_turn_engine_cpu_seconds_total"
@@ -368,7 +371,11 @@ async def run_load(
             ticks += 1
             spare = None
             if meter is not None and ticks % ESTIMATE_EVERY == 0:
-                spare = await asyncio.to_thread(estimated_capacity, spec.url)
+                spare = await asyncio.to_thread(
+                    functools.partial(
+                        estimated_capacity, spec.url, turns=spec.turn_detection is not None
+                    )
+                )
             client = _own_cpu()
             dt = max(now - last_t, 1e-6)
             point: dict[str, Any] = {
