@@ -66,6 +66,8 @@ class Admission:
         """Live streams per quota account (``Principal.accounts``)."""
         self.held: dict[str, tuple[str, ...]] = {}
         """The quota accounts each live stream (by id) counts against."""
+        self.turning: set[str] = set()
+        """The live streams (by id) that detect turns: the turn engine's CPU is theirs."""
 
     @property
     def live_streams(self) -> int:
@@ -77,19 +79,31 @@ class Admission:
         several."""
         return self.fleet.total_streams() if self.fleet is not None else self.live_streams
 
+    @property
+    def turn_streams(self) -> int:
+        """Live streams of this process that detect turns."""
+        return len(self.turning)
+
     def admit(
-        self, route: Route, principal: Principal = ANONYMOUS, stream_id: str | None = None
+        self,
+        route: Route,
+        principal: Principal = ANONYMOUS,
+        stream_id: str | None = None,
+        *,
+        turns: bool = False,
     ) -> None:
         """Count a new stream of ``principal`` in, or refuse it with a typed error.
 
         A stream past the server's stream limit or one of the principal's quotas is
         refused as ``overloaded`` (``StreamLimit``), naming the limit; other principals
         are not affected by a quota. With a ``stream_id``, the stream holds its quotas
-        until ``stream_ended`` is told the same id.
+        until ``stream_ended`` is told the same id. ``turns``: the stream detects turns,
+        so its estimate includes the turn engine's cost per stream (counted as such with
+        a ``stream_id``).
         """
         if self.draining.is_set():
             raise ShuttingDown("the server is shutting down; connect to another instance")
-        if (why := self.overload()) is not None:
+        if (why := self.overload(turns=turns)) is not None:
             limited = self.server_streams >= self.max_streams
             raise (StreamLimit if limited else Overloaded)(f"{why}; try again later")
         accounts = principal.accounts()
@@ -103,12 +117,15 @@ class Admission:
         if stream_id is not None and accounts:
             self.held[stream_id] = tuple(account for account, _ in accounts)
             self.quota_use.update(self.held[stream_id])
+        if stream_id is not None and turns:
+            self.turning.add(stream_id)
         if self.fleet is not None:
             self.fleet.set_streams(self.live_streams)
         self.metrics.stream_started(route)
 
-    def overload(self) -> str | None:
-        """Why a new stream would be refused for lack of capacity now, or None.
+    def overload(self, *, turns: bool = False) -> str | None:
+        """Why a new stream (``turns``: one that detects turns) would be refused for lack
+        of capacity now, or None.
 
         Capacity is the live-stream limit and the inference backlog: when the model falls
         behind, new streams are refused so that admitted ones keep their latency.
@@ -121,7 +138,7 @@ class Admission:
             behind = self.pressure.behind()
             if self.fleet is not None:
                 self.fleet.set_shedding(behind is not None)
-            if behind is None and self.within_estimate and self.capacity() == 0:
+            if behind is None and self.within_estimate and self.capacity(turns=turns) == 0:
                 return "the server is at its estimated capacity (server.admit_within_estimate)"
             return behind
         return None
@@ -130,15 +147,21 @@ class Admission:
         """Whether the process measures that it is not keeping up now."""
         return self.pressure is not None and self.pressure.behind() is not None
 
-    def capacity(self) -> int:
+    def capacity(self, *, turns: bool = False) -> int:
         """Streams this process can still take at its current cost per stream (0 while
-        behind), within the room left under ``server.max_streams``."""
+        behind), within the room left under ``server.max_streams``; ``turns``: streams
+        that detect turns, each also charged the turn engine's cost per such stream."""
         room = self.max_streams - self.server_streams
         if self.fleet is not None:  # a share of it, so that the processes' sum is the room
             room = -(-room // max(1, self.fleet.alive()))
         if self.pressure is None:
             return max(0, room)
-        return self.pressure.capacity(room, self.live_streams)
+        return self.pressure.capacity(room, self.live_streams, turns=turns)
+
+    def sample_cpu(self) -> None:
+        """Take the pressure's CPU sample (the app does every second)."""
+        if self.pressure is not None:
+            self.pressure.sample_cpu(self.live_streams, self.turn_streams)
 
     def stream_ended(
         self, route: Route, outcome: str = "completed", stream_id: str | None = None
@@ -150,6 +173,8 @@ class Admission:
             self.quota_use[account] -= 1
             if self.quota_use[account] <= 0:
                 del self.quota_use[account]
+        if stream_id is not None:
+            self.turning.discard(stream_id)
         if self.fleet is not None:
             self.fleet.set_streams(self.live_streams)
         self.metrics.stream_ended(route, outcome)
@@ -188,6 +213,8 @@ class Admission:
             "model": self.model_name,
             "device": self.device,
             "capacity": self.capacity(),
+            "turn_capacity": self.capacity(turns=True),
+            "turn_streams": self.turn_streams,
             **({"reason": why} if why is not None else {}),
             **({"pressure": self.pressure.readings()} if self.pressure is not None else {}),
             **self._fleet_health(),

@@ -173,12 +173,19 @@ def build_services(
     model = model or build_model(settings)
     metrics.model_info.labels(model.name, model_device(model)).set(1)
     server = settings.server
+    turns = TurnEngine(
+        threads=settings.turn.threads,
+        max_batch=settings.turn.max_batch,
+        max_wait=settings.turn.max_wait_ms / 1000,
+        on_call=metrics.observe_turn_call,
+    )  # its model is loaded by the first stream that detects turns
     pressure = Pressure(
         Ceilings(
             loop_lag=server.max_loop_lag_ms / 1000,
             vad_delay=server.max_vad_delay_ms / 1000,
             queue_wait=server.max_queue_wait_ms / 1000,
-        )
+        ),
+        turn_cpu=lambda: turns.cpu_seconds,
     )
 
     def observe_batch(stats: BatchStats) -> None:
@@ -248,12 +255,7 @@ def build_services(
         ),
         metrics=metrics,
         tracing=tracing,
-        turns=TurnEngine(
-            threads=settings.turn.threads,
-            max_batch=settings.turn.max_batch,
-            max_wait=settings.turn.max_wait_ms / 1000,
-            on_call=metrics.observe_turn_call,
-        ),  # its model is loaded by the first stream that detects turns
+        turns=turns,
         turn_defaults=TurnSettings(
             min_pause_ms=settings.turn.min_pause_ms,
             rescore_ms=settings.turn.rescore_ms or None,
@@ -273,6 +275,8 @@ def build_services(
     sources.interims_dropped = lambda: scheduler.interims_dropped
     sources.interims_skipped = lambda: scheduler.interims_skipped
     sources.capacity = admission.capacity
+    sources.turn_capacity = functools.partial(admission.capacity, turns=True)
+    sources.turn_cpu_seconds = lambda: turns.cpu_seconds
     return Services(
         admission=admission,
         streams=streams,
@@ -324,9 +328,7 @@ async def _sample(services: Services, shared: bool) -> None:
         if shared:
             services.metrics.publish()
         await asyncio.sleep(PUBLISH_SECONDS)
-        admission = services.admission
-        if admission.pressure is not None:
-            admission.pressure.sample_cpu(admission.live_streams)
+        services.admission.sample_cpu()
 
 
 def create_app(

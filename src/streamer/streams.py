@@ -104,7 +104,8 @@ class StreamFactory:
         returned is counted until :meth:`end`.
         """
         stream_id = uuid.uuid4().hex
-        self.admission.admit(route, principal, stream_id)
+        turns = request.turn_detection is not None and self.turns is not None
+        self.admission.admit(route, principal, stream_id, turns=turns)
         try:
             options = self.options(route, request)
             if chunk_seconds is not None:

@@ -95,6 +95,29 @@ def test_the_report_carries_the_floor_and_the_ratios_to_it(
     assert "of the floor's capacity" in captured.out
 
 
+async def test_a_run_with_turn_detection_reports_the_turn_engine_s_share_of_cpu(
+    server: Any,
+) -> None:
+    spec = LoadSpec(
+        url=server.ws("segmented"),
+        files=(AUDIO / "harvard_16k.wav",),
+        streams=1,
+        turn_detection={"eot_threshold": 0.5},
+    )
+    result = await run_load(spec, server_pid=server.process.pid)
+    s = result.summary
+    assert result.clean, s["problems"]  # the finals are all there beside the turns
+    assert s["turn_detection"] == {"eot_threshold": 0.5}
+    turns = [e for e in result.records[0].events if e["type"] == "turn"]
+    ended_by_model = [e for e in turns if e["event"] == "end" and e["trigger"] == "model"]
+    assert ended_by_model, [(e["event"], e.get("trigger")) for e in turns]
+    cpu = s["server_cpu"]
+    assert 0 < cpu["turn_engine_cpu_seconds"] < cpu["cpu_seconds"]
+    assert cpu["turn_engine_share"] == pytest.approx(
+        cpu["turn_engine_cpu_seconds"] / cpu["cpu_seconds"], abs=1e-3
+    )
+
+
 # -- fake servers that get it wrong --------------------------------------------------------
 
 Spans = Callable[[int, dict[str, Any]], list[tuple[float, float]]]
@@ -231,4 +254,6 @@ async def test_the_servers_own_capacity_estimate_is_read_from_its_metrics(server
     estimate = await asyncio.to_thread(estimated_capacity, server.ws("segmented"))
     # The gauge is the health report's capacity: never past the room under max_streams.
     assert estimate is not None and 0 <= estimate <= health["max_streams"]
+    turns = await asyncio.to_thread(estimated_capacity, server.ws("segmented"), turns=True)
+    assert turns is not None and 0 <= turns <= health["max_streams"]
     assert estimated_capacity("ws://127.0.0.1:9/api/v1/segmented", timeout=1.0) is None

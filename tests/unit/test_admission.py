@@ -134,3 +134,33 @@ async def test_by_default_the_estimate_does_not_refuse() -> None:
     assert services.admission.capacity() == 0
     services.admission.admit(Route.SEGMENTED)
     assert services.admission.live_streams == 5
+
+
+async def test_streams_that_detect_turns_are_charged_the_turn_engine_s_cpu() -> None:
+    services = build_services(Settings(server={"admit_within_estimate": True}))
+    admission = services.admission
+    clock, cpu, turn = Clock(), Clock(), Clock()
+    admission.pressure = Pressure(Ceilings(), clock=clock, cpu=cpu, turn_cpu=turn)
+    clock.now, cpu.now = 1.0, 0.05
+    admission.sample_cpu()  # idle: 0.05 of a core of upkeep
+    admission.admit(Route.SEGMENTED, stream_id="plain")
+    admission.admit(Route.SEGMENTED, stream_id="t1", turns=True)
+    admission.admit(Route.SEGMENTED, stream_id="t2", turns=True)
+    assert admission.turn_streams == 2
+    # Three streams at 0.03 core each, and the engine's 0.3 core for the two with turns.
+    clock.now, turn.now = 2.0, 0.3
+    cpu.now = 0.05 + 0.05 + 3 * 0.03 + 0.3
+    admission.sample_cpu()
+    assert admission.pressure.cost_per_stream == pytest.approx(0.03)
+    assert admission.pressure.turn_cost_per_stream == pytest.approx(0.15)
+    assert admission.capacity() == 13  # (0.85 - 0.44) / 0.03 = 13.7
+    assert admission.capacity(turns=True) == 2  # / (0.03 + 0.15) = 2.3
+    health = admission.health()
+    assert (health["capacity"], health["turn_capacity"], health["turn_streams"]) == (13, 2, 2)
+    admission.admit(Route.SEGMENTED, stream_id="t3", turns=True)
+    admission.admit(Route.SEGMENTED, stream_id="t4", turns=True)
+    with pytest.raises(Overloaded, match="estimated capacity"):
+        admission.admit(Route.SEGMENTED, stream_id="t5", turns=True)
+    admission.admit(Route.SEGMENTED, stream_id="p2")  # a plain stream still has room
+    admission.stream_ended(Route.SEGMENTED, "completed", "t1")
+    assert admission.turn_streams == 3 and "t1" not in admission.turning

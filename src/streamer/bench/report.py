@@ -81,7 +81,9 @@ def table(result: RunResult, floor: Floor | None = None) -> str:
     s = result.summary
     streams, results = s["streams"], s["results"]
     lines = [
-        f"route {s['route']}: {streams['requested']} streams, "
+        f"route {s['route']}"
+        + (" with turn detection" if s.get("turn_detection") is not None else "")
+        + f": {streams['requested']} streams, "
         f"{streams['ok']} ok, {streams['refused']} refused, {streams['failed']} failed; "
         f"{s['wall_seconds']:.1f} s wall, {s['audio_seconds']:.0f} s of audio "
         f"({s['throughput_x_real_time']}x real time), {s['finals_per_second']} finals/s",
@@ -116,6 +118,13 @@ def table(result: RunResult, floor: Floor | None = None) -> str:
             f"server cpu: {cpu['cores_mean']:.2f} cores mean, {cpu['cores_max_1s']} max (1 s)"
             + (f"; {per_stream} ms per stream per audio-second" if per_stream else "")
         )
+        if cpu.get("turn_engine_cpu_seconds") is not None:
+            share = cpu["turn_engine_share"]
+            lines.append(
+                f"turn engine cpu: {cpu['turn_engine_cpu_seconds']} s"
+                + ("" if share is None else f" = {share:.1%} of the server's")
+                + f", {cpu['turn_engine_ms_per_stream_audio_second']} ms per stream-second"
+            )
     for row in s.get("server_processes") or ():
         if len(s["server_processes"]) < 2:
             break
@@ -134,7 +143,9 @@ def table(result: RunResult, floor: Floor | None = None) -> str:
     estimate = s.get("server_estimate") or {}
     if estimate.get("plateau_capacity") is not None:
         lines.append(
-            f"server's own estimate at the plateau: {estimate['plateau_live_mean']:.0f} live "
+            "server's own estimate"
+            + (" for streams with turns" if s.get("turn_detection") is not None else "")
+            + f" at the plateau: {estimate['plateau_live_mean']:.0f} live "
             f"+ {estimate['plateau_spare_mean']:.0f} it could still take = "
             f"{estimate['plateau_capacity']:.0f} streams"
         )

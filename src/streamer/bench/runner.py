@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -47,6 +48,9 @@ class LoadSpec:
     word_times: bool = False
     """Ask for each final's word times."""
     results_timeout: float = 60.0
+    turn_detection: dict[str, Any] | None = None
+    """The v1 ``turn_detection`` option each stream's ``start`` carries (the segmented
+    route's turn events, and the end-of-turn model's CPU in the server's); None: off."""
 
     @property
     def segmented(self) -> bool:
@@ -147,9 +151,9 @@ ESTIMATE_EVERY: Final = 5
 ``/metrics`` costs the server some CPU, which the run's figures would count."""
 
 
-def estimated_capacity(url: str, timeout: float = 2.0) -> float | None:
-    """The server's ``streamer_estimated_stream_capacity`` (the streams it reckons it can
-    still take, all its processes together) from ``/metrics``, or None."""
+def server_metric(url: str, name: str, timeout: float = 2.0) -> float | None:
+    """One unlabelled sample of the server's ``/metrics`` (all its processes together), or
+    None when it cannot be read or is not there."""
     parts = urllib.parse.urlsplit(url)
     scheme = "https" if parts.scheme in ("wss", "https") else "http"
     try:
@@ -160,13 +164,25 @@ def estimated_capacity(url: str, timeout: float = 2.0) -> float | None:
     except (OSError, ValueError):
         return None
     for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name == "streamer_estimated_stream_capacity":
+        sample, _, value = line.partition(" ")
+        if sample == name:
             try:
                 return float(value)
             except ValueError:
                 return None
     return None
+
+
+def estimated_capacity(url: str, timeout: float = 2.0, *, turns: bool = False) -> float | None:
+    """The server's ``streamer_estimated_stream_capacity`` (the streams it reckons it can
+    still take, all its processes together) from ``/metrics``, or None; ``turns``: its
+    ``streamer_estimated_turn_stream_capacity``, for streams that detect turns."""
+    kind = "turn_stream" if turns else "stream"
+    return server_metric(url, f"streamer_estimated_{kind}_capacity", timeout)
+
+
+TURN_CPU: Final = "streamer_turn_engine_cpu_seconds_total"
+"""The server's end-of-turn engine CPU, which a run with turn detection reports a share of."""
 
 
 def server_estimate(timeline: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -355,7 +371,11 @@ async def run_load(
             ticks += 1
             spare = None
             if meter is not None and ticks % ESTIMATE_EVERY == 0:
-                spare = await asyncio.to_thread(estimated_capacity, spec.url)
+                spare = await asyncio.to_thread(
+                    functools.partial(
+                        estimated_capacity, spec.url, turns=spec.turn_detection is not None
+                    )
+                )
             client = _own_cpu()
             dt = max(now - last_t, 1e-6)
             point: dict[str, Any] = {
@@ -392,6 +412,9 @@ async def run_load(
     origin = loop.time()
     sampler = asyncio.create_task(sample(), name="bench-sampler")
     server_parts_0 = await asyncio.to_thread(meter.by_process) if meter is not None else None
+    turn_cpu_0 = (
+        await asyncio.to_thread(server_metric, spec.url, TURN_CPU) if meter is not None else None
+    )
     client_cpu_0 = _own_cpu()
     machine_0 = machine_busy_seconds()
     tasks = []
@@ -409,6 +432,7 @@ async def run_load(
                     interim=spec.interim,
                     word_times=spec.word_times,
                     results_timeout=spec.results_timeout,
+                    turn_detection=spec.turn_detection,
                 ),
                 name=f"bench-stream-{i}",
             )
@@ -416,6 +440,9 @@ async def run_load(
     await asyncio.gather(*tasks)
     wall = loop.time() - origin
     server_parts_1 = await asyncio.to_thread(meter.by_process) if meter is not None else None
+    turn_cpu_1 = (
+        await asyncio.to_thread(server_metric, spec.url, TURN_CPU) if meter is not None else None
+    )
     client_cpu = _own_cpu() - client_cpu_0
     machine_1 = machine_busy_seconds()
     stop.set()
@@ -437,6 +464,8 @@ async def run_load(
                 else None
             ),
         }
+        if turn_cpu_0 is not None and turn_cpu_1 is not None:
+            summary["server_cpu"].update(turn_engine_cpu(turn_cpu_1 - turn_cpu_0, summary))
         summary["server_estimate"] = server_estimate(timeline)
         summary["server_processes"] = per_process(
             timeline, server_parts_0, server_parts_1, wall, server_pid or 0
@@ -456,6 +485,19 @@ async def run_load(
             "other_cores_mean": round(max(busy - own, 0.0), 3),
         }
     return RunResult(spec, summary, stats, timeline, records)
+
+
+def turn_engine_cpu(seconds: float, summary: dict[str, Any]) -> dict[str, Any]:
+    """The end-of-turn engine's CPU over a run, and its share of the server's."""
+    server = float(summary["server_cpu"]["cpu_seconds"])
+    audio = float(summary["audio_seconds"])
+    return {
+        "turn_engine_cpu_seconds": round(seconds, 3),
+        "turn_engine_share": round(seconds / server, 4) if server > 0 else None,
+        "turn_engine_ms_per_stream_audio_second": (
+            round(seconds * 1000 / audio, 3) if audio else None
+        ),
+    }
 
 
 def _progress_line(records: Sequence[StreamRecord], point: dict[str, Any]) -> str:
@@ -494,6 +536,7 @@ def summarise(spec: LoadSpec, stats: Sequence[StreamStats], wall: float) -> dict
     finals = sum(len(s.final_delays) for s in stats)
     return {
         "route": "segmented" if spec.segmented else "simple",
+        "turn_detection": spec.turn_detection,
         "streams": {
             "requested": spec.streams,
             "ok": status["ok"],

@@ -87,8 +87,10 @@ async def run_stream(
     word_times: bool = False,
     results_timeout: float = 60.0,
     open_timeout: float = 20.0,
+    turn_detection: dict[str, Any] | None = None,
 ) -> None:
-    """Stream ``record.audio`` at ``speed`` times real time (0: as fast as possible).
+    """Stream ``record.audio`` at ``speed`` times real time (0: as fast as possible);
+    ``turn_detection``: the v1 option of that name, sent in the ``start``.
 
     Never raises for a stream that goes wrong: ``record.failure`` says what happened.
     """
@@ -114,9 +116,15 @@ async def run_stream(
     view = memoryview(audio.data)
     pace = chunk_seconds / speed if speed > 0 else 0.0
     try:
-        start = {"request": "start", "format": audio.format, "interim_results": interim}
+        start: dict[str, Any] = {
+            "request": "start",
+            "format": audio.format,
+            "interim_results": interim,
+        }
         if word_times:
             start["word_times"] = True
+        if turn_detection is not None:
+            start["turn_detection"] = turn_detection
         await ws.send(json.dumps(start))
         record.start_sent = begin = loop.time()
         for k, offset in enumerate(range(0, len(view), chunk_bytes)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -58,6 +59,16 @@ def _non_negative(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
 
 
@@ -119,6 +130,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for done after the audio"
     )
+    load.add_argument(
+        "--turn-detection",
+        type=_json_object,
+        nargs="?",
+        const={},
+        metavar="JSON",
+        help="detect turns on each stream (segmented route): the start's turn_detection, "
+        "e.g. '{\"eot_threshold\": 0.7}' (default: the server's thresholds)",
+    )
 
     find = parser.add_argument_group("search")
     find.add_argument(
@@ -176,6 +196,7 @@ def _spec(args: argparse.Namespace, url: str) -> LoadSpec:
         interim=args.interim,
         word_times=args.word_times,
         results_timeout=args.timeout,
+        turn_detection=args.turn_detection,
     )
 
 
@@ -209,6 +230,9 @@ async def _bench(args: argparse.Namespace, url: str | None, server_pid: int | No
         print(f"streamer bench: --png: {CHARTS_HINT}", file=sys.stderr)
         return 2  # before the run, not after it
     spec = _spec(args, url or f"ws://127.0.0.1/api/v1/{args.route}")
+    if spec.turn_detection is not None and not spec.segmented:
+        print("streamer bench: --turn-detection needs the segmented route", file=sys.stderr)
+        return 2
     document: dict[str, Any] = {"machine": machine()}
     floor = None
     if not args.no_floor:

@@ -58,9 +58,22 @@ class RuntimeSources:
     interims_skipped: Callable[[], int] = _zero
     capacity: Callable[[], int] = _zero
     """Streams the process can still take at its current cost per stream."""
+    turn_capacity: Callable[[], int] = _zero
+    """The same for streams that detect turns (the turn engine's cost added to each)."""
+    turn_cpu_seconds: Callable[[], float] = _zero
+    """CPU seconds the turn engine has spent (features and model), all calls together."""
     tasks: Callable[[], Mapping[str, int]] = _nothing
     """Live asyncio tasks by subsystem."""
     extra: dict[str, Callable[[], float]] = field(default_factory=dict)
+
+
+TURN_CAPACITY_DOC: Final = (
+    "Streams that detect turns this server can still take, each charged the turn engine's "
+    "CPU per such stream besides the plain cost (0 while it is not keeping up)."
+)
+TURN_CPU_DOC: Final = (
+    "CPU seconds the end-of-turn engine has spent (features and model), all calls together."
+)
 
 
 class RuntimeCollector(Collector):
@@ -144,6 +157,14 @@ class RuntimeCollector(Collector):
             "is not keeping up).",
             value=sources.capacity(),
         )
+        yield GaugeMetricFamily(
+            "streamer_estimated_turn_stream_capacity",
+            TURN_CAPACITY_DOC,
+            value=sources.turn_capacity(),
+        )
+        yield CounterMetricFamily(
+            "streamer_turn_engine_cpu_seconds", TURN_CPU_DOC, value=sources.turn_cpu_seconds()
+        )
         yield self._by(
             GaugeMetricFamily(
                 "streamer_tasks",
@@ -187,6 +208,7 @@ class SharedRuntime:
             "Streams this server can still take at its current cost per stream (0 while it "
             "is not keeping up).",
         )
+        self.turn_capacity = gauge("streamer_estimated_turn_stream_capacity", TURN_CAPACITY_DOC)
         self.tasks = gauge(
             "streamer_tasks",
             "Live asyncio tasks, by subsystem (the task name's prefix).",
@@ -212,7 +234,9 @@ class SharedRuntime:
             "User and system CPU seconds of the front-end processes.",
             registry=registry,
         )
+        self.turn_cpu = Counter("streamer_turn_engine_cpu_seconds", TURN_CPU_DOC, registry=registry)
         self._last = {
+            "turn_cpu": 0.0,
             "written_off": 0.0,
             "interims_dropped": 0.0,
             "interims_skipped": 0.0,
@@ -240,6 +264,7 @@ class SharedRuntime:
         self.available.set(sources.workers_available())
         self.stuck.set(sources.workers_stuck())
         self.capacity.set(sources.capacity())
+        self.turn_capacity.set(sources.turn_capacity())
         tasks = {str(k): v for k, v in sources.tasks().items()}
         for gone in self._tasks_seen - tasks.keys():
             self.tasks.labels(gone).set(0)
@@ -249,6 +274,7 @@ class SharedRuntime:
         self._advance(self.written_off, "written_off", sources.workers_written_off())
         self._advance(self.interims_dropped, "interims_dropped", sources.interims_dropped())
         self._advance(self.interims_skipped, "interims_skipped", sources.interims_skipped())
+        self._advance(self.turn_cpu, "turn_cpu", sources.turn_cpu_seconds())
         times = os.times()
         self._advance(self.cpu, "cpu", times.user + times.system)
 

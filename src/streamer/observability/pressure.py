@@ -22,6 +22,13 @@ per stream is the marginal one: the CPU above the process's upkeep with no strea
 least rate seen while idle), over the live streams. The average (all the CPU over the
 streams) would charge that upkeep to each stream, and at a few streams make the estimate
 a fraction of the real capacity.
+
+The end-of-turn model (``turn/engine.py``) runs only for streams that detect turns, and
+costs them far more than a plain stream's front end. Its CPU (the engine's own count,
+``turn_cpu``) is taken out of the process's before the per-stream cost, and charged to
+the streams that detect turns alone, as the engine's CPU per turn-stream-second averaged
+over about ten seconds (a call lands in one sample, at a pause, not in every second):
+``capacity(turns=True)`` is what a stream that detects turns could still have.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from typing import Final, Protocol
 __all__ = ["CPU_BUDGET", "Ceilings", "Pressure", "WindowMax"]
 
 WINDOW: Final = 1.0
+TURN_SMOOTHING: Final = 0.1
+"""Weight of the newest sample in the turn engine's averaged cost (about ten samples)."""
 CPU_BUDGET: Final = 0.85
 """The share of one core a front-end process is planned to use at most."""
 
@@ -89,22 +98,34 @@ class Pressure:
         window: float = WINDOW,
         clock: Callable[[], float] = time.monotonic,
         cpu: Callable[[], float] | None = None,
+        turn_cpu: Callable[[], float] | None = None,
     ) -> None:
+        """``cpu``: this process's CPU seconds so far (all its threads); ``turn_cpu``: the
+        turn engine's share of them (``TurnEngine.cpu_seconds``; none: no engine)."""
         self.ceilings = ceilings
         self._clock = clock
         self._cpu = cpu or _process_cpu
+        self._turn_cpu = turn_cpu or _never
         self.loop_lag = WindowMax(window, clock)
         self.vad_delay = WindowMax(window, clock)
         self.queue_wait = WindowMax(window, clock)
-        self._sampled = (clock(), self._cpu())
+        self._sampled = (clock(), self._cpu(), self._turn_cpu())
         self.cpu_rate = 0.0
-        """Cores this process used over the last sample (``sample_cpu``)."""
+        """Cores this process used over the last sample (``sample_cpu``), the turn
+        engine's included."""
+        self.turn_rate = 0.0
+        """Cores the turn engine used over the last sample (part of ``cpu_rate``)."""
         self.cost_per_stream: float | None = None
-        """Cores per live stream above the upkeep at the last sample that had streams (and
-        more CPU than the upkeep); None before one."""
+        """Cores per live stream above the upkeep, the turn engine's left out, at the last
+        sample that had streams (and more CPU than the upkeep); None before one."""
+        self.turn_cost_per_stream: float | None = None
+        """The turn engine's cores per live stream that detects turns, averaged over about
+        ten samples (``TURN_SMOOTHING``); None before the engine has run for one."""
         self.idle_rate: float | None = None
         """The least cores used over a sample with no live stream: the process's upkeep."""
         self._sampled_streams = 0  # live streams at the last sample
+        self._turn_cores = 0.0  # averaged engine cores, over samples with turn streams
+        self._turn_streams = 0.0  # averaged turn streams, over the same samples
         self._overdue: Callable[[], float] = _never
 
     # -- feeds ----------------------------------------------------------------------------
@@ -127,20 +148,28 @@ class Pressure:
         if stats.queue_wait:
             self.queue_wait.observe(max(stats.queue_wait))
 
-    def sample_cpu(self, live_streams: int) -> None:
-        """Take a CPU sample (the app does every second): the cost per stream."""
-        now, cpu = self._clock(), self._cpu()
-        then, before = self._sampled
+    def sample_cpu(self, live_streams: int, turn_streams: int = 0) -> None:
+        """Take a CPU sample (the app does every second): the cost per stream, and the
+        turn engine's per stream of the ``turn_streams`` (of the live ones) that use it."""
+        now, cpu, turn = self._clock(), self._cpu(), self._turn_cpu()
+        then, before, turn_before = self._sampled
         if now - then <= 0:
             return
         self.cpu_rate = max(0.0, (cpu - before) / (now - then))
-        self._sampled = (now, cpu)
+        self.turn_rate = min(self.cpu_rate, max(0.0, (turn - turn_before) / (now - then)))
+        self._sampled = (now, cpu, turn)
         self._sampled_streams = max(0, live_streams)
+        front = self.cpu_rate - self.turn_rate  # every stream's share
         if live_streams <= 0:
             idle = self.idle_rate
-            self.idle_rate = self.cpu_rate if idle is None else min(idle, self.cpu_rate)
-        elif (marginal := self.cpu_rate - (self.idle_rate or 0.0)) > 0:
+            self.idle_rate = front if idle is None else min(idle, front)
+        elif (marginal := front - (self.idle_rate or 0.0)) > 0:
             self.cost_per_stream = marginal / live_streams
+        if turn_streams > 0:
+            self._turn_cores += TURN_SMOOTHING * (self.turn_rate - self._turn_cores)
+            self._turn_streams += TURN_SMOOTHING * (turn_streams - self._turn_streams)
+            if self._turn_cores > 0:
+                self.turn_cost_per_stream = self._turn_cores / self._turn_streams
 
     # -- readings -------------------------------------------------------------------------
 
@@ -169,17 +198,20 @@ class Pressure:
                 )
         return None
 
-    def capacity(self, room: int, live_streams: int | None = None) -> int:
+    def capacity(self, room: int, live_streams: int | None = None, *, turns: bool = False) -> int:
         """Streams this process could still take: 0 while behind; at most ``room``.
 
         With ``live_streams`` (now), streams admitted since the last CPU sample are taken
         off: their CPU is not in that sample yet, and a burst admitted within one second
-        would otherwise each be offered the same spare CPU.
+        would otherwise each be offered the same spare CPU. ``turns``: streams that detect
+        turns, each also costing the turn engine's share.
         """
         room = max(0, room)
         if self.behind() is not None:
             return 0
         cost = self.cost_per_stream
+        if turns and self.turn_cost_per_stream:
+            cost = (cost or 0.0) + self.turn_cost_per_stream
         if not cost:
             return room
         spare = max(0.0, CPU_BUDGET - self.cpu_rate)
@@ -195,6 +227,7 @@ class Pressure:
             "vad_delay": round(self.vad_delay.value(), 4),
             "queue_wait": round(self.queue_wait.value(), 4),
             "cpu_cores": round(self.cpu_rate, 3),
+            "turn_cpu_cores": round(self.turn_rate, 3),
         }
 
 

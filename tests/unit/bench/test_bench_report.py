@@ -8,7 +8,7 @@ from typing import Any
 from streamer.bench.analysis import distribution
 from streamer.bench.floor import Floor, against_floor
 from streamer.bench.report import search_document, search_table, table
-from streamer.bench.runner import LoadSpec, Objective, RunResult, SearchResult
+from streamer.bench.runner import LoadSpec, Objective, RunResult, SearchResult, turn_engine_cpu
 
 FLOOR = Floor(
     vad_us_per_frame=60.0,
@@ -109,3 +109,18 @@ def test_a_search_shows_each_trials_ratio_share_and_estimate() -> None:
         search_document(found, FLOOR)["best_share_of_floor_capacity"]
         == (found.trials[0][1].summary["against_floor"]["share_of_floor_capacity"])
     )
+
+
+def test_a_run_with_turn_detection_shows_the_turn_engine_s_share() -> None:
+    run = result(50, 0.4)
+    s = run.summary
+    s["turn_detection"] = {}
+    s["server_cpu"]["cpu_seconds"] = 60.0
+    s["server_cpu"].update(turn_engine_cpu(6.6, s))
+    assert s["server_cpu"]["turn_engine_share"] == 0.11
+    assert s["server_cpu"]["turn_engine_ms_per_stream_audio_second"] == 2.0  # 6.6 s / 3300 s
+    text = table(run, FLOOR)
+    assert text.startswith("route segmented with turn detection: 50 streams")
+    assert "turn engine cpu: 6.6 s = 11.0% of the server's, 2.0 ms per stream-second" in text
+    plain = table(result(50, 0.4), FLOOR)
+    assert "turn" not in plain

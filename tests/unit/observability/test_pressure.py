@@ -113,3 +113,51 @@ def test_streams_admitted_since_the_sample_are_taken_off_the_estimate() -> None:
     assert pressure.capacity(1000, 50 + 30) == spare - 30
     assert pressure.capacity(1000, 50 + spare + 5) == 0
     assert pressure.capacity(1000, 40) == spare  # streams that ended free nothing yet
+
+
+def test_the_turn_engine_s_cpu_is_charged_to_the_streams_that_detect_turns() -> None:
+    clock, cpu, turn = Clock(), Clock(), Clock()
+    pressure = Pressure(Ceilings(), clock=clock, cpu=cpu, turn_cpu=turn)
+    clock.now, cpu.now = 1.0, 0.05  # an idle second: 0.05 of a core of upkeep
+    pressure.sample_cpu(0)
+    # 20 streams at 7 ms a second each, 4 of them detecting turns: the engine took 0.2 core.
+    clock.now, turn.now = 2.0, 0.2
+    cpu.now = 0.05 + 0.05 + 20 * 0.007 + 0.2
+    pressure.sample_cpu(20, 4)
+    assert pressure.turn_rate == pytest.approx(0.2)
+    assert pressure.cost_per_stream == pytest.approx(0.007)  # the engine's CPU left out
+    assert pressure.turn_cost_per_stream == pytest.approx(0.05)
+    assert pressure.capacity(1000) == 65  # (0.85 - 0.39) / 0.007 = 65.7
+    assert pressure.capacity(1000, turns=True) == 8  # / (0.007 + 0.05) = 8.07
+    assert pressure.readings()["turn_cpu_cores"] == 0.2
+
+
+def test_the_turn_cost_is_averaged_over_seconds_with_and_without_a_call() -> None:
+    clock, cpu, turn = Clock(), Clock(), Clock()
+    pressure = Pressure(Ceilings(), clock=clock, cpu=cpu, turn_cpu=turn)
+    clock.now = 1.0
+    pressure.sample_cpu(2, 2)  # turn streams, no call yet: no turn cost known
+    assert pressure.turn_cost_per_stream is None
+    assert pressure.capacity(1000, turns=True) == pressure.capacity(1000) == 1000
+    clock.now, cpu.now, turn.now = 2.0, 0.1, 0.1  # one call of 0.1 s for two streams
+    pressure.sample_cpu(2, 2)
+    first = pressure.turn_cost_per_stream
+    assert first is not None and first > 0
+    for second in range(3, 8):  # quiet seconds: the average falls, not to zero
+        clock.now = float(second)
+        pressure.sample_cpu(2, 2)
+        cost = pressure.turn_cost_per_stream
+        assert cost is not None and 0 < cost < first
+        first = cost
+    clock.now = 9.0
+    pressure.sample_cpu(2, 0)  # no stream detects turns: the cost is kept, not diluted
+    assert pressure.turn_cost_per_stream == first
+
+
+def test_without_a_turn_engine_turn_streams_cost_the_plain_cost() -> None:
+    clock, cpu = Clock(), Clock()
+    pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
+    clock.now, cpu.now = 1.0, 0.25
+    pressure.sample_cpu(50, 10)
+    assert pressure.turn_rate == 0.0 and pressure.turn_cost_per_stream is None
+    assert pressure.capacity(1000, turns=True) == pressure.capacity(1000)
