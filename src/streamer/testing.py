@@ -36,9 +36,20 @@ from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver
 from streamer.transport.outbox import Outbox
 
-__all__ = ["Outcome", "Pause", "run_connection", "running_services", "v1_decode"]
+__all__ = ["ManualClock", "Outcome", "Pause", "run_connection", "running_services", "v1_decode"]
 
 T = TypeVar("T")  # a native outbound message
+
+
+class ManualClock:
+    """A clock (seconds, as ``time.perf_counter``) that moves only when a test sets
+    ``now``: for the deadlines, windows and rates of the sans-I/O parts."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @dataclass(frozen=True, slots=True)

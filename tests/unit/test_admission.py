@@ -13,6 +13,7 @@ from streamer.observability.pressure import Ceilings, Pressure
 from streamer.pipeline import Route
 from streamer.policy import ANONYMOUS, Principal
 from streamer.services import Services
+from streamer.testing import ManualClock
 
 
 async def test_a_stream_over_the_limit_is_refused_and_health_says_full() -> None:
@@ -88,18 +89,10 @@ async def test_a_token_s_quota_is_counted_beside_its_key_s() -> None:
     assert services.admission.quota_use == {} and services.admission.held == {}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def measured(settings: Settings) -> tuple[Services, Clock, Clock]:
+def measured(settings: Settings) -> tuple[Services, ManualClock, ManualClock]:
     """Services whose pressure reads a clock and a CPU counter the test moves."""
     services = build_services(settings)
-    clock, cpu = Clock(), Clock()
+    clock, cpu = ManualClock(0.0), ManualClock(0.0)
     services.admission.pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
     clock.now, cpu.now = 1.0, 0.05  # an idle second: 0.05 of a core of upkeep
     services.admission.pressure.sample_cpu(services.admission.live_streams)
@@ -139,7 +132,7 @@ async def test_by_default_the_estimate_does_not_refuse() -> None:
 async def test_streams_that_detect_turns_are_charged_the_turn_engine_s_cpu() -> None:
     services = build_services(Settings(server={"admit_within_estimate": True}))
     admission = services.admission
-    clock, cpu, turn = Clock(), Clock(), Clock()
+    clock, cpu, turn = ManualClock(0.0), ManualClock(0.0), ManualClock(0.0)
     admission.pressure = Pressure(Ceilings(), clock=clock, cpu=cpu, turn_cpu=turn)
     clock.now, cpu.now = 1.0, 0.05
     admission.sample_cpu()  # idle: 0.05 of a core of upkeep

@@ -10,27 +10,20 @@ from streamer.auth import ApiKey, AuthSettings, KeyPolicy, issuer_from_settings
 from streamer.errors import ConnectionDenied
 from streamer.observability.logging import redact
 from streamer.policy import ConnectionRequest
+from streamer.testing import ManualClock
 from streamer.tokens import TokenIssuer, looks_like_token
 
 SECRET = "unit-test-secret-0123456789abcdefghij"
 KEY = ApiKey(key="unit-key-000001", name="web-app", max_streams=3)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(1_000_000.0)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def issuer(clock: Clock) -> TokenIssuer:
+def issuer(clock: ManualClock) -> TokenIssuer:
     return TokenIssuer(SECRET, default_ttl=30, max_ttl=300, clock=clock)
 
 
@@ -65,7 +58,7 @@ def test_a_ttl_out_of_bounds_is_refused(issuer: TokenIssuer, ttl: float) -> None
         issuer.mint("web-app", ttl=ttl)
 
 
-def test_a_token_is_refused_once_expired(issuer: TokenIssuer, clock: Clock) -> None:
+def test_a_token_is_refused_once_expired(issuer: TokenIssuer, clock: ManualClock) -> None:
     grant = issuer.mint("web-app", ttl=10)
     clock.now += 9.9
     assert issuer.verify(grant.token, "simple")["sub"] == "web-app"

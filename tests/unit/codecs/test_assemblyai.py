@@ -43,7 +43,7 @@ from streamer.protocol.messages import (
     StopRequest,
     TurnDetection,
 )
-from streamer.testing import Pause, run_connection, running_services
+from streamer.testing import ManualClock, Pause, run_connection, running_services
 from streamer.turn.stage import ForceEnd
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -321,18 +321,8 @@ def test_update_configuration_turns_formatting_on_live() -> None:
     assert [m["turn_is_formatted"] for m in c.messages(SAID)] == [False, True]
 
 
-class FakeClock:
-    """A clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_inactivity_timeout_counts_seconds_without_audio() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     c = StreamingCodec(parse_query([("inactivity_timeout", "5")]), clock=clock)
     assert c.timeout() == 5.0
     clock.now += 3
@@ -352,7 +342,7 @@ def test_inactivity_timeout_counts_seconds_without_audio() -> None:
 
 
 def test_the_servers_time_on_a_message_is_not_the_clients_inactivity() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     c = StreamingCodec(parse_query([("inactivity_timeout", "5")]), clock=clock)
     c.decode_bytes(bytes(3200))
     clock.now += 4  # the server was busy with that audio before it listened again
@@ -362,7 +352,7 @@ def test_the_servers_time_on_a_message_is_not_the_clients_inactivity() -> None:
 
 
 def test_a_short_chunk_held_when_the_session_times_out_is_taken() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     c = StreamingCodec(parse_query([("inactivity_timeout", "5")]), clock=clock)
     assert isinstance(c.decode_bytes(bytes(320)), KeepaliveRequest)
     assert c.timed_out() == Finish(bytes(320))

@@ -167,14 +167,20 @@ def looping_clip() -> np.ndarray:
     return np.concatenate([audio, np.zeros(37684, dtype=np.float32)])
 
 
-def test_the_clip_loops_when_nothing_bounds_the_decode(whisper: WhisperRecognizer) -> None:
-    features = whisper._model.feature_extractor(looping_clip())
+def greedy(whisper: WhisperRecognizer, audio: np.ndarray, budget: int) -> tuple[bool, str, int]:
+    """One greedy decode of ``audio`` within ``budget`` tokens, with no loop check: whether
+    it ended, its text and its number of tokens."""
+    features = whisper._model.feature_extractor(audio)
     frames = features.shape[-1] - 1
     window = whisper._window(frames)
     encoded = whisper._model.encode(np.stack([pad_or_trim(features[:, :frames], window)]))
-    [decoded] = whisper._generate(encoded, [list(whisper._prompt)], [224], 1, 0.0)
-    text = whisper._tokenizer.decode(decoded.tokens)
-    assert not decoded.ended and len(decoded.tokens) == 224
+    [decoded] = whisper._generate(encoded, [list(whisper._prompt)], [budget], 1, 0.0)
+    return decoded.ended, whisper._tokenizer.decode(decoded.tokens), len(decoded.tokens)
+
+
+def test_the_clip_loops_when_nothing_bounds_the_decode(whisper: WhisperRecognizer) -> None:
+    ended, text, tokens = greedy(whisper, looping_clip(), 224)
+    assert not ended and tokens == 224
     assert text.count("Gloobish") > 20, text
 
 
@@ -186,12 +192,8 @@ def repeating_turn() -> np.ndarray:
 
 
 def test_a_sentence_said_over_again_is_a_loop_too(whisper: WhisperRecognizer) -> None:
-    features = whisper._model.feature_extractor(repeating_turn())
-    frames = features.shape[-1] - 1
-    window = whisper._window(frames)
-    encoded = whisper._model.encode(np.stack([pad_or_trim(features[:, :frames], window)]))
-    [greedy] = whisper._generate(encoded, [list(whisper._prompt)], [60], 1, 0.0)
-    assert greedy.ended and whisper._tokenizer.decode(greedy.tokens).count("depth") == 3
+    ended, said_over, _ = greedy(whisper, repeating_turn(), 60)
+    assert ended and said_over.count("depth") == 3, said_over
     text = whisper.infer(repeating_turn())["text"]
     assert text.count("depth") == 1, text
     said = "Glue the sheet to the dark blue background. It's easy to tell the depth of a well."

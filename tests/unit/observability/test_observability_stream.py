@@ -14,16 +14,7 @@ from streamer.observability.logging import current_ids
 from streamer.observability.metrics import Metrics
 from streamer.observability.stream import ArrivalClock, StreamObserver, StreamTelemetry
 from streamer.observability.tracing import Tracing
-
-
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from streamer.testing import ManualClock
 
 
 def segment(end: float, final: bool = True) -> SegmentResult:
@@ -80,14 +71,16 @@ def test_the_base_observer_changes_nothing() -> None:
     assert sent == [segment(1.0)] and observer.traceparent is None
 
 
-def make(clock: Clock, registry: CollectorRegistry, route: str = "segmented") -> StreamTelemetry:
+def make(
+    clock: ManualClock, registry: CollectorRegistry, route: str = "segmented"
+) -> StreamTelemetry:
     return StreamTelemetry(
         "s1", route, tracer=Tracing.from_env({}).tracer, metrics=Metrics(registry), clock=clock
     )
 
 
 def test_latency_runs_from_the_arrival_of_the_results_last_audio() -> None:
-    clock, registry = Clock(), CollectorRegistry()
+    clock, registry = ManualClock(), CollectorRegistry()
     telemetry = make(clock, registry)
     sent: list[object] = []
     emit = telemetry.watch(sent.append)
@@ -110,7 +103,7 @@ def test_latency_runs_from_the_arrival_of_the_results_last_audio() -> None:
 
 
 def test_a_final_forced_by_stop_is_timed_from_the_stop() -> None:
-    clock, registry = Clock(), CollectorRegistry()
+    clock, registry = ManualClock(), CollectorRegistry()
     telemetry = make(clock, registry, route="simple")
     emit = telemetry.watch(lambda event: None)
     telemetry.fed(2.0, 2.0, 0.0, 0.0)
@@ -125,7 +118,7 @@ def test_a_final_forced_by_stop_is_timed_from_the_stop() -> None:
 
 
 def test_a_final_a_finalize_forced_is_timed_from_the_finalize_as_well() -> None:
-    clock, registry = Clock(), CollectorRegistry()
+    clock, registry = ManualClock(), CollectorRegistry()
     telemetry = make(clock, registry, route="segmented")
     emit = telemetry.watch(lambda event: None)
     telemetry.fed(2.0, 2.0, 0.0, 0.0)
@@ -141,7 +134,7 @@ def test_a_final_a_finalize_forced_is_timed_from_the_finalize_as_well() -> None:
 
 
 def test_decode_and_resample_are_observed_once_a_second_of_audio() -> None:
-    clock, registry = Clock(), CollectorRegistry()
+    clock, registry = ManualClock(), CollectorRegistry()
     telemetry = make(clock, registry)
     total = 0.0
     for _ in range(25):
@@ -171,7 +164,7 @@ def test_the_stream_logs_its_start_errors_and_end_with_its_ids(
     handler = Ids()
     logger = logging.getLogger("streamer.observability.stream")
     logger.addHandler(handler)
-    telemetry = make(Clock(), CollectorRegistry())
+    telemetry = make(ManualClock(), CollectorRegistry())
     try:
         with caplog.at_level(logging.INFO):
             telemetry.started()

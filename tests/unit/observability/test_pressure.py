@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 
 from streamer.observability.pressure import CPU_BUDGET, Ceilings, Pressure, WindowMax
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from streamer.testing import ManualClock
 
 
 def test_a_spike_is_remembered_for_one_to_two_windows() -> None:
-    clock = Clock()
+    clock = ManualClock(0.0)
     peak = WindowMax(1.0, clock)
     peak.observe(0.3)
     clock.now = 0.5
@@ -29,8 +22,8 @@ def test_a_spike_is_remembered_for_one_to_two_windows() -> None:
 
 
 def test_behind_names_the_delay_past_its_ceiling_then_recovers() -> None:
-    clock = Clock()
-    cpu = Clock()
+    clock = ManualClock(0.0)
+    cpu = ManualClock(0.0)
     pressure = Pressure(Ceilings(loop_lag=0.2, vad_delay=0.5, queue_wait=0), clock=clock, cpu=cpu)
     pressure.observe_loop_lag(0.05)
     pressure.observe_vad_delay(0.4)
@@ -45,9 +38,9 @@ def test_behind_names_the_delay_past_its_ceiling_then_recovers() -> None:
 
 
 def test_a_loop_starved_past_the_windows_is_still_behind_while_its_tick_is_overdue() -> None:
-    clock = Clock()
-    overdue = Clock()
-    pressure = Pressure(Ceilings(loop_lag=0.2), clock=clock, cpu=Clock())
+    clock = ManualClock(0.0)
+    overdue = ManualClock(0.0)
+    pressure = Pressure(Ceilings(loop_lag=0.2), clock=clock, cpu=ManualClock(0.0))
     pressure.watch_loop(overdue)
     pressure.observe_loop_lag(0.9)
     clock.now = 2.5  # nothing observed for two windows: the peak is forgotten ...
@@ -60,8 +53,8 @@ def test_a_loop_starved_past_the_windows_is_still_behind_while_its_tick_is_overd
 
 
 def test_capacity_is_the_spare_cpu_at_the_cost_per_stream() -> None:
-    clock = Clock()
-    cpu = Clock()
+    clock = ManualClock(0.0)
+    cpu = ManualClock(0.0)
     pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
     clock.now, cpu.now = 1.0, 0.25  # a quarter of a core for 50 streams
     pressure.sample_cpu(50)
@@ -72,8 +65,8 @@ def test_capacity_is_the_spare_cpu_at_the_cost_per_stream() -> None:
 
 
 def test_the_cost_per_stream_leaves_out_the_upkeep_of_an_idle_process() -> None:
-    clock = Clock()
-    cpu = Clock()
+    clock = ManualClock(0.0)
+    cpu = ManualClock(0.0)
     pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
     clock.now, cpu.now = 1.0, 0.30  # start-up work lands in the first sample
     pressure.sample_cpu(0)
@@ -89,8 +82,8 @@ def test_the_cost_per_stream_leaves_out_the_upkeep_of_an_idle_process() -> None:
 
 
 def test_a_sample_at_or_below_the_upkeep_keeps_the_last_cost() -> None:
-    clock = Clock()
-    cpu = Clock()
+    clock = ManualClock(0.0)
+    cpu = ManualClock(0.0)
     pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
     clock.now, cpu.now = 1.0, 0.05
     pressure.sample_cpu(0)
@@ -103,8 +96,8 @@ def test_a_sample_at_or_below_the_upkeep_keeps_the_last_cost() -> None:
 
 
 def test_streams_admitted_since_the_sample_are_taken_off_the_estimate() -> None:
-    clock = Clock()
-    cpu = Clock()
+    clock = ManualClock(0.0)
+    cpu = ManualClock(0.0)
     pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
     clock.now, cpu.now = 1.0, 0.25  # a quarter of a core for 50 streams
     pressure.sample_cpu(50)
@@ -116,7 +109,7 @@ def test_streams_admitted_since_the_sample_are_taken_off_the_estimate() -> None:
 
 
 def test_the_turn_engine_s_cpu_is_charged_to_the_streams_that_detect_turns() -> None:
-    clock, cpu, turn = Clock(), Clock(), Clock()
+    clock, cpu, turn = ManualClock(0.0), ManualClock(0.0), ManualClock(0.0)
     pressure = Pressure(Ceilings(), clock=clock, cpu=cpu, turn_cpu=turn)
     clock.now, cpu.now = 1.0, 0.05  # an idle second: 0.05 of a core of upkeep
     pressure.sample_cpu(0)
@@ -133,7 +126,7 @@ def test_the_turn_engine_s_cpu_is_charged_to_the_streams_that_detect_turns() -> 
 
 
 def test_the_turn_cost_is_averaged_over_seconds_with_and_without_a_call() -> None:
-    clock, cpu, turn = Clock(), Clock(), Clock()
+    clock, cpu, turn = ManualClock(0.0), ManualClock(0.0), ManualClock(0.0)
     pressure = Pressure(Ceilings(), clock=clock, cpu=cpu, turn_cpu=turn)
     clock.now = 1.0
     pressure.sample_cpu(2, 2)  # turn streams, no call yet: no turn cost known
@@ -155,7 +148,7 @@ def test_the_turn_cost_is_averaged_over_seconds_with_and_without_a_call() -> Non
 
 
 def test_without_a_turn_engine_turn_streams_cost_the_plain_cost() -> None:
-    clock, cpu = Clock(), Clock()
+    clock, cpu = ManualClock(0.0), ManualClock(0.0)
     pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
     clock.now, cpu.now = 1.0, 0.25
     pressure.sample_cpu(50, 10)

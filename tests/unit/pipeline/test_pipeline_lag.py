@@ -19,17 +19,10 @@ from streamer.events import Event, SegmentResult, StreamError
 from streamer.inference.backend import Ticket
 from streamer.inference.model import Output
 from streamer.pipeline import Route, StreamOptions, StreamPipeline
+from streamer.testing import ManualClock
 
 RATE = 16000
 FMT = AudioFormat(channels=1, sample_rate=RATE, bit_depth=16, is_float=False)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeTicket:
@@ -96,7 +89,7 @@ def audio(seconds: float) -> bytes:
 
 
 def pipeline(
-    backend: HeldBackend, clock: Clock, events: list[Event], *, pressed: bool = False
+    backend: HeldBackend, clock: ManualClock, events: list[Event], *, pressed: bool = False
 ) -> StreamPipeline:
     options = StreamOptions(
         Route.SIMPLE, FMT, RATE, chunk_seconds=1.0, max_in_flight=64, max_lag=2.0
@@ -114,7 +107,7 @@ def behind(events: list[Event]) -> list[StreamError]:
 async def test_one_message_of_many_seconds_answered_at_once_is_not_behind(
     pressed: bool,
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     events: list[Event] = []
     # Even while the server is not keeping up: the message's audio was whole only when it
     # was sent.
@@ -127,7 +120,7 @@ async def test_one_message_of_many_seconds_answered_at_once_is_not_behind(
 
 
 async def test_a_real_time_stream_whose_results_come_late_is_told_once_by_how_much() -> None:
-    clock, backend = Clock(), HeldBackend()
+    clock, backend = ManualClock(), HeldBackend()
     events: list[Event] = []
     stream = pipeline(backend, clock, events)
     stream.start()
@@ -144,7 +137,7 @@ async def test_a_real_time_stream_whose_results_come_late_is_told_once_by_how_mu
 
 
 async def test_a_stream_sent_faster_than_real_time_is_never_told() -> None:
-    clock, backend = Clock(), HeldBackend()
+    clock, backend = ManualClock(), HeldBackend()
     events: list[Event] = []
     stream = pipeline(backend, clock, events)
     stream.start()
@@ -160,7 +153,7 @@ async def test_a_stream_sent_faster_than_real_time_is_never_told() -> None:
 
 
 async def test_a_real_time_stream_read_late_in_a_burst_is_told() -> None:
-    clock, backend = Clock(), HeldBackend(answer=True)
+    clock, backend = ManualClock(), HeldBackend(answer=True)
     events: list[Event] = []
     stream = pipeline(backend, clock, events)
     stream.start()

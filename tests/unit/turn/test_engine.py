@@ -15,6 +15,7 @@ import soundfile as sf
 from numpy.typing import NDArray
 
 from streamer.errors import ShuttingDown
+from streamer.testing import ManualClock
 from streamer.turn.engine import TurnAnswer, TurnEngine
 from streamer.turn.features import turn_features
 from streamer.turn.model import SmartTurn
@@ -81,14 +82,6 @@ class FakeModel:
             raise RuntimeError("the fake model failed")
         # Deterministic and in [0, 1]: the mean feature squashed.
         return np.asarray(1 / (1 + np.exp(-features.mean(axis=(1, 2)))), dtype=np.float32)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -164,7 +157,7 @@ def test_withdrawing_drops_the_waiting_request(engine: TurnEngine, model: FakeMo
 
 
 def test_a_request_that_waited_too_long_is_dropped(model: FakeModel) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     with TurnEngine(model, max_wait=1.0, clock=clock) as engine:
         busy(engine, model)
         late = engine.submit(engine.open_stream(), clip(1.0))
