@@ -1,0 +1,73 @@
+"""The event loop's CPU per audio message on the segmented route, without a socket.
+
+Runs ``--streams`` connections at once through the real connection machine, driver,
+pipeline, VAD engine and scheduler (``streamer.testing``: no network, the test model),
+each sending ``jfk.wav`` in 100 ms messages as fast as it is answered, and reports the
+CPU time of the event loop's thread per message (``time.thread_time``): the part of a
+stream's cost that the floor's ingest does not cover, and the one the route core changes.
+The VAD engine's step interval is 0 here, so that how fast the loop answers does not
+change how often the engine wakes (and with it the loop): a fair comparison between two
+versions of the code, run one after the other on the same machine:
+
+    PYTHONPATH=src python benchmarks/bench_loop_cpu.py
+    PYTHONPATH=<a checkout of another commit>/src python benchmarks/bench_loop_cpu.py
+
+The best of ``--rounds`` rounds is the figure; the VAD engine's own thread is not in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import soundfile as sf
+
+from streamer.config import Settings
+from streamer.inference.model import TestModel
+from streamer.testing import run_connection, running_services
+
+try:
+    from streamer.events import Route
+except ImportError:  # commits from before the route core kept it in the pipeline
+    from streamer.pipeline import Route  # type: ignore[attr-defined,no-redef]
+
+SPEECH = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "audio" / "jfk.wav"
+MESSAGE = 3200  # 100 ms of 16 kHz 16-bit mono
+
+
+async def measure(streams: int, rounds: int) -> list[float]:
+    samples, _ = sf.read(SPEECH, dtype="int16")
+    audio = samples.tobytes()
+    messages = [audio[i : i + MESSAGE] for i in range(0, len(audio), MESSAGE)]
+    fmt = {"channels": 1, "sample_rate": 16000, "bit_depth": 16}
+    start = json.dumps({"request": "start", "format": fmt})
+    inbound = [start, *messages, '{"request": "stop"}']
+    settings = Settings(stream={"vad_step_ms": 0})
+    figures = []
+    async with running_services(settings, TestModel.speedy()) as services:
+        for _ in range(rounds):
+            began = time.thread_time()
+            outcomes = await asyncio.gather(
+                *(run_connection(services, Route.SEGMENTED, inbound) for _ in range(streams))
+            )
+            spent = time.thread_time() - began
+            assert all(json.loads(o.sent[-1])["type"] == "done" for o in outcomes)
+            figures.append(spent / (streams * len(messages)) * 1e6)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=8)
+    args = parser.parse_args()
+    figures = asyncio.run(measure(args.streams, args.rounds))
+    rounds = ", ".join(f"{f:.1f}" for f in figures)
+    print(f"event loop: {min(figures):.1f} us of CPU per message (best of {rounds})")
+
+
+if __name__ == "__main__":
+    main()
