@@ -21,18 +21,20 @@ import argparse
 import asyncio
 import json
 import time
+from importlib import import_module
 from pathlib import Path
 
 import soundfile as sf
 
-from streamer.config import Settings
+from streamer.config import Settings, StreamSettings
 from streamer.inference.model import TestModel
 from streamer.testing import run_connection, running_services
 
-try:
-    from streamer.events import Route
-except ImportError:  # commits from before the route core kept it in the pipeline
-    from streamer.pipeline import Route  # type: ignore[attr-defined,no-redef]
+# Commits from before the route core kept ``Route`` in the pipeline module.
+Route = (
+    getattr(import_module("streamer.events"), "Route", None)
+    or import_module("streamer.pipeline").Route
+)
 
 SPEECH = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "audio" / "jfk.wav"
 MESSAGE = 3200  # 100 ms of 16 kHz 16-bit mono
@@ -45,7 +47,7 @@ async def measure(streams: int, rounds: int) -> list[float]:
     fmt = {"channels": 1, "sample_rate": 16000, "bit_depth": 16}
     start = json.dumps({"request": "start", "format": fmt})
     inbound = [start, *messages, '{"request": "stop"}']
-    settings = Settings(stream={"vad_step_ms": 0})
+    settings = Settings(stream=StreamSettings(vad_step_ms=0))
     figures = []
     async with running_services(settings, TestModel.speedy()) as services:
         for _ in range(rounds):
