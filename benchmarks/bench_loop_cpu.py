@@ -13,6 +13,9 @@ versions of the code, run one after the other on the same machine:
     PYTHONPATH=<a checkout of another commit>/src python benchmarks/bench_loop_cpu.py
 
 The best of ``--rounds`` rounds is the figure; the VAD engine's own thread is not in it.
+Where the code has the synchronous route core (``streamer.route``), its share is timed
+too: ``SegmentedRoute.push`` and ``segment`` over the same messages, with speech
+probabilities that open and close a segment every few seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from importlib import import_module
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from streamer.config import Settings, StreamSettings
@@ -61,6 +65,31 @@ async def measure(streams: int, rounds: int) -> list[float]:
     return figures
 
 
+def route_core(rounds: int) -> float | None:
+    """Microseconds per message in the segmented route core alone (best of ``rounds``);
+    None where the code has none."""
+    try:
+        from streamer.route.segmented import SegmentedRoute
+        from streamer.segmentation.segmenter import VadParams
+    except ImportError:
+        return None
+    samples, _ = sf.read(SPEECH, dtype="float32")
+    step = MESSAGE // 2
+    blocks = [samples[None, i : i + step] for i in range(0, len(samples) - step + 1, step)]
+    best = float("inf")
+    for _ in range(rounds):
+        route = SegmentedRoute(1, 16000, 16000, VadParams())
+        began, n = time.thread_time(), 0
+        for _ in range(20):
+            for block in blocks:
+                [frames] = route.push(block)
+                speech = 0.9 if (n // 20) % 3 else 0.05  # 2 s of speech, 1 s of silence
+                route.segment(0, frames, np.full(len(frames), speech, np.float32))
+                n += 1
+        best = min(best, (time.thread_time() - began) / n * 1e6)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=64)
@@ -69,6 +98,9 @@ def main() -> None:
     figures = asyncio.run(measure(args.streams, args.rounds))
     rounds = ", ".join(f"{f:.1f}" for f in figures)
     print(f"event loop: {min(figures):.1f} us of CPU per message (best of {rounds})")
+    core = route_core(args.rounds)
+    if core is not None:
+        print(f"of which the route core: {core:.1f} us per message (push and segment)")
 
 
 if __name__ == "__main__":
