@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dropped  # this directory's: fails the script when the SDK drops a message
 from assemblyai.streaming.v3 import (
     StreamingClient,
     StreamingClientOptions,
@@ -90,7 +91,9 @@ def main() -> None:
     parser.add_argument("--wait", type=float, default=0.0, help="seconds before disconnecting")
     parser.add_argument("--no-terminate", action="store_true")
     args = parser.parse_args()
+    dropped.watch()
     json.dump(run(args), sys.stdout)
+    dropped.check()
 
 
 if __name__ == "__main__":

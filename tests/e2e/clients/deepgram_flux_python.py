@@ -16,17 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from deepgram import AsyncDeepgramClient
-from deepgram.environment import DeepgramClientEnvironment
+import deepgram_env  # this directory's, as the one below
+import dropped  # this directory's: fails the script when the SDK drops a message
 from deepgram.listen.v2.types import ListenV2Configure, ListenV2ConfigureThresholds
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    http = args.url.replace("ws://", "http://", 1)
-    environment = DeepgramClientEnvironment(
-        base=http, production=args.url, agent=args.url, agent_rest=http
-    )
-    client = AsyncDeepgramClient(api_key=args.key, environment=environment)
+    client = deepgram_env.client(args.url, args.key)
     query = json.loads(args.query)
     audio = Path(args.audio).read_bytes()  # noqa: ASYNC240 (once, before streaming)
     audio += bytes(int(args.silence * 32000))  # zero PCM after the speech, as Pipecat sends
@@ -77,7 +73,9 @@ def main() -> None:
     parser.add_argument("--force-end-at", type=int, default=0, help="byte offset of a ForceEndTurn")
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
+    dropped.watch()
     json.dump(asyncio.run(run(args)), sys.stdout)
+    dropped.check()
 
 
 if __name__ == "__main__":

@@ -16,17 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import deepgram_env  # this directory's, as the two below
 import dropped  # this directory's: fails the script when the SDK drops a message
-from deepgram import AsyncDeepgramClient
-from deepgram.environment import DeepgramClientEnvironment
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    http = args.url.replace("ws://", "http://", 1)
-    environment = DeepgramClientEnvironment(
-        base=http, production=args.url, agent=args.url, agent_rest=http
-    )
-    client = AsyncDeepgramClient(api_key=args.key, environment=environment)
+    client = deepgram_env.client(args.url, args.key)
     query = json.loads(args.query)
     audio = Path(args.audio).read_bytes()  # noqa: ASYNC240 (once, before streaming)
     received: list[dict[str, Any]] = []
