@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import socket
+from typing import Any
 
 import grpc
 import numpy as np
@@ -72,6 +73,15 @@ def streams_ended(server: ServerProcess) -> float:
     return server.gauge("streamer_streams_ended_total")
 
 
+async def send_all(call: Any, config: Any, data: bytes) -> None:
+    """Write a whole gRPC stream, a second a message, then stop, without reading."""
+    await call.write(pb.StreamRequest(config=config))
+    for offset in range(0, len(data), RATE):
+        await call.write(pb.StreamRequest(audio=data[offset : offset + RATE]))
+    await call.write(pb.StreamRequest(stop=pb.Stop()))
+    await call.done_writing()
+
+
 async def after_the_stream_ends(server: ServerProcess, before: float) -> None:
     """Wait until the server has ended the stream (its results all queued and the grace
     begun), however long a busy machine takes to get there, then ``TOO_LATE`` more."""
@@ -118,11 +128,7 @@ async def test_a_grpc_client_that_reads_late_gets_every_final_and_done(
     options = [("grpc.http2.bdp_probe", 0)]
     async with grpc.aio.insecure_channel(late_reader.grpc_target, options=options) as channel:
         call = pb_grpc.StreamerStub(channel).Simple()
-        await call.write(pb.StreamRequest(config=config))
-        for offset in range(0, len(data), RATE):
-            await call.write(pb.StreamRequest(audio=data[offset : offset + RATE]))
-        await call.write(pb.StreamRequest(stop=pb.Stop()))
-        await call.done_writing()
+        await send_all(call, config, data)
         await asyncio.sleep(LATE)
         finals, kinds = 0, []
         async with asyncio.timeout(120):
@@ -173,11 +179,7 @@ async def test_a_grpc_client_that_reads_after_the_grace_ends_resource_exhausted(
     options = [("grpc.http2.bdp_probe", 0)]
     async with grpc.aio.insecure_channel(short_grace.grpc_target, options=options) as channel:
         call = pb_grpc.StreamerStub(channel).Simple()
-        await call.write(pb.StreamRequest(config=config))
-        for offset in range(0, len(data), RATE):
-            await call.write(pb.StreamRequest(audio=data[offset : offset + RATE]))
-        await call.write(pb.StreamRequest(stop=pb.Stop()))
-        await call.done_writing()
+        await send_all(call, config, data)
         await after_the_stream_ends(short_grace, streams)
         kinds = []
         with pytest.raises(grpc.aio.AioRpcError) as ended:
