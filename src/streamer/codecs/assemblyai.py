@@ -31,8 +31,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from streamer.audio.formats import MAX_SAMPLE_RATE, AudioFormat, Encoding
-from streamer.codecs.query import format_body
-from streamer.errors import STREAM_LIMIT, ClientError, ErrorCode, InvalidJson, InvalidMessage
+from streamer.codecs.query import format_body, typed_message
+from streamer.errors import STREAM_LIMIT, ClientError, ErrorCode, InvalidMessage
 from streamer.events import (
     Done,
     Event,
@@ -391,12 +391,7 @@ class StreamingCodec:
         """A text frame: ``ForceEndpoint``, ``KeepAlive``, ``UpdateConfiguration`` or
         ``Terminate``."""
         self._heard_at = self._clock()
-        try:
-            body = json.loads(text)
-        except ValueError as error:
-            raise InvalidJson(f"message is not valid JSON: {error}") from None
-        if not isinstance(body, dict):
-            raise InvalidMessage("message must be a JSON object with a 'type'")
+        body = typed_message(text)
         kind = body.get("type")
         if kind == "Terminate":
             return self._terminate()

@@ -27,13 +27,12 @@ import numpy as np
 
 from streamer.audio.decode import Decoder
 from streamer.audio.formats import MAX_CHANNELS, AudioFormat, Encoding
-from streamer.codecs.query import Query, format_body
+from streamer.codecs.query import Query, format_body, typed_message
 from streamer.errors import (
     ENDINGS,
     BadHandshake,
     ClientError,
     ErrorCode,
-    InvalidJson,
     InvalidMessage,
 )
 from streamer.events import (
@@ -272,12 +271,7 @@ class ListenCodec:
 
     def decode_text(self, text: str) -> Input:
         """A text frame: ``KeepAlive``, ``Finalize`` or ``CloseStream``."""
-        try:
-            body = json.loads(text)
-        except ValueError as error:
-            raise InvalidJson(f"message is not valid JSON: {error}") from None
-        if not isinstance(body, dict):
-            raise InvalidMessage("message must be a JSON object with a 'type'")
+        body = typed_message(text)
         kind = body.get("type")
         make = _MESSAGES.get(kind) if isinstance(kind, str) else None
         if make is None:

@@ -29,8 +29,8 @@ from pydantic import ValidationError
 
 from streamer.audio.formats import AudioFormat
 from streamer.codecs.deepgram import ENCODINGS, REFUSED_ENCODINGS, close_code
-from streamer.codecs.query import Query, format_body
-from streamer.errors import BadHandshake, ClientError, InvalidJson, InvalidMessage
+from streamer.codecs.query import Query, format_body, typed_message
+from streamer.errors import BadHandshake, ClientError, InvalidMessage
 from streamer.events import Done, Event, Ready, StreamError, Turn
 from streamer.protocol.inputs import Audio, Input, Reply, Steer
 from streamer.protocol.messages import (
@@ -185,12 +185,7 @@ class FluxCodec:
     def decode_text(self, text: str) -> Input:
         """A text frame: ``Configure``, ``ForceEndTurn``, ``CloseStream`` (or ``KeepAlive``,
         which Flux's clients may send and which changes nothing)."""
-        try:
-            body = json.loads(text)
-        except ValueError as error:
-            raise InvalidJson(f"message is not valid JSON: {error}") from None
-        if not isinstance(body, dict):
-            raise InvalidMessage("message must be a JSON object with a 'type'")
+        body = typed_message(text)
         kind = body.get("type")
         if kind == "CloseStream":
             return StopRequest(request="stop", disconnect=True)

@@ -1,5 +1,6 @@
 """Reading a vendor API's upgrade query, shared by the Deepgram codecs (``/v1/listen`` and
-Flux's ``/v2/listen``), and the raw-audio ``format`` of a vendor stream's ``start``.
+Flux's ``/v2/listen``), the raw-audio ``format`` of a vendor stream's ``start``, and a
+vendor's JSON text frame with a ``type`` (Deepgram, Flux, AssemblyAI).
 
 No I/O. Each API words its refusal its own way, so the checks here take a ``refuse``
 callable that turns (parameter, message) into the exception to raise.
@@ -7,10 +8,12 @@ callable that turns (parameter, message) into the exception to raise.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from streamer.audio.formats import MAX_SAMPLE_RATE, AudioFormat, Encoding
+from streamer.errors import InvalidJson, InvalidMessage
 
 Refuse = Callable[[str, str], Exception]
 """Makes the error for a malformed parameter from its name and what is wrong with it."""
@@ -108,3 +111,15 @@ def format_body(fmt: AudioFormat) -> dict[str, Any]:
         "is_float": fmt.is_float,
         "encoding": fmt.encoding,
     }
+
+
+def typed_message(text: str) -> dict[str, Any]:
+    """A vendor's text frame as the JSON object it must be, whose ``type`` the codec reads:
+    ``InvalidJson`` when it is not JSON, ``InvalidMessage`` when it is not an object."""
+    try:
+        body = json.loads(text)
+    except ValueError as error:
+        raise InvalidJson(f"message is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise InvalidMessage("message must be a JSON object with a 'type'")
+    return body
