@@ -19,7 +19,7 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from streamer.app import build_services
 from streamer.codecs import v1_json
@@ -36,7 +36,15 @@ from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver
 from streamer.transport.outbox import Outbox
 
-__all__ = ["ManualClock", "Outcome", "Pause", "run_connection", "running_services", "v1_decode"]
+__all__ = [
+    "ManualClock",
+    "Outcome",
+    "Pause",
+    "codec_decoder",
+    "run_connection",
+    "running_services",
+    "v1_decode",
+]
 
 T = TypeVar("T")  # a native outbound message
 
@@ -72,6 +80,29 @@ def v1_decode(message: str | bytes) -> Input:
     if isinstance(message, bytes):
         return v1_json.decode_bytes(message)
     return v1_json.decode_text(message)
+
+
+class TextAndBinary(Protocol):
+    """A front-end codec's inbound half: its text frames and its binary frames."""
+
+    def decode_text(self, text: str) -> Input: ...
+
+    def decode_bytes(self, data: bytes) -> Input: ...
+
+
+def codec_decoder(codec: TextAndBinary) -> Callable[[Any], Input]:
+    """``run_connection``'s ``decode`` for a front-end codec: text and binary frames go
+    through ``codec``, and an inbound item that is already an input (the ``StartRequest``
+    a codec's ``opening`` holds, say) goes in as it is."""
+
+    def decode(message: Any) -> Input:
+        if isinstance(message, bytes):
+            return codec.decode_bytes(message)
+        if isinstance(message, str):
+            return codec.decode_text(message)
+        return cast(Input, message)
+
+    return decode
 
 
 @contextlib.asynccontextmanager

@@ -36,14 +36,13 @@ from streamer.events import (
 )
 from streamer.inference.model import TestModel
 from streamer.pipeline import Route
-from streamer.protocol.inputs import Audio, Finish, Input, Invalid, Steer
+from streamer.protocol.inputs import Audio, Finish, Invalid, Steer
 from streamer.protocol.messages import (
     KeepaliveRequest,
-    StartRequest,
     StopRequest,
     TurnDetection,
 )
-from streamer.testing import ManualClock, Pause, run_connection, running_services
+from streamer.testing import ManualClock, Pause, codec_decoder, run_connection, running_services
 from streamer.turn.stage import ForceEnd
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -472,17 +471,12 @@ def test_every_message_parses_in_the_clients_strict_models(client: str, check: s
 
 
 async def _session(c: StreamingCodec, inbound: list[Any]) -> tuple[list[dict[str, Any]], int]:
-    def decode(message: Any) -> Input:
-        if isinstance(message, StartRequest | Invalid):
-            return message
-        return c.decode_bytes(message) if isinstance(message, bytes) else c.decode_text(message)
-
     async with running_services(model=TestModel.speedy()) as services:
         outcome = await run_connection(
             services,
             Route.SEGMENTED,
             [*c.opening, *inbound],
-            decode=decode,
+            decode=codec_decoder(c),
             encode=c.encode,
             mode=assemblyai.MODE,
             mark_finalize=True,

@@ -33,7 +33,7 @@ from streamer.protocol.messages import (
     StartRequest,
     StopRequest,
 )
-from streamer.testing import Pause, run_connection, running_services
+from streamer.testing import Pause, codec_decoder, run_connection, running_services
 
 AUDIO = Path(__file__).resolve().parents[2] / "fixtures" / "audio"
 BASE = [("encoding", "linear16"), ("sample_rate", "16000")]
@@ -307,17 +307,12 @@ def _speech() -> bytes:
 
 
 async def _listen(c: ListenCodec, inbound: list[Any]) -> list[dict[str, Any]]:
-    def decode(message: Any) -> Input:
-        if isinstance(message, StartRequest):
-            return message
-        return c.decode_bytes(message) if isinstance(message, bytes) else c.decode_text(message)
-
     async with running_services(model=TestModel.speedy()) as services:
         outcome = await run_connection(
             services,
             Route.SEGMENTED,
             [*c.opening, *inbound],
-            decode=decode,
+            decode=codec_decoder(c),
             encode=c.encode,
             mark_finalize=True,
         )

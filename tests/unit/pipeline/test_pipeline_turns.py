@@ -17,9 +17,8 @@ from streamer.config import Settings
 from streamer.errors import InvalidMessage
 from streamer.events import Route
 from streamer.inference.model import TestModel
-from streamer.protocol.inputs import Input
 from streamer.protocol.messages import StopRequest, TurnEventModel, parse_start
-from streamer.testing import Pause, run_connection, running_services
+from streamer.testing import Pause, codec_decoder, run_connection, running_services
 from streamer.turn.stage import ScoreTurn, TurnEvent, TurnEventKind, TurnSettings, Word
 from streamer.turn.tracker import Score, TurnTracker
 
@@ -187,17 +186,12 @@ def _speech(name: str = "jfk.wav") -> bytes:
 
 
 async def _flux(c: FluxCodec, inbound: list[Any]) -> list[dict[str, Any]]:
-    def decode(message: Any) -> Input:
-        if not isinstance(message, bytes | str):
-            return message  # type: ignore[no-any-return]
-        return c.decode_bytes(message) if isinstance(message, bytes) else c.decode_text(message)
-
     async with running_services(model=Saying()) as services:
         outcome = await run_connection(
             services,
             Route.SEGMENTED,
             [*c.opening, *inbound],
-            decode=decode,
+            decode=codec_decoder(c),
             encode=c.encode,
             encode_reply=c.encode,
             end=StopRequest(request="stop", disconnect=True),
