@@ -22,6 +22,7 @@ from streamer.auth import AuthSettings
 from streamer.inference.model import TestModelParams
 from streamer.inference.whisper import WhisperParams
 from streamer.origins import ANY, parse_origin
+from streamer.segmentation.segmenter import SPECULATIVE_PAD_MS
 from streamer.twilio.settings import BusSettings, TwilioSettings
 
 
@@ -180,19 +181,19 @@ class StreamSettings(BaseModel):
     interim_interval: float = Field(default=0.5, ge=0.1, le=10)
     min_interim_interval: float = Field(default=0.1, ge=0.05)
     speculative_finals: bool = Field(
-        default=False,
-        description="Segmented streams decode a segment's final as soon as its pause has "
-        "its end padding, so that a finalize (or the segment's end) finds it decoded; "
-        "speech resuming withdraws it. Costs a decode per pause that turns out not to end "
-        "the segment.",
+        default=True,
+        description="Segmented streams decode a segment's final as soon as its pause holds "
+        "speculative_pad_ms, so that a finalize (or the segment's end) finds it decoded or "
+        "decoding; speech resuming withdraws it. Costs a decode per pause that turns out not "
+        "to end the segment.",
     )
     speculative_pad_ms: float | None = Field(
-        default=None,
+        default=SPECULATIVE_PAD_MS,
         ge=0,
-        description="How much of a pause must be in before its final is decoded ahead "
-        "(at most the VAD's speech_pad_ms, which is the default). Shorter starts the decode "
-        "sooner after the speaker stops, so a finalize finds it further along; a segment "
-        "that closes in that pause then ends there, its end padding this long.",
+        description="How much of a pause must be in before its final is decoded ahead (at "
+        "most the VAD's speech_pad_ms; None: that padding). A segment that closes in that "
+        "pause ends there, its end padding this long. 64 lets the decode start before a voice "
+        "agent's Finalize, which comes about 200 ms after its own VAD hears the speaker stop.",
     )
     max_samples_per_second: int = Field(
         default=192_000,

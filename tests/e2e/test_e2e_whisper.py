@@ -29,7 +29,7 @@ AUDIO = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
 def whisper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     running = start_server(
         tmp_path_factory.mktemp("whisper"),
-        env={"STREAMER_INFERENCE__MODEL": "whisper", "STREAMER_STREAM__SPECULATIVE_FINALS": "true"},
+        env={"STREAMER_INFERENCE__MODEL": "whisper"},
     )
     yield running
     running.stop()
@@ -165,7 +165,7 @@ async def test_turns_finalized_on_one_socket_come_back_once_each_without_repeats
     ]
     assert counted and float(counted[0].split()[-1]) >= len(turns), counted
     # The turns' trailing silence lets each final be decoded ahead, at the pause, and the
-    # Finalize adopt it (stream.speculative_finals, on for this server).
+    # Finalize adopt it (stream.speculative_finals, on by default).
     used = [
         line
         for line in metrics.splitlines()

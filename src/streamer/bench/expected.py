@@ -20,8 +20,8 @@ from streamer.audio.decode import Decoder
 from streamer.audio.formats import AudioFormat, Encoding
 from streamer.audio.resample import ChannelResamplers
 from streamer.route.segmented import Frames, SegmentedRoute
-from streamer.route.work import Infer, Work
-from streamer.segmentation.segmenter import VadParams
+from streamer.route.work import Adopt, Infer, Work
+from streamer.segmentation.segmenter import SPECULATIVE_PAD_MS, VadParams
 from streamer.segmentation.vad import (
     CONTEXT_SAMPLES,
     STATE_SHAPE,
@@ -94,16 +94,32 @@ class BlockingVad:
 def segment_spans(
     data: bytes, fmt: dict[str, object], vad: SileroVad, params: VadParams | None = None
 ) -> tuple[tuple[Span, ...], ...]:
-    """Each channel's final spans: the whole stream through the segmented route."""
+    """Each channel's final spans: the whole stream through the segmented route, with a
+    server's default stream settings (its finals decoded ahead at pauses, which sets where
+    a segment closing in a pause ends)."""
     af = audio_format(fmt)
-    route = SegmentedRoute(af.channels, af.sample_rate, VAD_SAMPLE_RATE, params or VadParams())
+    route = SegmentedRoute(
+        af.channels,
+        af.sample_rate,
+        VAD_SAMPLE_RATE,
+        params or VadParams(),
+        speculate=True,
+        speculate_pad_ms=SPECULATIVE_PAD_MS,
+    )
     blocking = BlockingVad(vad, af.channels)
     spans: list[list[Span]] = [[] for _ in range(af.channels)]
 
+    ahead: dict[int, tuple[int, Span]] = {}  # speculative finals by key: channel, span
+
     def take(work: Sequence[Work]) -> None:
         for item in work:
-            if isinstance(item, Infer) and item.final:
+            if isinstance(item, Infer) and item.speculative:
+                ahead[item.key] = (item.channel, (item.start, item.end))
+            elif isinstance(item, Infer) and item.final:
                 spans[item.channel].append((item.start, item.end))
+            elif isinstance(item, Adopt):  # the final is the speculative decode's span
+                channel, span = ahead.pop(item.key)
+                spans[channel].append(span)
 
     def segment(frames: list[Frames]) -> None:
         for channel, framed in enumerate(frames):

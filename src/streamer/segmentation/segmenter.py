@@ -60,6 +60,11 @@ _HYSTERESIS: Final = 0.15
 # never comes before speech is confirmed (more than two 512-sample frames at 16 kHz).
 _SPLIT_MARGIN_MS: Final = 100
 
+SPECULATIVE_PAD_MS: Final = 64.0
+"""The default ``speculate_pad_ms`` of a server's streams (``stream.speculative_pad_ms``):
+short enough that a voice agent's ``Finalize``, about 200 ms after its own VAD hears the
+speaker stop, finds the speculative decode started (docs/architecture.md)."""
+
 
 @dataclass(frozen=True, slots=True)
 class VadParams:
