@@ -100,6 +100,11 @@ IGNORED_PARAMETERS = frozenset(
 _BOOLEAN_IGNORED = ("punctuate", "smart_format", "numerals", "profanity_filter", "diarize")
 
 EXTENSION_KEY = "streamer_output"
+
+INTERIM_SECONDS = 1.0
+"""Segment audio between interim ``Results``: about Deepgram's own cadence (its examples
+show one a second). Half a second doubled the decodes of a stream that asks for interims,
+which on a loaded CPU delays the finals a voice agent waits on (docs/benchmarks.md)."""
 """Where a ``Results`` message carries the model's raw output when it has no text."""
 
 CLOSE_CODES: dict[ErrorCode | None, int] = {
@@ -173,6 +178,7 @@ class ListenParams:
         body: dict[str, Any] = {
             "format": format_body(fmt),
             "interim_results": self.interim_results,
+            "interim_interval": INTERIM_SECONDS,
             # Deepgram's results carry words: ask the model for their times.
             "word_times": True,
         }

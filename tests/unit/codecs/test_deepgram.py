@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from streamer.codecs import deepgram
-from streamer.codecs.deepgram import ListenCodec, close_code, parse_query
+from streamer.codecs.deepgram import INTERIM_SECONDS, ListenCodec, close_code, parse_query
 from streamer.errors import BadHandshake, ErrorCode, InvalidJson, InvalidMessage
 from streamer.events import (
     Done,
@@ -78,6 +78,8 @@ def test_a_full_query_is_read_and_what_cannot_be_honoured_is_accepted() -> None:
     assert params.tags == ("a", "b") and params.model == "nova-3"
     start = params.start_request()
     assert start.format.channels == 2 and start.interim_results
+    # Interims about once a second of speech, as Deepgram sends them.
+    assert start.interim_interval == INTERIM_SECONDS == 1.0
     assert start.vad is not None and start.vad.min_silence_ms == 300
 
 
