@@ -119,6 +119,7 @@ class StreamPipeline:
         self._in_flight = asyncio.Semaphore(options.max_in_flight)
         self._interims: dict[int, Ticket] = {}  # by key: what the route may withdraw
         self._speculative: dict[int, _Pending] = {}  # by key: kept aside until adopted
+        self._deferred: dict[int, Infer] = {}  # by key: speculations not submitted
         self._lag = LagWatch(options.max_lag, clock, pressed) if options.max_lag > 0 else None
         self._vad = vad
         self._turns: list[_ChannelTurns] = []
@@ -307,9 +308,14 @@ class StreamPipeline:
         for item in work:
             if isinstance(item, Post):
                 order.put_nowait(item.event)
+            elif isinstance(item, Adopt) and item.key in self._deferred:
+                # Not decoded ahead: decoded now, as the final it is.
+                infer = self._deferred.pop(item.key)
+                self.observer.speculated("deferred")
+                await self._carry((replace(infer, speculative=False, forced=item.forced),))
             elif isinstance(item, Adopt):
                 pending = self._speculative.pop(item.key)
-                self.observer.speculated(used=True)
+                self.observer.speculated("used")
                 if item.forced:
                     pending.ticket.hasten()  # someone waits on it now
                 await self._in_flight.acquire()
@@ -317,6 +323,11 @@ class StreamPipeline:
                     raise StreamBroken(f"stream {self.stream_id} broke and takes no more audio")
                 infer = pending.infer
                 order.put_nowait(_Pending(pending.ticket, replace(infer, forced=item.forced)))
+            elif isinstance(item, Infer) and item.speculative and self._backend.behind:
+                # The model is behind: a decode queued now would start late, crowd the
+                # finals asked for before it, and run for nothing if speech resumes. The
+                # final is decoded when it is asked for, as without speculation.
+                self._deferred[item.key] = item
             elif isinstance(item, Infer):
                 if item.final and not item.speculative:
                     await self._in_flight.acquire()
@@ -344,7 +355,9 @@ class StreamPipeline:
                 withdrawn.cancel()
             elif (speculation := self._speculative.pop(item.key, None)) is not None:
                 speculation.ticket.cancel()  # if a worker has it, its result goes unsent
-                self.observer.speculated(used=False)
+                self.observer.speculated("discarded")
+            elif self._deferred.pop(item.key, None) is not None:
+                self.observer.speculated("discarded")
 
     def _observe(self, ticket: Ticket, item: Infer) -> None:
         span = self.observer.inference(item.channel, item.start, item.end, item.final)

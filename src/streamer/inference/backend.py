@@ -74,3 +74,8 @@ class InferenceBackend(Protocol):
     def cancel_stream(self, stream: str) -> int:
         """Withdraw every queued inference of ``stream``; how many."""
         ...
+
+    @property
+    def behind(self) -> bool:
+        """Whether finals wait for a worker now: a decode submitted now starts late."""
+        ...

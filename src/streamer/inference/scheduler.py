@@ -249,6 +249,11 @@ class Scheduler:
         return self._busy
 
     @property
+    def behind(self) -> bool:
+        """Every worker is busy and finals wait: a decode submitted now starts late."""
+        return self._busy >= self.pool.workers and bool(self._forced or self._finals)
+
+    @property
     def full(self) -> bool:
         """Whether the queue holds ``max_queued`` jobs (new interims are being dropped)."""
         return self.max_queued is not None and self._queued >= self.max_queued

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -30,6 +30,10 @@ __all__ = [
 
 ROUTES: Final = ("simple", "segmented")
 """Routes whose series exist from the start (others appear when first used)."""
+
+SpeculationOutcome = Literal["used", "discarded", "deferred"]
+"""What became of a final decoded ahead at a pause (``StreamObserver.speculated``)."""
+SPECULATION_OUTCOMES: Final[tuple[SpeculationOutcome, ...]] = ("used", "discarded", "deferred")
 
 
 def _nothing() -> Mapping[str, int]:

@@ -18,7 +18,13 @@ from typing import Final, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streamer.errors import ErrorCode
-from streamer.observability.gauges import ROUTES, RuntimeCollector, RuntimeSources, SharedRuntime
+from streamer.observability.gauges import (
+    ROUTES,
+    SPECULATION_OUTCOMES,
+    RuntimeCollector,
+    RuntimeSources,
+    SharedRuntime,
+)
 
 __all__ = [
     "EVENT_TYPES",
@@ -320,8 +326,9 @@ class Metrics:
         self.speculative_finals = Counter(
             "streamer_speculative_finals",
             "Finals decoded ahead, at a pause, by route and outcome: used (adopted as the "
-            "segment's final, so the final needed no decode of its own) or discarded "
-            "(speech resumed in the pause).",
+            "segment's final, so the final needed no decode of its own), discarded "
+            "(speech resumed in the pause) or deferred (the model was behind, so the final "
+            "was decoded when asked for).",
             ["route", "outcome"],
             registry=registry,
         )
@@ -367,8 +374,8 @@ class Metrics:
             self.final_latency.labels(route)
             self.interim_latency.labels(route)
             self.finalize.labels(route)
-            for used in ("used", "discarded"):
-                self.speculative_finals.labels(route, used)
+            for outcome in SPECULATION_OUTCOMES:
+                self.speculative_finals.labels(route, outcome)
             self.first_result.labels(route)
             self.unread_closes.labels(route)
             self.interims_dropped.labels(route)
@@ -440,8 +447,8 @@ class Metrics:
     def observe_finalize(self, route: str, seconds: float) -> None:
         self.finalize.labels(route).observe(seconds)
 
-    def observe_speculative(self, route: str, *, used: bool) -> None:
-        self.speculative_finals.labels(route, "used" if used else "discarded").inc()
+    def observe_speculative(self, route: str, outcome: str) -> None:
+        self.speculative_finals.labels(route, outcome).inc()
 
     def observe_first_result(self, route: str, seconds: float) -> None:
         self.first_result.labels(route).observe(seconds)

@@ -36,6 +36,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
 from streamer.events import SegmentResult, SpeechStarted, StreamError
+from streamer.observability.gauges import SpeculationOutcome
 from streamer.observability.logging import bind_stream, unbind_stream
 from streamer.observability.tracing import format_traceparent, parse_traceparent
 
@@ -146,8 +147,10 @@ class StreamObserver:
         dropped at once); the callback returned, if any, is told its outcome."""
         return None
 
-    def speculated(self, *, used: bool) -> None:
-        """A speculative final was adopted as the final (``used``) or withdrawn."""
+    def speculated(self, outcome: SpeculationOutcome) -> None:
+        """A speculative final was adopted as the final (``used``), withdrawn
+        (``discarded``), or never decoded ahead because the model was behind and decoded
+        when the final was asked for (``deferred``)."""
 
     def flushed(self, total: float) -> None:
         """``stop`` or ``finalize``: results up to ``total`` seconds are forced out now."""
@@ -323,9 +326,9 @@ class StreamTelemetry(StreamObserver):
 
         return done
 
-    def speculated(self, *, used: bool) -> None:
+    def speculated(self, outcome: SpeculationOutcome) -> None:
         if self._metrics is not None:
-            self._metrics.observe_speculative(self.route, used=used)
+            self._metrics.observe_speculative(self.route, outcome)
 
     def flushed(self, total: float) -> None:
         self._flushed_at = self._now()

@@ -427,3 +427,23 @@ async def test_cancelling_a_task_that_awaits_a_ticket_withdraws_nothing() -> Non
 
 async def _wait(ticket: Ticket) -> Output:
     return await ticket
+
+
+async def test_it_is_behind_while_every_worker_is_busy_and_finals_wait() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    sched = await make(model)  # one worker
+    first = sched.submit("a", audio(1))
+    await until(lambda: sched.busy == 1)
+    assert not sched.behind  # busy, but nothing waits
+    interim = sched.submit("b", audio(2), final=False)
+    assert not sched.behind  # an interim waiting delays no final
+    waiting = sched.submit("c", audio(3))
+    assert sched.behind
+    model.gate.set()
+    await first
+    await waiting
+    await interim
+    await until(lambda: not sched.queued and not sched.busy)
+    assert not sched.behind
+    await sched.close()

@@ -15,9 +15,11 @@ from numpy.typing import NDArray
 
 from streamer.audio.formats import AudioFormat
 from streamer.events import Event, SegmentResult
+from streamer.inference.backend import InferenceBackend, Ticket
 from streamer.inference.model import Output
 from streamer.inference.pool import ThreadPool
 from streamer.inference.scheduler import Scheduler
+from streamer.observability.gauges import SpeculationOutcome
 from streamer.observability.stream import StreamObserver
 from streamer.pipeline import Route, StreamOptions, StreamPipeline
 from streamer.segmentation.vad import SileroVad, VadEngine
@@ -116,21 +118,42 @@ class Counted:
 
 class Speculations(StreamObserver):
     def __init__(self) -> None:
-        self.used = self.discarded = 0
+        self.used = self.discarded = self.deferred = 0
 
-    def speculated(self, *, used: bool) -> None:
-        if used:
-            self.used += 1
-        else:
-            self.discarded += 1
+    def speculated(self, outcome: SpeculationOutcome) -> None:
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
+
+class Behind:
+    """A scheduler that says it is behind: a pipeline over it decodes nothing ahead."""
+
+    behind = True
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def submit(
+        self,
+        stream: str,
+        audio: NDArray[np.float32],
+        *,
+        final: bool = True,
+        words: bool = False,
+        forced: bool = False,
+    ) -> Ticket:
+        return self.scheduler.submit(stream, audio, final=final, words=words, forced=forced)
+
+    def cancel_stream(self, stream: str) -> int:
+        return self.scheduler.cancel_stream(stream)
 
 
 async def speech_with_finalizes(
-    model: Counted, speculate: bool
+    model: Counted, speculate: bool, *, behind: bool = False
 ) -> tuple[list[Event], Counted, Speculations]:
     """jfk.wav in 100 ms messages with a finalize every 1.5 s (some in pauses, some in
     speech), as an agent's client sends them."""
     scheduler = Scheduler(ThreadPool(model, 1), sample_rate=16000, max_batch=4)
+    backend: InferenceBackend = Behind(scheduler) if behind else scheduler
     scheduler.start()
     events: list[Event] = []
     fmt = AudioFormat(channels=1, sample_rate=16000, bit_depth=16, is_float=False)
@@ -140,7 +163,7 @@ async def speech_with_finalizes(
     data = audio.tobytes()
     with VadEngine(SileroVad()) as vad:
         pipeline = StreamPipeline(
-            "s", options, backend=scheduler, emit=events.append, vad=vad, observer=observer
+            "s", options, backend=backend, emit=events.append, vad=vad, observer=observer
         )
         pipeline.start()
         for n, at in enumerate(range(0, len(data), MESSAGE * 2)):
@@ -173,3 +196,15 @@ async def test_speculative_finals_send_exactly_what_plain_decodes_send(model: st
     # most the discarded ones (those a worker took before they were withdrawn).
     assert plain_model.decoded == len(finals)
     assert plain_model.decoded <= ahead_model.decoded <= plain_model.decoded + seen.discarded
+
+
+async def test_speculative_finals_wait_for_their_final_while_the_model_is_behind() -> None:
+    plain, plain_model, _ = await speech_with_finalizes(Counted(Loudness()), speculate=False)
+    late, late_model, seen = await speech_with_finalizes(
+        Counted(Loudness()), speculate=True, behind=True
+    )
+    # Nothing decoded ahead, so nothing decoded for nothing: each final decoded once, when
+    # it was asked for, and the stream sees what it sees without speculation.
+    assert late == plain
+    assert seen.deferred > 0 and seen.used == 0
+    assert late_model.decoded == plain_model.decoded
