@@ -15,7 +15,6 @@ from numpy.typing import NDArray
 
 from streamer.audio.formats import AudioFormat
 from streamer.events import Event, SegmentResult
-from streamer.inference.backend import InferenceBackend, Ticket
 from streamer.inference.model import Output
 from streamer.inference.pool import ThreadPool
 from streamer.inference.scheduler import Scheduler
@@ -124,27 +123,12 @@ class Speculations(StreamObserver):
         setattr(self, outcome, getattr(self, outcome) + 1)
 
 
-class Behind:
+class BehindScheduler(Scheduler):
     """A scheduler that says it is behind: a pipeline over it decodes nothing ahead."""
 
-    behind = True
-
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
-
-    def submit(
-        self,
-        stream: str,
-        audio: NDArray[np.float32],
-        *,
-        final: bool = True,
-        words: bool = False,
-        forced: bool = False,
-    ) -> Ticket:
-        return self.scheduler.submit(stream, audio, final=final, words=words, forced=forced)
-
-    def cancel_stream(self, stream: str) -> int:
-        return self.scheduler.cancel_stream(stream)
+    @property
+    def behind(self) -> bool:
+        return True
 
 
 async def speech_with_finalizes(
@@ -152,8 +136,8 @@ async def speech_with_finalizes(
 ) -> tuple[list[Event], Counted, Speculations]:
     """jfk.wav in 100 ms messages with a finalize every 1.5 s (some in pauses, some in
     speech), as an agent's client sends them."""
-    scheduler = Scheduler(ThreadPool(model, 1), sample_rate=16000, max_batch=4)
-    backend: InferenceBackend = Behind(scheduler) if behind else scheduler
+    kind = BehindScheduler if behind else Scheduler
+    scheduler = kind(ThreadPool(model, 1), sample_rate=16000, max_batch=4)
     scheduler.start()
     events: list[Event] = []
     fmt = AudioFormat(channels=1, sample_rate=16000, bit_depth=16, is_float=False)
@@ -163,7 +147,7 @@ async def speech_with_finalizes(
     data = audio.tobytes()
     with VadEngine(SileroVad()) as vad:
         pipeline = StreamPipeline(
-            "s", options, backend=backend, emit=events.append, vad=vad, observer=observer
+            "s", options, backend=scheduler, emit=events.append, vad=vad, observer=observer
         )
         pipeline.start()
         for n, at in enumerate(range(0, len(data), MESSAGE * 2)):
