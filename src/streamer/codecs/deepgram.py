@@ -100,12 +100,12 @@ IGNORED_PARAMETERS = frozenset(
 _BOOLEAN_IGNORED = ("punctuate", "smart_format", "numerals", "profanity_filter", "diarize")
 
 EXTENSION_KEY = "streamer_output"
+"""Where a ``Results`` message carries the model's raw output when it has no text."""
 
 INTERIM_SECONDS = 1.0
 """Segment audio between interim ``Results``: about Deepgram's own cadence (its examples
 show one a second). Half a second doubled the decodes of a stream that asks for interims,
 which on a loaded CPU delays the finals a voice agent waits on (docs/benchmarks.md)."""
-"""Where a ``Results`` message carries the model's raw output when it has no text."""
 
 CLOSE_CODES: dict[ErrorCode | None, int] = {
     None: 1000,

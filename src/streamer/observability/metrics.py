@@ -24,6 +24,7 @@ from streamer.observability.gauges import (
     RuntimeCollector,
     RuntimeSources,
     SharedRuntime,
+    SpeculationOutcome,
 )
 
 __all__ = [
@@ -447,7 +448,7 @@ class Metrics:
     def observe_finalize(self, route: str, seconds: float) -> None:
         self.finalize.labels(route).observe(seconds)
 
-    def observe_speculative(self, route: str, outcome: str) -> None:
+    def observe_speculative(self, route: str, outcome: SpeculationOutcome) -> None:
         self.speculative_finals.labels(route, outcome).inc()
 
     def observe_first_result(self, route: str, seconds: float) -> None:
