@@ -34,13 +34,16 @@ class ServerProcess(SpawnedServer):
                 return int(line.split()[1])
         raise AssertionError("no VmRSS")
 
-    def gauge(self, name: str) -> float:
-        """The sum of a metric's samples (all labels) on ``/metrics`` now."""
+    def gauge(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples on ``/metrics`` now: all of them, or those with
+        the given label values."""
         text = httpx.get(f"{self.http}/metrics", timeout=5).text
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith(name + "{") or line.startswith(name + " ")
+            if (line.startswith(name + "{") or line.startswith(name + " "))
+            and all(label in line.split("}", 1)[0] for label in wanted)
         )
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:

@@ -47,13 +47,7 @@ async def test_ray_gives_the_local_backends_results(
         answered += len(on_ray.segments)  # one input each
     # Every input that ran is counted with the size of the replica batch it ran in: each
     # one answered, and a speculative final discarded once it had started, if any.
-    async with httpx.AsyncClient() as http:
-        metrics = (await http.get(f"{remote.http}/metrics", timeout=5)).text
-    discarded = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("streamer_speculative_finals_total{") and '"discarded"' in line
-    )
+    discarded = remote.gauge("streamer_speculative_finals_total", outcome="discarded")
     ran = remote.gauge("streamer_ray_batch_size_count")
     assert answered <= ran <= answered + discarded, (ran, answered, discarded)
     assert remote.gauge("streamer_ray_batch_size_sum") >= answered
