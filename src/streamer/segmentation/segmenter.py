@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -222,17 +222,16 @@ class _State(Enum):
     SPEECH = "speech"  # announced; a segment is open
 
 
-def _joined(parts: Iterable[Float32Array], n: int) -> Float32Array:
-    """A new array of the first ``n`` samples of ``parts`` laid end to end."""
-    out = np.empty(n, dtype=np.float32)
-    at = 0
-    for part in parts:
-        if at == n:
-            break
-        take = min(len(part), n - at)
-        out[at : at + take] = part[:take]
-        at += take
-    return out
+def _joined(parts: Sequence[Float32Array], n: int) -> Float32Array:
+    """A new array of the first ``n`` samples of ``parts`` laid end to end (at most their
+    total): one ``np.concatenate`` of the parts it needs, the last one cut short."""
+    total = 0
+    for k, part in enumerate(parts):
+        total += len(part)
+        if total >= n:
+            out = np.concatenate(parts[: k + 1]) if k else part.copy()
+            return out[:n] if total > n else out
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
 
 
 class _Ring:
@@ -271,7 +270,8 @@ class _Ring:
             take = min(len(part), need)
             pieces.append(part[len(part) - take :])
             need -= take
-        return _joined(reversed(pieces), n)
+        pieces.reverse()
+        return _joined(pieces, n)
 
 
 class _Audio:
@@ -293,7 +293,17 @@ class _Audio:
         self.size += len(samples)
 
     def head(self, n: int) -> Float32Array:
-        return _joined(self._parts, n)
+        """A copy of the first ``n`` samples (at most ``size``)."""
+        parts = self._parts
+        k = len(parts)
+        over = self.size - n  # samples past the head: a few frames at most, so count back
+        while k and over >= len(parts[k - 1]):
+            k -= 1
+            over -= len(parts[k])
+        if k == 0:
+            return np.empty(0, dtype=np.float32)
+        out = np.concatenate(parts[:k]) if k > 1 else parts[0].copy()
+        return out[: len(out) - over] if over > 0 else out
 
 
 class Segmenter:
