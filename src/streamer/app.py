@@ -35,13 +35,20 @@ from streamer.inference.whisper import WhisperRecognizer, model_directory
 from streamer.observability.gauges import collect_all, multiprocess_dir
 from streamer.observability.loop import LoopMonitor
 from streamer.observability.metrics import Metrics, new_registry
-from streamer.observability.pressure import Ceilings, Pressure
+from streamer.observability.pressure import (
+    CPU_BUDGET,
+    PRIOR_VAD_MULTIPLE,
+    Ceilings,
+    Pressure,
+    thread_cpu,
+    usable_cpus,
+)
 from streamer.observability.tracing import Tracing
 from streamer.origins import OriginPolicy
 from streamer.pipeline import Route
 from streamer.policy import ConnectionPolicy, allow_all
 from streamer.protocol.connection import Limits
-from streamer.segmentation.vad import VadEngine
+from streamer.segmentation.vad import FRAMES_PER_SECOND, VadEngine
 from streamer.services import Connection, Services
 from streamer.streams import StreamBounds, StreamFactory
 from streamer.transport.assemblyai import ChunkBounds, serve_streaming, token_endpoint
@@ -179,13 +186,26 @@ def build_services(
         max_wait=settings.turn.max_wait_ms / 1000,
         on_call=metrics.observe_turn_call,
     )  # its model is loaded by the first stream that detects turns
+    vad = VadEngine(
+        on_batch=metrics.observe_vad_batch, min_interval=settings.stream.vad_step_ms / 1000
+    )
+    loop_cpu = thread_cpu()  # built on the thread that runs the event loop
+
+    def front_end_cpu() -> float:
+        """The CPU of this process's front end: the event loop, the VAD engine and the
+        turn engine (the turn engine's share is charged to the streams that use it)."""
+        return loop_cpu() + vad.cpu_seconds + turns.cpu_seconds
+
+    processes = fleet.fleet.workers if fleet is not None else 1
     pressure = Pressure(
         Ceilings(
             loop_lag=server.max_loop_lag_ms / 1000,
             vad_delay=server.max_vad_delay_ms / 1000,
             queue_wait=server.max_queue_wait_ms / 1000,
         ),
+        cpu=front_end_cpu,
         turn_cpu=lambda: turns.cpu_seconds,
+        budget=CPU_BUDGET * min(1.0, usable_cpus() / processes),
     )
 
     def observe_batch(stats: BatchStats) -> None:
@@ -205,6 +225,8 @@ def build_services(
         pool = ThreadPool(
             model, inference.workers, max_replacements=inference.max_replacement_threads
         )
+    if isinstance(pool, ThreadPool | ProcessPool):  # this process's own workers
+        pressure.model_workers = pool.workers
     scheduler = Scheduler(
         pool,
         sample_rate=model.sample_rate,
@@ -216,9 +238,6 @@ def build_services(
         interim_workers=inference.interim_workers or None,
         observer=observe_batch,
         on_expired=metrics.inference_timeouts.inc,
-    )
-    vad = VadEngine(
-        on_batch=metrics.observe_vad_batch, min_interval=settings.stream.vad_step_ms / 1000
     )
     vad.on_delay = pressure.observe_vad_delay
     tracing = tracing or Tracing()
@@ -411,6 +430,9 @@ def create_app(
         await bus.start()
         app.state.services = services
         pressure = services.admission.pressure
+        if pressure is not None:  # what a stream costs before one is measured
+            per_frame = await asyncio.to_thread(services.streams.vad.cost_per_frame)
+            pressure.prior_cost = PRIOR_VAD_MULTIPLE * per_frame * FRAMES_PER_SECOND
 
         def observe_lag(seconds: float, slow: bool) -> None:
             metrics.observe_loop_lag(seconds, slow)

@@ -41,9 +41,10 @@ class ServerSettings(BaseModel):
         "usable core; 1: a single process.",
     )
     max_streams: int = Field(
-        default=500,
+        default=5000,
         ge=1,
-        description="Live streams before refusing, for the whole server (all its processes).",
+        description="Live streams before refusing, for the whole server (all its processes): "
+        "a hard ceiling; below it, the measured capacity admits (admit_within_estimate).",
     )
     max_backlog: int = Field(
         default=1000, ge=1, description="Queued inferences above which new streams are refused."
@@ -65,10 +66,11 @@ class ServerSettings(BaseModel):
         description="Inference queue wait past which new streams are refused; 0: none.",
     )
     admit_within_estimate: bool = Field(
-        default=False,
+        default=True,
         description="Also refuse new streams once the process's estimated capacity "
         "(streamer_estimated_stream_capacity) is used up, before any delay passes its "
-        "ceiling: for load that arrives faster than the delays can show it.",
+        "ceiling: for load that arrives faster than the delays can show it. false: only "
+        "max_streams and the delays refuse.",
     )
     max_stream_lag_seconds: float = Field(
         default=5.0,

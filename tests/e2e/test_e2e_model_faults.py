@@ -66,6 +66,9 @@ HANG_FOREVER = {
     "STREAMER_INFERENCE__DEADLINE_SECONDS": "0.4",
     "STREAMER_INFERENCE__MAX_REPLACEMENT_THREADS": "2",
     "STREAMER_SERVER__SHUTDOWN_TIMEOUT_SECONDS": "2",
+    # The new stream below must reach the stuck model: the capacity estimate, which counts
+    # the workers' busy time, could refuse it as overloaded instead.
+    "STREAMER_SERVER__ADMIT_WITHIN_ESTIMATE": "false",
 }
 
 

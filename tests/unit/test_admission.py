@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.app import build_services
+from streamer.app import build_services, create_app
 from streamer.config import Settings
 from streamer.errors import STREAM_LIMIT, Overloaded, ShuttingDown, StreamLimit
 from streamer.inference.process_pool import ProcessPool
-from streamer.observability.pressure import Ceilings, Pressure
+from streamer.observability.pressure import CPU_BUDGET, PRIOR_VAD_MULTIPLE, Ceilings, Pressure
 from streamer.pipeline import Route
 from streamer.policy import ANONYMOUS, Principal
 from streamer.services import Services
@@ -90,7 +90,8 @@ async def test_a_token_s_quota_is_counted_beside_its_key_s() -> None:
 
 
 def measured(settings: Settings) -> tuple[Services, ManualClock, ManualClock]:
-    """Services whose pressure reads a clock and a CPU counter the test moves."""
+    """Services whose pressure reads a clock and a CPU counter the test moves (``sample``
+    takes the next second's sample)."""
     services = build_services(settings)
     clock, cpu = ManualClock(0.0), ManualClock(0.0)
     services.admission.pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
@@ -103,7 +104,9 @@ async def test_within_the_estimate_new_streams_stop_once_the_spare_cpu_is_taken(
     services, clock, cpu = measured(Settings(server={"admit_within_estimate": True}))
     services.admission.admit(Route.SEGMENTED)
     services.admission.admit(Route.SEGMENTED)
-    clock.now, cpu.now = 2.0, 0.05 + 0.3  # two streams: 0.125 of a core each above upkeep
+    clock.now, cpu.now = 2.0, 0.1
+    services.admission.pressure.sample_cpu(services.admission.live_streams)  # two came
+    clock.now, cpu.now = 3.0, 0.1 + 0.3  # the two: 0.125 of a core each above upkeep
     services.admission.pressure.sample_cpu(services.admission.live_streams)
     assert services.admission.capacity() == 4  # (0.85 - 0.3) / 0.125 = 4.4
     services.admission.admit(Route.SEGMENTED)  # admitted since the sample: counted off the estimate
@@ -118,11 +121,26 @@ async def test_within_the_estimate_new_streams_stop_once_the_spare_cpu_is_taken(
     services.admission.admit(Route.SEGMENTED)
 
 
-async def test_by_default_the_estimate_does_not_refuse() -> None:
+async def test_by_default_the_estimate_refuses() -> None:
     services, clock, cpu = measured(Settings())
     for _ in range(4):
         services.admission.admit(Route.SEGMENTED)
-    clock.now, cpu.now = 2.0, 0.05 + 0.8  # 0.2 of a core each: nothing spare
+    clock.now, cpu.now = 2.0, 0.1
+    services.admission.pressure.sample_cpu(services.admission.live_streams)  # four came
+    clock.now, cpu.now = 3.0, 0.1 + 0.85  # 0.2 of a core each: nothing spare
+    services.admission.pressure.sample_cpu(services.admission.live_streams)
+    with pytest.raises(Overloaded, match="estimated capacity"):
+        services.admission.admit(Route.SEGMENTED)
+    assert services.admission.live_streams == 4
+
+
+async def test_without_admit_within_estimate_the_estimate_does_not_refuse() -> None:
+    services, clock, cpu = measured(Settings(server={"admit_within_estimate": False}))
+    for _ in range(4):
+        services.admission.admit(Route.SEGMENTED)
+    clock.now, cpu.now = 2.0, 0.1
+    services.admission.pressure.sample_cpu(services.admission.live_streams)  # four came
+    clock.now, cpu.now = 3.0, 0.1 + 0.85  # 0.2 of a core each: nothing spare
     services.admission.pressure.sample_cpu(services.admission.live_streams)
     assert services.admission.capacity() == 0
     services.admission.admit(Route.SEGMENTED)
@@ -140,9 +158,11 @@ async def test_streams_that_detect_turns_are_charged_the_turn_engine_s_cpu() -> 
     admission.admit(Route.SEGMENTED, stream_id="t1", turns=True)
     admission.admit(Route.SEGMENTED, stream_id="t2", turns=True)
     assert admission.turn_streams == 2
+    clock.now, cpu.now = 2.0, 0.1
+    admission.pressure.sample_cpu(3)  # three came (the engine not yet called)
     # Three streams at 0.03 core each, and the engine's 0.3 core for the two with turns.
-    clock.now, turn.now = 2.0, 0.3
-    cpu.now = 0.05 + 0.05 + 3 * 0.03 + 0.3
+    clock.now, turn.now = 3.0, 0.3
+    cpu.now = 0.1 + 0.05 + 3 * 0.03 + 0.3
     admission.sample_cpu()
     assert admission.pressure.cost_per_stream == pytest.approx(0.03)
     assert admission.pressure.turn_cost_per_stream == pytest.approx(0.15)
@@ -157,3 +177,26 @@ async def test_streams_that_detect_turns_are_charged_the_turn_engine_s_cpu() -> 
     admission.admit(Route.SEGMENTED, stream_id="p2")  # a plain stream still has room
     admission.stream_ended(Route.SEGMENTED, "completed", "t1")
     assert admission.turn_streams == 3 and "t1" not in admission.turning
+
+
+async def test_a_fresh_server_holds_a_burst_to_the_capacity_its_vad_cost_allows() -> None:
+    settings = Settings.model_validate({"server": {"host": "127.0.0.1", "grpc_port": 0}})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        admission = app.state.services.admission
+        pressure = admission.pressure
+        assert pressure is not None and pressure.cost_per_stream is None  # nothing measured
+        per_frame = app.state.services.streams.vad.cost_per_frame()
+        # The prior: the VAD model's CPU for a second of audio, times the multiple.
+        prior = pressure.prior_cost
+        assert prior is not None
+        assert prior / (PRIOR_VAD_MULTIPLE * 31.25 * per_frame) == pytest.approx(1, rel=0.5)
+        assert pressure.budget == pytest.approx(CPU_BUDGET)  # one process: one core's share
+        room = admission.capacity()
+        assert 0 < room < settings.server.max_streams  # the CPU, not the ceiling, decides
+        # A burst, all before the first CPU sample: admitted up to the estimate, then refused.
+        for _ in range(room):
+            admission.admit(Route.SEGMENTED)
+        with pytest.raises(Overloaded, match="estimated capacity"):
+            admission.admit(Route.SEGMENTED)
+        assert admission.health()["status"] == "full"

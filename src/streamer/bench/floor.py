@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import socket
 import statistics
 import sys
@@ -33,31 +32,20 @@ from typing import Any, Final
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
+from streamer.observability.pressure import usable_cpus
 from streamer.segmentation.silero_model import (
     CONTEXT_SAMPLES,
     FRAME_SAMPLES,
+    FRAMES_PER_SECOND,
     STATE_SHAPE,
-    VAD_SAMPLE_RATE,
     Float32Array,
     SileroVad,
 )
-
-FRAMES_PER_SECOND: Final = VAD_SAMPLE_RATE / FRAME_SAMPLES
-"""Silero frames in one second of audio (31.25)."""
-
 
 FLOOR_STREAMS: Final = 300
 """Connections the ingest is measured over by default. A message costs less the more
 arrive together (one loop wake-up serves several): on a 2-core machine, 160 us each at 10
 streams, 75 at 100, 43 at 300. 300 is the count the cost objective is quoted at."""
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity), which the server shares."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,25 @@ The loop lag also counts the tick now overdue (``watch_loop``): a loop so starve
 observed nothing for two windows is not taken to have caught up.
 
 ``capacity`` estimates the streams this process could still take at its current CPU cost
-per stream (one process runs Python on one core: its budget is ``CPU_BUDGET`` of one),
-zero while behind, never more than the room left under ``server.max_streams``. The cost
-per stream is the marginal one: the CPU above the process's upkeep with no stream (the
-least rate seen while idle), over the live streams. The average (all the CPU over the
-streams) would charge that upkeep to each stream, and at a few streams make the estimate
-a fraction of the real capacity.
+per stream, zero while behind, never more than the room left under
+``server.max_streams``. The CPU counted is the front end's: the event loop's thread and
+the VAD engine's (``front_end_cpu``), not the model's workers, which the inference queue
+wait guards. Its budget is ``CPU_BUDGET`` of one core (one process runs Python on one
+core), or of its share of the cores when there are more front-end processes than cores.
+The cost per stream is the marginal one: the CPU above the process's upkeep with no
+stream (the least rate seen while idle), over the live streams. The average (all the CPU
+over the streams) would charge that upkeep to each stream, and at a few streams make the
+estimate a fraction of the real capacity. Before any stream has been measured, the cost
+is ``prior_cost``: the app sets it at start from the VAD model's cost per frame measured
+then, times ``PRIOR_VAD_MULTIPLE``, so that streams arriving all at once on a fresh
+server are held to what it can carry too.
+
+The model's workers in this process (``model_workers``, a thread or process pool of its
+own) are a second budget: each can be busy ``CPU_BUDGET`` of every second. Their busy time
+(the batches' run time) per live stream, averaged over about ten samples as the turn
+engine's is (finals land at pauses, not every second), gives the streams the workers
+could still serve; the estimate is the smaller of the two. A slow model (Whisper on the
+CPU) reaches its limit long before the front end does.
 
 The end-of-turn model (``turn/engine.py``) runs only for streams that detect turns, and
 costs them far more than a plain stream's front end. Its CPU (the engine's own count,
@@ -35,18 +48,36 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-__all__ = ["CPU_BUDGET", "Ceilings", "Pressure", "WindowMax"]
+__all__ = [
+    "CPU_BUDGET",
+    "PRIOR_VAD_MULTIPLE",
+    "Ceilings",
+    "Pressure",
+    "WindowMax",
+    "thread_cpu",
+    "usable_cpus",
+]
 
 WINDOW: Final = 1.0
+_UNKNOWN: Final = 1 << 62  # no limit known: larger than any room
 TURN_SMOOTHING: Final = 0.1
 """Weight of the newest sample in the turn engine's averaged cost (about ten samples)."""
 CPU_BUDGET: Final = 0.85
 """The share of one core a front-end process is planned to use at most."""
+PRIOR_VAD_MULTIPLE: Final = 2.4
+"""A stream's front-end CPU near capacity, as a multiple of its VAD model's CPU (31.25
+batched frames a second): the loop's share (receiving, decoding, segmenting, sending) and
+the engine's own overhead come on top of the model. ``streamer bench`` measured about 2
+(1.9-2.2) at the knee on a 2-core x86 machine; the prior errs on the side of admitting
+fewer, since streams that arrive all at once also cost their connections (at 2.4, twice
+the capacity arriving at once on a fresh server left the admitted ones within the
+latency objective: docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +130,18 @@ class Pressure:
         clock: Callable[[], float] = time.monotonic,
         cpu: Callable[[], float] | None = None,
         turn_cpu: Callable[[], float] | None = None,
+        budget: float = CPU_BUDGET,
+        model_workers: int = 0,
     ) -> None:
-        """``cpu``: this process's CPU seconds so far (all its threads); ``turn_cpu``: the
-        turn engine's share of them (``TurnEngine.cpu_seconds``; none: no engine)."""
+        """``cpu``: the front end's CPU seconds so far (default: the whole process's);
+        ``turn_cpu``: the turn engine's share of them (``TurnEngine.cpu_seconds``; none: no
+        engine); ``budget``: the cores the front end may use; ``model_workers``: the model
+        workers of this process's own pool (0: the model is elsewhere, not estimated)."""
         self.ceilings = ceilings
+        self.budget = budget
+        self.model_workers = model_workers
+        self.prior_cost: float | None = None
+        """Cores per stream taken before a cost has been measured (None: the room left)."""
         self._clock = clock
         self._cpu = cpu or _process_cpu
         self._turn_cpu = turn_cpu or _never
@@ -126,6 +165,14 @@ class Pressure:
         self._sampled_streams = 0  # live streams at the last sample
         self._turn_cores = 0.0  # averaged engine cores, over samples with turn streams
         self._turn_streams = 0.0  # averaged turn streams, over the same samples
+        self.model_cost_per_stream: float | None = None
+        """Worker-seconds of the model per second per live stream, averaged over about ten
+        samples (``TURN_SMOOTHING``); None before a batch has run with streams live."""
+        self.model_rate = 0.0
+        """Workers busy, averaged over the samples with streams (from nothing at first)."""
+        self._busy = 0.0  # the model's batches' run time so far
+        self._busy_sampled = 0.0
+        self._model_streams = 0.0  # averaged live streams, over the same samples
         self._overdue: Callable[[], float] = _never
 
     # -- feeds ----------------------------------------------------------------------------
@@ -147,6 +194,7 @@ class Pressure:
     def observe_batch(self, stats: _Waits) -> None:
         if stats.queue_wait:
             self.queue_wait.observe(max(stats.queue_wait))
+        self._busy += stats.run_seconds
 
     def sample_cpu(self, live_streams: int, turn_streams: int = 0) -> None:
         """Take a CPU sample (the app does every second): the cost per stream, and the
@@ -158,13 +206,25 @@ class Pressure:
         self.cpu_rate = max(0.0, (cpu - before) / (now - then))
         self.turn_rate = min(self.cpu_rate, max(0.0, (turn - turn_before) / (now - then)))
         self._sampled = (now, cpu, turn)
+        # Streams live through the whole sample: at its start and still at its end. Those
+        # that came during it cost more than a second of their audio (the connection, the
+        # start) or less (not all of a second): a burst would read as costly, a ramp as
+        # cheap. A sample that began with none (a burst on an idle process) measures none.
+        through = min(self._sampled_streams, live_streams)
         self._sampled_streams = max(0, live_streams)
         front = self.cpu_rate - self.turn_rate  # every stream's share
         if live_streams <= 0:
             idle = self.idle_rate
             self.idle_rate = front if idle is None else min(idle, front)
-        elif (marginal := front - (self.idle_rate or 0.0)) > 0:
-            self.cost_per_stream = marginal / live_streams
+        elif through > 0 and (marginal := front - (self.idle_rate or 0.0)) > 0:
+            self.cost_per_stream = marginal / through
+        busy, self._busy_sampled = self._busy - self._busy_sampled, self._busy
+        if live_streams > 0 and self.model_workers:
+            rate = busy / (now - then)
+            self.model_rate += TURN_SMOOTHING * (rate - self.model_rate)
+            self._model_streams += TURN_SMOOTHING * (live_streams - self._model_streams)
+            if self.model_rate > 0:
+                self.model_cost_per_stream = self.model_rate / self._model_streams
         if turn_streams > 0:
             self._turn_cores += TURN_SMOOTHING * (self.turn_rate - self._turn_cores)
             self._turn_streams += TURN_SMOOTHING * (turn_streams - self._turn_streams)
@@ -209,25 +269,45 @@ class Pressure:
         room = max(0, room)
         if self.behind() is not None:
             return 0
-        cost = self.cost_per_stream
+        plain = self.cost_per_stream if self.cost_per_stream is not None else self.prior_cost
+        cost = plain
         if turns and self.turn_cost_per_stream:
             cost = (cost or 0.0) + self.turn_cost_per_stream
         if not cost:
-            return room
-        spare = max(0.0, CPU_BUDGET - self.cpu_rate)
-        estimate = math.floor(spare / cost)
+            return min(room, self._model_capacity(live_streams))
+        # The CPU the streams of the last sample take at their cost, not the CPU measured
+        # then: a burst of new connections is work that passes.
+        load = (self.idle_rate or 0.0) + (plain or 0.0) * self._sampled_streams + self.turn_rate
+        spare = max(0.0, self.budget - load)
+        estimate = math.floor(spare / cost + 1e-9)  # not a stream less for a rounding
         if live_streams is not None:
             estimate -= max(0, live_streams - self._sampled_streams)
-        return max(0, min(room, estimate))
+        return max(0, min(room, estimate, self._model_capacity(live_streams)))
+
+    def _model_capacity(self, live_streams: int | None) -> int:
+        """Streams the model's workers could still serve (a large number when unknown)."""
+        cost = self.model_cost_per_stream
+        if not self.model_workers or not cost:
+            return _UNKNOWN
+        # Workers' time the streams of the last sample take at that cost (the average rate
+        # itself starts from nothing and would offer too much at first).
+        spare = max(0.0, self.model_workers * CPU_BUDGET - cost * self._sampled_streams)
+        estimate = math.floor(spare / cost + 1e-9)
+        if live_streams is not None:
+            estimate -= max(0, live_streams - self._sampled_streams)
+        return max(0, estimate)
 
     def readings(self) -> dict[str, float]:
-        """The delays now (seconds), for the health report."""
+        """The delays now (seconds) and the CPU figures (cores), for the health report."""
         return {
             "loop_lag": round(self._loop_lag(), 4),
             "vad_delay": round(self.vad_delay.value(), 4),
             "queue_wait": round(self.queue_wait.value(), 4),
             "cpu_cores": round(self.cpu_rate, 3),
             "turn_cpu_cores": round(self.turn_rate, 3),
+            "cost_per_stream_cores": round(self.cost_per_stream or 0.0, 6),
+            "prior_cost_cores": round(self.prior_cost or 0.0, 6),
+            "model_workers_busy": round(self.model_rate, 3),
         }
 
 
@@ -237,9 +317,30 @@ class _Waits(Protocol):
     @property
     def queue_wait(self) -> tuple[float, ...]: ...
 
+    @property
+    def run_seconds(self) -> float: ...
+
 
 def _never() -> float:
     return 0.0
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity), which its front-end processes
+    (and anything else on the machine) share."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def thread_cpu(ident: int | None = None) -> Callable[[], float]:
+    """The CPU seconds of a thread (by default the calling one) so far, readable from any
+    thread; the whole process's where the platform has no per-thread clocks."""
+    if not hasattr(time, "pthread_getcpuclockid"):
+        return _process_cpu
+    clock = time.pthread_getcpuclockid(threading.get_ident() if ident is None else ident)
+    return lambda: time.clock_gettime(clock)
 
 
 def _process_cpu() -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
@@ -26,6 +27,7 @@ from streamer.errors import ShuttingDown
 from streamer.segmentation.silero_model import (
     CONTEXT_SAMPLES,
     FRAME_SAMPLES,
+    FRAMES_PER_SECOND,
     STATE_SHAPE,
     VAD_SAMPLE_RATE,
     Float32Array,
@@ -37,6 +39,7 @@ __all__ = [
     # use them (silero_model.py has them).
     "CONTEXT_SAMPLES",
     "DEFAULT_MAX_BATCH",
+    "FRAMES_PER_SECOND",
     "FRAME_SAMPLES",
     "STATE_SHAPE",
     "VAD_SAMPLE_RATE",
@@ -264,6 +267,8 @@ class VadEngine:
         self._running: list[_Request] = []  # the step in progress, for _fail_all
         # Engine-thread only: when each stream last sent frames, oldest first.
         self._seen: OrderedDict[VadStream, float] = OrderedDict()
+        self._cpu_clock: int | None = None  # the engine thread's CPU clock, once started
+        self._cpu_seen = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -278,6 +283,8 @@ class VadEngine:
                 self._model = SileroVad()
             self._thread = threading.Thread(target=self._serve, name=self.thread_name, daemon=True)
             self._thread.start()
+            if hasattr(time, "pthread_getcpuclockid") and self._thread.ident is not None:
+                self._cpu_clock = time.pthread_getcpuclockid(self._thread.ident)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the thread after the step in progress; fail every waiting request.
@@ -295,6 +302,26 @@ class VadEngine:
             thread.join(timeout)
         elif self._thread is None:
             self._fail_all(ShuttingDown("the VAD engine is closed"))
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds the engine's thread has used so far, the model's included (it runs
+        on this thread); its last reading once the thread is gone, 0 where the platform
+        has no per-thread clock."""
+        thread = self._thread
+        if self._cpu_clock is not None and thread is not None and thread.is_alive():
+            with contextlib.suppress(OSError):  # it ended just now: its last reading stands
+                self._cpu_seen = time.clock_gettime(self._cpu_clock)
+        return self._cpu_seen
+
+    def cost_per_frame(self) -> float:
+        """The model's CPU seconds per frame at ``max_batch`` rows, measured now on the
+        calling thread (``SileroVad.cost_per_frame``); call it before the engine is busy."""
+        with self._lock:
+            if self._model is None:
+                self._model = SileroVad()
+            model = self._model
+        return model.cost_per_frame(self.max_batch)
 
     @property
     def running(self) -> bool:
@@ -418,6 +445,7 @@ class VadEngine:
                 self._closed = True
         finally:
             self._fail_all(failure)
+            self._cpu_seen = time.thread_time()  # its clock goes with the thread
 
     def _gather(self, until: float) -> bool:
         """Let requests gather until ``until``, then take them; False on stop.

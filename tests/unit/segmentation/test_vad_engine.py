@@ -6,6 +6,7 @@ import asyncio
 import functools
 import gc
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -445,3 +446,19 @@ async def test_a_stream_sent_as_fast_as_answered_is_not_held_to_the_step_interva
         await beside
         await asyncio.gather(*sent)
     np.testing.assert_allclose(np.concatenate(parts), alone(reference, frames), atol=1e-5)
+
+
+async def test_the_engine_s_cpu_is_its_thread_s_and_the_model_s_cost_is_measured_here() -> None:
+    with VadEngine(max_batch=64) as eng:
+        assert eng.cost_per_frame() > 0  # on this thread: the engine's clock is not charged
+        idle = eng.cpu_seconds
+        stream = eng.open_stream()
+        frames = framed(speech("jfk.wav"))
+        began = time.thread_time()
+        await eng.probabilities(stream, frames)
+        mine = time.thread_time() - began
+        used = eng.cpu_seconds - idle
+    # The model ran those frames on the engine's thread: far more CPU there than here.
+    assert used > 0 and used > mine
+    final = eng.cpu_seconds  # the thread's own last reading, taken as it ended
+    assert final >= idle + used and eng.cpu_seconds == final
