@@ -73,8 +73,8 @@ CPU_BUDGET: Final = 0.85
 PRIOR_VAD_MULTIPLE: Final = 2.4
 """A stream's front-end CPU near capacity, as a multiple of its VAD model's CPU (31.25
 batched frames a second): the loop's share (receiving, decoding, segmenting, sending) and
-the engine's own overhead come on top of the model. ``streamer bench`` measured about 2
-(1.9-2.2) at the knee on a 2-core x86 machine; the prior errs on the side of admitting
+the engine's own overhead come on top of the model. ``streamer bench`` measured 2.1-2.2
+at the knee on a 2-core x86 machine; the prior errs on the side of admitting
 fewer, since streams that arrive all at once also cost their connections (at 2.4, twice
 the capacity arriving at once on a fresh server left the admitted ones within the
 latency objective: docs/benchmarks.md)."""
