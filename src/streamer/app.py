@@ -38,6 +38,7 @@ from streamer.observability.metrics import Metrics, new_registry
 from streamer.observability.pressure import (
     CPU_BUDGET,
     PRIOR_VAD_MULTIPLE,
+    THREAD_CLOCKS,
     Ceilings,
     Pressure,
     thread_cpu,
@@ -203,7 +204,7 @@ def build_services(
             vad_delay=server.max_vad_delay_ms / 1000,
             queue_wait=server.max_queue_wait_ms / 1000,
         ),
-        cpu=front_end_cpu,
+        cpu=front_end_cpu if THREAD_CLOCKS else None,  # else the whole process's
         turn_cpu=lambda: turns.cpu_seconds,
         budget=CPU_BUDGET * min(1.0, usable_cpus() / processes),
     )

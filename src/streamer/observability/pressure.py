@@ -57,6 +57,7 @@ from typing import Final, Protocol
 __all__ = [
     "CPU_BUDGET",
     "PRIOR_VAD_MULTIPLE",
+    "THREAD_CLOCKS",
     "Ceilings",
     "Pressure",
     "WindowMax",
@@ -66,6 +67,9 @@ __all__ = [
 
 WINDOW: Final = 1.0
 _UNKNOWN: Final = 1 << 62  # no limit known: larger than any room
+THREAD_CLOCKS: Final = hasattr(time, "pthread_getcpuclockid")
+"""Whether this platform reads one thread's CPU (Linux, the BSDs); elsewhere the front
+end's CPU is the whole process's."""
 TURN_SMOOTHING: Final = 0.1
 """Weight of the newest sample in the turn engine's averaged cost (about ten samples)."""
 CPU_BUDGET: Final = 0.85
@@ -337,7 +341,7 @@ def usable_cpus() -> int:
 def thread_cpu(ident: int | None = None) -> Callable[[], float]:
     """The CPU seconds of a thread (by default the calling one) so far, readable from any
     thread; the whole process's where the platform has no per-thread clocks."""
-    if not hasattr(time, "pthread_getcpuclockid"):
+    if not THREAD_CLOCKS:
         return _process_cpu
     clock = time.pthread_getcpuclockid(threading.get_ident() if ident is None else ident)
     return lambda: time.clock_gettime(clock)
