@@ -17,10 +17,11 @@ observed nothing for two windows is not taken to have caught up.
 
 ``capacity`` estimates the streams this process could still take at its current CPU cost
 per stream, zero while behind, never more than the room left under
-``server.max_streams``. The CPU counted is the front end's: the event loop's thread and
-the VAD engine's (``front_end_cpu``), not the model's workers, which the inference queue
-wait guards. Its budget is ``CPU_BUDGET`` of one core (one process runs Python on one
-core), or of its share of the cores when there are more front-end processes than cores.
+``server.max_streams``. The CPU counted is the front end's: the event loop's, the VAD
+engine's and the turn engine's threads (``front_end_cpu`` in the app), not the model's
+workers, which the inference queue wait guards. Its budget is ``CPU_BUDGET`` of one core
+(one process runs Python on one core), or of its share of the cores when there are more
+front-end processes than cores.
 The cost per stream is the marginal one: the CPU above the process's upkeep with no
 stream (the least rate seen while idle), over the live streams. The average (all the CPU
 over the streams) would charge that upkeep to each stream, and at a few streams make the
@@ -282,11 +283,8 @@ class Pressure:
         # The CPU the streams of the last sample take at their cost, not the CPU measured
         # then: a burst of new connections is work that passes.
         load = (self.idle_rate or 0.0) + (plain or 0.0) * self._sampled_streams + self.turn_rate
-        spare = max(0.0, self.budget - load)
-        estimate = math.floor(spare / cost + 1e-9)  # not a stream less for a rounding
-        if live_streams is not None:
-            estimate -= max(0, live_streams - self._sampled_streams)
-        return max(0, min(room, estimate, self._model_capacity(live_streams)))
+        estimate = self._within(self.budget - load, cost, live_streams)
+        return min(room, estimate, self._model_capacity(live_streams))
 
     def _model_capacity(self, live_streams: int | None) -> int:
         """Streams the model's workers could still serve (a large number when unknown)."""
@@ -295,8 +293,14 @@ class Pressure:
             return _UNKNOWN
         # Workers' time the streams of the last sample take at that cost (the average rate
         # itself starts from nothing and would offer too much at first).
-        spare = max(0.0, self.model_workers * CPU_BUDGET - cost * self._sampled_streams)
-        estimate = math.floor(spare / cost + 1e-9)
+        return self._within(
+            self.model_workers * CPU_BUDGET - cost * self._sampled_streams, cost, live_streams
+        )
+
+    def _within(self, spare: float, cost: float, live_streams: int | None) -> int:
+        """Streams at ``cost`` each that ``spare`` still holds, less those admitted since
+        the last sample (``live_streams`` now): their cost is not in it yet."""
+        estimate = math.floor(max(0.0, spare) / cost + 1e-9)  # not one less for a rounding
         if live_streams is not None:
             estimate -= max(0, live_streams - self._sampled_streams)
         return max(0, estimate)
@@ -338,12 +342,12 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def thread_cpu(ident: int | None = None) -> Callable[[], float]:
-    """The CPU seconds of a thread (by default the calling one) so far, readable from any
-    thread; the whole process's where the platform has no per-thread clocks."""
+def thread_cpu() -> Callable[[], float]:
+    """The CPU seconds of the calling thread so far, readable from any thread; the whole
+    process's where the platform has no per-thread clocks."""
     if not THREAD_CLOCKS:
         return _process_cpu
-    clock = time.pthread_getcpuclockid(threading.get_ident() if ident is None else ident)
+    clock = time.pthread_getcpuclockid(threading.get_ident())
     return lambda: time.clock_gettime(clock)
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -222,18 +221,6 @@ class _State(Enum):
     SPEECH = "speech"  # announced; a segment is open
 
 
-def _joined(parts: Sequence[Float32Array], n: int) -> Float32Array:
-    """A new array of the first ``n`` samples of ``parts`` laid end to end (at most their
-    total): one ``np.concatenate`` of the parts it needs, the last one cut short."""
-    total = 0
-    for k, part in enumerate(parts):
-        total += len(part)
-        if total >= n:
-            out = np.concatenate(parts[: k + 1]) if k else part.copy()
-            return out[:n] if total > n else out
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
-
-
 class _Ring:
     """The most recent ``capacity`` samples, for padding in front of a segment.
 
@@ -270,8 +257,10 @@ class _Ring:
             take = min(len(part), need)
             pieces.append(part[len(part) - take :])
             need -= take
-        pieces.reverse()
-        return _joined(pieces, n)
+        if not pieces:
+            return np.empty(0, dtype=np.float32)
+        pieces.reverse()  # exactly n samples: one concatenate copies them
+        return np.concatenate(pieces)
 
 
 class _Audio:

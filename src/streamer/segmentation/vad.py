@@ -279,8 +279,7 @@ class VadEngine:
                 raise ShuttingDown("the VAD engine is closed")
             if self._thread is not None:
                 return
-            if self._model is None:
-                self._model = SileroVad()
+            self._loaded()
             self._thread = threading.Thread(target=self._serve, name=self.thread_name, daemon=True)
             self._thread.start()
             if hasattr(time, "pthread_getcpuclockid") and self._thread.ident is not None:
@@ -318,10 +317,14 @@ class VadEngine:
         """The model's CPU seconds per frame at ``max_batch`` rows, measured now on the
         calling thread (``SileroVad.cost_per_frame``); call it before the engine is busy."""
         with self._lock:
-            if self._model is None:
-                self._model = SileroVad()
-            model = self._model
+            model = self._loaded()
         return model.cost_per_frame(self.max_batch)
+
+    def _loaded(self) -> SileroVad:
+        """The model, loaded now unless it was given or already loaded (under the lock)."""
+        if self._model is None:
+            self._model = SileroVad()
+        return self._model
 
     @property
     def running(self) -> bool:
