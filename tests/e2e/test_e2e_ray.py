@@ -167,4 +167,8 @@ async def test_front_end_processes_share_one_cluster_and_one_deployment(
     assert sum("gcs_server" in p for p in processes) == 1, processes
     assert sum("ServeReplica" in p for p in processes) == 2, processes
     answered = 12 * len(local.segments)
-    assert remote.gauge("streamer_ray_batch_size_count") == answered
+    # Each answered input ran once; a speculative final discarded once it had started
+    # ran too (as in the test above).
+    discarded = remote.gauge("streamer_speculative_finals_total", outcome="discarded")
+    ran = remote.gauge("streamer_ray_batch_size_count")
+    assert answered <= ran <= answered + discarded, (ran, answered, discarded)
