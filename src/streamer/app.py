@@ -297,6 +297,8 @@ def build_services(
     sources.capacity = admission.capacity
     sources.turn_capacity = functools.partial(admission.capacity, turns=True)
     sources.turn_cpu_seconds = lambda: turns.cpu_seconds
+    sources.vad_cpu_seconds = lambda: vad.cpu_seconds
+    sources.loop_cpu_seconds = loop_cpu if THREAD_CLOCKS else lambda: 0.0  # not the process
     return Services(
         admission=admission,
         streams=streams,

@@ -39,6 +39,12 @@ async def test_a_small_run_on_the_segmented_route_gets_every_result(
     assert cpu["cpu_seconds"] > 0
     per_stream = cpu["cpu_seconds"] * 1000 / s["audio_seconds"]
     assert cpu["ms_per_stream_audio_second"] == pytest.approx(per_stream, rel=0.01)
+    # The front end's threads, from the server's own counters: parts of its CPU.
+    threads = cpu["threads"]
+    assert threads["vad_engine"]["cpu_seconds"] > 0 and threads["event_loop"]["cpu_seconds"] > 0
+    spent = threads["vad_engine"]["cpu_seconds"] + threads["event_loop"]["cpu_seconds"]
+    assert spent <= cpu["cpu_seconds"] * 1.05 + 0.05  # read a moment after the process's
+    assert threads["rest"]["cpu_seconds"] >= 0
     assert all(st.rtf is not None and st.rtf >= 0.9 for st in result.streams)  # real time
 
 
@@ -93,6 +99,9 @@ def test_the_report_carries_the_floor_and_the_ratios_to_it(
     assert against["share_of_floor_capacity"] == pytest.approx(2 / capacity, rel=1e-2)
     assert "floor: " in captured.out and "x the floor" in captured.out
     assert "of the floor's capacity" in captured.out
+    parts = against["parts"]  # the segmented route: each thread against its floor part
+    assert parts["vad_engine"]["ratio"] > 0 and parts["event_loop"]["ratio"] > 0
+    assert "x the floor's VAD" in captured.out and "x the floor's ingest" in captured.out
 
 
 async def test_a_run_with_turn_detection_reports_the_turn_engine_s_share_of_cpu(

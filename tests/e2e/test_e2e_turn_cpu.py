@@ -1,6 +1,7 @@
 """The turn engine's CPU, as a metric and in admission, on a real server: a ``/v2/listen``
 stream of real speech ends its turn by the end-of-turn model, and the server counts that
-model's CPU, the stream as one that detects turns, and a capacity for such streams.
+model's CPU, the stream as one that detects turns, and a capacity for such streams; and
+the front end's other threads' CPU (the VAD engine's, the event loop's) beside it.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ async def test_a_turn_ended_by_the_model_is_counted_in_its_cpu_and_in_admission(
     assert sample(exposition, "streamer_turn_model_seconds_count") >= 1
     cpu = sample(exposition, "streamer_turn_engine_cpu_seconds_total")
     assert 0 < cpu < sample(exposition, "process_cpu_seconds_total")
+    # The front end's other threads: the VAD engine's and the event loop's, each its own.
+    vad_cpu = sample(exposition, "streamer_vad_engine_cpu_seconds_total")
+    loop_cpu = sample(exposition, "streamer_event_loop_cpu_seconds_total")
+    assert vad_cpu > 0 and loop_cpu > 0
+    assert cpu + vad_cpu + loop_cpu < sample(exposition, "process_cpu_seconds_total")
     assert sample(exposition, "streamer_estimated_turn_stream_capacity") >= 0
 
 

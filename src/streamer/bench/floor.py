@@ -127,7 +127,7 @@ def against_floor(floor: Floor, summary: dict[str, Any]) -> dict[str, Any]:
     capacity = floor.capacity(cores_left)
     streams = int(summary["streams"]["ok"])
     cost = (summary.get("server_cpu") or {}).get("ms_per_stream_audio_second")
-    return {
+    figures = {
         "floor_ms_per_stream_second": round(floor.ms_per_stream_second, 4),
         "server_ms_per_stream_second": cost,
         "server_cost_ratio": (
@@ -138,6 +138,30 @@ def against_floor(floor: Floor, summary: dict[str, Any]) -> dict[str, Any]:
         "streams": streams,
         "share_of_floor_capacity": _significant(streams / capacity) if capacity else None,
     }
+    threads = (summary.get("server_cpu") or {}).get("threads")
+    if threads:
+        figures["parts"] = _parts(floor, threads)
+    return figures
+
+
+def _parts(floor: Floor, threads: dict[str, Any]) -> dict[str, Any]:
+    """Each front-end thread's cost set against the floor's part it does: the VAD engine's
+    against the floor's VAD, the event loop's against its ingest; the rest has none."""
+    floors = {
+        "vad_engine": floor.vad_ms_per_stream_second,
+        "event_loop": floor.ingest_ms_per_stream_second,
+    }
+    parts: dict[str, Any] = {}
+    for part, figures in threads.items():
+        ms = figures.get("ms_per_stream_audio_second")
+        under = floors.get(part)
+        parts[part] = {
+            "ms_per_stream_second": ms,
+            "floor_ms_per_stream_second": None if under is None else round(under, 4),
+            "ratio": None if ms is None or not under else round(float(ms) / under, 3),
+            "over_floor_ms": None if ms is None else round(float(ms) - (under or 0.0), 4),
+        }
+    return parts
 
 
 def describe_against(figures: dict[str, Any]) -> str:
@@ -150,12 +174,30 @@ def describe_against(figures: dict[str, Any]) -> str:
         else f"server {figures['server_ms_per_stream_second']} ms per stream-second "
         f"= {ratio:.2f} x the floor"
     )
-    return (
+    line = (
         f"against the floor: {cost}; {figures['streams']} streams = "
         f"{'n/a' if share is None else f'{share:.0%}'} of the floor's capacity "
         f"({figures['floor_capacity_streams']:.0f} streams on "
         f"{figures['cores_left_beside_client']:.2f} cores left beside the client)"
     )
+    parts = figures.get("parts") or {}
+    named = (
+        ("vad_engine", "VAD engine", "the floor's VAD"),
+        ("event_loop", "event loop", "the floor's ingest"),
+        ("rest", "the rest (model workers, other threads)", None),
+    )
+    said = []
+    for key, name, under in named:
+        part = parts.get(key)
+        if not part or part["ms_per_stream_second"] is None:
+            continue
+        text = f"{name} {part['ms_per_stream_second']} ms"
+        if under is not None and part["ratio"] is not None:
+            text += f" = {part['ratio']:.2f} x {under}"
+        said.append(text)
+    if said:
+        line += "\n  per stream-second: " + "; ".join(said)
+    return line
 
 
 # -- the VAD -------------------------------------------------------------------------------

@@ -125,6 +125,16 @@ def table(result: RunResult, floor: Floor | None = None) -> str:
                 + ("" if share is None else f" = {share:.1%} of the server's")
                 + f", {cpu['turn_engine_ms_per_stream_audio_second']} ms per stream-second"
             )
+        threads = cpu.get("threads") or {}
+        if threads:
+            lines.append(
+                "server cpu by thread: "
+                + "; ".join(
+                    f"{part.replace('_', ' ')} {t['ms_per_stream_audio_second']} ms per "
+                    f"stream-second" + ("" if t["share"] is None else f" ({t['share']:.0%})")
+                    for part, t in threads.items()
+                )
+            )
     for row in s.get("server_processes") or ():
         if len(s["server_processes"]) < 2:
             break

@@ -154,6 +154,12 @@ ESTIMATE_EVERY: Final = 5
 def server_metric(url: str, name: str, timeout: float = 2.0) -> float | None:
     """One unlabelled sample of the server's ``/metrics`` (all its processes together), or
     None when it cannot be read or is not there."""
+    return server_metrics(url, (name,), timeout).get(name)
+
+
+def server_metrics(url: str, names: Sequence[str], timeout: float = 2.0) -> dict[str, float]:
+    """Unlabelled samples of the server's ``/metrics`` from one scrape, by name: those it
+    has (none when it cannot be read)."""
     parts = urllib.parse.urlsplit(url)
     scheme = "https" if parts.scheme in ("wss", "https") else "http"
     try:
@@ -162,15 +168,16 @@ def server_metric(url: str, name: str, timeout: float = 2.0) -> float | None:
         ) as response:
             text = response.read().decode(errors="replace")
     except (OSError, ValueError):
-        return None
+        return {}
+    wanted, found = set(names), {}
     for line in text.splitlines():
         sample, _, value = line.partition(" ")
-        if sample == name:
+        if sample in wanted:
             try:
-                return float(value)
+                found[sample] = float(value)
             except ValueError:
-                return None
-    return None
+                continue
+    return found
 
 
 def estimated_capacity(url: str, timeout: float = 2.0, *, turns: bool = False) -> float | None:
@@ -183,6 +190,13 @@ def estimated_capacity(url: str, timeout: float = 2.0, *, turns: bool = False) -
 
 TURN_CPU: Final = "streamer_turn_engine_cpu_seconds_total"
 """The server's end-of-turn engine CPU, which a run with turn detection reports a share of."""
+THREAD_CPU: Final = {
+    "vad_engine": "streamer_vad_engine_cpu_seconds_total",
+    "event_loop": "streamer_event_loop_cpu_seconds_total",
+}
+"""The server's front-end threads whose CPU a run reports, set against the floor's parts:
+the VAD engine's (the model's calls and the engine's bookkeeping) against the floor's VAD,
+the event loop's (receiving, decoding, segmenting, sending) against its ingest."""
 
 
 def server_estimate(timeline: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -412,8 +426,9 @@ async def run_load(
     origin = loop.time()
     sampler = asyncio.create_task(sample(), name="bench-sampler")
     server_parts_0 = await asyncio.to_thread(meter.by_process) if meter is not None else None
-    turn_cpu_0 = (
-        await asyncio.to_thread(server_metric, spec.url, TURN_CPU) if meter is not None else None
+    cpu_metrics = (TURN_CPU, *THREAD_CPU.values())
+    metrics_0 = (
+        await asyncio.to_thread(server_metrics, spec.url, cpu_metrics) if meter is not None else {}
     )
     client_cpu_0 = _own_cpu()
     machine_0 = machine_busy_seconds()
@@ -440,8 +455,8 @@ async def run_load(
     await asyncio.gather(*tasks)
     wall = loop.time() - origin
     server_parts_1 = await asyncio.to_thread(meter.by_process) if meter is not None else None
-    turn_cpu_1 = (
-        await asyncio.to_thread(server_metric, spec.url, TURN_CPU) if meter is not None else None
+    metrics_1 = (
+        await asyncio.to_thread(server_metrics, spec.url, cpu_metrics) if meter is not None else {}
     )
     client_cpu = _own_cpu() - client_cpu_0
     machine_1 = machine_busy_seconds()
@@ -464,8 +479,16 @@ async def run_load(
                 else None
             ),
         }
-        if turn_cpu_0 is not None and turn_cpu_1 is not None:
-            summary["server_cpu"].update(turn_engine_cpu(turn_cpu_1 - turn_cpu_0, summary))
+        if TURN_CPU in metrics_0 and TURN_CPU in metrics_1:
+            spent = metrics_1[TURN_CPU] - metrics_0[TURN_CPU]
+            summary["server_cpu"].update(turn_engine_cpu(spent, summary))
+        threads = {
+            part: metrics_1[name] - metrics_0[name]
+            for part, name in THREAD_CPU.items()
+            if name in metrics_0 and name in metrics_1
+        }
+        if any(threads.values()):  # zeros: the server has no per-thread clocks
+            summary["server_cpu"]["threads"] = thread_cpu(threads, summary)
         summary["server_estimate"] = server_estimate(timeline)
         summary["server_processes"] = per_process(
             timeline, server_parts_0, server_parts_1, wall, server_pid or 0
@@ -497,6 +520,25 @@ def turn_engine_cpu(seconds: float, summary: dict[str, Any]) -> dict[str, Any]:
         "turn_engine_ms_per_stream_audio_second": (
             round(seconds * 1000 / audio, 3) if audio else None
         ),
+    }
+
+
+def thread_cpu(seconds: dict[str, float], summary: dict[str, Any]) -> dict[str, Any]:
+    """The front-end threads' CPU over a run, each with its share of the server's and its
+    milliseconds per stream-second; ``rest``: the server's other CPU (the model's workers,
+    the supervisor, the other threads)."""
+    server = float(summary["server_cpu"]["cpu_seconds"])
+    audio = float(summary["audio_seconds"])
+    parts = dict(seconds)
+    if parts.get("vad_engine", 0.0) + parts.get("event_loop", 0.0) > 0:
+        parts["rest"] = max(0.0, server - sum(seconds.values()))
+    return {
+        part: {
+            "cpu_seconds": round(spent, 3),
+            "share": round(spent / server, 4) if server > 0 else None,
+            "ms_per_stream_audio_second": round(spent * 1000 / audio, 3) if audio else None,
+        }
+        for part, spent in parts.items()
     }
 
 

@@ -66,6 +66,10 @@ class RuntimeSources:
     """The same for streams that detect turns (the turn engine's cost added to each)."""
     turn_cpu_seconds: Callable[[], float] = _zero
     """CPU seconds the turn engine has spent (features and model), all calls together."""
+    vad_cpu_seconds: Callable[[], float] = _zero
+    """CPU seconds the VAD engine's thread has spent (the model's calls included)."""
+    loop_cpu_seconds: Callable[[], float] = _zero
+    """CPU seconds the event loop's thread has spent."""
     tasks: Callable[[], Mapping[str, int]] = _nothing
     """Live asyncio tasks by subsystem."""
     extra: dict[str, Callable[[], float]] = field(default_factory=dict)
@@ -77,6 +81,14 @@ TURN_CAPACITY_DOC: Final = (
 )
 TURN_CPU_DOC: Final = (
     "CPU seconds the end-of-turn engine has spent (features and model), all calls together."
+)
+VAD_CPU_DOC: Final = (
+    "CPU seconds the VAD engine's thread has spent: the batched Silero calls and the engine's "
+    "own bookkeeping (0 where the platform has no per-thread CPU clock)."
+)
+LOOP_CPU_DOC: Final = (
+    "CPU seconds the event loop's thread has spent: receiving, decoding, segmenting and "
+    "sending (0 where the platform has no per-thread CPU clock)."
 )
 
 
@@ -169,6 +181,12 @@ class RuntimeCollector(Collector):
         yield CounterMetricFamily(
             "streamer_turn_engine_cpu_seconds", TURN_CPU_DOC, value=sources.turn_cpu_seconds()
         )
+        yield CounterMetricFamily(
+            "streamer_vad_engine_cpu_seconds", VAD_CPU_DOC, value=sources.vad_cpu_seconds()
+        )
+        yield CounterMetricFamily(
+            "streamer_event_loop_cpu_seconds", LOOP_CPU_DOC, value=sources.loop_cpu_seconds()
+        )
         yield self._by(
             GaugeMetricFamily(
                 "streamer_tasks",
@@ -239,8 +257,12 @@ class SharedRuntime:
             registry=registry,
         )
         self.turn_cpu = Counter("streamer_turn_engine_cpu_seconds", TURN_CPU_DOC, registry=registry)
+        self.vad_cpu = Counter("streamer_vad_engine_cpu_seconds", VAD_CPU_DOC, registry=registry)
+        self.loop_cpu = Counter("streamer_event_loop_cpu_seconds", LOOP_CPU_DOC, registry=registry)
         self._last = {
             "turn_cpu": 0.0,
+            "vad_cpu": 0.0,
+            "loop_cpu": 0.0,
             "written_off": 0.0,
             "interims_dropped": 0.0,
             "interims_skipped": 0.0,
@@ -279,6 +301,8 @@ class SharedRuntime:
         self._advance(self.interims_dropped, "interims_dropped", sources.interims_dropped())
         self._advance(self.interims_skipped, "interims_skipped", sources.interims_skipped())
         self._advance(self.turn_cpu, "turn_cpu", sources.turn_cpu_seconds())
+        self._advance(self.vad_cpu, "vad_cpu", sources.vad_cpu_seconds())
+        self._advance(self.loop_cpu, "loop_cpu", sources.loop_cpu_seconds())
         times = os.times()
         self._advance(self.cpu, "cpu", times.user + times.system)
 

@@ -125,3 +125,28 @@ def test_the_vad_measurement_runs_the_bundled_model() -> None:
 def test_the_vad_measurement_needs_a_row() -> None:
     with pytest.raises(ValueError, match="batch"):
         measure_vad(np.zeros((2, FRAME_SAMPLES), dtype=np.float32), 0)
+
+
+def test_each_front_end_thread_is_set_against_the_floor_s_part_it_does() -> None:
+    s = summary(ok=300, cost=2.9)
+    s["server_cpu"]["threads"] = {
+        "vad_engine": {"ms_per_stream_audio_second": 2.25},
+        "event_loop": {"ms_per_stream_audio_second": 0.5},
+        "rest": {"ms_per_stream_audio_second": 0.15},
+    }
+    parts = against_floor(floor(), s)["parts"]
+    assert parts["vad_engine"]["ratio"] == pytest.approx(2.25 / 1.875, abs=1e-3)  # 1.2
+    assert parts["vad_engine"]["over_floor_ms"] == pytest.approx(0.375)
+    assert parts["event_loop"]["ratio"] == pytest.approx(0.5 / 0.4, abs=1e-3)  # 1.25
+    assert parts["rest"]["ratio"] is None  # no floor part does its work
+    assert parts["rest"]["over_floor_ms"] == pytest.approx(0.15)
+    line = describe_against(against_floor(floor(), s))
+    assert "VAD engine 2.25 ms = 1.20 x the floor's VAD" in line
+    assert "event loop 0.5 ms = 1.25 x the floor's ingest" in line
+    assert "the rest (model workers, other threads) 0.15 ms" in line
+
+
+def test_without_thread_figures_there_are_no_parts() -> None:
+    figures = against_floor(floor(), summary())
+    assert "parts" not in figures
+    assert "per stream-second:" not in describe_against(figures)

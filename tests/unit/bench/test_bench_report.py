@@ -8,7 +8,14 @@ from typing import Any
 from streamer.bench.analysis import distribution
 from streamer.bench.floor import Floor, against_floor
 from streamer.bench.report import search_document, search_table, table
-from streamer.bench.runner import LoadSpec, Objective, RunResult, SearchResult, turn_engine_cpu
+from streamer.bench.runner import (
+    LoadSpec,
+    Objective,
+    RunResult,
+    SearchResult,
+    thread_cpu,
+    turn_engine_cpu,
+)
 
 FLOOR = Floor(
     vad_us_per_frame=60.0,
@@ -124,3 +131,18 @@ def test_a_run_with_turn_detection_shows_the_turn_engine_s_share() -> None:
     assert "turn engine cpu: 6.6 s = 11.0% of the server's, 2.0 ms per stream-second" in text
     plain = table(result(50, 0.4), FLOOR)
     assert "turn" not in plain
+
+
+def test_a_run_shows_the_server_s_cpu_by_thread_with_the_rest() -> None:
+    run = result(50, 0.4)
+    s = run.summary
+    s["server_cpu"]["cpu_seconds"] = 10.0
+    s["server_cpu"]["threads"] = thread_cpu({"vad_engine": 6.6, "event_loop": 3.0}, s)
+    threads = s["server_cpu"]["threads"]
+    assert threads["vad_engine"]["share"] == 0.66
+    assert threads["event_loop"]["ms_per_stream_audio_second"] == 0.909  # 3 s / 3300 s
+    assert threads["rest"]["cpu_seconds"] == 0.4
+    assert (
+        "server cpu by thread: vad engine 2.0 ms per stream-second (66%); "
+        "event loop 0.909 ms per stream-second (30%); rest 0.121 ms per stream-second (4%)"
+    ) in table(run, FLOOR)

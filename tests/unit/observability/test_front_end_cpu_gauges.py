@@ -1,0 +1,39 @@
+"""The front end's CPU by thread (the VAD engine's and the event loop's), as metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from streamer.observability.gauges import RuntimeCollector, RuntimeSources, SharedRuntime
+
+
+class Spent:
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+def test_a_scrape_reads_each_thread_s_cpu() -> None:
+    vad, loop = Spent(), Spent()
+    sources = RuntimeSources(vad_cpu_seconds=vad, loop_cpu_seconds=loop)
+    registry = CollectorRegistry()
+    registry.register(RuntimeCollector(lambda: sources))
+    vad.seconds, loop.seconds = 2.5, 1.25
+    assert registry.get_sample_value("streamer_vad_engine_cpu_seconds_total") == 2.5
+    assert registry.get_sample_value("streamer_event_loop_cpu_seconds_total") == 1.25
+
+
+def test_the_shared_counters_advance_by_each_thread_s_new_cpu_only() -> None:
+    vad, loop = Spent(), Spent()
+    sources = RuntimeSources(vad_cpu_seconds=vad, loop_cpu_seconds=loop)
+    registry = CollectorRegistry()
+    shared = SharedRuntime(registry)
+    vad.seconds, loop.seconds = 1.0, 0.5
+    shared.publish(sources)
+    vad.seconds, loop.seconds = 1.5, 0.75
+    shared.publish(sources)
+    shared.publish(sources)
+    assert registry.get_sample_value("streamer_vad_engine_cpu_seconds_total") == 1.5
+    assert registry.get_sample_value("streamer_event_loop_cpu_seconds_total") == 0.75
