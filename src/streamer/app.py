@@ -298,7 +298,11 @@ def build_services(
     sources.turn_capacity = functools.partial(admission.capacity, turns=True)
     sources.turn_cpu_seconds = lambda: turns.cpu_seconds
     sources.vad_cpu_seconds = lambda: vad.cpu_seconds
-    sources.loop_cpu_seconds = loop_cpu if THREAD_CLOCKS else lambda: 0.0  # not the process
+    # The loop's thread is the process's main one: its CPU since now, not the start-up's.
+    serving_since = loop_cpu()
+    sources.loop_cpu_seconds = (
+        (lambda: loop_cpu() - serving_since) if THREAD_CLOCKS else lambda: 0.0  # not the process
+    )
     return Services(
         admission=admission,
         streams=streams,

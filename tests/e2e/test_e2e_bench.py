@@ -249,6 +249,13 @@ async def test_with_several_front_end_processes_each_gets_its_cpu_and_streams(
     assert processes[srv.process.pid]["role"] == "server"  # the supervisor
     total = result.summary["server_cpu"]["cpu_seconds"]
     assert sum(row["cpu_seconds"] for row in processes.values()) == pytest.approx(total, abs=0.02)
+    # Each process's thread counters, summed over the processes. Each process publishes
+    # them every second, so a run of a few seconds reads them up to a second off at each
+    # end: a fraction of a second of two idle processes' CPU.
+    threads = result.summary["server_cpu"]["threads"]
+    assert threads["vad_engine"]["cpu_seconds"] > 0 and threads["event_loop"]["cpu_seconds"] > 0
+    spent = threads["vad_engine"]["cpu_seconds"] + threads["event_loop"]["cpu_seconds"]
+    assert spent < total + 0.1
     # Every sample saw the fleet table; the streams it counted were the bench's own.
     sampled = [p for p in result.timeline if "processes" in p]
     assert sampled

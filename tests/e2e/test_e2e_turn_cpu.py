@@ -82,3 +82,15 @@ def sample(exposition: str, name: str) -> float:
     ]
     assert len(values) == 1, f"{name}: {values}"
     return values[0]
+
+
+async def test_the_event_loop_s_cpu_counts_from_serving_not_from_start_up(
+    launch: Callable[..., Any],
+) -> None:
+    # The loop runs on the process's main thread, which also imported everything and built
+    # the server; its counter starts once the server serves, so an idle one has spent
+    # little of the process's CPU so far.
+    srv = launch()
+    _, exposition = await asyncio.to_thread(read, srv)
+    loop_cpu = sample(exposition, "streamer_event_loop_cpu_seconds_total")
+    assert 0 <= loop_cpu < sample(exposition, "process_cpu_seconds_total") / 2

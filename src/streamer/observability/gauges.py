@@ -69,7 +69,7 @@ class RuntimeSources:
     vad_cpu_seconds: Callable[[], float] = _zero
     """CPU seconds the VAD engine's thread has spent (the model's calls included)."""
     loop_cpu_seconds: Callable[[], float] = _zero
-    """CPU seconds the event loop's thread has spent."""
+    """CPU seconds the event loop's thread has spent since the server started serving."""
     tasks: Callable[[], Mapping[str, int]] = _nothing
     """Live asyncio tasks by subsystem."""
     extra: dict[str, Callable[[], float]] = field(default_factory=dict)
@@ -87,8 +87,9 @@ VAD_CPU_DOC: Final = (
     "own bookkeeping (0 where the platform has no per-thread CPU clock)."
 )
 LOOP_CPU_DOC: Final = (
-    "CPU seconds the event loop's thread has spent: receiving, decoding, segmenting and "
-    "sending (0 where the platform has no per-thread CPU clock)."
+    "CPU seconds the event loop's thread has spent since the server started serving (its "
+    "start-up left out): receiving, decoding, segmenting and sending (0 where the platform "
+    "has no per-thread CPU clock)."
 )
 
 
