@@ -529,9 +529,7 @@ def thread_cpu(seconds: dict[str, float], summary: dict[str, Any]) -> dict[str, 
     the supervisor, the other threads)."""
     server = float(summary["server_cpu"]["cpu_seconds"])
     audio = float(summary["audio_seconds"])
-    parts = dict(seconds)
-    if parts.get("vad_engine", 0.0) + parts.get("event_loop", 0.0) > 0:
-        parts["rest"] = max(0.0, server - sum(seconds.values()))
+    parts = {**seconds, "rest": max(0.0, server - sum(seconds.values()))}
     return {
         part: {
             "cpu_seconds": round(spent, 3),

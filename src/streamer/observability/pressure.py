@@ -124,6 +124,26 @@ class WindowMax:
         return max(self._current, self._previous)
 
 
+class _Averaged:
+    """A rate and the streams it served, each averaged over about ten samples
+    (``TURN_SMOOTHING``), from nothing at first: for work that lands at pauses, not in
+    every second (the turn engine's calls, the model's batches)."""
+
+    __slots__ = ("cost", "rate", "streams")
+
+    def __init__(self) -> None:
+        self.rate = 0.0
+        self.streams = 0.0
+        self.cost: float | None = None
+        """The averaged rate per averaged stream; None before a sample had any rate."""
+
+    def observe(self, rate: float, streams: int) -> None:
+        self.rate += TURN_SMOOTHING * (rate - self.rate)
+        self.streams += TURN_SMOOTHING * (streams - self.streams)
+        if self.rate > 0:
+            self.cost = self.rate / self.streams
+
+
 class Pressure:
     """This process's delays against their ceilings, and its spare capacity."""
 
@@ -162,23 +182,33 @@ class Pressure:
         self.cost_per_stream: float | None = None
         """Cores per live stream above the upkeep, the turn engine's left out, at the last
         sample that had streams (and more CPU than the upkeep); None before one."""
-        self.turn_cost_per_stream: float | None = None
-        """The turn engine's cores per live stream that detects turns, averaged over about
-        ten samples (``TURN_SMOOTHING``); None before the engine has run for one."""
         self.idle_rate: float | None = None
         """The least cores used over a sample with no live stream: the process's upkeep."""
         self._sampled_streams = 0  # live streams at the last sample
-        self._turn_cores = 0.0  # averaged engine cores, over samples with turn streams
-        self._turn_streams = 0.0  # averaged turn streams, over the same samples
-        self.model_cost_per_stream: float | None = None
-        """Worker-seconds of the model per second per live stream, averaged over about ten
-        samples (``TURN_SMOOTHING``); None before a batch has run with streams live."""
-        self.model_rate = 0.0
-        """Workers busy, averaged over the samples with streams (from nothing at first)."""
+        # The turn engine's cores over the streams that detect turns, and the model's
+        # workers busy over the live streams, each averaged over the samples that had any.
+        self._turn = _Averaged()
+        self._model = _Averaged()
         self._busy = 0.0  # the model's batches' run time so far
         self._busy_sampled = 0.0
-        self._model_streams = 0.0  # averaged live streams, over the same samples
         self._overdue: Callable[[], float] = _never
+
+    @property
+    def turn_cost_per_stream(self) -> float | None:
+        """The turn engine's cores per live stream that detects turns, averaged over about
+        ten samples (``TURN_SMOOTHING``); None before the engine has run for one."""
+        return self._turn.cost
+
+    @property
+    def model_cost_per_stream(self) -> float | None:
+        """Worker-seconds of the model per second per live stream, averaged over about ten
+        samples (``TURN_SMOOTHING``); None before a batch has run with streams live."""
+        return self._model.cost
+
+    @property
+    def model_rate(self) -> float:
+        """Workers busy, averaged over the samples with streams (from nothing at first)."""
+        return self._model.rate
 
     # -- feeds ----------------------------------------------------------------------------
 
@@ -226,15 +256,9 @@ class Pressure:
         busy, self._busy_sampled = self._busy - self._busy_sampled, self._busy
         if live_streams > 0 and self.model_workers:
             rate = busy / (now - then)
-            self.model_rate += TURN_SMOOTHING * (rate - self.model_rate)
-            self._model_streams += TURN_SMOOTHING * (live_streams - self._model_streams)
-            if self.model_rate > 0:
-                self.model_cost_per_stream = self.model_rate / self._model_streams
+            self._model.observe(rate, live_streams)
         if turn_streams > 0:
-            self._turn_cores += TURN_SMOOTHING * (self.turn_rate - self._turn_cores)
-            self._turn_streams += TURN_SMOOTHING * (turn_streams - self._turn_streams)
-            if self._turn_cores > 0:
-                self.turn_cost_per_stream = self._turn_cores / self._turn_streams
+            self._turn.observe(self.turn_rate, turn_streams)
 
     # -- readings -------------------------------------------------------------------------
 
