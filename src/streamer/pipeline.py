@@ -11,8 +11,10 @@ in the order the route produced it. Transport-agnostic: every front-end drives a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -122,6 +124,12 @@ class StreamPipeline:
         self._deferred: dict[int, Infer] = {}  # by key: speculations not submitted
         self._lag = LagWatch(options.max_lag, clock, pressed) if options.max_lag > 0 else None
         self._vad = vad
+        self._at_vad = 0  # VAD requests whose probabilities are not back yet
+        self._backlog: deque[Sequence[Work]] = deque()  # the route's work not yet carried
+        self._carrying: asyncio.Task[None] | None = None  # carries the backlog out
+        self._waiter: asyncio.Future[None] | None = None  # a feed waiting on the two
+        self._failure: BaseException | None = None  # what broke the VAD or the work
+        self._ended = False  # aborted: late probabilities are dropped
         self._turns: list[_ChannelTurns] = []
         """Each channel's turn detection, when the stream asked for it."""
         self._route: SimpleRoute | SegmentedRoute
@@ -200,13 +208,107 @@ class StreamPipeline:
     async def _segment(self, route: SegmentedRoute, frames: list[Frames]) -> None:
         """Every channel's VAD frames go in together, then each channel takes its own: one
         VAD step serves the message, rather than a step per channel (each waiting for the
-        engine to stop expecting the next)."""
+        engine to stop expecting the next).
+
+        Without turn detection the probabilities are taken where the engine hands them
+        back (``_probabilities``, a callback on the loop): the message's feed waits for
+        them only while the message before it is still at the engine, or while the route's
+        work waits for an inference slot, so a stream in real time never waits at all and
+        a faster one stays one message ahead of its probabilities."""
         assert self._vad is not None
         began = time.perf_counter()
-        replies = self._vad.submit_all(list(zip(self._vad_streams, frames, strict=True)))
-        for channel, (framed, reply) in enumerate(zip(frames, replies, strict=True)):
-            if len(framed):
-                await self._classified(route, channel, framed, reply, began)
+        if self._turns:  # turn detection awaits its own stage between frames
+            replies = self._vad.submit_all(list(zip(self._vad_streams, frames, strict=True)))
+            for channel, (framed, reply) in enumerate(zip(frames, replies, strict=True)):
+                if len(framed):
+                    await self._classified(route, channel, framed, reply, began)
+            return
+        handed = [
+            (
+                self._vad_streams[channel],
+                framed,
+                functools.partial(self._probabilities, route, channel, framed, began),
+            )
+            for channel, framed in enumerate(frames)
+            if len(framed)
+        ]
+        if self._failure is not None:
+            await self._settled()  # raises
+        if not handed:
+            return
+        self._vad.submit_then(handed)
+        self._at_vad += len(handed)
+        if self._at_vad > len(handed) or self._carrying is not None:
+            await self._settled(len(handed))
+
+    def _probabilities(
+        self,
+        route: SegmentedRoute,
+        channel: int,
+        frames: Frames,
+        began: float,
+        probs: NDArray[np.float32] | BaseException,
+    ) -> None:
+        """On the loop, from the VAD engine: a channel's probabilities into the route, and
+        its work carried out (in order, behind any work still waiting)."""
+        self._at_vad -= 1
+        if self._ended:
+            return
+        try:
+            if isinstance(probs, BaseException):
+                raise probs
+            self.observer.vad(
+                len(frames) * FRAME_SAMPLES / VAD_SAMPLE_RATE, time.perf_counter() - began
+            )
+            work = route.segment(channel, frames, probs)
+        except Exception as exc:
+            self._break(exc)
+            return
+        if work:
+            self._backlog.append(work)
+            if self._carrying is None:
+                self._carrying = asyncio.create_task(self._carry_backlog(), name="stream-work")
+        self._wake()
+
+    async def _carry_backlog(self) -> None:
+        """The route's work from ``_probabilities``, carried out in order."""
+        try:
+            while self._backlog:
+                await self._carry(self._backlog.popleft())
+        except Exception as exc:
+            self._break(exc)
+        finally:
+            self._carrying = None
+            self._wake()
+
+    def _break(self, error: BaseException) -> None:
+        """The stream's VAD or work failed (logged): it must be aborted."""
+        if self._failure is None:
+            self._failure = error
+            if not isinstance(error, StreamBroken):
+                log.error("stream %s failed", self.stream_id, exc_info=error)
+        if not self.failed.done():
+            self.failed.set_result(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _settled(self, ahead: int = 0) -> None:
+        """Wait until at most ``ahead`` VAD requests are out and no work waits; raise
+        what broke the stream, if anything did."""
+        while self._failure is None and (self._at_vad > ahead or self._carrying is not None):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._failure is not None:
+            raise StreamBroken(
+                f"stream {self.stream_id} broke and takes no more audio"
+            ) from self._failure
 
     async def _classified(
         self, route: SegmentedRoute, channel: int, frames: Frames, reply: VadReply, began: float
@@ -226,6 +328,7 @@ class StreamPipeline:
         """Force final results for the audio so far; the stream goes on. With turn
         detection the open turns end too (trigger ``manual``), as a front-end's
         ``ForceEnd`` ends them: all of the audio so far is final."""
+        await self._settled()
         self.observer.flushed(self.audio_seconds)
         await self._carry(self._route.finalize())
         for turns in self._turns:
@@ -263,6 +366,7 @@ class StreamPipeline:
         self.observer.ended("completed")
 
     async def _finish(self) -> None:
+        await self._settled()
         if self._decoder.pending_bytes:
             self._order.put_nowait(
                 StreamError(
@@ -293,12 +397,17 @@ class StreamPipeline:
 
     async def abort(self) -> None:
         """The client went away: withdraw queued work and stop emitting."""
+        self._ended = True
+        self._backlog.clear()
+        if self._carrying is not None:
+            self._carrying.cancel()
         self._backend.cancel_stream(self.stream_id)
         for turns in self._turns:
             await turns.abort()
-        if self._emitter is not None:
-            self._emitter.cancel()
-            await asyncio.gather(self._emitter, return_exceptions=True)
+        tasks = [task for task in (self._emitter, self._carrying) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.observer.ended("aborted")
 
     async def _carry(self, work: Sequence[Work]) -> None:

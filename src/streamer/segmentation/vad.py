@@ -62,13 +62,16 @@ does not hold them back."""
 
 
 Result = Float32Array | BaseException
-Waiter = asyncio.Future[Float32Array] | concurrent.futures.Future[Float32Array]
+Then = Callable[[Result], None]
+"""What ``submit_then`` calls on the event loop with a request's probabilities, or the
+exception that failed it."""
+Waiter = asyncio.Future[Float32Array] | concurrent.futures.Future[Float32Array] | Then
 
 
 class _Request:
     """Frames of one stream waiting for the engine, or a reset of its state."""
 
-    __slots__ = ("done", "frames", "loop", "out", "stream", "waiter")
+    __slots__ = ("began", "done", "frames", "loop", "out", "stream", "waiter")
 
     def __init__(
         self,
@@ -76,11 +79,13 @@ class _Request:
         frames: Float32Array | None,
         waiter: Waiter | None,
         loop: asyncio.AbstractEventLoop | None = None,
+        began: float = 0.0,
     ) -> None:
         self.stream = stream
         self.frames = frames  # None: reset the stream's state when this reaches the head
         self.waiter = waiter
-        self.loop = loop  # where an asyncio waiter must be resolved
+        self.loop = loop  # where an asyncio waiter or a callback must be resolved
+        self.began = began  # when a callback's frames were handed in (perf_counter)
         self.done = 0
         self.out = np.empty(0 if frames is None else len(frames), dtype=np.float32)
 
@@ -89,15 +94,33 @@ _Planned = tuple[_Request, int, Float32Array]
 """One frame a step will run: its request, its index there, and the frame."""
 
 
-def _resolve(replies: list[tuple[asyncio.Future[Float32Array], Result]]) -> None:
-    """On the event loop: hand every result of a step to its waiter."""
-    for future, result in replies:
-        if future.done():  # the caller gave up waiting
+def _resolve(replies: list[tuple[_Request, Result]]) -> None:
+    """On the event loop: hand every result of a step to its waiter, a future or a
+    callback (which is told the wait too, as a ``VadReply``'s ``get`` is)."""
+    now = 0.0
+    for request, result in replies:
+        waiter = request.waiter
+        if isinstance(waiter, asyncio.Future):
+            if waiter.done():  # the caller gave up waiting
+                continue
+            if isinstance(result, BaseException):
+                waiter.set_exception(result)
+            else:
+                waiter.set_result(result)
             continue
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+        if waiter is None or isinstance(waiter, concurrent.futures.Future):
+            continue  # resolved on the engine's thread (``_Replies.add``)
+        stream = request.stream
+        if not now:
+            now = time.perf_counter()
+        stream._answered = now
+        on_delay = stream._engine.on_delay
+        if on_delay is not None:
+            on_delay(now - request.began)
+        try:
+            waiter(result)
+        except Exception:  # the caller's own fault: its stream, not the others', suffers
+            log.exception("a VAD reply's callback failed")
 
 
 class _Replies:
@@ -110,9 +133,7 @@ class _Replies:
     __slots__ = ("_by_loop",)
 
     def __init__(self) -> None:
-        self._by_loop: dict[
-            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Float32Array], Result]]
-        ] = {}
+        self._by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, Result]]] = {}
 
     def add(self, request: _Request, result: Result) -> None:
         waiter = request.waiter
@@ -122,7 +143,7 @@ class _Replies:
             else:
                 waiter.set_result(result)
         elif waiter is not None and request.loop is not None:
-            self._by_loop.setdefault(request.loop, []).append((waiter, result))
+            self._by_loop.setdefault(request.loop, []).append((request, result))
 
     def send(self) -> None:
         for loop, replies in self._by_loop.items():
@@ -388,6 +409,27 @@ class VadEngine:
             if eager and self.min_interval:
                 self._hurry.set()
         return replies
+
+    def submit_then(self, requests: Sequence[tuple[VadStream, Float32Array, Then]]) -> None:
+        """``submit_all`` without a reply to await: each request's ``then`` is called on
+        the event loop with its probabilities (or the exception that failed it), in the
+        order of the stream's requests, as soon as the step that ran them is over. No
+        future and no task wakes for it: the loop runs the callbacks of a whole step
+        together. A callback that raises is logged; it must see to its own stream."""
+        loop = asyncio.get_running_loop()
+        handed: list[_Request] = []
+        now = time.perf_counter()
+        eager = False
+        for stream, frames, then in requests:
+            batch = self._check(stream, frames)
+            if not len(batch):
+                raise ValueError("submit_then needs frames in every request")
+            handed.append(_Request(stream, batch, then, loop, now))
+            eager = eager or now - stream._answered < EAGER_WINDOW
+        if handed:
+            self._submit(handed[0] if len(handed) == 1 else handed)
+            if eager and self.min_interval:
+                self._hurry.set()
 
     def probabilities_sync(
         self, stream: VadStream, frames: Float32Array, timeout: float | None = None

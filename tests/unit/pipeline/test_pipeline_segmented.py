@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -20,7 +21,7 @@ from streamer.inference.pool import ThreadPool
 from streamer.inference.scheduler import Scheduler
 from streamer.observability.gauges import SpeculationOutcome
 from streamer.observability.stream import StreamObserver
-from streamer.pipeline import Route, StreamOptions, StreamPipeline
+from streamer.pipeline import Route, StreamBroken, StreamOptions, StreamPipeline
 from streamer.segmentation.vad import SileroVad, VadEngine
 
 AUDIO = Path(__file__).resolve().parents[2] / "fixtures" / "audio"
@@ -192,3 +193,90 @@ async def test_speculative_finals_wait_for_their_final_while_the_model_is_behind
     assert late == plain
     assert seen.deferred > 0 and seen.used == 0
     assert late_model.decoded == plain_model.decoded
+
+
+class HeldVad(SileroVad):
+    """The real model, holding every call while ``hold`` is clear; failing every call
+    once ``fail`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = threading.Event()
+        self.hold.set()
+        self.fail = False
+        self.calls = 0
+
+    def run(self, frames: Any, state: Any, context: Any) -> Any:
+        assert self.hold.wait(10)
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("the VAD model broke")
+        return super().run(frames, state, context)
+
+
+def mono_pipeline(vad: VadEngine, events: list[Event]) -> tuple[StreamPipeline, Scheduler]:
+    scheduler = Scheduler(ThreadPool(Loudness(), 1), sample_rate=16000, max_batch=4)
+    scheduler.start()
+    fmt = AudioFormat(channels=1, sample_rate=16000, bit_depth=16, is_float=False)
+    options = StreamOptions(Route.SEGMENTED, fmt, 16000)
+    pipeline = StreamPipeline("s", options, backend=scheduler, emit=events.append, vad=vad)
+    pipeline.start()
+    return pipeline, scheduler
+
+
+def jfk() -> bytes:
+    audio, _ = sf.read(AUDIO / "jfk.wav", dtype="int16")
+    return cast(bytes, audio.tobytes())
+
+
+async def test_a_feed_waits_only_while_the_message_before_it_is_at_the_vad() -> None:
+    """A message's probabilities come back while the client sends the next: a feed
+    returns at once, unless the stream's previous message is still at the engine, so a
+    sender faster than the engine stays one message ahead of it, and no further."""
+    data = jfk()
+    events: list[Event] = []
+    model = HeldVad()
+    with VadEngine(model) as vad:
+        pipeline, scheduler = mono_pipeline(vad, events)
+        model.hold.clear()
+        await asyncio.wait_for(pipeline.feed(data[: MESSAGE * 2]), 5)  # at the engine
+        second = asyncio.ensure_future(pipeline.feed(data[MESSAGE * 2 : MESSAGE * 4]))
+        await asyncio.sleep(0.2)
+        assert not second.done()  # the first is not back
+        model.hold.set()
+        await asyncio.wait_for(second, 5)
+        for at in range(MESSAGE * 4, len(data), MESSAGE * 2):
+            await pipeline.feed(data[at : at + MESSAGE * 2])
+        await pipeline.finish()
+    await scheduler.close()
+    with VadEngine(SileroVad()) as vad:
+        plain: list[Event] = []
+        again, scheduler = mono_pipeline(vad, plain)
+        await again.feed(data)  # one message: the same segments
+        await again.finish()
+    await scheduler.close()
+    assert spans(events) == spans(plain) and spans(events)
+
+
+async def test_a_vad_failure_breaks_the_stream_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = jfk()
+    events: list[Event] = []
+    model = HeldVad()
+    with VadEngine(model) as vad:
+        pipeline, scheduler = mono_pipeline(vad, events)
+        await pipeline.feed(data[: MESSAGE * 2])
+        await pipeline.finish()  # a healthy stream
+        await scheduler.close()
+        pipeline, scheduler = mono_pipeline(vad, events)
+        model.fail = True
+        await pipeline.feed(data[: MESSAGE * 2])  # its probabilities are not back yet
+        await asyncio.wait_for(asyncio.shield(pipeline.failed), 5)  # its driver is told
+        with pytest.raises(StreamBroken):
+            await pipeline.feed(data[MESSAGE * 2 : MESSAGE * 4])
+        with pytest.raises(StreamBroken):
+            await pipeline.finalize()
+        await pipeline.abort()
+    await scheduler.close()
+    assert "the VAD model broke" in caplog.text

@@ -462,3 +462,89 @@ async def test_the_engine_s_cpu_is_its_thread_s_and_the_model_s_cost_is_measured
     assert used > 0 and used > mine
     final = eng.cpu_seconds  # the thread's own last reading, taken as it ended
     assert final >= idle + used and eng.cpu_seconds == final
+
+
+async def test_submit_then_calls_back_on_the_loop_in_order_with_no_future(
+    reference: SileroVad,
+) -> None:
+    """Each request's callback gets its probabilities on the loop's thread, a stream's in
+    the order handed in, as ``probabilities`` would give them; the wait is reported."""
+    frames = stream_frames("harvard_16k.wav", 0, 30)
+    delays: list[float] = []
+    got: list[tuple[tuple[str, int], object, str]] = []
+    with VadEngine(SileroVad(), min_interval=0.004) as eng:
+        eng.on_delay = delays.append
+        one, two = eng.open_stream(), eng.open_stream()
+        done = asyncio.Event()
+        chunks = np.array_split(frames, 5)
+
+        def then(index: tuple[str, int], result: object) -> None:
+            got.append((index, result, threading.current_thread().name))
+            if len(got) == 2 * len(chunks):
+                done.set()
+
+        for n, chunk in enumerate(chunks):
+            eng.submit_then(
+                [
+                    (one, chunk, functools.partial(then, ("one", n))),
+                    (two, chunk, functools.partial(then, ("two", n))),
+                ]
+            )
+        await asyncio.wait_for(done.wait(), 10)
+    assert {thread for _, _, thread in got} == {threading.current_thread().name}
+    assert [n for (name, n), _, _ in got if name == "one"] == [0, 1, 2, 3, 4]
+    firsts = [result for (name, _), result, _ in got if name == "one"]
+    assert len(firsts) == len(chunks)
+    np.testing.assert_allclose(
+        np.concatenate(cast_frames(firsts)), alone(reference, frames), atol=1e-5
+    )
+    assert len(delays) == 2 * len(chunks) and min(delays) >= 0
+
+
+def cast_frames(results: list[object]) -> list[Frames]:
+    assert all(isinstance(r, np.ndarray) for r in results)
+    return [r for r in results if isinstance(r, np.ndarray)]
+
+
+async def test_submit_then_hands_a_failure_to_its_callback_and_survives_a_bad_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    poison = np.full((2, FRAME_SAMPLES), POISON, dtype=np.float32)
+    frames = stream_frames("jfk.wav", 0, 4)
+    results: list[object] = []
+    with VadEngine(FailingVad()) as eng:
+        arrived = asyncio.Event()
+
+        def keep(result: object) -> None:
+            results.append(result)
+            arrived.set()
+
+        def broken(result: object) -> None:
+            raise RuntimeError("the caller's bug")
+
+        eng.submit_then([(eng.open_stream(), poison, keep)])
+        await asyncio.wait_for(arrived.wait(), 10)
+        assert isinstance(results[0], RuntimeError)
+        arrived.clear()
+        # A callback that raises is logged; the step's other callbacks still run.
+        eng.submit_then([(eng.open_stream(), frames, broken), (eng.open_stream(), frames, keep)])
+        await asyncio.wait_for(arrived.wait(), 10)
+        assert isinstance(results[1], np.ndarray) and results[1].shape == (4,)
+        assert "callback failed" in caplog.text
+        with pytest.raises(ValueError, match="frames"):
+            eng.submit_then([(eng.open_stream(), frames[:0], keep)])
+        gated = GatedVad()
+    with VadEngine(gated) as closing:
+        arrived.clear()
+        closing.submit_then([(closing.open_stream(), frames, keep)])
+        assert await asyncio.to_thread(gated.entered.wait, 10)
+        closing.submit_then([(closing.open_stream(), frames, keep)])  # behind the step
+        closing.close(timeout=0)  # the stop is queued behind the second request
+        gated.release.set()
+        async with asyncio.timeout(10):
+            while len(results) < 4:  # the callbacks run on this loop
+                arrived.clear()
+                await arrived.wait()
+    # The one running finished; the one still waiting was told the engine closed.
+    assert isinstance(results[2], np.ndarray)
+    assert isinstance(results[3], ShuttingDown)
