@@ -163,12 +163,15 @@ class SegmentedRoute:
         if state.held:
             work = []
             self._release(state, channel, work)
-        push = state.segmenter.push
-        for frame, prob in zip(frames, probs.tolist(), strict=True):
-            if events := push(frame, prob):
-                if work is None:
-                    work = []
-                self._handle(channel, events, work)
+        segmenter = state.segmenter
+        listed = probs.tolist()
+        if work is not None or not segmenter.push_quiet(frames, listed):
+            push = segmenter.push
+            for frame, prob in zip(frames, listed, strict=True):
+                if events := push(frame, prob):
+                    if work is None:
+                        work = []
+                    self._handle(channel, events, work)
         if state.tap is not None:
             self._forget(state)
         return () if work is None else work

@@ -456,6 +456,49 @@ class Segmenter:
                     self._next_interim = (length // self._interval + 1) * self._interval
         return events
 
+    def push_quiet(self, frames: Float32Array, probs: list[float]) -> bool:
+        """Take ``k`` frames ``(k, frame_samples)`` at once if none of them can cause an
+        event, as ``push`` would have taken them one by one; False, with nothing taken,
+        if one might. The hot path: most frames of a stream are silence before or between
+        segments, speech going on, or a pause too short yet to end its segment.
+
+        A frame can cause nothing when the state cannot change: in silence (not just
+        after a forced split) every frame is under the threshold; in an announced segment
+        with no pause every frame is at least the exit threshold, and the last ends before
+        the next interim and the longest segment's split; in a pause every frame is under
+        the threshold, and the last ends before the pause would end the segment or
+        (speculating) be announced."""
+        count = len(probs)
+        if count == 0 or len(frames) != count:
+            return False
+        state = self._state
+        end = self._position + count * self.frame_samples
+        if state is _State.SILENCE:
+            if self._continues or max(probs) >= self._threshold:
+                return False
+        elif state is not _State.SPEECH:
+            return False
+        elif end - self._start + self.frame_samples > self._max:
+            return False
+        elif self._pause is None:
+            if min(probs) < self._exit:
+                return False
+            if self.interim and end - self._start >= self._next_interim:
+                return False
+        else:
+            if max(probs) >= self._threshold or end - self._pause >= self._min_silence:
+                return False
+            if self.speculate and self._paused is None and end >= self._pause + self._spec_pad:
+                return False
+        if frames.shape[1:] != (self.frame_samples,):
+            raise ValueError(f"frames must be (k, {self.frame_samples}), got {frames.shape}")
+        samples = frames.reshape(-1)  # one array for the k frames, as the ring keeps them
+        if state is _State.SPEECH:
+            self._audio.append(samples)
+        self._ring.write(samples)
+        self._position = end
+        return True
+
     def push_frames(self, frames: Float32Array, probs: Float32Array) -> list[Event]:
         """``push`` for ``k`` frames ``(k, frame_samples)`` and their ``k`` probabilities
         (handed over, as there)."""

@@ -411,3 +411,84 @@ def test_any_probabilities_give_well_formed_events(
         assert not f.seg.active
     assert f.seg.position == total
     check_grammar(f.events, params)
+
+
+def _described(events: list[Event]) -> list[tuple[object, ...]]:
+    """Each event's kind, its sample indices and its audio, to compare two runs exactly."""
+    out: list[tuple[object, ...]] = []
+    for event in events:
+        audio = getattr(event, "audio", None)
+        out.append(
+            (
+                type(event).__name__,
+                getattr(event, "start", None),
+                getattr(event, "end", None),
+                getattr(event, "is_final", None),
+                None if audio is None else audio.tolist(),
+            )
+        )
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    params=knobs,
+    runs=st.lists(
+        st.tuples(st.sampled_from([0.05, 0.3, 0.45, 0.6, 0.95]), st.integers(1, 40)),
+        min_size=1,
+        max_size=20,
+    ),
+    sizes=st.lists(st.integers(1, 6), min_size=1, max_size=20),
+    interim=st.booleans(),
+    speculate=st.booleans(),
+)
+def test_quiet_blocks_change_nothing_but_the_work_done(
+    params: VadParams,
+    runs: list[tuple[float, int]],
+    sizes: list[int],
+    interim: bool,
+    speculate: bool,
+) -> None:
+    """Frames handed in blocks, each taken whole by ``push_quiet`` where it can be and
+    frame by frame otherwise, give exactly the events (with the same block), audio and
+    sample count that pushing every frame alone gives."""
+    alone = Segmenter(params, interim=interim, speculate=speculate)
+    blocks = Segmenter(params, interim=interim, speculate=speculate)
+    probs = [p for p, count in runs for _ in range(count)]
+    audio = frames_from(0, len(probs))
+    expected: list[list[tuple[object, ...]]] = []
+    got: list[list[tuple[object, ...]]] = []
+    i = 0
+    for size in itertools.cycle(sizes):
+        if i >= len(probs):
+            break
+        block, chunk = audio[i : i + size], probs[i : i + size]
+        caused = [e for frame, p in zip(block, chunk, strict=True) for e in alone.push(frame, p)]
+        expected.append(_described(caused))
+        if blocks.push_quiet(block, chunk):
+            got.append([])
+        else:
+            got.append(
+                _described(
+                    [e for f, p in zip(block, chunk, strict=True) for e in blocks.push(f, p)]
+                )
+            )
+        i += len(chunk)
+        assert blocks.position == alone.position == i * F
+    assert got == expected
+    assert _described(blocks.flush()) == _described(alone.flush())
+
+
+def test_push_quiet_takes_silence_and_ongoing_speech_and_refuses_a_change() -> None:
+    seg = Segmenter(VadParams(min_speech_ms=64, min_silence_ms=300))
+    assert seg.push_quiet(frames_from(0, 3), [SILENCE] * 3)
+    assert seg.position == 3 * F
+    assert not seg.push_quiet(frames_from(3 * F, 3), [SILENCE, SPEECH, SPEECH])
+    assert seg.position == 3 * F  # nothing taken
+    for frame in frames_from(3 * F, 3):
+        seg.push(frame, SPEECH)
+    assert seg.active
+    assert seg.push_quiet(frames_from(6 * F, 3), [SPEECH, MAYBE, SPEECH])  # speech goes on
+    assert not seg.push_quiet(frames_from(9 * F, 2), [SPEECH, SILENCE])  # a pause starts
+    with pytest.raises(ValueError, match="frames must be"):
+        seg.push_quiet(np.zeros((2, 100), dtype=np.float32), [SPEECH, SPEECH])
