@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -180,21 +180,30 @@ class StreamPipeline:
         self._emitter = asyncio.create_task(self._emit_in_order(), name="stream-emitter")
 
     async def feed(self, data: bytes) -> None:
-        """Take one binary frame of audio; waits when too many inferences are in flight."""
+        """Take one binary frame of audio; waits when too many inferences are in flight
+        (or, segmented, while the stream's previous message is still at the VAD)."""
+        wait = self.feed_nowait(data)
+        if wait is not None:
+            await wait
+
+    def feed_nowait(self, data: bytes) -> Coroutine[Any, Any, None] | None:
+        """``feed`` without a coroutine of its own where none is needed: the audio is
+        taken now, and what is returned, if anything, must be awaited before the next
+        message is fed (the stream holds its sender back), or closed if the connection
+        ends first. A message in real time usually returns None."""
         began = time.perf_counter()
         block = self._decoder.feed(data)
         if block.shape[1] == 0:
-            return
+            return None
         decoded = time.perf_counter()
         route = self._route
         if isinstance(route, SimpleRoute):
             work = route.push(block)  # resampled and chunked
             self._fed(block.shape[1], began, decoded)
-            await self._carry(work)
-        else:
-            frames = route.push(block)  # resampled and framed
-            self._fed(block.shape[1], began, decoded)
-            await self._segment(route, frames)
+            return self._carry(work) if work else None
+        frames = route.push(block)  # resampled and framed
+        self._fed(block.shape[1], began, decoded)
+        return self._segment(route, frames)
 
     def _fed(self, samples: int, began: float, decoded: float) -> None:
         """A message of ``samples`` per channel was decoded by ``decoded`` and resampled
@@ -205,24 +214,23 @@ class StreamPipeline:
         if self._lag is not None:
             self._lag.fed(total)
 
-    async def _segment(self, route: SegmentedRoute, frames: list[Frames]) -> None:
+    def _segment(
+        self, route: SegmentedRoute, frames: list[Frames]
+    ) -> Coroutine[Any, Any, None] | None:
         """Every channel's VAD frames go in together, then each channel takes its own: one
         VAD step serves the message, rather than a step per channel (each waiting for the
         engine to stop expecting the next).
 
         Without turn detection the probabilities are taken where the engine hands them
-        back (``_probabilities``, a callback on the loop): the message's feed waits for
-        them only while the message before it is still at the engine, or while the route's
-        work waits for an inference slot, so a stream in real time never waits at all and
-        a faster one stays one message ahead of its probabilities."""
-        assert self._vad is not None
-        began = time.perf_counter()
+        back (``_probabilities``, a callback on the loop), and the wait returned is only
+        for a message whose previous one is still at the engine, or whose stream's work
+        waits for an inference slot: a stream in real time never waits at all, and a
+        faster one stays one message ahead of its probabilities."""
         if self._turns:  # turn detection awaits its own stage between frames
-            replies = self._vad.submit_all(list(zip(self._vad_streams, frames, strict=True)))
-            for channel, (framed, reply) in enumerate(zip(frames, replies, strict=True)):
-                if len(framed):
-                    await self._classified(route, channel, framed, reply, began)
-            return
+            return self._segment_turns(route, frames)
+        if self._failure is not None:
+            return self._settled()  # raises
+        began = time.perf_counter()
         handed = [
             (
                 self._vad_streams[channel],
@@ -232,14 +240,24 @@ class StreamPipeline:
             for channel, framed in enumerate(frames)
             if len(framed)
         ]
-        if self._failure is not None:
-            await self._settled()  # raises
         if not handed:
-            return
+            return None
+        assert self._vad is not None
         self._vad.submit_then(handed)
         self._at_vad += len(handed)
         if self._at_vad > len(handed) or self._carrying is not None:
-            await self._settled(len(handed))
+            return self._settled(len(handed))
+        return None
+
+    async def _segment_turns(self, route: SegmentedRoute, frames: list[Frames]) -> None:
+        """``_segment`` with turn detection: each channel's probabilities awaited, and its
+        turn stage's, before the next message."""
+        assert self._vad is not None
+        began = time.perf_counter()
+        replies = self._vad.submit_all(list(zip(self._vad_streams, frames, strict=True)))
+        for channel, (framed, reply) in enumerate(zip(frames, replies, strict=True)):
+            if len(framed):
+                await self._classified(route, channel, framed, reply, began)
 
     def _probabilities(
         self,

@@ -305,8 +305,10 @@ class ConnectionDriver:
         if isinstance(action, Feed):
             assert stream is not None
             self.services.bytes_in(self.stream_route, len(action.data))
-            await self._unless_gone(stream.feed(action.data))
-            self.machine.busy_until(self._clock())
+            wait = stream.feed_nowait(action.data)
+            if wait is not None:  # the stream holds the client back
+                await self._unless_gone(wait)
+                self.machine.busy_until(self._clock())
         elif isinstance(action, Finalize):
             assert stream is not None
             await self._unless_gone(stream.finalize())
