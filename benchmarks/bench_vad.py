@@ -8,7 +8,14 @@ Two tables, both in microseconds per 512-sample frame (32 ms of audio at 16 kHz)
   ``VadEngine`` on an event loop: wall and process CPU time (loop and engine thread), and
   the rows its steps averaged.
 
+With ``--paced``, a third: the model alone, run as a real-time server must run it, in
+steps of three calls (a 100 ms message's frames) of ``R`` rows with the engine's step
+interval between steps, against the same calls back to back; CPU of the calling thread
+per frame, the two alternated. ``streamer bench``'s floor is the model back to back at 256
+rows; a server serving live audio cannot run it back to back below its capacity.
+
     python benchmarks/bench_vad.py [--sizes 1 8 32 128 256] [--repeats 7]
+    python benchmarks/bench_vad.py --paced [--paced-rows 19 38 76] [--gap-ms 32]
 """
 
 from __future__ import annotations
@@ -105,13 +112,62 @@ def engine_cost(frames: Frames, streams: int, repeats: int) -> tuple[float, floa
     return statistics.median(walls) * 1e6, statistics.median(cpus) * 1e6, statistics.median(rows)
 
 
+def model_paced(
+    model: SileroVad, frames: Frames, rows: int, gap: float, seconds: float = 4.0
+) -> float:
+    """CPU of this thread per frame, running steps of three calls of ``rows`` rows with
+    ``gap`` seconds of sleep between steps, for ``seconds``."""
+    state = np.zeros((2, rows, 128), dtype=np.float32)
+    context = np.zeros((rows, CONTEXT_SAMPLES), dtype=np.float32)
+    step = 0
+    for _ in range(6):  # warm up
+        _, state, context = model.run(rows_at(frames, step, rows), state, context)
+        step += 1
+    count = 0
+    cpu = time.thread_time()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(3):
+            _, state, context = model.run(rows_at(frames, step, rows), state, context)
+            step += 1
+            count += rows
+        if gap:
+            time.sleep(gap)
+    return (time.thread_time() - cpu) / count * 1e6
+
+
+def paced(args: argparse.Namespace, model: SileroVad, frames: Frames) -> None:
+    gap = args.gap_ms / 1000
+    print(f"model paced: three calls a step, {args.gap_ms:g} ms between steps, against")
+    print("back to back: us of CPU per stream-frame (median of the rounds)")
+    print(f"{'rows':>6} {'back to back':>13} {'paced':>9} {'paced/b2b':>10}")
+    for rows in args.paced_rows:
+        tight, spaced = [], []
+        for _ in range(args.rounds):
+            tight.append(model_paced(model, frames, rows, 0.0))
+            spaced.append(model_paced(model, frames, rows, gap))
+        a, b = statistics.median(tight), statistics.median(spaced)
+        print(f"{rows:>6} {a:>13.1f} {b:>9.1f} {b / a:>9.2f}x")
+    floor = statistics.median(
+        model_batched(model, frames, 256, args.repeats) for _ in range(args.rounds)
+    )
+    print(f"the floor's VAD (back to back, 256 rows, wall): {floor:.1f} us per stream-frame")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32, 128, 256])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--paced", action="store_true", help="the paced table alone")
+    parser.add_argument("--paced-rows", type=int, nargs="+", default=[19, 38, 76])
+    parser.add_argument("--gap-ms", type=float, default=32.0, help="the engine's step interval")
+    parser.add_argument("--rounds", type=int, default=3, help="paced: alternated rounds")
     args = parser.parse_args()
     frames = speech_frames()
     model = SileroVad()
+    if args.paced:
+        paced(args, model, frames)
+        return
 
     print("model: us per stream-frame (median)")
     print(f"{'streams':>8} {'batched':>9} {'unbatched':>10} {'speed-up':>9}")
