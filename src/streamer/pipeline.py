@@ -272,13 +272,11 @@ class StreamPipeline:
         self._at_vad -= 1
         if self._ended:
             return
+        if isinstance(probs, BaseException):
+            self._break(probs)
+            return
         try:
-            if isinstance(probs, BaseException):
-                raise probs
-            self.observer.vad(
-                len(frames) * FRAME_SAMPLES / VAD_SAMPLE_RATE, time.perf_counter() - began
-            )
-            work = route.segment(channel, frames, probs)
+            work = self._segmented(route, channel, frames, probs, began)
         except Exception as exc:
             self._break(exc)
             return
@@ -328,16 +326,28 @@ class StreamPipeline:
                 f"stream {self.stream_id} broke and takes no more audio"
             ) from self._failure
 
+    def _segmented(
+        self,
+        route: SegmentedRoute,
+        channel: int,
+        frames: Frames,
+        probs: NDArray[np.float32],
+        began: float,
+    ) -> Sequence[Work]:
+        """A channel's probabilities, for frames handed to the VAD at ``began``, into the
+        route: its work (most messages make none)."""
+        self.observer.vad(
+            len(frames) * FRAME_SAMPLES / VAD_SAMPLE_RATE, time.perf_counter() - began
+        )
+        return route.segment(channel, frames, probs)
+
     async def _classified(
         self, route: SegmentedRoute, channel: int, frames: Frames, reply: VadReply, began: float
     ) -> None:
         """A channel's frames handed to the VAD (since ``began``): their probabilities back
         into the route, and its work carried out."""
         probs = await reply.get()
-        self.observer.vad(
-            len(frames) * FRAME_SAMPLES / VAD_SAMPLE_RATE, time.perf_counter() - began
-        )
-        if work := route.segment(channel, frames, probs):  # most messages make none
+        if work := self._segmented(route, channel, frames, probs, began):
             await self._carry(work)
         if self._turns:
             await self._turns[channel].push(frames, probs.tolist())
@@ -417,14 +427,15 @@ class StreamPipeline:
         """The client went away: withdraw queued work and stop emitting."""
         self._ended = True
         self._backlog.clear()
-        if self._carrying is not None:
-            self._carrying.cancel()
+        carrying = self._carrying  # gone from the field once its cancellation runs
+        if carrying is not None:
+            carrying.cancel()
         self._backend.cancel_stream(self.stream_id)
         for turns in self._turns:
             await turns.abort()
-        tasks = [task for task in (self._emitter, self._carrying) if task is not None]
-        for task in tasks:
-            task.cancel()
+        if self._emitter is not None:
+            self._emitter.cancel()
+        tasks = [task for task in (self._emitter, carrying) if task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
         self.observer.ended("aborted")
 

@@ -110,13 +110,9 @@ def _resolve(replies: list[tuple[_Request, Result]]) -> None:
             continue
         if waiter is None or isinstance(waiter, concurrent.futures.Future):
             continue  # resolved on the engine's thread (``_Replies.add``)
-        stream = request.stream
         if not now:
             now = time.perf_counter()
-        stream._answered = now
-        on_delay = stream._engine.on_delay
-        if on_delay is not None:
-            on_delay(now - request.began)
+        request.stream._answer(now, request.began)
         try:
             waiter(result)
         except Exception:  # the caller's own fault: its stream, not the others', suffers
@@ -190,6 +186,14 @@ class VadStream:
         """
         self._engine._submit(_Request(self, None, None))
 
+    def _answer(self, now: float, began: float) -> None:
+        """Its caller got probabilities back at ``now`` for frames handed in at ``began``
+        (on the loop): noted for the eager window, the wait told to ``on_delay``."""
+        self._answered = now
+        on_delay = self._engine.on_delay
+        if on_delay is not None:
+            on_delay(now - began)
+
     def _zero(self) -> None:
         self.state = np.zeros(STATE_SHAPE, dtype=np.float32)
         self.context = np.zeros(CONTEXT_SAMPLES, dtype=np.float32)
@@ -216,11 +220,7 @@ class VadReply:
         if self._future is None:
             return np.empty(0, dtype=np.float32)
         result = await self._future
-        now = time.perf_counter()
-        self._stream._answered = now
-        on_delay = self._engine.on_delay
-        if on_delay is not None:
-            on_delay(now - self._began)
+        self._stream._answer(time.perf_counter(), self._began)
         return result
 
 
@@ -394,7 +394,6 @@ class VadEngine:
         replies: list[VadReply] = []
         handed: list[_Request] = []
         now = time.perf_counter()
-        eager = False
         for stream, frames in requests:
             batch = self._check(stream, frames)
             if not len(batch):
@@ -403,11 +402,7 @@ class VadEngine:
             future: asyncio.Future[Float32Array] = loop.create_future()
             replies.append(VadReply(self, stream, future))
             handed.append(_Request(stream, batch, future, loop))
-            eager = eager or now - stream._answered < EAGER_WINDOW
-        if handed:
-            self._submit(handed[0] if len(handed) == 1 else handed)
-            if eager and self.min_interval:
-                self._hurry.set()
+        self._hand_in(handed, now)
         return replies
 
     def submit_then(self, requests: Sequence[tuple[VadStream, Float32Array, Then]]) -> None:
@@ -419,17 +414,21 @@ class VadEngine:
         loop = asyncio.get_running_loop()
         handed: list[_Request] = []
         now = time.perf_counter()
-        eager = False
         for stream, frames, then in requests:
             batch = self._check(stream, frames)
             if not len(batch):
                 raise ValueError("submit_then needs frames in every request")
             handed.append(_Request(stream, batch, then, loop, now))
-            eager = eager or now - stream._answered < EAGER_WINDOW
-        if handed:
-            self._submit(handed[0] if len(handed) == 1 else handed)
-            if eager and self.min_interval:
-                self._hurry.set()
+        self._hand_in(handed, now)
+
+    def _hand_in(self, handed: list[_Request], now: float) -> None:
+        """Queue requests made on the loop together; a stream among them that was answered
+        within ``EAGER_WINDOW`` (it waits on the engine) cuts the step's wait short."""
+        if not handed:
+            return
+        self._submit(handed[0] if len(handed) == 1 else handed)
+        if self.min_interval and any(now - r.stream._answered < EAGER_WINDOW for r in handed):
+            self._hurry.set()
 
     def probabilities_sync(
         self, stream: VadStream, frames: Float32Array, timeout: float | None = None
