@@ -149,9 +149,58 @@ class ConnectionDriver:
         self.stream: StreamPipeline | None = None
         self.stream_route = route
         """The open stream's route (a session may open its streams on another)."""
+        self._parked = False
+        """Waiting on an interruptible receive with no notice to see to: ``offer`` may
+        take an input now."""
+        self._attention: asyncio.Future[None] | None = None
+        self._wake: Callable[[], None] | None = None
+        self._held: Coroutine[Any, Any, None] | list[Action] | Exception | None = None
+        """What an input taken by ``offer`` left the driver's own task to do: the wait a
+        feed returned, the machine's actions other than a feed, or what went wrong."""
 
     def emit(self, event: Event) -> None:
         self._outbox.put(event)
+
+    def offer(self, message: Input) -> bool:
+        """Take ``message`` now, in the transport's callback, where the driver is waiting
+        for its next input with nothing else to see to (an interruptible receive, no
+        notice, no deadline passed, nothing held): the machine steps, and a lone feed is
+        carried out here, so that a message in real time costs no wake-up of the
+        connection's task. Whatever else the step calls for (a feed's wait, other
+        actions) is left to the task, which is woken for it, and the next message waits
+        for the task. False: not taken, the transport must queue it for ``receive``."""
+        if not self._parked or self._held is not None:
+            return False
+        # Each notice wakes the task, some only in the loop's next turn: look at them all.
+        attention, gone, stream = self._attention, self._gone, self.stream
+        if (
+            attention is None
+            or attention.done()
+            or (gone is not None and gone.done())
+            or self._outbox.slow
+            or self.services.draining.is_set()
+            or (stream is not None and stream.failed.done())
+        ):
+            return False
+        now = self._clock()
+        deadline = self.machine.deadline()
+        if deadline is not None and now >= deadline:
+            return False
+        try:
+            actions = self.machine.receive(message, now)
+            if len(actions) == 1 and isinstance(feed := actions[0], Feed) and stream is not None:
+                self.services.bytes_in(self.stream_route, len(feed.data))
+                wait = stream.feed_nowait(feed.data)
+                if wait is None:
+                    return True
+                self._held = wait
+            else:
+                self._held = actions
+        except Exception as error:  # raised in the task, as if it had taken the message
+            self._held = error
+        assert self._wake is not None
+        self._wake()
+        return True
 
     async def run(self) -> Close:
         """Serve the connection to its end; the open stream, if any, is over on return."""
@@ -166,6 +215,9 @@ class ConnectionDriver:
             return await self._crashed()
         finally:  # also when cancelled: the stream's work is withdrawn at once
             services.connections.discard(self)
+            held, self._held = self._held, None
+            if isinstance(held, Coroutine):
+                held.close()
             if self.stream is not None:
                 await self._abort("disconnected")
 
@@ -192,6 +244,8 @@ class ConnectionDriver:
                 attention.set_result(None)
             receiving.interrupt()
 
+        self._wake = wake
+
         def fire() -> None:  # the deadline's timer: armed again once it has fired
             nonlocal timer
             timer = None
@@ -211,6 +265,8 @@ class ConnectionDriver:
             while True:
                 if attention.done():
                     attention = loop.create_future()
+                if self._held is not None and (close := await self._carry_held()):
+                    return close
                 if self._gone is not None and self._gone.done():
                     raise _PeerGone
                 if self._outbox.slow and (close := await self._step(OutboxFull())):
@@ -244,10 +300,13 @@ class ConnectionDriver:
                 if self._interruptible:
                     if attention.done():
                         continue
+                    self._attention, self._parked = attention, True
                     try:
                         message = await receiving.run(self._receive())
-                    except _Interrupted:  # a notice: see to it first
+                    except _Interrupted:  # a notice, or what ``offer`` held: see to it first
                         continue
+                    finally:
+                        self._parked = False
                     if message is not None and (close := await self._step(message)):
                         return close
                     continue
@@ -276,7 +335,23 @@ class ConnectionDriver:
     async def _step(self, event: Input) -> Close | None:
         """Feed one input and carry out what it calls for; the ``Close``, if it ends the
         connection."""
-        for action in self.machine.receive(event, self._clock()):
+        return await self._carry(self.machine.receive(event, self._clock()))
+
+    async def _carry_held(self) -> Close | None:
+        """Carry out what ``offer`` left to the task, before anything after it."""
+        held, self._held = self._held, None
+        if isinstance(held, Exception):
+            raise held
+        if isinstance(held, list):
+            return await self._carry(held)
+        if held is not None:  # a feed's wait: the stream holds the client back
+            await self._unless_gone(held)
+            self.machine.busy_until(self._clock())
+        return None
+
+    async def _carry(self, actions: list[Action]) -> Close | None:
+        """Carry out a step's actions; the ``Close``, if one ends the connection."""
+        for action in actions:
             if isinstance(action, Close):
                 if action.tell and action.code is not None:
                     self.emit(StreamError(action.code, action.message, reason=action.reason))

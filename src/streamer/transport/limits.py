@@ -20,7 +20,10 @@ here:
   of the application up to ``READ_AHEAD_BYTES`` (uvicorn stops reading after each one), so
   that a peer that goes away with a backlog is noticed at once: the protocol resolves the
   scope's ``PEER_GONE`` future when the connection is lost, which the driver watches while
-  it waits on a busy stream. While reading is paused (the application is behind on the
+  it waits on a busy stream. An application may also take binary messages as they are
+  parsed (the scope's ``BINARY_SINK``): a sink attached there is offered each binary
+  message while nothing is queued ahead of it, and one it takes skips the queue and the
+  application's wake-up. While reading is paused (the application is behind on the
   peer's data, where the answer to a ping waits too) the keepalive timeout does not fire:
   a peer that is sending is never timed out for the server's own backlog. A peer that
   goes on sending more than ``AFTER_CLOSE_BYTES`` after the server's close frame is no
@@ -42,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from collections.abc import Callable
 from typing import Any, ClassVar, Final, Literal, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -49,6 +53,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.frames import Frame
 
 __all__ = [
+    "BINARY_SINK",
     "MAX_FRAGMENTS",
     "ConnectionLimits",
     "LimitedHttpProtocol",
@@ -72,6 +77,11 @@ CLOSE_WRITE_SECONDS: Final = 5.0
 """Seconds the server waits, for its close frame, on a peer that reads nothing."""
 PEER_GONE: Final = "streamer.peer_gone"
 """The scope extension: a future resolved when the connection is lost."""
+BINARY_SINK: Final = "streamer.binary_sink"
+"""The scope extension: ``attach(sink)`` (``attach(None)`` to detach). While one is
+attached, each whole binary message with nothing queued ahead of it is first offered to
+``sink(data)``; a sink that returns True has taken it, and it is not queued. A sink runs
+in the protocol's callback: it must not raise."""
 
 
 class ConnectionLimits(Protocol):
@@ -176,11 +186,16 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._costs: collections.deque[int] = collections.deque()
         self._after_close = 0
         self._gone: asyncio.Future[None] = self.loop.create_future()
+        self._sink: Callable[[bytes], bool] | None = None
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         if hasattr(self, "scope"):
             self.scope["extensions"][PEER_GONE] = {"future": self._gone}
+            self.scope["extensions"][BINARY_SINK] = {"attach": self._attach}
+
+    def _attach(self, sink: Callable[[bytes], bool] | None) -> None:
+        self._sink = sink
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._gone.done():
@@ -247,6 +262,9 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.handle_parser_exception()
                 return
         else:
+            sink = self._sink
+            if sink is not None and not self.queue.qsize() and sink(data):
+                return
             message = {"type": "websocket.receive", "bytes": data}
         self.queue.put_nowait(message)
         self._costs.append(len(data) + MESSAGE_COST)

@@ -27,7 +27,7 @@ from streamer.protocol.connection import WEBSOCKET, Mode
 from streamer.protocol.inputs import Disconnected, Input, Invalid
 from streamer.services import Services
 from streamer.transport.driver import ConnectionDriver, unread_close
-from streamer.transport.limits import PEER_GONE
+from streamer.transport.limits import BINARY_SINK, PEER_GONE
 from streamer.transport.outbox import Outbox
 
 
@@ -187,7 +187,27 @@ async def serve_websocket(
         mark_finalize=codec.mark_finalize,
         interruptible=True,  # a cancelled receive leaves the next message queued
     )
-    close = await driver.run()
+    # Binary messages that come while the driver waits with nothing else to do go
+    # straight to it from the protocol's callback (a codec with a receive timeout keeps
+    # the queue: its timeout counts from the receive).
+    attach = ws.scope.get("extensions", {}).get(BINARY_SINK, {}).get("attach")
+    if attach is not None and timeout is None:
+
+        def sink(data: bytes) -> bool:
+            if opening:
+                return False
+            try:
+                message = decode_bytes(data)
+            except Exception:  # decoded again from the queue, where its error is told
+                return False
+            return message is not None and driver.offer(message)
+
+        attach(sink)
+    try:
+        close = await driver.run()
+    finally:
+        if attach is not None:
+            attach(None)
     if close.code is ErrorCode.SLOW_CONSUMER or not close.send:
         outbox.cancel()  # it reads nothing, or is gone: what is queued cannot be written
     elif await outbox.close():
