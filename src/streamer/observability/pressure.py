@@ -244,14 +244,22 @@ class Pressure:
         # Streams live through the whole sample: at its start and still at its end. Those
         # that came during it cost more than a second of their audio (the connection, the
         # start) or less (not all of a second): a burst would read as costly, a ramp as
-        # cheap. A sample that began with none (a burst on an idle process) measures none.
+        # cheap. A sample that began with none (a burst on an idle process) measures none,
+        # nor does one where more came or went than a quarter of those live through it:
+        # their part seconds would be charged to the few (a burst onto a process with one
+        # stream would read as that one stream costing a core).
         through = min(self._sampled_streams, live_streams)
+        changed = max(self._sampled_streams, live_streams) - through
         self._sampled_streams = max(0, live_streams)
         front = self.cpu_rate - self.turn_rate  # every stream's share
         if live_streams <= 0:
             idle = self.idle_rate
             self.idle_rate = front if idle is None else min(idle, front)
-        elif through > 0 and (marginal := front - (self.idle_rate or 0.0)) > 0:
+        elif (
+            through > 0
+            and changed * 4 <= through
+            and (marginal := front - (self.idle_rate or 0.0)) > 0
+        ):
             self.cost_per_stream = marginal / through
         busy, self._busy_sampled = self._busy - self._busy_sampled, self._busy
         if live_streams > 0 and self.model_workers:

@@ -108,6 +108,32 @@ def test_a_sample_at_or_below_the_upkeep_keeps_the_last_cost() -> None:
     assert pressure.cost_per_stream == pytest.approx(0.0025)
 
 
+def test_a_sample_where_many_came_or_went_keeps_the_last_cost() -> None:
+    """Four streams steady, then a burst of twelve: the burst's connections and starts
+    are not charged to the four, which would leave no room for the burst itself."""
+    clock = ManualClock(0.0)
+    cpu = ManualClock(0.0)
+    pressure = Pressure(Ceilings(), clock=clock, cpu=cpu)
+    clock.now = 1.0
+    pressure.sample_cpu(4)
+    clock.now, cpu.now = 2.0, 0.02  # 5 ms a second each
+    pressure.sample_cpu(4)
+    assert pressure.cost_per_stream == pytest.approx(0.005)
+    clock.now, cpu.now = 3.0, 0.02 + 0.9  # twelve came, fast: most of a core
+    pressure.sample_cpu(16)
+    assert pressure.cost_per_stream == pytest.approx(0.005)
+    assert pressure.capacity(1000, 16) > 0
+    clock.now, cpu.now = 4.0, 0.92 + 0.08  # the sixteen at the same 5 ms
+    pressure.sample_cpu(16)
+    assert pressure.cost_per_stream == pytest.approx(0.005)
+    clock.now, cpu.now = 5.0, 1.0 + 0.08 + 0.03  # one more (a quarter of the 16 or less)
+    pressure.sample_cpu(17)
+    assert pressure.cost_per_stream == pytest.approx(0.11 / 16)
+    clock.now, cpu.now = 6.0, 1.11 + 0.0425  # eight went: 0.0425 core for nine is not known
+    pressure.sample_cpu(9)
+    assert pressure.cost_per_stream == pytest.approx(0.11 / 16)
+
+
 def test_streams_admitted_since_the_sample_are_taken_off_the_estimate() -> None:
     clock = ManualClock(0.0)
     cpu = ManualClock(0.0)
