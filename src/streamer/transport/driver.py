@@ -161,14 +161,17 @@ class ConnectionDriver:
     def emit(self, event: Event) -> None:
         self._outbox.put(event)
 
-    def offer(self, message: Input) -> bool:
-        """Take ``message`` now, in the transport's callback, where the driver is waiting
+    def offer(self, read: Callable[[], Input | None]) -> bool:
+        """Take a message now, in the transport's callback, where the driver is waiting
         for its next input with nothing else to see to (an interruptible receive, no
-        notice, no deadline passed, nothing held): the machine steps, and a lone feed is
-        carried out here, so that a message in real time costs no wake-up of the
-        connection's task. Whatever else the step calls for (a feed's wait, other
-        actions) is left to the task, which is woken for it, and the next message waits
-        for the task. False: not taken, the transport must queue it for ``receive``."""
+        notice, no deadline passed, nothing held): ``read()`` gives its input, as
+        ``receive`` would have (it is called only then, so that a codec with state of its
+        own reads each message once), the machine steps, and a lone feed is carried out
+        here, so that a message in real time costs no wake-up of the connection's task.
+        Whatever else the step calls for (a feed's wait, other actions, what ``read`` or
+        the step raised) is left to the task, which is woken for it, and the next message
+        waits for the task. False: not taken, nothing read, and the transport must queue
+        the message for ``receive``."""
         if not self._parked or self._held is not None:
             return False
         # Each notice wakes the task, some only in the loop's next turn: look at them all.
@@ -187,6 +190,9 @@ class ConnectionDriver:
         if deadline is not None and now >= deadline:
             return False
         try:
+            message = read()
+            if message is None:  # a message that means nothing, such as a ping
+                return True
             actions = self.machine.receive(message, now)
             if len(actions) == 1 and isinstance(feed := actions[0], Feed) and stream is not None:
                 self.services.bytes_in(self.stream_route, len(feed.data))

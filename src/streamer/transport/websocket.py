@@ -151,6 +151,13 @@ async def serve_websocket(
     decode_text, decode_bytes = codec.decode_text, codec.decode_bytes
     timeout, timed_out = codec.timeout, codec.timed_out
 
+    def read(decode: Callable[[Any], Input], payload: bytes | str) -> Input:
+        """A message's input, read once (a codec may keep state of its own)."""
+        try:
+            return decode(payload)
+        except ClientError as error:
+            return Invalid(error)
+
     async def receive() -> Input | None:
         if opening:
             return opening.pop(0)
@@ -164,13 +171,10 @@ async def serve_websocket(
                 return timed_out()
         if message["type"] == "websocket.disconnect":
             return Disconnected()
-        try:
-            if (data := message.get("bytes")) is not None:
-                return decode_bytes(data)
-            if (text := message.get("text")) is not None:
-                return decode_text(text)
-        except ClientError as error:
-            return Invalid(error)
+        if (data := message.get("bytes")) is not None:
+            return read(decode_bytes, data)
+        if (text := message.get("text")) is not None:
+            return read(decode_text, text)
         return None
 
     gone = ws.scope.get("extensions", {}).get(PEER_GONE, {}).get("future")
@@ -188,19 +192,13 @@ async def serve_websocket(
         interruptible=True,  # a cancelled receive leaves the next message queued
     )
     # Binary messages that come while the driver waits with nothing else to do go
-    # straight to it from the protocol's callback (a codec with a receive timeout keeps
-    # the queue: its timeout counts from the receive).
+    # straight to it from the protocol's callback, read there and only there (a codec
+    # with a receive timeout keeps the queue: its timeout counts from the receive).
     attach = ws.scope.get("extensions", {}).get(BINARY_SINK, {}).get("attach")
     if attach is not None and timeout is None:
 
         def sink(data: bytes) -> bool:
-            if opening:
-                return False
-            try:
-                message = decode_bytes(data)
-            except Exception:  # decoded again from the queue, where its error is told
-                return False
-            return message is not None and driver.offer(message)
+            return not opening and driver.offer(functools.partial(read, decode_bytes, data))
 
         attach(sink)
     try:

@@ -35,6 +35,8 @@ class Socket:
         self.sent: list[str] = []
         self.taken = 0
         self.queued = 0
+        self.read = 0
+        """Messages the codec read: each once, taken or queued."""
         outbox: Outbox[Any] = Outbox(
             services.max_pending_events,
             v1_json.encode_event,
@@ -58,11 +60,15 @@ class Socket:
         self.sent.append(text)
 
     async def _receive(self) -> Input | None:
-        return v1_decode(await self.queue.get())
+        return self._read(await self.queue.get())
+
+    def _read(self, message: str | bytes) -> Input:
+        self.read += 1
+        return v1_decode(message)
 
     def deliver(self, message: str | bytes) -> None:
         if isinstance(message, bytes) and self.queue.empty():
-            if self.driver.offer(v1_decode(message)):
+            if self.driver.offer(functools.partial(self._read, message)):
                 self.taken += 1
                 return
         self.queued += 1
@@ -115,6 +121,7 @@ async def test_a_sender_ahead_of_its_stream_loses_and_reorders_nothing(route: Ro
     else:
         assert [received[first - 1]["audio_seconds"], received[-1]["audio_seconds"]] == [2.5] * 2
     assert socket.taken >= 1 and socket.queued > 4
+    assert socket.read == socket.taken + socket.queued  # none read twice
 
 
 async def test_an_offered_message_that_is_not_a_feed_is_carried_out_by_the_task() -> None:
@@ -148,13 +155,13 @@ async def test_no_offer_is_taken_while_a_notice_waits_or_before_the_driver_waits
     async with running_services(settings(), TestModel.speedy()) as services:
         socket = Socket(services, Route.SIMPLE)
         audio = chunks(noise(0.5))
-        assert not socket.driver.offer(v1_decode(audio[0]))  # its task has not run yet
+        assert not socket.driver.offer(lambda: v1_decode(audio[0]))  # its task has not run yet
         await asyncio.sleep(0.01)
         socket.deliver(START)
         await asyncio.sleep(0.01)
-        assert socket.driver.offer(v1_decode(audio[0]))
+        assert socket.driver.offer(lambda: v1_decode(audio[0]))
         services.draining.set()  # the drain's notice, not yet seen by the driver's task
-        assert not socket.driver.offer(v1_decode(audio[1]))
+        assert not socket.driver.offer(lambda: v1_decode(audio[1]))
         close = await socket.send([*audio[1:], STOP_CLOSE], gap=0.01)
     assert close == Close()
     assert socket.events()[-1]["audio_seconds"] == 0.5
