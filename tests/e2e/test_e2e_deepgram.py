@@ -194,6 +194,12 @@ def test_python_sdk_stereo_without_multichannel_is_mixed_down(
     assert finals(result) and all(r["channel_index"] == [0, 1] for r in finals(result))
     # One recognition of both voices at once: words of the louder one come through.
     assert transcript(finals(result)).strip()
+    # Sent as fast as the server takes it, each message was read once: the mixer made
+    # exactly the audio sent, and the hash is of exactly the bytes sent.
+    sent = raws["stereo"].read_bytes()
+    metadata = of_type(result, "Metadata")[0]
+    assert metadata["duration"] == pytest.approx(len(sent) / (48000 * 2 * 2), abs=0.01)
+    assert metadata["sha256"] == __import__("hashlib").sha256(sent).hexdigest()
 
 
 def test_python_sdk_finalize_mid_speech_is_not_terminal(
