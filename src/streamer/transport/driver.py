@@ -149,10 +149,9 @@ class ConnectionDriver:
         self.stream: StreamPipeline | None = None
         self.stream_route = route
         """The open stream's route (a session may open its streams on another)."""
-        self._parked = False
-        """Waiting on an interruptible receive with no notice to see to: ``offer`` may
-        take an input now."""
         self._attention: asyncio.Future[None] | None = None
+        """While the driver waits on an interruptible receive: the future its notices
+        wake (``offer`` may take an input while it is not done); None otherwise."""
         self._wake: Callable[[], None] | None = None
         self._held: Coroutine[Any, Any, None] | list[Action] | Exception | None = None
         """What an input taken by ``offer`` left the driver's own task to do: the wait a
@@ -172,13 +171,12 @@ class ConnectionDriver:
         the step raised) is left to the task, which is woken for it, and the next message
         waits for the task. False: not taken, nothing read, and the transport must queue
         the message for ``receive``."""
-        if not self._parked or self._held is not None:
+        attention, gone, stream = self._attention, self._gone, self.stream
+        if attention is None or self._held is not None:
             return False
         # Each notice wakes the task, some only in the loop's next turn: look at them all.
-        attention, gone, stream = self._attention, self._gone, self.stream
         if (
-            attention is None
-            or attention.done()
+            attention.done()
             or (gone is not None and gone.done())
             or self._outbox.slow
             or self.services.draining.is_set()
@@ -195,8 +193,7 @@ class ConnectionDriver:
                 return True
             actions = self.machine.receive(message, now)
             if len(actions) == 1 and isinstance(feed := actions[0], Feed) and stream is not None:
-                self.services.bytes_in(self.stream_route, len(feed.data))
-                wait = stream.feed_nowait(feed.data)
+                wait = self._feed(stream, feed.data)
                 if wait is None:
                     return True
                 self._held = wait
@@ -306,13 +303,13 @@ class ConnectionDriver:
                 if self._interruptible:
                     if attention.done():
                         continue
-                    self._attention, self._parked = attention, True
+                    self._attention = attention
                     try:
                         message = await receiving.run(self._receive())
                     except _Interrupted:  # a notice, or what ``offer`` held: see to it first
                         continue
                     finally:
-                        self._parked = False
+                        self._attention = None
                     if message is not None and (close := await self._step(message)):
                         return close
                     continue
@@ -350,9 +347,8 @@ class ConnectionDriver:
             raise held
         if isinstance(held, list):
             return await self._carry(held)
-        if held is not None:  # a feed's wait: the stream holds the client back
-            await self._unless_gone(held)
-            self.machine.busy_until(self._clock())
+        if held is not None:  # a feed's wait
+            await self._busy(held)
         return None
 
     async def _carry(self, actions: list[Action]) -> Close | None:
@@ -385,15 +381,11 @@ class ConnectionDriver:
         stream = self.stream
         if isinstance(action, Feed):
             assert stream is not None
-            self.services.bytes_in(self.stream_route, len(action.data))
-            wait = stream.feed_nowait(action.data)
-            if wait is not None:  # the stream holds the client back
-                await self._unless_gone(wait)
-                self.machine.busy_until(self._clock())
+            if (wait := self._feed(stream, action.data)) is not None:
+                await self._busy(wait)
         elif isinstance(action, Finalize):
             assert stream is not None
-            await self._unless_gone(stream.finalize())
-            self.machine.busy_until(self._clock())
+            await self._busy(stream.finalize())
         elif isinstance(action, FinishStream):
             if stream is not None:
                 self.stream = None
@@ -408,6 +400,17 @@ class ConnectionDriver:
         elif isinstance(action, SteerStream):
             assert stream is not None
             await self._unless_gone(stream.steer(action.command))
+
+    def _feed(self, stream: StreamPipeline, data: bytes) -> Coroutine[Any, Any, None] | None:
+        """One message's audio into the stream, counted; what to await, if anything."""
+        self.services.bytes_in(self.stream_route, len(data))
+        return stream.feed_nowait(data)
+
+    async def _busy(self, work: Coroutine[Any, Any, None]) -> None:
+        """Await the stream's ``work`` (it holds the client back) unless the peer goes; the
+        client's idle time counts from its end (``ConnectionMachine.busy_until``)."""
+        await self._unless_gone(work)
+        self.machine.busy_until(self._clock())
 
     async def _unless_gone(self, work: Coroutine[Any, Any, None]) -> None:
         """Await ``work`` (which may wait on a busy stream); raise ``_PeerGone`` and cancel
